@@ -1,0 +1,1 @@
+"""Activities: every side effect of Moorage (Docker engine, health probes, traffic router)."""

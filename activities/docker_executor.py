@@ -1,0 +1,424 @@
+"""The Docker executor: container activities on a real Docker engine.
+
+Every method is a sync activity (the Docker SDK blocks) run on the worker's thread pool. Every one
+is idempotent: containers have deterministic names and ``moorage.*`` labels, so a retried start
+adopts the container an earlier attempt made, and stopping or removing a container that is gone
+succeeds.
+
+Errors are classified here, once: a refused spec, a missing image or a failed health check is a
+non-retryable ``ApplicationError``; an engine or network hiccup is left retryable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.inputs import (
+    ContainerSelector,
+    NetworkInput,
+    StartServiceInput,
+    StopContainersInput,
+    WaitHealthyInput,
+)
+from moorage import naming
+from moorage.compose import ServiceSpec
+from moorage.models import ServiceInstance
+
+T = TypeVar("T")
+
+LOG_TAIL_LINES = 20
+"""Lines of a failed container's log carried into the failure and its event."""
+
+NANOS = 1_000_000_000
+
+
+def _heartbeat(*details: Any) -> None:
+    # The executor also runs outside activities (benchmarks, test cleanup).
+    if activity.in_activity():
+        activity.heartbeat(*details)
+
+
+@contextmanager
+def _classified(what: str) -> Iterator[None]:
+    """Turn Docker SDK errors into retryable or non-retryable failures."""
+    try:
+        yield
+    except ApplicationError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise ApplicationError(
+            f"{what}: image not found: {exc.explanation}", type="ImageNotFound", non_retryable=True
+        ) from exc
+    except docker.errors.APIError as exc:
+        if exc.is_client_error() and exc.status_code not in (404, 409):
+            raise ApplicationError(
+                f"{what}: the engine refused it: {exc.explanation}",
+                type="EngineRefused",
+                non_retryable=True,
+            ) from exc
+        raise ApplicationError(f"{what}: engine error: {exc}", type="EngineError") from exc
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise ApplicationError(f"{what}: engine unreachable: {exc}", type="EngineUnreachable") from exc
+
+
+def _label_filters(sel: ContainerSelector) -> list[str]:
+    labels = [f"{naming.LABEL_TENANT}={sel.tenant}", f"{naming.LABEL_PROJECT}={sel.project}"]
+    if sel.service is not None:
+        labels.append(f"{naming.LABEL_SERVICE}={sel.service}")
+    if sel.revision is not None:
+        labels.append(f"{naming.LABEL_REVISION}={sel.revision}")
+    return labels
+
+
+def _instance(info: dict[str, Any]) -> ServiceInstance:
+    """A ``docker inspect`` result → ServiceInstance."""
+    labels = info["Config"]["Labels"] or {}
+    state = info["State"]
+    ports: dict[str, str] = {}
+    for port, bindings in (info["NetworkSettings"].get("Ports") or {}).items():
+        if bindings:
+            ports[port] = f"{bindings[0]['HostIp']}:{bindings[0]['HostPort']}"
+    health = state.get("Health")
+    return ServiceInstance(
+        container_id=info["Id"][:12],
+        container_name=info["Name"].lstrip("/"),
+        service_name=labels.get(naming.LABEL_SERVICE, ""),
+        revision=int(labels.get(naming.LABEL_REVISION, "0")),
+        slot=int(labels.get(naming.LABEL_SLOT, "0")),
+        image=info["Config"]["Image"],
+        status=state["Status"],
+        health=health["Status"] if health else None,
+        ports=ports,
+        deployment_id=labels.get(naming.LABEL_DEPLOYMENT),
+    )
+
+
+def _healthcheck(spec: ServiceSpec) -> dict[str, Any] | None:
+    hc = spec.healthcheck
+    if hc is None:
+        return None
+    if hc.disable:
+        return {"test": ["NONE"]}
+    result: dict[str, Any] = {}
+    if hc.test is not None:
+        result["test"] = hc.test
+    for field, key in (("interval_s", "interval"), ("timeout_s", "timeout"), ("start_period_s", "start_period")):
+        value = getattr(hc, field)
+        if value is not None:
+            result[key] = int(value * NANOS)
+    if hc.retries is not None:
+        result["retries"] = hc.retries
+    return result or None
+
+
+class DockerExecutor:
+    """Container operations on one Docker engine, exposed as activities."""
+
+    def __init__(self, client: docker.DockerClient | None = None):
+        self.client = client or docker.from_env(timeout=120)
+        self.api = self.client.api
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _find(self, sel: ContainerSelector) -> list[dict[str, Any]]:
+        """Inspect results of every container the selector matches, sorted by name."""
+        found = self.api.containers(all=True, filters={"label": _label_filters(sel)})
+        result = []
+        for summary in found:
+            try:
+                info = self.api.inspect_container(summary["Id"])
+            except docker.errors.NotFound:
+                continue  # removed between list and inspect
+            slot = int((info["Config"]["Labels"] or {}).get(naming.LABEL_SLOT, "-1"))
+            if sel.slots is None or slot in sel.slots:
+                result.append(info)
+        return sorted(result, key=lambda i: str(i["Name"]))
+
+    def _logs_tail(self, container_id: str) -> str:
+        try:
+            raw = self.api.logs(container_id, tail=LOG_TAIL_LINES)
+        except docker.errors.APIError:
+            return ""
+        return raw.decode(errors="replace").strip() if isinstance(raw, bytes) else str(raw)
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self.api.inspect_image(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            self.api.pull(image)
+        except docker.errors.APIError as exc:
+            raise ApplicationError(
+                f"image {image!r} is not on the engine and could not be pulled: {exc.explanation}",
+                type="ImageNotFound",
+                non_retryable=True,
+            ) from exc
+
+    def _parallel(self, fn: Callable[[T], None], items: list[T]) -> None:
+        if len(items) <= 1:
+            for item in items:
+                fn(item)
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+            for future in [pool.submit(fn, item) for item in items]:
+                future.result()
+
+    # --- activities --------------------------------------------------------------------------
+
+    @activity.defn(name="ensure_network")
+    def ensure_network(self, inp: NetworkInput) -> str:
+        """Create the project's bridge network if it does not exist yet.
+
+        Raises:
+            ApplicationError: the engine refused the network.
+        """
+        name = naming.network_name(inp.tenant, inp.project)
+        with _classified(f"network {name}"):
+            if self.api.networks(names=[name]):
+                return name
+            try:
+                self.api.create_network(
+                    name,
+                    driver="bridge",
+                    check_duplicate=True,
+                    labels={naming.LABEL_TENANT: inp.tenant, naming.LABEL_PROJECT: inp.project},
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+        return name
+
+    @activity.defn(name="start_service")
+    def start_service(self, inp: StartServiceInput) -> list[ServiceInstance]:
+        """Start the given replicas of one service for one revision; adopt any that exist.
+
+        Raises:
+            ApplicationError: ``ImageNotFound`` or ``EngineRefused`` (non-retryable), or an
+                engine error (retryable).
+        """
+        spec = inp.service
+        net = naming.network_name(inp.tenant, inp.project)
+        with _classified(f"service {spec.name}"):
+            self._ensure_image(spec.image)
+            instances = []
+            for slot in inp.slots:
+                name = naming.container_name(inp.tenant, inp.project, spec.name, inp.revision, slot)
+                _heartbeat(name)
+                container_id = self._create(inp, slot, name, net)
+                info = self.api.inspect_container(container_id)
+                if not info["State"]["Running"]:
+                    self.api.start(container_id)
+                    info = self.api.inspect_container(container_id)
+                instances.append(_instance(info))
+            return instances
+
+    def _create(self, inp: StartServiceInput, slot: int, name: str, net: str) -> str:
+        """Create one replica's container, or return the id of the one already there."""
+        try:
+            return str(self.api.inspect_container(name)["Id"])
+        except docker.errors.NotFound:
+            pass
+        spec = inp.service
+        labels = {
+            **spec.labels,
+            naming.LABEL_TENANT: inp.tenant,
+            naming.LABEL_PROJECT: inp.project,
+            naming.LABEL_SERVICE: spec.name,
+            naming.LABEL_DEPLOYMENT: inp.deployment_id,
+            naming.LABEL_REVISION: str(inp.revision),
+            naming.LABEL_SLOT: str(slot),
+            naming.LABEL_VERSION: inp.version,
+        }
+        ports = [p.key for p in spec.ports]
+        host_config = self.api.create_host_config(
+            # An ephemeral host port on loopback per replica: replicas of one service never
+            # collide, and nothing is exposed beyond this host.
+            port_bindings={p: ("127.0.0.1", None) for p in ports},
+        )
+        networking = self.api.create_networking_config(
+            {net: self.api.create_endpoint_config(aliases=[spec.name])}
+        )
+        try:
+            created = self.api.create_container(
+                spec.image,
+                command=spec.command,
+                entrypoint=spec.entrypoint,
+                environment=spec.environment,
+                labels=labels,
+                name=name,
+                ports=[(p.target, p.protocol) for p in spec.ports],
+                host_config=host_config,
+                networking_config=networking,
+                healthcheck=_healthcheck(spec),
+                stop_signal=spec.stop_signal,
+                stop_timeout=int(spec.stop_grace_period_s),
+                working_dir=spec.working_dir,
+                user=spec.user,
+                hostname=f"{spec.name}-{slot}",
+                detach=True,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # another attempt created it meanwhile: adopt it
+                return str(self.api.inspect_container(name)["Id"])
+            raise
+        return str(created["Id"])
+
+    @activity.defn(name="stop_containers")
+    def stop_containers(self, inp: StopContainersInput) -> list[str]:
+        """Stop the selected containers (in parallel), each within the grace period.
+
+        Returns:
+            The names of the containers that were running and are now stopped.
+
+        Raises:
+            ApplicationError: a retryable engine error.
+        """
+        with _classified("stop"):
+            infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
+
+            def stop(info: dict[str, Any]) -> None:
+                _heartbeat(info["Name"])
+                try:
+                    self.api.stop(info["Id"], timeout=max(0, int(inp.grace_period_s)))
+                except docker.errors.NotFound:
+                    pass
+
+            self._parallel(stop, infos)
+            return [str(i["Name"]).lstrip("/") for i in infos]
+
+    @activity.defn(name="remove_containers")
+    def remove_containers(self, sel: ContainerSelector) -> list[str]:
+        """Remove the selected containers (forcefully: they are stopped first by the flow).
+
+        Returns:
+            The names of the containers removed.
+
+        Raises:
+            ApplicationError: a retryable engine error.
+        """
+        with _classified("remove"):
+            infos = self._find(sel)
+
+            def remove(info: dict[str, Any]) -> None:
+                _heartbeat(info["Name"])
+                try:
+                    self.api.remove_container(info["Id"], force=True, v=True)
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as exc:
+                    # "removal already in progress" is success for an idempotent remove.
+                    if exc.status_code != 409:
+                        raise
+
+            self._parallel(remove, infos)
+            return [str(i["Name"]).lstrip("/") for i in infos]
+
+    @activity.defn(name="list_containers")
+    def list_containers(self, sel: ContainerSelector) -> list[ServiceInstance]:
+        """The selected containers as the engine reports them now.
+
+        Raises:
+            ApplicationError: a retryable engine error.
+        """
+        with _classified("list"):
+            return [_instance(i) for i in self._find(sel)]
+
+    @activity.defn(name="wait_healthy")
+    def wait_healthy(self, inp: WaitHealthyInput) -> list[ServiceInstance]:
+        """Wait until every selected container is healthy (Docker HEALTHCHECK) or running.
+
+        Checks ``retries`` times, ``interval_s`` apart, after ``delay_s``; heartbeats all along,
+        so a cancel reaches it and a dead worker is noticed.
+
+        Raises:
+            ApplicationError: ``HealthCheckFailed`` (non-retryable) when a container exits, turns
+                unhealthy, is missing, or is not healthy in time; the last lines of its log are in
+                the message and the details.
+        """
+        deadline = time.monotonic() + inp.delay_s
+        while time.monotonic() < deadline:
+            _heartbeat("delay")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        last: dict[str, str] = {}
+        for attempt in range(1, inp.retries + 1):
+            _heartbeat(attempt)
+            with _classified("health check"):
+                infos = self._find(inp.selector)
+                if len(infos) < inp.expected:
+                    self._fail_health(
+                        f"expected {inp.expected} containers, found {len(infos)}", None, infos
+                    )
+                ready = 0
+                for info in infos:
+                    state = info["State"]
+                    health = state.get("Health")
+                    name = str(info["Name"]).lstrip("/")
+                    if state["Status"] in ("exited", "dead") or (
+                        not state["Running"] and attempt > 1
+                    ):
+                        self._fail_health(
+                            f"container {name} is {state['Status']} (exit code {state.get('ExitCode')})",
+                            info,
+                            infos,
+                        )
+                    if health and health["Status"] == "unhealthy":
+                        self._fail_health(f"container {name} is unhealthy", info, infos)
+                    if state["Running"] and (not health or health["Status"] == "healthy"):
+                        ready += 1
+                    last[name] = health["Status"] if health else state["Status"]
+                if ready == len(infos):
+                    return [_instance(i) for i in infos]
+            time.sleep(inp.interval_s)
+        waiting = ", ".join(f"{n}: {s}" for n, s in last.items() if s not in ("healthy", "running"))
+        infos = self._find(inp.selector)
+        self._fail_health(
+            f"not healthy after {inp.retries} checks {inp.interval_s:g}s apart ({waiting})",
+            next((i for i in infos if (i["State"].get("Health") or {}).get("Status") != "healthy"), None),
+            infos,
+        )
+        raise AssertionError("unreachable")  # _fail_health always raises
+
+    def _fail_health(
+        self, reason: str, info: dict[str, Any] | None, infos: list[dict[str, Any]]
+    ) -> None:
+        logs = self._logs_tail(info["Id"]) if info else ""
+        container = str(info["Name"]).lstrip("/") if info else None
+        health_log = ""
+        if info and info["State"].get("Health"):
+            entries = info["State"]["Health"].get("Log") or []
+            if entries:
+                health_log = str(entries[-1].get("Output", "")).strip()
+        message = reason
+        if health_log:
+            message += f"; last health check output: {health_log[:300]}"
+        if logs:
+            message += f"; last log lines:\n{logs}"
+        raise ApplicationError(
+            message,
+            {"container": container, "logs": logs, "health_output": health_log, "reason": reason},
+            type="HealthCheckFailed",
+            non_retryable=True,
+        )
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """Every activity of this executor, for the worker."""
+        return [
+            self.ensure_network,
+            self.start_service,
+            self.stop_containers,
+            self.remove_containers,
+            self.list_containers,
+            self.wait_healthy,
+        ]

@@ -1,0 +1,124 @@
+"""Demo and test images that need no registry: a busybox-static rootfs brought in with ``docker import``.
+
+``moorage-demo:<version>`` serves ``/`` with busybox httpd (the page says the version) and has a
+1 s HEALTHCHECK. Variants: ``unhealthy`` (its health check always fails) and ``crash`` (exits at
+once). A tiny ``sh`` init traps TERM, so ``docker stop`` takes ~0.2 s instead of the whole grace
+period (busybox httpd as PID 1 ignores SIGTERM).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import docker
+
+REPOSITORY = "moorage-demo"
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+APPLETS = ("sh", "httpd", "wget", "sleep", "cat", "echo", "kill", "true", "false", "ls", "nc")
+
+INIT = """#!/bin/sh
+# PID 1: run httpd, exit promptly on TERM/INT.
+trap 'kill $pid 2>/dev/null; exit 0' TERM INT
+if [ "$MOORAGE_DEMO_MODE" = crash ]; then
+  echo "demo: crashing on purpose" >&2
+  exit 3
+fi
+echo "demo: serving version $(cat /www/version) on :80"
+httpd -f -p 80 -h /www &
+pid=$!
+wait $pid
+"""
+
+HEALTHY = "HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD wget -q -O /dev/null http://127.0.0.1/ || exit 1"
+NEVER_HEALTHY = "HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD exit 1"
+
+
+def find_busybox() -> Path:
+    """The static busybox binary (Debian's ``busybox-static``).
+
+    Raises:
+        FileNotFoundError: busybox is not installed.
+    """
+    for candidate in BUSYBOX_CANDIDATES:
+        path = Path(candidate)
+        if path.exists():
+            return path
+    found = shutil.which("busybox")
+    if found:
+        return Path(found)
+    raise FileNotFoundError("busybox not found: apt-get install busybox-static")
+
+
+def _rootfs_tar(version: str, mode: str) -> bytes:
+    busybox = find_busybox().read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+        def add_dir(name: str) -> None:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+
+        def add_file(name: str, data: bytes, mode_bits: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode_bits
+            tar.addfile(info, io.BytesIO(data))
+
+        for d in ("bin", "www", "tmp", "etc"):
+            add_dir(d)
+        add_file("bin/busybox", busybox, 0o755)
+        for applet in APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        add_file("init.sh", INIT.encode(), 0o755)
+        add_file("www/version", f"{version}\n".encode())
+        add_file("www/index.html", f"moorage-demo {version}\n".encode())
+        add_file("etc/passwd", b"root:x:0:0:root:/:/bin/sh\n")
+    return buf.getvalue()
+
+
+VARIANTS: dict[str, tuple[str, str]] = {
+    # tag → (health check, mode)
+    "v1": (HEALTHY, "serve"),
+    "v2": (HEALTHY, "serve"),
+    "v3": (HEALTHY, "serve"),
+    "unhealthy": (NEVER_HEALTHY, "serve"),
+    "crash": (HEALTHY, "crash"),
+}
+
+
+def build_image(client: docker.DockerClient, tag: str, health: str, mode: str) -> str:
+    """Import one demo image; returns its reference."""
+    ref = f"{REPOSITORY}:{tag}"
+    changes = [
+        'CMD ["/init.sh"]',
+        "ENV PATH=/bin",
+        f"ENV MOORAGE_DEMO_MODE={mode}",
+        "EXPOSE 80",
+        health,
+    ]
+    client.api.import_image_from_data(_rootfs_tar(tag, mode), repository=REPOSITORY, tag=tag, changes=changes)
+    return ref
+
+
+def build_all(client: docker.DockerClient | None = None, force: bool = False) -> list[str]:
+    """Import every demo image that is not on the engine yet (all of them with ``force``)."""
+    client = client or docker.from_env()
+    built = []
+    for tag, (health, mode) in VARIANTS.items():
+        ref = f"{REPOSITORY}:{tag}"
+        if not force:
+            try:
+                client.images.get(ref)
+                continue
+            except docker.errors.ImageNotFound:
+                pass
+        built.append(build_image(client, tag, health, mode))
+    return built

@@ -1,0 +1,50 @@
+"""Deterministic names and labels for everything Moorage creates on a Docker engine.
+
+A retried activity finds what an earlier attempt made by these names and labels, so every
+activity can be idempotent.
+"""
+
+from __future__ import annotations
+
+LABEL_PREFIX = "moorage."
+LABEL_TENANT = "moorage.tenant"
+LABEL_PROJECT = "moorage.project"
+LABEL_SERVICE = "moorage.service"
+LABEL_DEPLOYMENT = "moorage.deployment"
+LABEL_REVISION = "moorage.revision"
+LABEL_SLOT = "moorage.slot"
+LABEL_VERSION = "moorage.version"
+
+
+def container_name(tenant: str, project: str, service: str, revision: int, slot: int) -> str:
+    """The container of one replica (``slot``) of a service in one revision."""
+    return f"moorage-{tenant}-{project}-{service}-r{revision}-{slot}"
+
+
+def network_name(tenant: str, project: str) -> str:
+    """The project's own bridge network: services reach each other by service name on it."""
+    return f"moorage-{tenant}-{project}"
+
+
+def deployment_id(project: str, revision: int) -> str:
+    """A deployment's id, unique within its tenant."""
+    return f"{project}.{revision}"
+
+
+def split_deployment_id(dep_id: str) -> tuple[str, int] | None:
+    """``shop.3`` → ``("shop", 3)``; None when the id is not of that form."""
+    project, dot, rev = dep_id.rpartition(".")
+    if not dot or not project or not rev.isdigit() or len(rev) > 9:
+        return None
+    return project, int(rev)
+
+
+def project_workflow_id(tenant: str, project: str) -> str:
+    """The entity workflow of a project. The tenant is part of every workflow id, so one
+    tenant can never address another tenant's workflow."""
+    return f"moorage/{tenant}/project/{project}"
+
+
+def deployment_workflow_id(tenant: str, dep_id: str) -> str:
+    """The strategy (child) workflow of one deployment."""
+    return f"moorage/{tenant}/deployment/{dep_id}"

@@ -1,0 +1,291 @@
+"""The client-side service both the API and the CLI use: workflow starts, updates and queries.
+
+Refusals come back as :class:`MoorageError` subclasses that carry the HTTP status they map to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from moorage import naming
+from moorage.compose import ComposeError, parse_compose
+from moorage.models import (
+    NAME_RE,
+    Deployment,
+    DeploymentEvent,
+    DeploymentState,
+    DeployRequest,
+    ProjectPublic,
+    ServiceInstance,
+)
+from moorage.settings import Settings
+from workflows import search_attributes as sa
+from workflows.inputs import ApplyInput, CancelInput, DeployInput, ProjectState, RollbackInput
+
+
+class MoorageError(Exception):
+    """A refusal with the HTTP status it maps to."""
+
+    status_code = 400
+
+    def __init__(self, message: str, *, field: list[str | int] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFoundError(MoorageError):
+    """Unknown project or deployment (or another tenant's)."""
+
+    status_code = 404
+
+
+class ConflictError(MoorageError):
+    """The project is in no state for this request."""
+
+    status_code = 409
+
+
+class InvalidError(MoorageError):
+    """The request is invalid."""
+
+    status_code = 422
+
+
+_KINDS: dict[str, type[MoorageError]] = {
+    "NotFound": NotFoundError,
+    "Conflict": ConflictError,
+    "Invalid": InvalidError,
+}
+
+
+def _check_name(value: str, what: str) -> None:
+    if not NAME_RE.match(value):
+        raise NotFoundError(f"{what} {value!r} not found")
+
+
+def _refusal(err: WorkflowUpdateFailedError) -> MoorageError:
+    cause = err.cause
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError) and cause.type in _KINDS:
+        return _KINDS[cause.type](cause.message)
+    return MoorageError(str(cause or err))
+
+
+class DeploymentService:
+    """Projects and deployments of every tenant, on one Temporal namespace."""
+
+    def __init__(self, client: Client, settings: Settings):
+        self.client = client
+        self.settings = settings
+
+    # --- projects ------------------------------------------------------------------------------
+
+    def _project(self, tenant: str, project: str) -> WorkflowHandle[Any, Any]:
+        _check_name(project, "project")
+        return self.client.get_workflow_handle(naming.project_workflow_id(tenant, project))
+
+    async def _query_project(self, tenant: str, project: str, query: str, *args: Any, result_type: type) -> Any:
+        try:
+            return await self._project(tenant, project).query(query, *args, result_type=result_type)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise NotFoundError(f"project {project!r} not found") from exc
+            raise
+
+    async def _update(self, tenant: str, project: str, update: str, arg: Any, result_type: type) -> Any:
+        try:
+            return await self._project(tenant, project).execute_update(update, arg, result_type=result_type)
+        except WorkflowUpdateFailedError as err:
+            raise _refusal(err) from err
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise NotFoundError(f"project {project!r} not found") from exc
+            raise
+
+    async def apply_project(self, tenant: str, project: str, compose: str) -> ProjectPublic:
+        """Create the project (if new) and store its Compose text.
+
+        Raises:
+            InvalidError: the project id or the Compose text is refused (nothing is changed).
+        """
+        if not NAME_RE.match(project):
+            raise InvalidError(
+                "project ids are 1-40 lowercase letters, digits and dashes, starting with a letter or digit",
+                field=["path", "project_id"],
+            )
+        try:
+            parse_compose(compose)
+        except ComposeError as exc:
+            field: list[str | int] = ["body", "compose"]
+            if exc.service:
+                field.append(exc.service)
+            if exc.key:
+                field.append(exc.key)
+            raise InvalidError(str(exc), field=field) from exc
+        await self.client.start_workflow(
+            "Project",
+            ProjectState(
+                tenant_id=tenant, project_id=project, retained_revisions=self.settings.retained_revisions
+            ),
+            id=naming.project_workflow_id(tenant, project),
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=sa_list(tenant, project),
+            static_summary=f"project {project} (tenant {tenant})",
+        )
+        result: ProjectPublic = await self._update(
+            tenant, project, "apply", ApplyInput(compose=compose), ProjectPublic
+        )
+        return result
+
+    async def get_project(self, tenant: str, project: str) -> ProjectPublic:
+        """The project.
+
+        Raises:
+            NotFoundError: no such project for this tenant.
+        """
+        result: ProjectPublic = await self._query_project(tenant, project, "project", result_type=ProjectPublic)
+        return result
+
+    # --- deployments ---------------------------------------------------------------------------
+
+    async def deploy(
+        self, tenant: str, user: str, project: str, request: DeployRequest, idempotency_key: str | None = None
+    ) -> Deployment:
+        """Start a deployment of the project's Compose text; returns at once (status pending).
+
+        Raises:
+            NotFoundError: no such project.
+            ConflictError: a deployment is running for this project.
+            InvalidError: the project has no Compose text, or the strategy is not available.
+        """
+        result: Deployment = await self._update(
+            tenant,
+            project,
+            "deploy",
+            DeployInput(request=request, user_id=user, idempotency_key=idempotency_key),
+            Deployment,
+        )
+        return result
+
+    async def list_deployments(self, tenant: str, project: str) -> list[Deployment]:
+        """A project's deployments, newest first.
+
+        Raises:
+            NotFoundError: no such project.
+        """
+        result: list[Deployment] = await self._query_project(
+            tenant, project, "deployments", result_type=list[Deployment]
+        )
+        return result
+
+    async def get_state(self, tenant: str, deployment_id: str) -> DeploymentState:
+        """A deployment's record, events and instances; live from its strategy workflow while it runs.
+
+        Raises:
+            NotFoundError: no such deployment for this tenant.
+        """
+        parts = naming.split_deployment_id(deployment_id)
+        if parts is None:
+            raise NotFoundError(f"deployment {deployment_id!r} not found")
+        project, _ = parts
+        try:
+            state: DeploymentState | None = await self._query_project(
+                tenant, project, "deployment", deployment_id, result_type=DeploymentState | None
+            )
+        except NotFoundError:
+            state = None
+        if state is None:
+            raise NotFoundError(f"deployment {deployment_id!r} not found")
+        if state.deployment.status.terminal:
+            return state
+        handle = self.client.get_workflow_handle(naming.deployment_workflow_id(tenant, deployment_id))
+        try:
+            live: DeploymentState | None = await handle.query("state", result_type=DeploymentState | None)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return state  # the strategy workflow has not started yet
+            raise
+        if live is None:
+            return state
+        # The project's request event first, then the strategy's own log.
+        live.events = [e for e in state.events if e.details.get("phase") == "requested"] + live.events
+        return live
+
+    async def get_deployment(self, tenant: str, deployment_id: str) -> Deployment:
+        """A deployment's record.
+
+        Raises:
+            NotFoundError: no such deployment.
+        """
+        return (await self.get_state(tenant, deployment_id)).deployment
+
+    async def events(self, tenant: str, deployment_id: str) -> list[DeploymentEvent]:
+        """A deployment's event log, oldest first.
+
+        Raises:
+            NotFoundError: no such deployment.
+        """
+        return (await self.get_state(tenant, deployment_id)).events
+
+    async def instances(self, tenant: str, deployment_id: str) -> list[ServiceInstance]:
+        """The containers a deployment made.
+
+        Raises:
+            NotFoundError: no such deployment.
+        """
+        return (await self.get_state(tenant, deployment_id)).instances
+
+    async def cancel(self, tenant: str, user: str, deployment_id: str) -> Deployment:
+        """Cancel a running deployment.
+
+        Raises:
+            NotFoundError: no such deployment.
+            ConflictError: the deployment is not running.
+        """
+        project = self._project_of(deployment_id)
+        result: Deployment = await self._update(
+            tenant, project, "cancel", CancelInput(deployment_id=deployment_id, user_id=user), Deployment
+        )
+        return result
+
+    async def rollback(
+        self, tenant: str, user: str, deployment_id: str, to_revision: int | None = None
+    ) -> Deployment:
+        """Start a deployment that brings back the previous (or the given) successful revision.
+
+        Raises:
+            NotFoundError: no such deployment.
+            ConflictError: a deployment is running, or the target is what serves already.
+            InvalidError: the target revision is not retained.
+        """
+        project = self._project_of(deployment_id)
+        result: Deployment = await self._update(
+            tenant,
+            project,
+            "rollback",
+            RollbackInput(deployment_id=deployment_id, user_id=user, to_revision=to_revision),
+            Deployment,
+        )
+        return result
+
+    @staticmethod
+    def _project_of(deployment_id: str) -> str:
+        parts = naming.split_deployment_id(deployment_id)
+        if parts is None or not NAME_RE.match(parts[0]):
+            raise NotFoundError(f"deployment {deployment_id!r} not found")
+        return parts[0]
+
+
+def sa_list(tenant: str, project: str) -> Any:
+    """Search attributes of a project workflow."""
+    from temporalio.common import TypedSearchAttributes
+
+    return TypedSearchAttributes([sa.PROJECT_ID.value_set(project), sa.TENANT_ID.value_set(tenant)])

@@ -1,0 +1,1 @@
+"""Temporal workflows: the project entity workflow and one workflow per deployment strategy."""

@@ -1,0 +1,410 @@
+"""The project workflow: one long-lived entity per project.
+
+It holds the Compose text the next deployment rolls out, the retained revisions, the deployment
+history (records, events and instances, so they outlive the strategy workflows' retention) and the
+one active deployment. It lets only one deployment run at a time: a second is refused (HTTP 409).
+Each deployment runs as a child strategy workflow.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from moorage import naming
+    from moorage.compose import ComposeError, ProjectSpec, parse_compose
+    from moorage.models import (
+        Deployment,
+        DeploymentConfig,
+        DeploymentEvent,
+        DeploymentState,
+        DeploymentStatus,
+        EventType,
+        ProjectPublic,
+        RevisionInfo,
+        Strategy,
+    )
+    from workflows import search_attributes as sa
+    from workflows.inputs import (
+        ApplyInput,
+        CancelInput,
+        DeployInput,
+        ProjectState,
+        RevisionRef,
+        RollbackInput,
+        StrategyInput,
+    )
+    from workflows.recreate import RecreateWorkflow
+
+MAX_DEPLOYMENTS_KEPT = 100
+MAX_IDEMPOTENCY_KEYS = 200
+HISTORY_LIMIT = 5_000
+
+STRATEGY_WORKFLOWS: dict[Strategy, str] = {Strategy.RECREATE: "Recreate"}
+"""Strategy → pinned workflow name of its child workflow."""
+
+_ = RecreateWorkflow  # imported so the sandbox validates it alongside
+
+
+def _refuse(message: str, kind: str) -> ApplicationError:
+    """A refusal the API maps to an HTTP status (``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422)."""
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+@workflow.defn(name="Project")
+class ProjectWorkflow:
+    """Entity workflow of one project."""
+
+    def __init__(self) -> None:
+        self.s: ProjectState | None = None
+        self._child: workflow.ChildWorkflowHandle[object, DeploymentState] | None = None
+        self._cancel_pending = False
+
+    @property
+    def state(self) -> ProjectState:
+        """The project state (set at the start of run)."""
+        assert self.s is not None
+        return self.s
+
+    @workflow.init
+    def init(self, state: ProjectState) -> None:
+        """Restore the state handed over by continue-as-new (or the initial one)."""
+        self.s = state
+
+    @workflow.run
+    async def run(self, state: ProjectState) -> None:
+        """Run deployments one at a time, forever; continue-as-new when history grows."""
+        while True:
+            await workflow.wait_condition(
+                lambda: self.state.active_id is not None or self._should_continue()
+            )
+            if self.state.active_id is None:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self.state)
+            await self._run_active()
+
+    def _should_continue(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_LIMIT
+
+    # --- queries -------------------------------------------------------------------------------
+
+    @workflow.query(name="project")
+    def project(self) -> ProjectPublic:
+        """The project as clients see it."""
+        s = self.state
+        services: list[str] = []
+        if s.compose:
+            try:
+                services = parse_compose(s.compose).names
+            except ComposeError:
+                services = []
+        return ProjectPublic(
+            id=s.project_id,
+            tenant_id=s.tenant_id,
+            compose=s.compose,
+            services=services,
+            current_revision=s.current.revision if s.current else None,
+            current_version=s.current.version if s.current else None,
+            active_deployment_id=s.active_id,
+            revisions=s.revisions,
+        )
+
+    @workflow.query(name="deployments")
+    def deployments(self) -> list[Deployment]:
+        """Deployment records, newest first."""
+        return [d.deployment for d in reversed(self.state.deployments)]
+
+    @workflow.query(name="deployment")
+    def deployment(self, deployment_id: str) -> DeploymentState | None:
+        """One deployment's record, events and instances (None when unknown)."""
+        return self._find(deployment_id)
+
+    # --- updates -------------------------------------------------------------------------------
+
+    @workflow.update(name="apply")
+    def apply(self, inp: ApplyInput) -> ProjectPublic:
+        """Store the Compose text the next deployment rolls out."""
+        self.state.compose = inp.compose
+        return self.project()
+
+    @apply.validator
+    def _validate_apply(self, inp: ApplyInput) -> None:
+        try:
+            parse_compose(inp.compose)
+        except ComposeError as exc:
+            raise _refuse(str(exc), "Invalid") from exc
+
+    @workflow.update(name="deploy")
+    def deploy(self, inp: DeployInput) -> Deployment:
+        """Register a deployment of the stored Compose text; it starts right away."""
+        s = self.state
+        if inp.idempotency_key and inp.idempotency_key in s.idempotency:
+            found = self._find(s.idempotency[inp.idempotency_key])
+            assert found is not None
+            return found.deployment
+        assert s.compose is not None
+        revision = s.next_revision
+        dep = self._register(
+            revision=revision,
+            version=inp.request.version or f"r{revision}",
+            compose=s.compose,
+            user_id=inp.user_id,
+            config=inp.request,
+        )
+        if inp.idempotency_key:
+            s.idempotency[inp.idempotency_key] = dep.id
+            while len(s.idempotency) > MAX_IDEMPOTENCY_KEYS:
+                s.idempotency.pop(next(iter(s.idempotency)))
+        return dep
+
+    @deploy.validator
+    def _validate_deploy(self, inp: DeployInput) -> None:
+        s = self.state
+        if inp.idempotency_key and inp.idempotency_key in s.idempotency:
+            return
+        if s.compose is None:
+            raise _refuse("the project has no Compose file yet: PUT it first", "Invalid")
+        if inp.request.strategy not in STRATEGY_WORKFLOWS:
+            raise _refuse(
+                f"strategy {inp.request.strategy.value!r} is not available yet "
+                f"(available: {', '.join(x.value for x in STRATEGY_WORKFLOWS)})",
+                "Invalid",
+            )
+        self._refuse_if_active()
+
+    @workflow.update(name="rollback")
+    def rollback(self, inp: RollbackInput) -> Deployment:
+        """Register a deployment that brings back a retained revision."""
+        target = self._rollback_target(inp)
+        last = self._find(inp.deployment_id)
+        assert last is not None
+        config = last.deployment.config.model_copy(update={"strategy": Strategy.RECREATE})
+        dep = self._register(
+            revision=self.state.next_revision,
+            version=target.version,
+            compose=target.compose,
+            user_id=inp.user_id,
+            config=config,
+            rollback_version=target.version,
+        )
+        return dep
+
+    @rollback.validator
+    def _validate_rollback(self, inp: RollbackInput) -> None:
+        if self._find(inp.deployment_id) is None:
+            raise _refuse(f"deployment {inp.deployment_id!r} not found", "NotFound")
+        self._refuse_if_active()
+        self._rollback_target(inp)
+
+    @workflow.update(name="cancel")
+    async def cancel(self, inp: CancelInput) -> Deployment:
+        """Cancel the active deployment; it undoes what it did and ends ``cancelled``."""
+        found = self._find(inp.deployment_id)
+        assert found is not None
+        if self._child is not None:
+            await self._child.signal("cancel", inp.user_id)
+        else:
+            self._cancel_pending = True
+        return found.deployment
+
+    @cancel.validator
+    def _validate_cancel(self, inp: CancelInput) -> None:
+        found = self._find(inp.deployment_id)
+        if found is None:
+            raise _refuse(f"deployment {inp.deployment_id!r} not found", "NotFound")
+        if self.state.active_id != inp.deployment_id:
+            raise _refuse(
+                f"deployment {inp.deployment_id} is {found.deployment.status.value}: "
+                "only a running deployment can be cancelled",
+                "Conflict",
+            )
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _find(self, deployment_id: str) -> DeploymentState | None:
+        for d in self.state.deployments:
+            if d.deployment.id == deployment_id:
+                return d
+        return None
+
+    def _refuse_if_active(self) -> None:
+        if self.state.active_id is not None:
+            raise _refuse(
+                f"deployment {self.state.active_id} is still running for this project; "
+                "wait for it or cancel it",
+                "Conflict",
+            )
+
+    def _rollback_target(self, inp: RollbackInput) -> RevisionInfo:
+        s = self.state
+        if s.current is None:
+            raise _refuse("nothing is serving yet: there is nothing to roll back", "Conflict")
+        if inp.to_revision is not None:
+            for rev in s.revisions:
+                if rev.revision == inp.to_revision:
+                    if rev.revision == s.current.revision:
+                        raise _refuse(
+                            f"revision {rev.revision} (version {rev.version}) is already serving",
+                            "Conflict",
+                        )
+                    return rev
+            kept = ", ".join(str(r.revision) for r in s.revisions) or "none"
+            raise _refuse(
+                f"revision {inp.to_revision} is not a retained successful revision (retained: {kept})",
+                "Invalid",
+            )
+        earlier = [r for r in s.revisions if r.revision < s.current.revision]
+        if not earlier:
+            raise _refuse(
+                f"no successful revision before the serving one ({s.current.revision}) to roll back to",
+                "Conflict",
+            )
+        return earlier[-1]
+
+    def _register(
+        self,
+        *,
+        revision: int,
+        version: str,
+        compose: str,
+        user_id: str,
+        config: DeploymentConfig,
+        rollback_version: str | None = None,
+    ) -> Deployment:
+        s = self.state
+        cfg = DeploymentConfig(**config.model_dump(include=set(DeploymentConfig.model_fields)))
+        dep = Deployment(
+            id=naming.deployment_id(s.project_id, revision),
+            project_id=s.project_id,
+            version=version,
+            revision=revision,
+            strategy=cfg.strategy,
+            status=DeploymentStatus.PENDING,
+            message="waiting to start",
+            rollback_version=rollback_version,
+            previous_revision=s.current.revision if s.current else None,
+            user_id=user_id,
+            tenant_id=s.tenant_id,
+            config=cfg,
+        )
+        s.next_revision = revision + 1
+        s.deployments.append(
+            DeploymentState(
+                deployment=dep,
+                events=[
+                    DeploymentEvent(
+                        event_type=EventType.DEPLOYMENT_REQUESTED,
+                        message=(
+                            f"rollback to version {rollback_version} requested by {user_id}"
+                            if rollback_version
+                            else f"deployment requested by {user_id}"
+                        ),
+                        details={"user": user_id, "phase": "requested"},
+                        created_at=workflow.now(),
+                    )
+                ],
+            )
+        )
+        s.active_compose = compose
+        s.active_id = dep.id
+        while len(s.deployments) > MAX_DEPLOYMENTS_KEPT:
+            s.deployments.pop(0)
+        return dep
+
+    async def _run_active(self) -> None:
+        s = self.state
+        assert s.active_id is not None
+        record = self._find(s.active_id)
+        assert record is not None
+        dep = record.deployment
+        compose = s.active_compose
+        assert compose is not None
+        if self._cancel_pending:
+            self._cancel_pending = False
+            self._finish(record, dep, DeploymentStatus.CANCELLED, "cancelled before it started", compose)
+            return
+        previous = None
+        if s.current is not None:
+            previous = RevisionRef(
+                revision=s.current.revision,
+                version=s.current.version,
+                deployment_id=s.current.deployment_id,
+                spec=parse_compose(s.current.compose),
+            )
+        inp = StrategyInput(deployment=dep, target=parse_compose(compose), previous=previous)
+        try:
+            self._child = await workflow.start_child_workflow(
+                STRATEGY_WORKFLOWS[dep.strategy],
+                inp,
+                id=naming.deployment_workflow_id(s.tenant_id, dep.id),
+                result_type=DeploymentState,
+                parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                search_attributes=workflow.TypedSearchAttributes(
+                    [
+                        sa.PROJECT_ID.value_set(s.project_id),
+                        sa.TENANT_ID.value_set(s.tenant_id),
+                        sa.STRATEGY.value_set(dep.strategy.value),
+                        sa.VERSION.value_set(dep.version),
+                        sa.DEPLOYMENT_STATUS.value_set(DeploymentStatus.PENDING.value),
+                    ]
+                ),
+                static_summary=f"{dep.strategy.value} of {s.project_id} to {dep.version}",
+                execution_timeout=timedelta(days=7),
+            )
+            if self._cancel_pending:
+                self._cancel_pending = False
+                await self._child.signal("cancel", "operator")
+            result: DeploymentState = await self._child
+        except ChildWorkflowError as err:
+            self._child = None
+            self._finish(record, dep, DeploymentStatus.FAILED, f"strategy workflow failed: {err.cause or err}", compose)
+            return
+        self._child = None
+        # Keep the request event, then everything the strategy recorded.
+        record.deployment = result.deployment
+        record.events = [*record.events, *result.events]
+        record.instances = result.instances
+        self._finish(record, result.deployment, result.deployment.status, None, compose)
+
+    def _finish(
+        self,
+        record: DeploymentState,
+        dep: Deployment,
+        status: DeploymentStatus,
+        message: str | None,
+        compose: str,
+    ) -> None:
+        s = self.state
+        if message is not None:
+            dep.status = status
+            dep.message = message
+            dep.completed_at = workflow.now()
+            record.events.append(
+                DeploymentEvent(
+                    event_type=EventType.DEPLOYMENT_CANCELLED
+                    if status == DeploymentStatus.CANCELLED
+                    else EventType.DEPLOYMENT_FAILED,
+                    message=message,
+                    created_at=workflow.now(),
+                )
+            )
+        record.deployment = dep
+        if status == DeploymentStatus.COMPLETED:
+            info = RevisionInfo(
+                revision=dep.revision,
+                version=dep.version,
+                deployment_id=dep.id,
+                status=status,
+                compose=compose,
+                created_at=dep.completed_at or workflow.now(),
+            )
+            s.current = info
+            s.revisions.append(info)
+            while len(s.revisions) > s.retained_revisions:
+                s.revisions.pop(0)
+        s.active_id = None
+        s.active_compose = None

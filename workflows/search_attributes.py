@@ -1,0 +1,24 @@
+"""Search attributes that make deployments listable and filterable in the Temporal UI.
+
+The dev server started by ``moorage dev`` and the test servers register exactly these.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+PROJECT_ID = SearchAttributeKey.for_keyword("ProjectId")
+DEPLOYMENT_STATUS = SearchAttributeKey.for_keyword("DeploymentStatus")
+STRATEGY = SearchAttributeKey.for_keyword("Strategy")
+VERSION = SearchAttributeKey.for_keyword("Version")
+TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
+
+ALL = (PROJECT_ID, DEPLOYMENT_STATUS, STRATEGY, VERSION, TENANT_ID)
+
+
+def cli_flags() -> list[str]:
+    """``--search-attribute Name=Keyword`` flags for ``temporal server start-dev``."""
+    flags = []
+    for key in ALL:
+        flags += ["--search-attribute", f"{key.name}=Keyword"]
+    return flags

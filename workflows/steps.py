@@ -1,0 +1,251 @@
+"""Shared machinery of every strategy: activity calls with their options, and the compensation stack.
+
+The task queue of each activity is chosen in :func:`activity_queue` only, so sending host-bound
+activities to a per-host queue (``moorage-host-<name>``) is a change in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inputs import (
+        ContainerSelector,
+        StartServiceInput,
+        StopContainersInput,
+        WaitHealthyInput,
+    )
+    from moorage.compose import ServiceSpec
+    from moorage.models import DeploymentConfig, Deployment, EventType, ServiceInstance
+    from workflows.tracking import Tracker
+
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+)
+"""Engine hiccups are retried a bounded number of times; refusals are never retried."""
+
+UNDO_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=30,
+)
+"""Compensation tries harder: giving up leaves the project in an unknown state."""
+
+HEARTBEAT = timedelta(seconds=10)
+
+
+def activity_queue(activity_name: str) -> str | None:
+    """The task queue for an activity; None keeps the workflow's own queue.
+
+    Every activity runs on the one shared queue today. With several Docker hosts, container,
+    probe and local-proxy activities go to ``moorage-host-<name>`` here.
+    """
+    del activity_name
+    return None
+
+
+async def call(
+    activity_name: str,
+    arg: BaseModel,
+    *,
+    timeout: timedelta = timedelta(minutes=5),
+    retry: RetryPolicy = STEP_RETRY,
+    result_type: type | None = None,
+) -> Any:
+    """Run one activity by its pinned name, with Moorage's standard options.
+
+    Raises:
+        ActivityError: the activity failed for good (its cause says why).
+    """
+    return await workflow.execute_activity(
+        activity_name,
+        arg,
+        task_queue=activity_queue(activity_name),
+        start_to_close_timeout=timeout,
+        heartbeat_timeout=HEARTBEAT,
+        retry_policy=retry,
+        # Cancel waits until the activity has stopped, so compensation never races a step that
+        # is still creating containers.
+        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        result_type=result_type,
+    )
+
+
+def selector(dep: Deployment, revision: int, service: str | None = None, slots: list[int] | None = None) -> ContainerSelector:
+    """Containers of one revision of the deployment's project (optionally one service/slots)."""
+    return ContainerSelector(
+        tenant=dep.tenant_id, project=dep.project_id, service=service, revision=revision, slots=slots
+    )
+
+
+async def start_service(
+    dep: Deployment, revision: int, version: str, deployment_id: str, spec: ServiceSpec, slots: list[int]
+) -> list[ServiceInstance]:
+    """Start replicas ``slots`` of ``spec`` for ``revision``."""
+    result: list[ServiceInstance] = await call(
+        "start_service",
+        start_input(dep, revision, version, deployment_id, spec, slots),
+        timeout=timedelta(minutes=10),
+        result_type=list[ServiceInstance],
+    )
+    return result
+
+
+def health_input(cfg: DeploymentConfig, sel: ContainerSelector, expected: int) -> WaitHealthyInput:
+    """The health wait for ``expected`` containers under the deployment's health settings."""
+    return WaitHealthyInput(
+        selector=sel,
+        expected=expected,
+        delay_s=cfg.health_check_delay,
+        retries=cfg.health_check_retries,
+        interval_s=cfg.health_check_interval,
+    )
+
+
+def health_timeout(inp: WaitHealthyInput) -> timedelta:
+    """A start-to-close timeout that outlasts every check the wait may make."""
+    return timedelta(seconds=inp.delay_s + inp.retries * (inp.interval_s + 5) + 60)
+
+
+async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
+    """Wait until the selected containers are healthy."""
+    result: list[ServiceInstance] = await call(
+        "wait_healthy", inp, timeout=health_timeout(inp), result_type=list[ServiceInstance]
+    )
+    return result
+
+
+async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
+    """Stop the selected containers within ``grace_s``."""
+    result: list[str] = await call(
+        "stop_containers",
+        StopContainersInput(selector=sel, grace_period_s=grace_s),
+        timeout=timedelta(seconds=grace_s + 120),
+        result_type=list[str],
+    )
+    return result
+
+
+async def remove_containers(sel: ContainerSelector) -> list[str]:
+    """Remove the selected containers."""
+    result: list[str] = await call(
+        "remove_containers", sel, timeout=timedelta(minutes=2), result_type=list[str]
+    )
+    return result
+
+
+def failure_reason(err: BaseException) -> tuple[str, dict[str, Any]]:
+    """The root message and details of a failure, for events and the deployment message."""
+    details: dict[str, Any] = {}
+    cause: BaseException | None = err
+    message = str(err)
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            message = cause.message
+            if cause.details and isinstance(cause.details[0], dict):
+                details = dict(cause.details[0])
+            if cause.type:
+                details.setdefault("error_type", cause.type)
+            break
+        if isinstance(cause, ActivityError | ChildWorkflowError):
+            cause = cause.cause
+            continue
+        message = str(cause) or type(cause).__name__
+        break
+    return message, details
+
+
+@dataclass
+class Compensation:
+    """One undo: an activity and its input, recorded before the side effect it undoes."""
+
+    description: str
+    activity: str
+    arg: BaseModel
+    timeout: timedelta = timedelta(minutes=5)
+
+
+class CompensationStack:
+    """Undo steps, pushed before each side effect and unwound in reverse on failure or cancel."""
+
+    def __init__(self) -> None:
+        self.steps: list[Compensation] = []
+
+    def push(self, description: str, activity_name: str, arg: BaseModel, timeout: timedelta | None = None) -> None:
+        """Record how to undo the side effect about to happen."""
+        self.steps.append(Compensation(description, activity_name, arg, timeout or timedelta(minutes=5)))
+
+    def push_wait_healthy(self, description: str, inp: WaitHealthyInput) -> None:
+        """Record a health wait (e.g. for a restored revision) as an undo step."""
+        self.push(description, "wait_healthy", inp, health_timeout(inp))
+
+    async def unwind(self, tracker: Tracker) -> None:
+        """Run every undo step, newest first. Each is retried hard; the first that still fails
+        stops the unwind (later steps may depend on it) and is raised.
+
+        Raises:
+            ActivityError: an undo step failed after all its retries.
+        """
+        while self.steps:
+            step = self.steps.pop()
+            tracker.event(EventType.ROLLBACK_STEP, step.description)
+            await workflow.execute_activity(
+                step.activity,
+                step.arg,
+                task_queue=activity_queue(step.activity),
+                start_to_close_timeout=step.timeout,
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=UNDO_RETRY,
+            )
+
+
+async def gate_healthy(
+    t: Tracker, revision: int, spec: ServiceSpec, slots: list[int] | None = None
+) -> list[ServiceInstance]:
+    """The health gate: wait until the service's replicas are healthy, with events either way.
+
+    Raises:
+        ActivityError: the replicas did not get healthy (the event carries the container's log).
+    """
+    dep = t.deployment
+    expected = len(slots) if slots is not None else spec.replicas
+    inp = health_input(dep.config, selector(dep, revision, spec.name, slots), expected)
+    try:
+        instances = await wait_healthy(inp)
+    except ActivityError as err:
+        reason, details = failure_reason(err)
+        t.event(EventType.HEALTH_CHECK_FAILED, reason, service=spec.name, revision=revision, **details)
+        raise
+    t.event(
+        EventType.HEALTH_CHECK_PASSED,
+        f"{spec.name}: {expected} replica(s) of revision {revision} healthy",
+        service=spec.name,
+        containers=[i.container_name for i in instances],
+    )
+    return instances
+
+
+def start_input(
+    dep: Deployment, ref_revision: int, version: str, deployment_id: str, spec: ServiceSpec, slots: list[int]
+) -> StartServiceInput:
+    """The start_service input for replicas of one revision of a service."""
+    return StartServiceInput(
+        tenant=dep.tenant_id,
+        project=dep.project_id,
+        deployment_id=deployment_id,
+        revision=ref_revision,
+        version=version,
+        service=spec,
+        slots=slots,
+    )

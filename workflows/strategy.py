@@ -1,0 +1,151 @@
+"""What every strategy workflow shares: the status machine, cancel, failure and compensation.
+
+A strategy subclasses :class:`StrategyWorkflow` and writes only its steps (``flow``); this base
+runs them as a task that a cancel signal can interrupt, and on failure or cancel unwinds the
+compensation stack so the project ends as it was before the deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from moorage.models import (
+        Deployment,
+        DeploymentEvent,
+        DeploymentState,
+        DeploymentStatus,
+        EventType,
+        ServiceInstance,
+    )
+    from workflows import steps
+    from workflows.inputs import StrategyInput
+    from workflows.tracking import Tracker
+
+
+class StrategyWorkflow:
+    """Base of the strategy workflows (not a workflow itself)."""
+
+    def __init__(self) -> None:
+        self.tracker: Tracker | None = None
+        self.undo = steps.CompensationStack()
+        self._task: asyncio.Task[None] | None = None
+        self._cancel_requested_by: str | None = None
+
+    # --- the steps, written by each strategy ----------------------------------------------------
+
+    async def flow(self, inp: StrategyInput, t: Tracker) -> None:
+        """The strategy's steps, in order."""
+        raise NotImplementedError
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    @workflow.signal(name="cancel")
+    def cancel(self, user_id: str) -> None:
+        """Cancel the deployment: stop the current step and undo everything done so far."""
+        if self._cancel_requested_by is not None or self.tracker is None:
+            return
+        if self.tracker.deployment.status.terminal:
+            return
+        self._cancel_requested_by = user_id or "unknown"
+        self.tracker.event(
+            EventType.CANCEL_REQUESTED, f"cancel requested by {self._cancel_requested_by}", user=user_id
+        )
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    @workflow.query(name="state")
+    def state(self) -> DeploymentState | None:
+        """Deployment record, events and instances."""
+        return self.tracker.state if self.tracker else None
+
+    @workflow.query(name="progress")
+    def progress(self) -> int:
+        """Progress, 0–100."""
+        return self.tracker.deployment.progress if self.tracker else 0
+
+    @workflow.query(name="status")
+    def status(self) -> Deployment | None:
+        """The deployment record (status, progress, message)."""
+        return self.tracker.deployment if self.tracker else None
+
+    @workflow.query(name="events")
+    def events(self) -> list[DeploymentEvent]:
+        """The event log."""
+        return self.tracker.state.events if self.tracker else []
+
+    @workflow.query(name="instances")
+    def instances(self) -> list[ServiceInstance]:
+        """The containers this deployment made."""
+        return self.tracker.state.instances if self.tracker else []
+
+    # --- the run -------------------------------------------------------------------------------
+
+    async def execute(self, inp: StrategyInput) -> DeploymentState:
+        """Run ``flow`` under the status machine; always returns the final state."""
+        t = self.tracker = Tracker(inp.deployment)
+        dep = t.deployment
+        t.status(DeploymentStatus.IN_PROGRESS, "deployment started")
+        t.event(
+            EventType.DEPLOYMENT_STARTED,
+            f"deploying revision {dep.revision} (version {dep.version}) with {dep.strategy.value}",
+            strategy=dep.strategy.value,
+            previous_revision=inp.previous.revision if inp.previous else None,
+            user=dep.user_id,
+        )
+        self._task = asyncio.create_task(self.flow(inp, t))
+        try:
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                if self._cancel_requested_by is None:
+                    # The workflow itself was cancelled (parent or operator): undo just the same.
+                    self._cancel_requested_by = "temporal"
+                    t.event(EventType.CANCEL_REQUESTED, "workflow cancellation requested")
+                raise
+        except asyncio.CancelledError:
+            await self._undo(t, DeploymentStatus.CANCELLED, "cancelled")
+            return t.state
+        except (ActivityError, ChildWorkflowError, ApplicationError) as err:
+            if self._cancel_requested_by is not None:
+                await self._undo(t, DeploymentStatus.CANCELLED, "cancelled")
+                return t.state
+            reason, details = steps.failure_reason(err)
+            t.event(EventType.DEPLOYMENT_FAILED, f"deployment failed: {reason}", **details)
+            if dep.config.rollback_on_failure:
+                await self._undo(t, DeploymentStatus.ROLLED_BACK, f"rolled back: {reason}")
+            else:
+                t.status(
+                    DeploymentStatus.FAILED,
+                    f"failed (rollback_on_failure is off; left as it failed): {reason}",
+                )
+            return t.state
+        if self._cancel_requested_by is not None:
+            # The cancel arrived after the last step finished: the deployment is done.
+            t.event(EventType.DEPLOYMENT_CANCELLED, "cancel arrived after completion; nothing undone")
+        t.progress(100, "deployment completed")
+        t.status(DeploymentStatus.COMPLETED, "deployment completed")
+        t.event(EventType.DEPLOYMENT_COMPLETED, f"revision {dep.revision} is serving")
+        return t.state
+
+    async def _undo(self, t: Tracker, final: DeploymentStatus, message: str) -> None:
+        t.status(DeploymentStatus.ROLLING_BACK, f"{message}: undoing {len(self.undo.steps)} steps")
+        t.event(EventType.ROLLBACK_STARTED, f"undoing {len(self.undo.steps)} steps")
+        try:
+            await self.undo.unwind(t)
+        except (ActivityError, ApplicationError) as err:
+            reason, details = steps.failure_reason(err)
+            t.event(EventType.ROLLBACK_FAILED, f"rollback failed: {reason}", **details)
+            t.status(DeploymentStatus.FAILED, f"{message}, then rollback failed: {reason}")
+            return
+        t.event(EventType.ROLLBACK_COMPLETED, "the project is back as it was before the deployment")
+        if final == DeploymentStatus.CANCELLED:
+            t.event(
+                EventType.DEPLOYMENT_CANCELLED,
+                f"cancelled by {self._cancel_requested_by}",
+                user=self._cancel_requested_by,
+            )
+        t.status(final, message)
