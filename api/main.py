@@ -1,0 +1,44 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from temporalio.service import RPCError
+
+from api.routes import deployments, projects
+from moorage import __version__
+from moorage.service import MoorageError
+
+
+def create_app() -> FastAPI:
+    """The Moorage API."""
+    app = FastAPI(
+        title="Moorage",
+        version=__version__,
+        description="Deployments of Compose projects on Docker, as durable Temporal workflows.",
+    )
+    app.include_router(projects.router)
+    app.include_router(deployments.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: answers without a key."""
+        return {"status": "ok"}
+
+    @app.exception_handler(MoorageError)
+    async def _moorage_error(request: Request, exc: MoorageError) -> JSONResponse:
+        if exc.field is not None:
+            body = {"detail": [{"loc": exc.field, "msg": exc.message, "type": "invalid"}]}
+        else:
+            body = {"detail": exc.message}
+        return JSONResponse(status_code=exc.status_code, content=body)
+
+    @app.exception_handler(RPCError)
+    async def _temporal_error(request: Request, exc: RPCError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"Temporal error: {exc.message}"})
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,82 @@
+"""Deployments: read their record, status, events and instances; cancel; roll back."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import CallerDep, ServiceDep
+from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, ServiceInstance
+
+router = APIRouter(prefix="/api/deployments", tags=["deployments"])
+
+DeploymentId = Annotated[str, Path(min_length=1, max_length=60, description="Deployment id")]
+
+
+class DeploymentStatusPublic(BaseModel):
+    """The short status of a deployment."""
+
+    id: str
+    status: DeploymentStatus
+    progress: int
+    message: str
+
+
+class RollbackRequest(BaseModel):
+    """Body of ``POST /api/deployments/{id}/rollback`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_revision: int | None = Field(default=None, ge=1)
+    """The retained revision to bring back; default: the one before the serving revision."""
+
+
+@router.get("/{deployment_id}", response_model=Deployment)
+async def get_deployment(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> Deployment:
+    """The deployment record."""
+    return await svc.get_deployment(caller.tenant_id, deployment_id)
+
+
+@router.get("/{deployment_id}/status", response_model=DeploymentStatusPublic)
+async def get_status(
+    deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep
+) -> DeploymentStatusPublic:
+    """Status, progress (0-100) and message."""
+    d = await svc.get_deployment(caller.tenant_id, deployment_id)
+    return DeploymentStatusPublic(id=d.id, status=d.status, progress=d.progress, message=d.message)
+
+
+@router.get("/{deployment_id}/events", response_model=list[DeploymentEvent])
+async def get_events(
+    deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep
+) -> list[DeploymentEvent]:
+    """The event log, oldest first."""
+    return await svc.events(caller.tenant_id, deployment_id)
+
+
+@router.get("/{deployment_id}/instances", response_model=list[ServiceInstance])
+async def get_instances(
+    deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep
+) -> list[ServiceInstance]:
+    """The containers the deployment made."""
+    return await svc.instances(caller.tenant_id, deployment_id)
+
+
+@router.post("/{deployment_id}/cancel", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED)
+async def cancel(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> Deployment:
+    """Cancel a running deployment: it undoes what it did and ends ``cancelled``."""
+    return await svc.cancel(caller.tenant_id, caller.user_id, deployment_id)
+
+
+@router.post("/{deployment_id}/rollback", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED)
+async def rollback(
+    deployment_id: DeploymentId,
+    caller: CallerDep,
+    svc: ServiceDep,
+    body: Annotated[RollbackRequest | None, Body()] = None,
+) -> Deployment:
+    """Start a deployment that brings back the previous (or the given) successful revision."""
+    to = body.to_revision if body else None
+    return await svc.rollback(caller.tenant_id, caller.user_id, deployment_id, to)

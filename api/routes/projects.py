@@ -1,0 +1,57 @@
+"""Projects: store a Compose file, read it back, deploy it, list its deployments."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Path, status
+from pydantic import BaseModel, Field
+
+from api.deps import CallerDep, ServiceDep
+from moorage.compose import MAX_COMPOSE_BYTES
+from moorage.models import Deployment, DeployRequest, ProjectPublic
+
+router = APIRouter(prefix="/api/projects", tags=["projects"])
+
+ProjectId = Annotated[str, Path(min_length=1, max_length=40, description="Project id")]
+
+
+class ProjectCreate(BaseModel):
+    """Body of ``PUT /api/projects/{id}``."""
+
+    compose: str = Field(min_length=1, max_length=MAX_COMPOSE_BYTES)
+    """The Compose file, as YAML text."""
+
+
+@router.put("/{project_id}", response_model=ProjectPublic)
+async def apply_project(
+    project_id: ProjectId, body: ProjectCreate, caller: CallerDep, svc: ServiceDep
+) -> ProjectPublic:
+    """Create the project or replace its Compose file (takes effect on the next deploy)."""
+    return await svc.apply_project(caller.tenant_id, project_id, body.compose)
+
+
+@router.get("/{project_id}", response_model=ProjectPublic)
+async def get_project(project_id: ProjectId, caller: CallerDep, svc: ServiceDep) -> ProjectPublic:
+    """The project: its Compose file, services, serving revision and retained revisions."""
+    return await svc.get_project(caller.tenant_id, project_id)
+
+
+@router.post("/{project_id}/deploy", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED)
+async def deploy(
+    project_id: ProjectId,
+    caller: CallerDep,
+    svc: ServiceDep,
+    body: Annotated[DeployRequest | None, Body()] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> Deployment:
+    """Start a deployment of the stored Compose file; answers at once (status ``pending``)."""
+    return await svc.deploy(
+        caller.tenant_id, caller.user_id, project_id, body or DeployRequest(), idempotency_key
+    )
+
+
+@router.get("/{project_id}/deployments", response_model=list[Deployment])
+async def list_deployments(project_id: ProjectId, caller: CallerDep, svc: ServiceDep) -> list[Deployment]:
+    """The project's deployments, newest first."""
+    return await svc.list_deployments(caller.tenant_id, project_id)

@@ -1,0 +1,214 @@
+"""The HTTP API against a real Temporal dev server and a real Docker engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import docker
+import httpx
+import pytest
+import pytest_asyncio
+
+from api.deps import get_service, get_settings
+from api.main import create_app
+from moorage.service import DeploymentService
+from moorage.settings import Settings
+from tests.helpers import compose, labelled, wait_terminal
+
+pytestmark = pytest.mark.integration
+
+A = {"Authorization": "Bearer key-a"}
+B = {"Authorization": "Bearer key-b"}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(service: DeploymentService, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app()
+    api_settings = settings.model_copy(update={"api_keys": "key-a=acme/alice,key-b=beta/bob"})
+    app.dependency_overrides[get_settings] = lambda: api_settings
+    app.dependency_overrides[get_service] = lambda: service
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moorage") as client:
+        yield client
+
+
+def loc_names(resp: httpx.Response) -> list[str]:
+    return [str(part) for item in resp.json()["detail"] for part in item["loc"]]
+
+
+async def test_healthz_needs_no_key(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/projects/x"),
+        ("PUT", "/api/projects/x"),
+        ("POST", "/api/projects/x/deploy"),
+        ("GET", "/api/projects/x/deployments"),
+        ("GET", "/api/deployments/x.1"),
+        ("GET", "/api/deployments/x.1/status"),
+        ("GET", "/api/deployments/x.1/events"),
+        ("GET", "/api/deployments/x.1/instances"),
+        ("POST", "/api/deployments/x.1/cancel"),
+        ("POST", "/api/deployments/x.1/rollback"),
+    ],
+)
+async def test_every_route_needs_a_valid_key(http: httpx.AsyncClient, method: str, path: str) -> None:
+    missing = await http.request(method, path)
+    assert missing.status_code == 401
+    wrong = await http.request(method, path, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert "key" in wrong.json()["detail"]
+
+
+async def test_project_lifecycle_and_deployment_reads(http: httpx.AsyncClient, service: DeploymentService, project: str, docker_client: docker.DockerClient) -> None:
+    resp = await http.put(f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["services"] == ["web"]
+    assert resp.json()["current_revision"] is None
+
+    got = await http.get(f"/api/projects/{project}", headers=A)
+    assert got.status_code == 200
+    assert got.json()["compose"] == compose(api_image=None)
+
+    dep = await http.post(f"/api/projects/{project}/deploy", json={"version": "v1"}, headers=A)
+    assert dep.status_code == 202, dep.text
+    body = dep.json()
+    assert body["status"] == "pending"
+    assert body["tenant_id"] == "acme"
+    assert body["user_id"] == "alice"
+    assert body["strategy"] == "recreate"
+    dep_id = body["id"]
+
+    # A second deploy while the first runs is refused.
+    again = await http.post(f"/api/projects/{project}/deploy", json={}, headers=A)
+    assert again.status_code == 409
+    assert "running" in again.json()["detail"]
+
+    # Poll through the API itself until it is done.
+    for _ in range(300):
+        st = await http.get(f"/api/deployments/{dep_id}/status", headers=A)
+        assert st.status_code == 200
+        if st.json()["status"] in ("completed", "failed", "rolled_back", "cancelled"):
+            break
+        await asyncio.sleep(0.2)
+    assert st.json()["status"] == "completed", st.json()
+    assert st.json()["progress"] == 100
+
+    full = await http.get(f"/api/deployments/{dep_id}", headers=A)
+    assert full.status_code == 200
+    assert full.json()["version"] == "v1"
+    assert full.json()["completed_at"] is not None
+
+    events = await http.get(f"/api/deployments/{dep_id}/events", headers=A)
+    assert events.status_code == 200
+    types = [e["event_type"] for e in events.json()]
+    assert types[0] == "deployment_requested"
+    assert "deployment_completed" in types
+
+    inst = await http.get(f"/api/deployments/{dep_id}/instances", headers=A)
+    assert inst.status_code == 200
+    names = {i["container_name"] for i in inst.json()}
+    assert names == {c.name for c in labelled(docker_client, project)}
+    assert all(i["ports"]["80/tcp"].startswith("127.0.0.1:") for i in inst.json())
+
+    listed = await http.get(f"/api/projects/{project}/deployments", headers=A)
+    assert listed.status_code == 200
+    assert [d["id"] for d in listed.json()] == [dep_id]
+
+    # Cancel of a finished deployment is refused; so is a rollback with nothing before it.
+    cancel = await http.post(f"/api/deployments/{dep_id}/cancel", headers=A)
+    assert cancel.status_code == 409
+    assert "completed" in cancel.json()["detail"]
+    rollback = await http.post(f"/api/deployments/{dep_id}/rollback", headers=A)
+    assert rollback.status_code == 409
+
+    # Tenant B sees none of it, on any route.
+    for method, path in [
+        ("GET", f"/api/projects/{project}"),
+        ("POST", f"/api/projects/{project}/deploy"),
+        ("GET", f"/api/projects/{project}/deployments"),
+        ("GET", f"/api/deployments/{dep_id}"),
+        ("GET", f"/api/deployments/{dep_id}/status"),
+        ("GET", f"/api/deployments/{dep_id}/events"),
+        ("GET", f"/api/deployments/{dep_id}/instances"),
+        ("POST", f"/api/deployments/{dep_id}/cancel"),
+        ("POST", f"/api/deployments/{dep_id}/rollback"),
+    ]:
+        resp = await http.request(method, path, headers=B)
+        assert resp.status_code == 404, (method, path, resp.text)
+        assert "acme" not in resp.text
+
+    # Rollback after a second good revision brings back v1 as a new deployment.
+    await http.put(f"/api/projects/{project}", json={"compose": compose("moorage-demo:v2", api_image=None)}, headers=A)
+    second = (await http.post(f"/api/projects/{project}/deploy", json={"version": "v2"}, headers=A)).json()
+    svc = service  # key-a's tenant is the helpers' TENANT ("acme")
+    assert (await wait_terminal(svc, second["id"])).deployment.status == "completed"
+    rb = await http.post(f"/api/deployments/{second['id']}/rollback", headers=A)
+    assert rb.status_code == 202, rb.text
+    assert rb.json()["rollback_version"] == "v1"
+    done = await wait_terminal(svc, rb.json()["id"])
+    assert done.deployment.status == "completed", done.deployment.message
+    project_now = (await http.get(f"/api/projects/{project}", headers=A)).json()
+    assert project_now["current_version"] == "v1"
+    assert project_now["current_revision"] == done.deployment.revision
+
+
+async def test_unknown_ids_are_404(http: httpx.AsyncClient) -> None:
+    for path in ["/api/projects/nosuchproject", "/api/projects/nosuchproject/deployments", "/api/deployments/nosuch.3", "/api/deployments/garbage", "/api/deployments/nosuch.3/events", "/api/deployments/UPPER.1/instances"]:
+        resp = await http.get(path, headers=A)
+        assert resp.status_code == 404, (path, resp.text)
+    for path in ["/api/deployments/nosuch.3/cancel", "/api/deployments/nosuch.3/rollback", "/api/projects/nosuchproject/deploy"]:
+        resp = await http.post(path, headers=A)
+        assert resp.status_code == 404, (path, resp.text)
+
+
+async def test_invalid_input_is_422_naming_the_field(http: httpx.AsyncClient, project: str, docker_client: docker.DockerClient) -> None:
+    bad_id = await http.put("/api/projects/Bad_Name", json={"compose": compose()}, headers=A)
+    assert bad_id.status_code == 422
+    assert "project_id" in loc_names(bad_id)
+
+    unsupported = "services:\n  web:\n    image: moorage-demo:v1\n    privileged: true\n"
+    resp = await http.put(f"/api/projects/{project}", json={"compose": unsupported}, headers=A)
+    assert resp.status_code == 422
+    assert {"web", "privileged"} <= set(loc_names(resp))
+    assert "privileged" in resp.json()["detail"][0]["msg"]
+    # Nothing was created: the project does not exist.
+    assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
+
+    ok = await http.put(f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A)
+    assert ok.status_code == 200
+    no_image = "services:\n  web:\n    build: .\n"
+    resp = await http.put(f"/api/projects/{project}", json={"compose": no_image}, headers=A)
+    assert resp.status_code == 422
+    assert "image" in resp.json()["detail"][0]["msg"]
+    # The stored compose is unchanged and nothing runs.
+    assert (await http.get(f"/api/projects/{project}", headers=A)).json()["compose"] == compose(api_image=None)
+    assert labelled(docker_client, project) == []
+
+    for body, field in [
+        ({"max_surge": 0, "max_unavailable": 0}, None),
+        ({"health_check_retries": -1}, "health_check_retries"),
+        ({"health_check_delay": -5}, "health_check_delay"),
+        ({"strategy": "yolo"}, "strategy"),
+        ({"max_surge": "150%"}, "max_surge"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ]:
+        resp = await http.post(f"/api/projects/{project}/deploy", json=body, headers=A)
+        assert resp.status_code == 422, (body, resp.text)
+        if field:
+            assert field in loc_names(resp), (body, resp.json())
+        else:
+            assert "max_surge" in resp.text and "max_unavailable" in resp.text
+    resp = await http.put(f"/api/projects/{project}", json={}, headers=A)
+    assert resp.status_code == 422
+    assert "compose" in loc_names(resp)
+    resp = await http.post(f"/api/deployments/{project}.1/rollback", json={"to_revision": 0}, headers=A)
+    assert resp.status_code == 422
+    assert "to_revision" in loc_names(resp)
+    assert (await http.get(f"/api/projects/{project}/deployments", headers=A)).json() == []
+    assert labelled(docker_client, project) == []
