@@ -1,0 +1,685 @@
+"""The ``moorage`` command line: projects and deployments straight on Temporal, plus the dev stack.
+
+Every refusal (unknown id, conflict, invalid flag or Compose file, Temporal not reachable) is one
+``error: …`` line on stderr and exit status 2; ``deploy --watch`` exits 1 when the deployment does
+not complete. A process that used a Temporal client can abort at interpreter exit, so :func:`main`
+flushes and leaves with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from moorage.compose import ComposeError, parse_compose
+from moorage.models import (
+    NAME_RE,
+    Deployment,
+    DeploymentEvent,
+    DeploymentState,
+    DeploymentStatus,
+    DeployRequest,
+    ProjectPublic,
+    ServiceInstance,
+    Strategy,
+)
+from moorage.service import DeploymentService, MoorageError
+from moorage.settings import Settings
+from moorage.temporal import connect
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 15.0
+"""Seconds to wait for Temporal to answer before giving up."""
+POLL_INTERVAL = 0.3
+"""Seconds between two polls of ``--watch``."""
+EXIT_REFUSED = 2
+"""Exit status of every refusal: usage, validation, not found, conflict, Temporal unreachable."""
+
+# Piped output (scripts, logs) gets wide tables instead of rich's 80-column default.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="moorage",
+    help="Deploy Compose projects on Docker through durable Temporal workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+project_app = typer.Typer(help="Create, update and inspect projects.", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+
+
+class CliError(Exception):
+    """A refusal the CLI reports as one ``error:`` line."""
+
+    def __init__(self, message: str, code: int = EXIT_REFUSED):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# --- plumbing ---------------------------------------------------------------------------------
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_root().obj
+    if not isinstance(settings, Settings):  # a sub-command invoked without the root callback
+        settings = Settings()
+    return settings
+
+
+async def _connect(settings: Settings) -> Client:
+    try:
+        return await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)
+    except (RuntimeError, TimeoutError) as exc:
+        reason = str(exc) or f"no answer within {CONNECT_TIMEOUT:.0f}s"
+        raise CliError(
+            f"Temporal not reachable at {settings.temporal_address} "
+            f"(start it with `moorage dev` or set MOORAGE_TEMPORAL_ADDRESS): {reason}"
+        ) from exc
+
+
+def _with_service(
+    ctx: typer.Context, body: Callable[[DeploymentService, str, str], Awaitable[T]]
+) -> T:
+    """Connect to Temporal and run ``body(service, tenant, user)`` on a fresh event loop."""
+    settings = _settings(ctx)
+
+    async def go() -> T:
+        client = await _connect(settings)
+        return await body(DeploymentService(client, settings), settings.tenant, settings.user)
+
+    return asyncio.run(go())
+
+
+def _emit_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _status_style(status: DeploymentStatus) -> str:
+    return {
+        DeploymentStatus.COMPLETED: "green",
+        DeploymentStatus.FAILED: "red",
+        DeploymentStatus.ROLLED_BACK: "yellow",
+        DeploymentStatus.CANCELLED: "yellow",
+    }.get(status, "cyan")
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid options: " + "; ".join(parts)
+
+
+def _read_compose(path: Path) -> str:
+    try:
+        return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise CliError(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: cannot read: {exc}") from exc
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _print_deployment(dep: Deployment) -> None:
+    style = _status_style(dep.status)
+    out.print(f"deployment [bold]{dep.id}[/bold]  [{style}]{dep.status}[/{style}]  {dep.progress}%")
+    out.print(f"  project   {dep.project_id}  revision {dep.revision}  version {dep.version}")
+    out.print(f"  strategy  {dep.strategy}  by {dep.user_id}")
+    if dep.rollback_version:
+        out.print(f"  rollback  to version {dep.rollback_version}")
+    if dep.previous_revision is not None:
+        out.print(f"  previous  revision {dep.previous_revision}")
+    out.print(f"  started   {_when(dep.started_at)}  completed {_when(dep.completed_at)}")
+    if dep.message:
+        out.print(f"  message   {dep.message}", markup=False)
+
+
+def _events_table(events: Sequence[DeploymentEvent]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("time", "event", "service", "message"):
+        table.add_column(column)
+    for e in events:
+        table.add_row(_when(e.created_at), str(e.event_type), e.service_name or "", e.message)
+    return table
+
+
+def _instances_table(instances: Sequence[ServiceInstance]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("container", "service", "rev", "slot", "image", "status", "health", "ports"):
+        table.add_column(column)
+    for i in instances:
+        ports = ", ".join(f"{k}→{v}" for k, v in i.ports.items())
+        table.add_row(
+            i.container_name,
+            i.service_name,
+            str(i.revision),
+            str(i.slot),
+            i.image,
+            i.status,
+            i.health or "",
+            ports,
+        )
+    return table
+
+
+# --- watching ---------------------------------------------------------------------------------
+
+
+async def _watch(service: DeploymentService, tenant: str, dep_id: str) -> DeploymentState:
+    """Poll until the deployment is terminal and its project has recorded the result."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[message]}", markup=False),
+        console=err,
+    ) as progress:
+        task = progress.add_task(dep_id, total=100, status="pending", message="")
+        while True:
+            state = await service.get_state(tenant, dep_id)
+            dep = state.deployment
+            progress.update(
+                task, completed=dep.progress, status=str(dep.status), message=dep.message
+            )
+            if dep.status.terminal:
+                project = await service.get_project(tenant, dep.project_id)
+                if project.active_deployment_id != dep_id:
+                    state = await service.get_state(tenant, dep_id)
+                    dep = state.deployment
+                    progress.update(
+                        task, completed=dep.progress, status=str(dep.status), message=dep.message
+                    )
+                    return state
+            await asyncio.sleep(POLL_INTERVAL)
+
+
+def _watch_and_report(
+    ctx: typer.Context, dep_id: str, success: DeploymentStatus, as_json: bool
+) -> int:
+    """Watch a deployment to its end; 0 when it ends in ``success``, else 1."""
+    try:
+        state = _with_service(ctx, lambda s, tenant, _user: _watch(s, tenant, dep_id))
+    except KeyboardInterrupt:
+        err.print(f"interrupted: {dep_id} goes on; follow it with `moorage status {dep_id}`")
+        return 130
+    dep = state.deployment
+    if as_json:
+        sys.stdout.write(state.model_dump_json(indent=2) + "\n")
+    else:
+        out.print(_events_table(state.events[-10:]))
+        style = _status_style(dep.status)
+        line = f"{dep.id} [{style}]{dep.status}[/{style}]"
+        out.print(line + (f": {dep.message}" if dep.message else ""))
+    return 0 if dep.status == success else 1
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Tenant to act for (default: MOORAGE_TENANT).")
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="User recorded on deployments (default: MOORAGE_USER)."),
+    ] = None,
+) -> None:
+    """Deploy Compose projects on Docker through durable Temporal workflows."""
+    overrides = {k: v for k, v in (("tenant", tenant), ("user", user)) if v is not None}
+    settings = Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings takes field kwargs
+    if not NAME_RE.match(settings.tenant):
+        raise CliError(f"tenant {settings.tenant!r}: 1-40 lowercase letters, digits and dashes")
+    ctx.obj = settings
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Temporal database, logs and dev API key (default: MOORAGE_DATA_DIR)."),
+    ] = None,
+    api_port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8000,
+    temporal_port: Annotated[
+        int, typer.Option(help="gRPC port of the Temporal dev server.")
+    ] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Port of the Temporal Web UI.")] = 8233,
+) -> None:
+    """Run the local stack in the foreground: Temporal dev server, worker and API. Ctrl-C stops it.
+
+    Raises:
+        typer.Exit: with the supervisor's exit status (0 on Ctrl-C/SIGTERM, 1 when a child died).
+    """
+    from moorage.dev import DevStack
+
+    stack = DevStack(
+        data_dir=data_dir or Settings().data_dir,
+        api_port=api_port,
+        temporal_port=temporal_port,
+        ui_port=ui_port,
+    )
+    raise typer.Exit(stack.run())
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Run a worker (every workflow and the Docker activities) until Ctrl-C or SIGTERM.
+
+    Raises:
+        CliError: Temporal is not reachable.
+    """
+    from worker import run_worker
+
+    settings = _settings(ctx)
+
+    async def go() -> None:
+        task = asyncio.ensure_future(run_worker(settings))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            print("moorage worker: stopped", flush=True)
+
+    try:
+        asyncio.run(go())
+    except RuntimeError as exc:
+        if "connect" not in str(exc):
+            raise
+        raise CliError(f"Temporal not reachable at {settings.temporal_address}: {exc}") from exc
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the HTTP API (``api.main:app``) with uvicorn until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    uvicorn.run("api.main:app", host=host, port=port)
+
+
+@app.command()
+def images(
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild images that exist already.")
+    ] = False,
+) -> None:
+    """Build the demo images (``moorage-demo:v1`` …) on the local engine and print their refs.
+
+    Raises:
+        CliError: no Docker engine answers, or busybox is missing.
+    """
+    import docker
+
+    from moorage import images as demo
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        built = demo.build_all(client, force=force)
+    except docker.errors.DockerException as exc:
+        raise CliError(f"Docker engine not reachable: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from exc
+    for tag in demo.VARIANTS:
+        ref = f"{demo.REPOSITORY}:{tag}"
+        out.print(f"{ref}  {'built' if ref in built else 'present'}")
+
+
+@project_app.command("apply")
+def project_apply(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Project id: lowercase letters, digits, dashes.")],
+    file: Annotated[Path, typer.Option("-f", "--file", help="Compose file ('-' for stdin).")],
+) -> None:
+    """Create the project (if new) and store its Compose file for the next deployment.
+
+    Raises:
+        CliError: the project id or the Compose file is refused, or Temporal is not reachable.
+    """
+    if not NAME_RE.match(name):
+        raise CliError(f"project {name!r}: ids are 1-40 lowercase letters, digits and dashes")
+    text = _read_compose(file)
+    parse_compose(text)  # refuse a bad file before connecting
+    project = _with_service(ctx, lambda s, tenant, _user: s.apply_project(tenant, name, text))
+    out.print(f"project {project.id}: services {', '.join(project.services)}")
+
+
+@project_app.command("show")
+def project_show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Project id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print a project: services, the revision serving now, and its Compose file."""
+    project = _with_service(ctx, lambda s, tenant, _user: s.get_project(tenant, name))
+    if as_json:
+        sys.stdout.write(project.model_dump_json(indent=2) + "\n")
+        return
+    out.print(f"project [bold]{project.id}[/bold]  (tenant {project.tenant_id})")
+    out.print(f"  services  {', '.join(project.services) or '-'}")
+    current = (
+        f"{project.current_revision} ({project.current_version})"
+        if project.current_revision
+        else "-"
+    )
+    out.print(f"  current   revision {current}")
+    out.print(f"  active    {project.active_deployment_id or '-'}")
+    out.print("compose:")
+    out.print(project.compose or "(none)", markup=False)
+
+
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Project id.")],
+    strategy: Annotated[
+        Strategy, typer.Option(help="How the new revision replaces the old.")
+    ] = Strategy.RECREATE,
+    version: Annotated[
+        str | None, typer.Option(help="Label of the new revision (default r<N>).")
+    ] = None,
+    max_surge: Annotated[
+        str | None, typer.Option(help="Rolling update: replicas above desired (N or N%).")
+    ] = None,
+    max_unavailable: Annotated[
+        str | None, typer.Option(help="Rolling update: replicas below desired (N or N%).")
+    ] = None,
+    health_check_delay: Annotated[
+        float | None, typer.Option(help="Seconds before the first check.")
+    ] = None,
+    health_check_retries: Annotated[
+        int | None, typer.Option(help="Checks before giving up.")
+    ] = None,
+    health_check_interval: Annotated[
+        float | None, typer.Option(help="Seconds between checks.")
+    ] = None,
+    rollback_on_failure: Annotated[
+        bool,
+        typer.Option("--rollback-on-failure/--no-rollback-on-failure", help="Undo on failure."),
+    ] = True,
+    blue_green_timeout: Annotated[
+        int | None, typer.Option(help="Seconds to wait for promotion.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Repeat-safe key: same key, same deployment.")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow to the end; exit 1 unless completed.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Start a deployment of the project's current Compose file.
+
+    Raises:
+        CliError: an option is invalid, the project unknown or busy, or Temporal not reachable.
+        typer.Exit: with status 1 when ``--watch`` sees the deployment end other than completed.
+    """
+    options: dict[str, object] = {
+        "strategy": strategy,
+        "version": version,
+        "max_surge": _surge(max_surge),
+        "max_unavailable": _surge(max_unavailable),
+        "health_check_delay": health_check_delay,
+        "health_check_retries": health_check_retries,
+        "health_check_interval": health_check_interval,
+        "rollback_on_failure": rollback_on_failure,
+        "blue_green_timeout": blue_green_timeout,
+    }
+    request = DeployRequest.model_validate({k: v for k, v in options.items() if v is not None})
+    dep = _with_service(
+        ctx,
+        lambda s, tenant, user: s.deploy(
+            tenant, user, name, request, idempotency_key=idempotency_key
+        ),
+    )
+    _started(ctx, dep, watch, as_json, DeploymentStatus.COMPLETED)
+
+
+def _surge(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    stripped = value.strip()
+    return int(stripped) if stripped.lstrip("-").isdigit() else stripped
+
+
+def _started(
+    ctx: typer.Context, dep: Deployment, watch: bool, as_json: bool, success: DeploymentStatus
+) -> None:
+    if watch:
+        raise typer.Exit(_watch_and_report(ctx, dep.id, success, as_json))
+    if as_json:
+        sys.stdout.write(dep.model_dump_json(indent=2) + "\n")
+    else:
+        out.print(f"{dep.id} {dep.status}")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    deployment_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id, e.g. shop.3.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the deployment record as JSON.")
+    ] = False,
+) -> None:
+    """Print a deployment's record: status, progress, message."""
+    dep = _with_service(ctx, lambda s, tenant, _user: s.get_deployment(tenant, deployment_id))
+    if as_json:
+        sys.stdout.write(dep.model_dump_json(indent=2) + "\n")
+    else:
+        _print_deployment(dep)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Project id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {deployments, revisions} as JSON.")
+    ] = False,
+) -> None:
+    """Print a project's deployments (newest first) and the revisions it keeps for rollback."""
+
+    async def body(
+        s: DeploymentService, tenant: str, _user: str
+    ) -> tuple[list[Deployment], ProjectPublic]:
+        return await s.list_deployments(tenant, name), await s.get_project(tenant, name)
+
+    deployments, project = _with_service(ctx, body)
+    if as_json:
+        _emit_json(
+            {
+                "deployments": [d.model_dump(mode="json") for d in deployments],
+                "revisions": [r.model_dump(mode="json") for r in project.revisions],
+            }
+        )
+        return
+    table = Table(title=f"deployments of {name}", box=None, pad_edge=False, title_justify="left")
+    for column in ("id", "version", "strategy", "status", "progress", "started", "by", "message"):
+        table.add_column(column)
+    for d in deployments:
+        style = _status_style(d.status)
+        table.add_row(
+            d.id, d.version, str(d.strategy), f"[{style}]{d.status}[/{style}]", f"{d.progress}%",
+            _when(d.started_at), d.user_id, d.message,
+        )  # fmt: skip
+    out.print(table)
+    revisions = Table(title="retained revisions", box=None, pad_edge=False, title_justify="left")
+    for column in ("", "revision", "version", "deployment", "status", "created"):
+        revisions.add_column(column)
+    for r in project.revisions:
+        mark = "*" if r.revision == project.current_revision else ""
+        revisions.add_row(
+            mark, str(r.revision), r.version, r.deployment_id, str(r.status), _when(r.created_at)
+        )
+    out.print(revisions)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    deployment_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Print a deployment's event log, oldest first."""
+    log = _with_service(ctx, lambda s, tenant, _user: s.events(tenant, deployment_id))
+    if as_json:
+        _emit_json([e.model_dump(mode="json") for e in log])
+    else:
+        out.print(_events_table(log))
+
+
+@app.command()
+def instances(
+    ctx: typer.Context,
+    deployment_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Print the containers a deployment made."""
+    found = _with_service(ctx, lambda s, tenant, _user: s.instances(tenant, deployment_id))
+    if as_json:
+        _emit_json([i.model_dump(mode="json") for i in found])
+    else:
+        out.print(_instances_table(found))
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    deployment_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id.")],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow to the end; exit 1 unless cancelled.")
+    ] = False,
+) -> None:
+    """Cancel a running deployment; it undoes what it did and ends ``cancelled``."""
+    dep = _with_service(ctx, lambda s, tenant, user: s.cancel(tenant, user, deployment_id))
+    _started(ctx, dep, watch, False, DeploymentStatus.CANCELLED)
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    deployment_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id.")],
+    to: Annotated[
+        int | None, typer.Option("--to", help="Revision to bring back (default: previous).")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow to the end; exit 1 unless completed.")
+    ] = False,
+) -> None:
+    """Start a deployment that brings back the previous (or the given) successful revision."""
+    dep = _with_service(ctx, lambda s, tenant, user: s.rollback(tenant, user, deployment_id, to))
+    _started(ctx, dep, watch, False, DeploymentStatus.COMPLETED)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int = EXIT_REFUSED) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+# typer >= 0.2x vendors click and raises its own exceptions; older typer raises click's.
+_CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
+    {getattr(typer, "TyperException", click.ClickException), click.ClickException}
+)
+
+
+def _usage_error(exc: Exception) -> int:
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    code = getattr(exc, "exit_code", EXIT_REFUSED)
+    if not message.strip() or "\n" in message.strip():
+        # No arguments at all: the "error" is the help text (rich help has printed it already).
+        if message.strip():
+            print(message, file=sys.stderr)
+        return int(code)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return _fail(message + hint, int(code))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit status (no ``os._exit``; for tests and embedding)."""
+    try:
+        result = app(args=argv, prog_name="moorage", standalone_mode=False)
+    except SystemExit as exc:  # uvicorn and friends exit this way
+        return (
+            exc.code
+            if isinstance(exc.code, int)
+            else (0 if exc.code is None else _fail(str(exc.code), 1))
+        )
+    except _CLICK_ERRORS as exc:
+        return _usage_error(exc)
+    except (typer.Abort, click.Abort):
+        return _fail("aborted", 130)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        return _fail(exc.message, exc.code)
+    except MoorageError as exc:
+        return _fail(exc.message)
+    except ValidationError as exc:
+        return _fail(_validation_message(exc))
+    except ComposeError as exc:
+        return _fail(f"compose file refused: {exc}")
+    except RPCError as exc:
+        return _fail(f"Temporal: {exc.message}")
+    except Exception as exc:  # one line, never a traceback (MOORAGE_DEBUG=1 shows it)
+        if os.environ.get("MOORAGE_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"{type(exc).__name__}: {exc}", 1)
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``moorage`` console script: run, flush, and leave with ``os._exit``.
+
+    A process that used a Temporal client can abort at interpreter exit (PyGILState_Release),
+    so nothing is left to the interpreter's shutdown.
+    """
+    code = run(argv)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
