@@ -6,6 +6,7 @@ refused with an error that names the service and the key, never silently dropped
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -69,7 +70,7 @@ class PortSpec(BaseModel):
     target: int = Field(ge=1, le=65535)
     """The port inside the container."""
     protocol: str = "tcp"
-    published: int | None = None
+    published: int | None = Field(default=None, ge=1, le=65535)
     """The host port the Compose file asks for, if any (kept for the traffic router)."""
 
     @property
@@ -140,8 +141,11 @@ def parse_duration(value: Any, *, service: str, key: str) -> float:
     if isinstance(value, bool):
         raise ComposeError(f"{value!r} is not a duration", service=service, key=key)
     if isinstance(value, int | float):
-        if value < 0:
-            raise ComposeError("a duration must not be negative", service=service, key=key)
+        # YAML's .inf / .nan are floats too; they would crash the Docker call much later.
+        if not math.isfinite(value) or value < 0:
+            raise ComposeError(
+                "a duration must be a finite, non-negative number", service=service, key=key
+            )
         return float(value)
     if isinstance(value, str):
         text = value.strip()
@@ -176,12 +180,13 @@ def _mapping(value: Any, *, service: str, key: str) -> dict[str, str]:
         return result
     if isinstance(value, list):
         for item in value:
-            if not isinstance(item, str) or "=" not in item:
+            if not isinstance(item, str) or "=" not in item or item.startswith("="):
+                bare_name = isinstance(item, str) and item and "=" not in item
                 raise ComposeError(
                     f"entry {item!r} must look like NAME=value; Moorage does not read the "
                     "server's environment",
                     service=service,
-                    key=key,
+                    key=f"{key}.{item}" if bare_name else key,
                 )
             k, v = item.split("=", 1)
             result[k] = v
@@ -195,6 +200,12 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
         unknown = set(item) - {"target", "published", "protocol", "host_ip", "mode"}
         if unknown:
             raise ComposeError("is not supported", service=service, key=f"ports.{sorted(unknown)[0]}")
+        if item.get("protocol", "tcp") not in ("tcp", "udp"):
+            raise ComposeError(
+                f"invalid protocol {item['protocol']!r}", service=service, key="ports.protocol"
+            )
+        if any(isinstance(item.get(k), bool) for k in ("target", "published")):
+            raise ComposeError(f"invalid long-syntax port {item!r}", service=service, key=key)
         try:
             published = item.get("published")
             return PortSpec(
@@ -231,7 +242,10 @@ def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
     for k in value:
         if k not in HEALTHCHECK_KEYS:
             raise ComposeError("is not supported", service=service, key=f"healthcheck.{k}")
-    spec = HealthcheckSpec(disable=bool(value.get("disable", False)))
+    disable = value.get("disable", False)
+    if not isinstance(disable, bool):
+        raise ComposeError("must be true or false", service=service, key="healthcheck.disable")
+    spec = HealthcheckSpec(disable=disable)
     test = value.get("test")
     if test is not None:
         if isinstance(test, str):
@@ -357,22 +371,37 @@ def _start_order(services: dict[str, ServiceSpec]) -> list[ServiceSpec]:
             if dep not in services:
                 raise ComposeError(f"depends on unknown service {dep!r}", service=spec.name, key="depends_on")
     ordered: list[ServiceSpec] = []
-    state: dict[str, int] = {}  # 1 = visiting, 2 = done
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join([*path[path.index(name):], name])
-            raise ComposeError(f"depends_on has a cycle: {cycle}", service=name, key="depends_on")
-        state[name] = 1
-        for dep in services[name].depends_on:
-            visit(dep, [*path, name])
-        state[name] = 2
-        ordered.append(services[name])
-
-    for name in services:
-        visit(name, [])
+    done: set[str] = set()
+    # Depth-first with an explicit stack: a long depends_on chain must not hit Python's
+    # recursion limit (a 256 KiB file can hold thousands of services).
+    for root in services:
+        if root in done:
+            continue
+        path = [root]
+        on_path = {root}
+        next_dep = [0]
+        while path:
+            name = path[-1]
+            deps = services[name].depends_on
+            if next_dep[-1] == len(deps):
+                path.pop()
+                next_dep.pop()
+                on_path.discard(name)
+                done.add(name)
+                ordered.append(services[name])
+                continue
+            dep = deps[next_dep[-1]]
+            next_dep[-1] += 1
+            if dep in done:
+                continue
+            if dep in on_path:
+                cycle = " -> ".join([*path[path.index(dep) :], dep])
+                raise ComposeError(
+                    f"depends_on has a cycle: {cycle}", service=dep, key="depends_on"
+                )
+            path.append(dep)
+            on_path.add(dep)
+            next_dep.append(0)
     return ordered
 
 
@@ -388,6 +417,8 @@ def parse_compose(text: str) -> ProjectSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ComposeError(f"not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # PyYAML composes nested nodes recursively
+        raise ComposeError("the YAML is nested too deeply") from exc
     if not isinstance(raw, dict):
         raise ComposeError("a Compose file must be a mapping with a 'services' key")
     for key in raw:
