@@ -280,9 +280,10 @@ def dev(
 ) -> None:
     """Run the local stack in the foreground: Temporal dev server, worker and API. Ctrl-C stops it.
 
+    \f
     Raises:
         typer.Exit: with the supervisor's exit status (0 on Ctrl-C/SIGTERM, 1 when a child died).
-    """
+    """  # noqa: D301 - the form feed ends the --help text (click convention)
     from moorage.dev import DevStack
 
     stack = DevStack(
@@ -298,9 +299,10 @@ def dev(
 def worker(ctx: typer.Context) -> None:
     """Run a worker (every workflow and the Docker activities) until Ctrl-C or SIGTERM.
 
+    \f
     Raises:
         CliError: Temporal is not reachable.
-    """
+    """  # noqa: D301 - the form feed ends the --help text (click convention)
     from worker import run_worker
 
     settings = _settings(ctx)
@@ -328,7 +330,7 @@ def api(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the HTTP API (``api.main:app``) with uvicorn until Ctrl-C or SIGTERM."""
+    """Serve the HTTP API (api.main:app) with uvicorn until Ctrl-C or SIGTERM."""
     import uvicorn
 
     uvicorn.run("api.main:app", host=host, port=port)
@@ -340,11 +342,12 @@ def images(
         bool, typer.Option("--force", help="Rebuild images that exist already.")
     ] = False,
 ) -> None:
-    """Build the demo images (``moorage-demo:v1`` …) on the local engine and print their refs.
+    """Build the demo images (moorage-demo:v1, …) on the local engine and print their refs.
 
+    \f
     Raises:
         CliError: no Docker engine answers, or busybox is missing.
-    """
+    """  # noqa: D301 - the form feed ends the --help text (click convention)
     import docker
 
     from moorage import images as demo
@@ -370,9 +373,10 @@ def project_apply(
 ) -> None:
     """Create the project (if new) and store its Compose file for the next deployment.
 
+    \f
     Raises:
         CliError: the project id or the Compose file is refused, or Temporal is not reachable.
-    """
+    """  # noqa: D301 - the form feed ends the --help text (click convention)
     if not NAME_RE.match(name):
         raise CliError(f"project {name!r}: ids are 1-40 lowercase letters, digits and dashes")
     text = _read_compose(file)
@@ -447,10 +451,11 @@ def deploy(
 ) -> None:
     """Start a deployment of the project's current Compose file.
 
+    \f
     Raises:
         CliError: an option is invalid, the project unknown or busy, or Temporal not reachable.
         typer.Exit: with status 1 when ``--watch`` sees the deployment end other than completed.
-    """
+    """  # noqa: D301 - the form feed ends the --help text (click convention)
     options: dict[str, object] = {
         "strategy": strategy,
         "version": version,
@@ -587,7 +592,7 @@ def cancel(
         bool, typer.Option("--watch", help="Follow to the end; exit 1 unless cancelled.")
     ] = False,
 ) -> None:
-    """Cancel a running deployment; it undoes what it did and ends ``cancelled``."""
+    """Cancel a running deployment; it undoes what it did and ends cancelled."""
     dep = _with_service(ctx, lambda s, tenant, user: s.cancel(tenant, user, deployment_id))
     _started(ctx, dep, watch, False, DeploymentStatus.CANCELLED)
 

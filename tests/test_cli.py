@@ -1,0 +1,369 @@
+"""The ``moorage`` CLI, run as a subprocess: refusals, the deploy lifecycle on real Temporal and
+Docker, and the ``moorage dev`` supervisor.
+
+Subprocesses are awaited with asyncio so the in-process worker keeps running on the session loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from moorage.dev import dev_api_key
+from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, EventType, ServiceInstance
+from tests.conftest import TASK_QUEUE
+from tests.helpers import compose
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANT = "cli-tests"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def moorage(*args: str, env: dict[str, str] | None = None) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "moorage.cli", *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "MOORAGE_TENANT": TENANT, "COLUMNS": "200", **(env or {})},
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 180)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assert_refused(result: Result, *words: str) -> None:
+    """Exit 2, one ``error:`` line on stderr that names ``words``, and no traceback anywhere."""
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: "), result.err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "Traceback" not in result.out + result.err
+
+
+# --- refusals that never reach Temporal ------------------------------------------------------
+
+
+@pytest.fixture
+def nowhere() -> dict[str, str]:
+    """An address where no Temporal listens: a refusal must come before any connect."""
+    return {"MOORAGE_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (
+            ["deploy", "x", "--max-surge", "0", "--max-unavailable", "0"],
+            ["max_surge", "max_unavailable"],
+        ),
+        (["deploy", "x", "--max-surge", "lots"], ["max_surge", "percentage"]),
+        (["deploy", "x", "--health-check-retries", "0"], ["health_check_retries", "greater"]),
+        (["deploy", "x", "--version", "no spaces"], ["version"]),
+        (["deploy", "x", "--strategy", "yolo"], ["--strategy", "yolo"]),
+        (["deploy", "x", "--bogus"], ["--bogus"]),
+        (["deploy"], ["name"]),
+        (["status", "x.1", "--json", "extra"], ["extra"]),
+        (["--tenant", "Not-Valid", "status", "x.1"], ["tenant", "Not-Valid"]),
+    ],
+)
+async def test_bad_options_are_one_line_and_exit_2(
+    args: list[str], words: list[str], nowhere: dict[str, str]
+) -> None:
+    assert_refused(await moorage(*args, env=nowhere), *words)
+
+
+async def test_apply_missing_file(tmp_path: Path, nowhere: dict[str, str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert_refused(
+        await moorage("project", "apply", "x", "-f", str(missing), env=nowhere),
+        str(missing),
+        "no such file",
+    )
+
+
+async def test_apply_refuses_build_without_image(tmp_path: Path, nowhere: dict[str, str]) -> None:
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  web:\n    build: .\n")
+    assert_refused(
+        await moorage("project", "apply", "x", "-f", str(path), env=nowhere), "'web'", "'build'"
+    )
+
+
+async def test_apply_refuses_bad_project_id(tmp_path: Path, nowhere: dict[str, str]) -> None:
+    path = tmp_path / "compose.yaml"
+    path.write_text(compose(api_image=None))
+    assert_refused(
+        await moorage("project", "apply", "Bad_Name", "-f", str(path), env=nowhere), "Bad_Name"
+    )
+
+
+async def test_temporal_not_reachable(nowhere: dict[str, str]) -> None:
+    result = await moorage("status", "x.1", env=nowhere)
+    assert_refused(result, "Temporal not reachable", nowhere["MOORAGE_TEMPORAL_ADDRESS"])
+
+
+async def test_help_exits_0() -> None:
+    result = await moorage("deploy", "--help")
+    assert result.code == 0, result
+    for flag in (
+        "--strategy",
+        "--max-surge",
+        "--no-rollback-on-failure",
+        "--idempotency-key",
+        "--watch",
+    ):
+        assert flag in result.out
+
+
+# --- the lifecycle on real Temporal and Docker -----------------------------------------------
+
+
+@pytest.fixture
+def cli_env(temporal_env: WorkflowEnvironment, worker: None) -> dict[str, str]:
+    return {
+        "MOORAGE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "MOORAGE_TASK_QUEUE": TASK_QUEUE,
+    }
+
+
+@pytest.mark.integration
+async def test_apply_deploy_watch_and_inspect(
+    cli_env: dict[str, str], project: str, tmp_path: Path
+) -> None:
+    v1 = tmp_path / "v1.yaml"
+    v1.write_text(compose("moorage-demo:v1", api_image=None))
+
+    applied = await moorage("project", "apply", project, "-f", str(v1), env=cli_env)
+    assert applied.code == 0, applied
+    assert "web" in applied.out
+
+    shown = await moorage("project", "show", project, env=cli_env)
+    assert shown.code == 0, shown
+    assert "moorage-demo:v1" in shown.out
+    assert "revision -" in shown.out
+
+    deployed = await moorage("deploy", project, "--version", "v1", "--watch", env=cli_env)
+    assert deployed.code == 0, deployed
+    dep_id = f"{project}.1"
+    assert f"{dep_id} completed" in deployed.out
+    assert "deployment_completed" in deployed.out  # the final events
+
+    status = await moorage("status", dep_id, "--json", env=cli_env)
+    assert status.code == 0, status
+    dep = Deployment.model_validate_json(status.out)
+    assert (dep.id, dep.status, dep.version, dep.progress) == (
+        dep_id,
+        DeploymentStatus.COMPLETED,
+        "v1",
+        100,
+    )
+    assert dep.tenant_id == TENANT
+    assert dep.user_id == "cli"
+
+    text_status = await moorage("status", dep_id, env=cli_env)
+    assert text_status.code == 0, text_status
+    assert "completed" in text_status.out
+
+    events = await moorage("events", dep_id, "--json", env=cli_env)
+    assert events.code == 0, events
+    log = [DeploymentEvent.model_validate(e) for e in json.loads(events.out)]
+    assert log[0].event_type == EventType.DEPLOYMENT_REQUESTED
+    assert log[-1].event_type == EventType.DEPLOYMENT_COMPLETED
+    text_events = await moorage("events", dep_id, env=cli_env)
+    assert text_events.code == 0, text_events
+    assert "health_check_passed" in text_events.out
+
+    instances = await moorage("instances", dep_id, "--json", env=cli_env)
+    assert instances.code == 0, instances
+    found = [ServiceInstance.model_validate(i) for i in json.loads(instances.out)]
+    assert [(i.service_name, i.status, i.health) for i in found] == [("web", "running", "healthy")]
+    text_instances = await moorage("instances", dep_id, env=cli_env)
+    assert found[0].container_name in text_instances.out
+
+    history = await moorage("history", project, "--json", env=cli_env)
+    assert history.code == 0, history
+    data = json.loads(history.out)
+    assert [d["id"] for d in data["deployments"]] == [dep_id]
+    assert [(r["revision"], r["version"]) for r in data["revisions"]] == [(1, "v1")]
+    text_history = await moorage("history", project, env=cli_env)
+    assert dep_id in text_history.out
+    assert "retained revisions" in text_history.out
+
+    # Unknown ids are refusals too.
+    assert_refused(await moorage("status", f"{project}.99", env=cli_env), "not found")
+    assert_refused(await moorage("events", "no-such-project.1", env=cli_env), "not found")
+    assert_refused(await moorage("instances", "not-an-id", env=cli_env), "not found")
+    assert_refused(await moorage("project", "show", "no-such-project", env=cli_env), "not found")
+    assert_refused(await moorage("history", "no-such-project", env=cli_env), "not found")
+    # Nothing to roll back to, and nothing running to cancel.
+    assert_refused(await moorage("rollback", dep_id, env=cli_env))
+    assert_refused(await moorage("cancel", dep_id, env=cli_env), "only a running deployment")
+
+    # v2, then roll back to v1 with --watch.
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(compose("moorage-demo:v2", api_image=None))
+    assert (await moorage("project", "apply", project, "-f", str(v2), env=cli_env)).code == 0
+    second = await moorage("deploy", project, "--version", "v2", "--watch", env=cli_env)
+    assert second.code == 0, second
+    back = await moorage("rollback", f"{project}.2", "--watch", env=cli_env)
+    assert back.code == 0, back
+    assert f"{project}.3 completed" in back.out
+    rolled = Deployment.model_validate_json(
+        (await moorage("status", f"{project}.3", "--json", env=cli_env)).out
+    )
+    assert rolled.rollback_version == "v1"
+
+
+@pytest.mark.integration
+async def test_deploy_without_watch_conflict_and_cancel(
+    cli_env: dict[str, str], project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "compose.yaml"
+    path.write_text(compose("moorage-demo:v1", api_image=None))
+    assert (await moorage("project", "apply", project, "-f", str(path), env=cli_env)).code == 0
+
+    # A long health-check delay keeps the deployment running while we poke at it.
+    started = await moorage("deploy", project, "--health-check-delay", "120", env=cli_env)
+    assert started.code == 0, started
+    dep_id = f"{project}.1"
+    assert started.out.split() == [dep_id, "pending"]
+
+    busy = await moorage("deploy", project, env=cli_env)
+    assert_refused(busy)
+
+    cancelled = await moorage("cancel", dep_id, "--watch", env=cli_env)
+    assert cancelled.code == 0, cancelled
+    assert f"{dep_id} cancelled" in cancelled.out
+
+
+@pytest.mark.integration
+async def test_deploy_watch_exits_1_when_the_deployment_fails(
+    cli_env: dict[str, str], project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "compose.yaml"
+    path.write_text(compose("moorage-demo:unhealthy", api_image=None))
+    assert (await moorage("project", "apply", project, "-f", str(path), env=cli_env)).code == 0
+    result = await moorage("deploy", project, "--watch", "--no-rollback-on-failure", env=cli_env)
+    assert result.code == 1, result
+    assert f"{project}.1 failed" in result.out
+    assert "Traceback" not in result.out + result.err
+
+
+# --- moorage dev -----------------------------------------------------------------------------
+
+
+def test_dev_api_key_is_made_once(tmp_path: Path) -> None:
+    key = dev_api_key(tmp_path)
+    assert len(key) >= 32
+    assert dev_api_key(tmp_path) == key
+    assert (tmp_path / "dev-api-key").stat().st_mode & 0o077 == 0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.integration
+async def test_dev_starts_the_stack_and_stops_it_on_sigint(
+    tmp_path: Path, docker_client: object
+) -> None:
+    temporal_port, ui_port, api_port = free_port(), free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "moorage.cli", "dev",
+        "--data-dir", str(tmp_path / "dev"),
+        "--temporal-port", str(temporal_port),
+        "--ui-port", str(ui_port),
+        "--api-port", str(api_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{api_port}"
+    try:
+        deadline = time.monotonic() + 90
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                assert proc.returncode is None, (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+                try:
+                    if (await http.get(f"{api}/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "moorage dev: the API never answered"
+                await asyncio.sleep(0.3)
+            key = (tmp_path / "dev" / "dev-api-key").read_text().strip()
+            # The API knows the dev key (401 without it) and reaches Temporal (404, not 503).
+            assert (await http.get(f"{api}/api/projects/nope")).status_code == 401
+            answer = await http.get(
+                f"{api}/api/projects/nope", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert answer.status_code == 404, answer.text
+
+        children = children_of(proc.pid)
+        assert len(children) == 3, children
+        assert all(os.getpgid(c) == c for c in children)  # each its own group
+
+        proc.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = output.decode()
+    assert proc.returncode == 0, text
+    assert f"export MOORAGE_TEMPORAL_ADDRESS=127.0.0.1:{temporal_port}" in text
+    assert f"http://127.0.0.1:{ui_port}" in text
+    assert key in text
+    assert "Traceback" not in text
+    assert [c for c in children if alive(c)] == []
+    for name in ("temporal", "worker", "api"):
+        assert (tmp_path / "dev" / "logs" / f"{name}.log").exists()
