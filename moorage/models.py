@@ -82,13 +82,13 @@ class EventType(StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
 
 
-def parse_surge(value: int | str, field: str) -> int | str:
+def parse_surge(value: object, field: str) -> int | str:
     """Validate a max_surge / max_unavailable value: a non-negative integer or ``"N%"``.
 
     Raises:
         ValueError: the value is negative or not of either form.
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{field} must be an integer or a percentage like '25%'")
     if isinstance(value, int):
         if value < 0:
@@ -128,9 +128,9 @@ class DeploymentConfig(BaseModel):
     blue_green_timeout: int = Field(default=300, ge=0, le=86_400)
     """Seconds a blue-green deployment waits for promotion before it aborts."""
 
-    @field_validator("max_surge", "max_unavailable")
+    @field_validator("max_surge", "max_unavailable", mode="before")
     @classmethod
-    def _surge(cls, value: int | str, info: Any) -> int | str:
+    def _surge(cls, value: object, info: Any) -> int | str:
         return parse_surge(value, info.field_name)
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ def deployment_id(project: str, revision: int) -> str:
 def split_deployment_id(dep_id: str) -> tuple[str, int] | None:
     """``shop.3`` → ``("shop", 3)``; None when the id is not of that form."""
     project, dot, rev = dep_id.rpartition(".")
-    if not dot or not project or not rev.isdigit() or len(rev) > 9:
+    if not dot or not project or not rev.isascii() or not rev.isdigit() or len(rev) > 9:
         return None
     return project, int(rev)
 

@@ -107,21 +107,12 @@ def test_surge_values_of_other_types_are_refused(value: Any) -> None:
         DeploymentConfig(max_surge=value)
 
 
-@pytest.mark.xfail(
-    reason="bug in models.py: the surge validator runs after pydantic has coerced True/False "
-    "to 1/0, so parse_surge's bool check never fires (fix: StrictInt | str, or mode='before')",
-    strict=True,
-)
 @pytest.mark.parametrize("field", ["max_surge", "max_unavailable"])
 def test_boolean_surge_values_are_refused(field: str) -> None:
     with pytest.raises(ValidationError):
         DeploymentConfig(**{field: True})
 
 
-@pytest.mark.xfail(
-    reason="bug in models.py: JSON true is coerced to 1 before the surge validator sees it",
-    strict=True,
-)
 def test_boolean_surge_values_are_refused_from_json() -> None:
     with pytest.raises(ValidationError):
         DeploymentConfig.model_validate_json('{"max_surge": true}')
@@ -310,11 +301,6 @@ def test_split_deployment_id_refuses_other_forms(dep_id: str) -> None:
     assert naming.split_deployment_id(dep_id) is None
 
 
-@pytest.mark.xfail(
-    reason="bug in naming.py: str.isdigit() accepts superscript and fullwidth digits, so "
-    "int() raises or two ids name one deployment (fix: also require rev.isascii())",
-    strict=True,
-)
 @pytest.mark.parametrize("dep_id", ["shop.\u00b2", "shop.\uff13"])
 def test_split_deployment_id_refuses_non_ascii_digits(dep_id: str) -> None:
     assert naming.split_deployment_id(dep_id) is None

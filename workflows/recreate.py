@@ -37,7 +37,7 @@ class RecreateWorkflow(StrategyWorkflow):
             for svc in reversed(prev.spec.services):
                 self.undo.push_wait_healthy(
                     f"wait for restored {svc.name} (revision {prev.revision})",
-                    steps.health_input(cfg, steps.selector(dep, prev.revision, svc.name), svc.replicas),
+                    steps.restore_health_input(cfg, steps.selector(dep, prev.revision, svc.name), svc.replicas),
                 )
                 self.undo.push(
                     f"restore {svc.name} (revision {prev.revision})",

@@ -113,6 +113,15 @@ def health_input(cfg: DeploymentConfig, sel: ContainerSelector, expected: int) -
     )
 
 
+def restore_health_input(cfg: DeploymentConfig, sel: ContainerSelector, expected: int) -> WaitHealthyInput:
+    """The health wait for a revision being restored: it was healthy before, so no initial delay
+    (a long delay meant for the new revision would only hold the rollback up)."""
+    inp = health_input(cfg, sel, expected)
+    inp.delay_s = 0.0
+    inp.retries = max(inp.retries, 60)
+    return inp
+
+
 def health_timeout(inp: WaitHealthyInput) -> timedelta:
     """A start-to-close timeout that outlasts every check the wait may make."""
     return timedelta(seconds=inp.delay_s + inp.retries * (inp.interval_s + 5) + 60)

@@ -51,9 +51,12 @@ class StrategyWorkflow:
         if self.tracker.deployment.status.terminal:
             return
         self._cancel_requested_by = user_id or "unknown"
+        self.tracker.in_flow = False  # recording the request must not raise inside a handler
         self.tracker.event(
             EventType.CANCEL_REQUESTED, f"cancel requested by {self._cancel_requested_by}", user=user_id
         )
+        self.tracker.cancel_requested = True
+        self.tracker.in_flow = self._task is not None and not self._task.done()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -96,16 +99,20 @@ class StrategyWorkflow:
             previous_revision=inp.previous.revision if inp.previous else None,
             user=dep.user_id,
         )
+        t.in_flow = True
         self._task = asyncio.create_task(self.flow(inp, t))
         try:
             try:
                 await self._task
             except asyncio.CancelledError:
+                t.in_flow = False
                 if self._cancel_requested_by is None:
                     # The workflow itself was cancelled (parent or operator): undo just the same.
                     self._cancel_requested_by = "temporal"
                     t.event(EventType.CANCEL_REQUESTED, "workflow cancellation requested")
                 raise
+            finally:
+                t.in_flow = False
         except asyncio.CancelledError:
             await self._undo(t, DeploymentStatus.CANCELLED, "cancelled")
             return t.state

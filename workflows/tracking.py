@@ -6,6 +6,7 @@ details line. Every strategy records through one :class:`Tracker`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from temporalio import workflow
@@ -27,6 +28,20 @@ class Tracker:
 
     def __init__(self, deployment: Deployment):
         self.state = DeploymentState(deployment=deployment)
+        self.cancel_requested = False
+        """Set by the cancel signal. A cancel that reaches an activity just as it completes is
+        lost by asyncio (the step's result wins), so every recorded step also checks this."""
+        self.in_flow = False
+        """True while the strategy's steps run (and not while undoing them)."""
+
+    def checkpoint(self) -> None:
+        """Stop the flow here if a cancel was requested.
+
+        Raises:
+            asyncio.CancelledError: a cancel was requested while the steps run.
+        """
+        if self.cancel_requested and self.in_flow:
+            raise asyncio.CancelledError("deployment cancelled")
 
     @property
     def deployment(self) -> Deployment:
@@ -51,12 +66,14 @@ class Tracker:
             )
         )
         self._details()
+        self.checkpoint()
 
     def progress(self, value: int, message: str) -> None:
         """Move progress forward (it never goes back) and set the message."""
         self.deployment.progress = max(self.deployment.progress, min(100, value))
         self.deployment.message = message
         self._details()
+        self.checkpoint()
 
     def status(self, status: DeploymentStatus, message: str | None = None) -> None:
         """Enter a new status; terminal statuses stamp ``completed_at``."""
