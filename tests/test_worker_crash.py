@@ -1,0 +1,68 @@
+"""A worker killed with SIGKILL mid-deployment: a new worker finishes the job, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+from temporalio.client import Client
+
+from moorage.models import DeploymentStatus, DeployRequest, EventType
+from moorage.service import DeploymentService
+from moorage.settings import Settings
+from tests.helpers import TENANT, USER, compose, labelled, serving_version, wait_status, wait_terminal
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start_worker(address: str, queue: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "MOORAGE_TEMPORAL_ADDRESS": address, "MOORAGE_TASK_QUEUE": queue}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "worker.py"), env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert b"moorage worker" in line, line
+    return proc
+
+
+@pytest.mark.parametrize("phase", ["starting", "health"])
+async def test_worker_sigkill_mid_deployment(temporal_client: Client, docker_client: docker.DockerClient, project: str, phase: str) -> None:
+    queue = f"moorage-kill-{uuid.uuid4().hex[:8]}"
+    service = DeploymentService(temporal_client, Settings(task_queue=queue))
+    address = temporal_client.service_client.config.target_host
+    worker = await start_worker(address, queue)
+    try:
+        await service.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1", web_replicas=3))
+        dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1", health_check_delay=3))
+        if phase == "starting":
+            await wait_status(service, dep.id, lambda s: any(e.event_type == EventType.SERVICE_STARTING for e in s.events))
+        else:
+            await wait_status(service, dep.id, lambda s: any(e.event_type == EventType.SERVICE_STARTED for e in s.events))
+        worker.send_signal(signal.SIGKILL)
+        assert await worker.wait() == -signal.SIGKILL
+        await asyncio.sleep(1)
+        worker = await start_worker(address, queue)
+        state = await wait_terminal(service, dep.id, timeout=120)
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    containers = labelled(docker_client, project)
+    names = sorted(c.name for c in containers)
+    assert len(names) == 4, names  # 1 api + 3 web: no duplicates from the retried steps
+    assert sorted(c.labels["moorage.service"] for c in containers) == ["api", "web", "web", "web"]
+    assert {c.labels["moorage.slot"] for c in containers if c.labels["moorage.service"] == "web"} == {"0", "1", "2"}
+    assert all(c.status == "running" for c in containers)
+    assert serving_version(docker_client, project, "web") == {"v1"}
+    assert {i.container_name for i in state.instances} == set(names)
