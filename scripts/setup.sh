@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Everything Moorage needs on this machine: a Docker engine, busybox-static for the demo images,
+# a virtualenv with Moorage and its dev tools, and the demo images on the engine.
+# On a fresh Debian machine, as root, it installs what is missing from Debian and says so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[moorage] $*" >&2; }
+
+need_apt=()
+command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || need_apt+=(busybox-static)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing from Debian: ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    log "missing: ${need_apt[*]} (install them, e.g. apt-get install ${need_apt[*]})"
+    exit 1
+  fi
+fi
+
+./scripts/ensure-engine.sh
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import moorage, temporalio, docker, fastapi, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.moorage-installed ]; then
+  log "installing Moorage and its dependencies into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[dev]'
+  touch .venv/.moorage-installed
+fi
+.venv/bin/python -m moorage.cli images >/dev/null
+log "ready: engine answers, demo images built, .venv installed"
