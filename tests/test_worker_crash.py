@@ -66,3 +66,27 @@ async def test_worker_sigkill_mid_deployment(temporal_client: Client, docker_cli
     assert all(c.status == "running" for c in containers)
     assert serving_version(docker_client, project, "web") == {"v1"}
     assert {i.container_name for i in state.instances} == set(names)
+
+
+async def test_first_deploy_after_a_worker_restart_is_accepted(temporal_client: Client, docker_client: docker.DockerClient, project: str) -> None:
+    """A new worker replays the project workflow; its first update must see the finished deployment
+    as finished (the replay may hand the update over together with the child's completion)."""
+    queue = f"moorage-restart-{uuid.uuid4().hex[:8]}"
+    service = DeploymentService(temporal_client, Settings(task_queue=queue))
+    address = temporal_client.service_client.config.target_host
+    worker = await start_worker(address, queue)
+    try:
+        await service.apply_project(TENANT, project, compose("moorage-demo:v1", api_image=None))
+        first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+        assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
+        worker.terminate()
+        await worker.wait()
+        worker = await start_worker(address, queue)
+        second = await service.deploy(TENANT, USER, project, DeployRequest(version="v1b"))
+        assert second.id != first.id
+        state = await wait_terminal(service, second.id)
+        assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()

@@ -402,3 +402,12 @@ class ProjectWorkflow:
                 s.revisions.pop(0)
         s.active_id = None
         s.active_compose = None
+        # Also tells the UI how the project's last deployment ended. It matters for correctness
+        # too: a workflow task that ends a deployment must emit a command, or a cold replay may
+        # hand the next update over before the child's completion (temporalio/sdk-python#673).
+        workflow.upsert_search_attributes(
+            [
+                sa.DEPLOYMENT_STATUS.value_set(status.value),
+                sa.VERSION.value_set(s.current.version if s.current else ""),
+            ]
+        )
