@@ -48,7 +48,10 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     client = await connect(settings)
     worker = build_worker(client, settings.task_queue)
-    print(f"moorage worker: task queue {settings.task_queue!r} on {settings.temporal_address}", flush=True)
+    print(
+        f"moorage worker: task queue {settings.task_queue!r} on {settings.temporal_address}",
+        flush=True,
+    )
     await worker.run()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import docker
@@ -68,7 +68,9 @@ def _classified(what: str) -> Iterator[None]:
             ) from exc
         raise ApplicationError(f"{what}: engine error: {exc}", type="EngineError") from exc
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise ApplicationError(f"{what}: engine unreachable: {exc}", type="EngineUnreachable") from exc
+        raise ApplicationError(
+            f"{what}: engine unreachable: {exc}", type="EngineUnreachable"
+        ) from exc
 
 
 def _label_filters(sel: ContainerSelector) -> list[str]:
@@ -112,7 +114,11 @@ def _healthcheck(spec: ServiceSpec) -> dict[str, Any] | None:
     result: dict[str, Any] = {}
     if hc.test is not None:
         result["test"] = hc.test
-    for field, key in (("interval_s", "interval"), ("timeout_s", "timeout"), ("start_period_s", "start_period")):
+    for field, key in (
+        ("interval_s", "interval"),
+        ("timeout_s", "timeout"),
+        ("start_period_s", "start_period"),
+    ):
         value = getattr(hc, field)
         if value is not None:
             result[key] = int(value * NANOS)
@@ -245,7 +251,7 @@ class DockerExecutor:
         host_config = self.api.create_host_config(
             # An ephemeral host port on loopback per replica: replicas of one service never
             # collide, and nothing is exposed beyond this host.
-            port_bindings={p: ("127.0.0.1", None) for p in ports},
+            port_bindings=dict.fromkeys(ports, ("127.0.0.1", None)),
         )
         networking = self.api.create_networking_config(
             {net: self.api.create_endpoint_config(aliases=[spec.name])}
@@ -290,10 +296,8 @@ class DockerExecutor:
 
             def stop(info: dict[str, Any]) -> None:
                 _heartbeat(info["Name"])
-                try:
+                with suppress(docker.errors.NotFound):
                     self.api.stop(info["Id"], timeout=max(0, int(inp.grace_period_s)))
-                except docker.errors.NotFound:
-                    pass
 
             self._parallel(stop, infos)
             return [str(i["Name"]).lstrip("/") for i in infos]
@@ -369,7 +373,8 @@ class DockerExecutor:
                         not state["Running"] and attempt > 1
                     ):
                         self._fail_health(
-                            f"container {name} is {state['Status']} (exit code {state.get('ExitCode')})",
+                            f"container {name} is {state['Status']} "
+                            f"(exit code {state.get('ExitCode')})",
                             info,
                             infos,
                         )
@@ -385,7 +390,10 @@ class DockerExecutor:
         infos = self._find(inp.selector)
         self._fail_health(
             f"not healthy after {inp.retries} checks {inp.interval_s:g}s apart ({waiting})",
-            next((i for i in infos if (i["State"].get("Health") or {}).get("Status") != "healthy"), None),
+            next(
+                (i for i in infos if (i["State"].get("Health") or {}).get("Status") != "healthy"),
+                None,
+            ),
             infos,
         )
         raise AssertionError("unreachable")  # _fail_health always raises

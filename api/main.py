@@ -28,6 +28,7 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(MoorageError)
     async def _moorage_error(request: Request, exc: MoorageError) -> JSONResponse:
+        body: dict[str, object]
         if exc.field is not None:
             body = {"detail": [{"loc": exc.field, "msg": exc.message, "type": "invalid"}]}
         else:

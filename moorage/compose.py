@@ -152,7 +152,9 @@ def parse_duration(value: Any, *, service: str, key: str) -> float:
         parts = _DURATION_RE.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
             return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    raise ComposeError(f"{value!r} is not a duration like '10s' or '1m30s'", service=service, key=key)
+    raise ComposeError(
+        f"{value!r} is not a duration like '10s' or '1m30s'", service=service, key=key
+    )
 
 
 def _str_list(value: Any, *, service: str, key: str) -> list[str] | str:
@@ -199,7 +201,9 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
     if isinstance(item, dict):
         unknown = set(item) - {"target", "published", "protocol", "host_ip", "mode"}
         if unknown:
-            raise ComposeError("is not supported", service=service, key=f"ports.{sorted(unknown)[0]}")
+            raise ComposeError(
+                "is not supported", service=service, key=f"ports.{sorted(unknown)[0]}"
+            )
         if item.get("protocol", "tcp") not in ("tcp", "udp"):
             raise ComposeError(
                 f"invalid protocol {item['protocol']!r}", service=service, key="ports.protocol"
@@ -214,7 +218,9 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
                 published=int(published) if published is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ComposeError(f"invalid long-syntax port {item!r}", service=service, key=key) from exc
+            raise ComposeError(
+                f"invalid long-syntax port {item!r}", service=service, key=key
+            ) from exc
     if isinstance(item, bool) or not isinstance(item, int | str):
         raise ComposeError(f"invalid port {item!r}", service=service, key=key)
     text = str(item).strip()
@@ -224,7 +230,11 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
     if protocol not in ("tcp", "udp"):
         raise ComposeError(f"invalid protocol {protocol!r}", service=service, key=key)
     parts = text.split(":")
-    if len(parts) > 3 or any("-" in p for p in parts) or not all(p.isdigit() for p in parts[-2:] if p):
+    if (
+        len(parts) > 3
+        or any("-" in p for p in parts)
+        or not all(p.isdigit() for p in parts[-2:] if p)
+    ):
         raise ComposeError(
             f"invalid port {item!r} (port ranges are not supported)", service=service, key=key
         )
@@ -259,16 +269,22 @@ def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
                 )
             spec.test = list(test)
         else:
-            raise ComposeError("must be a string or a list", service=service, key="healthcheck.test")
+            raise ComposeError(
+                "must be a string or a list", service=service, key="healthcheck.test"
+            )
     for name in ("interval", "timeout", "start_period"):
         if name in value:
             setattr(
-                spec, f"{name}_s", parse_duration(value[name], service=service, key=f"healthcheck.{name}")
+                spec,
+                f"{name}_s",
+                parse_duration(value[name], service=service, key=f"healthcheck.{name}"),
             )
     if "retries" in value:
         retries = value["retries"]
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ComposeError("must be a non-negative integer", service=service, key="healthcheck.retries")
+            raise ComposeError(
+                "must be a non-negative integer", service=service, key="healthcheck.retries"
+            )
         spec.retries = retries
     return spec
 
@@ -282,9 +298,13 @@ def _parse_depends_on(value: Any, *, service: str) -> list[str]:
                 raise ComposeError("invalid entry", service=service, key=f"depends_on.{dep}")
             for k in cond or {}:
                 if k not in ("condition", "restart", "required"):
-                    raise ComposeError("is not supported", service=service, key=f"depends_on.{dep}.{k}")
+                    raise ComposeError(
+                        "is not supported", service=service, key=f"depends_on.{dep}.{k}"
+                    )
         return [str(d) for d in value]
-    raise ComposeError("must be a list or a mapping of service names", service=service, key="depends_on")
+    raise ComposeError(
+        "must be a list or a mapping of service names", service=service, key="depends_on"
+    )
 
 
 def _parse_service(name: str, raw: Any) -> ServiceSpec:
@@ -326,7 +346,9 @@ def _parse_service(name: str, raw: Any) -> ServiceSpec:
         for label in spec.labels:
             if label.startswith("moorage."):
                 raise ComposeError(
-                    "labels starting with 'moorage.' are reserved", service=name, key=f"labels.{label}"
+                    "labels starting with 'moorage.' are reserved",
+                    service=name,
+                    key=f"labels.{label}",
                 )
     if raw.get("ports") is not None:
         if not isinstance(raw["ports"], list):
@@ -347,9 +369,15 @@ def _parse_service(name: str, raw: Any) -> ServiceSpec:
                 raise ComposeError("is not supported by Moorage", service=name, key=f"deploy.{k}")
         if "replicas" in deploy:
             replicas = deploy["replicas"]
-            if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 < replicas <= MAX_REPLICAS:
+            if (
+                isinstance(replicas, bool)
+                or not isinstance(replicas, int)
+                or not 0 < replicas <= MAX_REPLICAS
+            ):
                 raise ComposeError(
-                    f"must be an integer from 1 to {MAX_REPLICAS}", service=name, key="deploy.replicas"
+                    f"must be an integer from 1 to {MAX_REPLICAS}",
+                    service=name,
+                    key="deploy.replicas",
                 )
             spec.replicas = replicas
     if raw.get("stop_grace_period") is not None:
@@ -369,7 +397,9 @@ def _start_order(services: dict[str, ServiceSpec]) -> list[ServiceSpec]:
     for spec in services.values():
         for dep in spec.depends_on:
             if dep not in services:
-                raise ComposeError(f"depends on unknown service {dep!r}", service=spec.name, key="depends_on")
+                raise ComposeError(
+                    f"depends on unknown service {dep!r}", service=spec.name, key="depends_on"
+                )
     ordered: list[ServiceSpec] = []
     done: set[str] = set()
     # Depth-first with an explicit stack: a long depends_on chain must not hit Python's

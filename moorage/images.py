@@ -1,4 +1,4 @@
-"""Demo and test images that need no registry: a busybox-static rootfs brought in with ``docker import``.
+"""Demo and test images that need no registry: a busybox-static rootfs, ``docker import``-ed.
 
 ``moorage-demo:<version>`` serves ``/`` with busybox httpd (the page says the version) and has a
 1 s HEALTHCHECK. Variants: ``unhealthy`` (its health check always fails) and ``crash`` (exits at
@@ -32,7 +32,10 @@ pid=$!
 wait $pid
 """
 
-HEALTHY = "HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD wget -q -O /dev/null http://127.0.0.1/ || exit 1"
+HEALTHY = (
+    "HEALTHCHECK --interval=1s --timeout=2s --retries=3 "
+    "CMD wget -q -O /dev/null http://127.0.0.1/ || exit 1"
+)
 NEVER_HEALTHY = "HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD exit 1"
 
 
@@ -104,7 +107,9 @@ def build_image(client: docker.DockerClient, tag: str, health: str, mode: str) -
         "EXPOSE 80",
         health,
     ]
-    client.api.import_image_from_data(_rootfs_tar(tag, mode), repository=REPOSITORY, tag=tag, changes=changes)
+    client.api.import_image_from_data(
+        _rootfs_tar(tag, mode), repository=REPOSITORY, tag=tag, changes=changes
+    )
     return ref
 
 

@@ -40,8 +40,10 @@ def split_deployment_id(dep_id: str) -> tuple[str, int] | None:
 
 
 def project_workflow_id(tenant: str, project: str) -> str:
-    """The entity workflow of a project. The tenant is part of every workflow id, so one
-    tenant can never address another tenant's workflow."""
+    """The entity workflow of a project.
+
+    The tenant is part of every workflow id, so one tenant can never address another's workflow.
+    """
     return f"moorage/{tenant}/project/{project}"
 
 

@@ -70,7 +70,7 @@ def _check_name(value: str, what: str) -> None:
 
 
 def _refusal(err: WorkflowUpdateFailedError) -> MoorageError:
-    cause = err.cause
+    cause: BaseException | None = err.cause
     while cause is not None and not isinstance(cause, ApplicationError):
         cause = cause.__cause__
     if isinstance(cause, ApplicationError) and cause.type in _KINDS:
@@ -91,7 +91,9 @@ class DeploymentService:
         _check_name(project, "project")
         return self.client.get_workflow_handle(naming.project_workflow_id(tenant, project))
 
-    async def _query_project(self, tenant: str, project: str, query: str, *args: Any, result_type: type) -> Any:
+    async def _query_project(
+        self, tenant: str, project: str, query: str, *args: Any, result_type: type
+    ) -> Any:
         try:
             return await self._project(tenant, project).query(query, *args, result_type=result_type)
         except RPCError as exc:
@@ -99,9 +101,13 @@ class DeploymentService:
                 raise NotFoundError(f"project {project!r} not found") from exc
             raise
 
-    async def _update(self, tenant: str, project: str, update: str, arg: Any, result_type: type) -> Any:
+    async def _update(
+        self, tenant: str, project: str, update: str, arg: Any, result_type: type
+    ) -> Any:
         try:
-            return await self._project(tenant, project).execute_update(update, arg, result_type=result_type)
+            return await self._project(tenant, project).execute_update(
+                update, arg, result_type=result_type
+            )
         except WorkflowUpdateFailedError as err:
             raise _refusal(err) from err
         except RPCError as exc:
@@ -117,7 +123,8 @@ class DeploymentService:
         """
         if not NAME_RE.match(project):
             raise InvalidError(
-                "project ids are 1-40 lowercase letters, digits and dashes, starting with a letter or digit",
+                "project ids are 1-40 lowercase letters, digits and dashes, "
+                "starting with a letter or digit",
                 field=["path", "project_id"],
             )
         try:
@@ -132,7 +139,9 @@ class DeploymentService:
         await self.client.start_workflow(
             "Project",
             ProjectState(
-                tenant_id=tenant, project_id=project, retained_revisions=self.settings.retained_revisions
+                tenant_id=tenant,
+                project_id=project,
+                retained_revisions=self.settings.retained_revisions,
             ),
             id=naming.project_workflow_id(tenant, project),
             task_queue=self.settings.task_queue,
@@ -151,13 +160,20 @@ class DeploymentService:
         Raises:
             NotFoundError: no such project for this tenant.
         """
-        result: ProjectPublic = await self._query_project(tenant, project, "project", result_type=ProjectPublic)
+        result: ProjectPublic = await self._query_project(
+            tenant, project, "project", result_type=ProjectPublic
+        )
         return result
 
     # --- deployments ---------------------------------------------------------------------------
 
     async def deploy(
-        self, tenant: str, user: str, project: str, request: DeployRequest, idempotency_key: str | None = None
+        self,
+        tenant: str,
+        user: str,
+        project: str,
+        request: DeployRequest,
+        idempotency_key: str | None = None,
     ) -> Deployment:
         """Start a deployment of the project's Compose text; returns at once (status pending).
 
@@ -187,7 +203,7 @@ class DeploymentService:
         return result
 
     async def get_state(self, tenant: str, deployment_id: str) -> DeploymentState:
-        """A deployment's record, events and instances; live from its strategy workflow while it runs.
+        """A deployment's record, events and instances (live from its workflow while it runs).
 
         Raises:
             NotFoundError: no such deployment for this tenant.
@@ -198,7 +214,11 @@ class DeploymentService:
         project, _ = parts
         try:
             state: DeploymentState | None = await self._query_project(
-                tenant, project, "deployment", deployment_id, result_type=DeploymentState | None
+                tenant,
+                project,
+                "deployment",
+                deployment_id,
+                result_type=DeploymentState | None,  # type: ignore[arg-type]  # a union decodes fine
             )
         except NotFoundError:
             state = None
@@ -206,9 +226,14 @@ class DeploymentService:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         if state.deployment.status.terminal:
             return state
-        handle = self.client.get_workflow_handle(naming.deployment_workflow_id(tenant, deployment_id))
+        handle = self.client.get_workflow_handle(
+            naming.deployment_workflow_id(tenant, deployment_id)
+        )
         try:
-            live: DeploymentState | None = await handle.query("state", result_type=DeploymentState | None)
+            live: DeploymentState | None = await handle.query(
+                "state",
+                result_type=DeploymentState | None,  # type: ignore[arg-type]  # a union decodes fine
+            )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return state  # the strategy workflow has not started yet
@@ -216,7 +241,9 @@ class DeploymentService:
         if live is None:
             return state
         # The project's request event first, then the strategy's own log.
-        live.events = [e for e in state.events if e.details.get("phase") == "requested"] + live.events
+        live.events = [
+            e for e in state.events if e.details.get("phase") == "requested"
+        ] + live.events
         return live
 
     async def get_deployment(self, tenant: str, deployment_id: str) -> Deployment:
@@ -252,7 +279,11 @@ class DeploymentService:
         """
         project = self._project_of(deployment_id)
         result: Deployment = await self._update(
-            tenant, project, "cancel", CancelInput(deployment_id=deployment_id, user_id=user), Deployment
+            tenant,
+            project,
+            "cancel",
+            CancelInput(deployment_id=deployment_id, user_id=user),
+            Deployment,
         )
         return result
 
@@ -282,4 +313,3 @@ class DeploymentService:
         if parts is None or not NAME_RE.match(parts[0]):
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         return parts[0]
-

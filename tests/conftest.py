@@ -45,8 +45,10 @@ def docker_client() -> Iterator[docker.DockerClient]:
     try:
         client = docker.from_env(timeout=120)
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the engine fails the suite
-        pytest.fail(f"no Docker engine answers ({exc}); run scripts/ensure-engine.sh", pytrace=False)
+    except Exception as exc:
+        pytest.fail(
+            f"no Docker engine answers ({exc}); run scripts/ensure-engine.sh", pytrace=False
+        )
     images.build_all(client)
     yield client
     client.close()
@@ -72,7 +74,9 @@ def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def worker(temporal_client: Client, docker_client: docker.DockerClient) -> AsyncIterator[None]:
+async def worker(
+    temporal_client: Client, docker_client: docker.DockerClient
+) -> AsyncIterator[None]:
     w = build_worker(temporal_client, TASK_QUEUE, DockerExecutor(docker_client))
     task = asyncio.create_task(w.run())
     try:
@@ -93,9 +97,11 @@ def service(temporal_client: Client, settings: Settings, worker: None) -> Deploy
 
 
 def remove_labelled(client: docker.DockerClient, project: str) -> list[str]:
-    """Remove every container (and the network) Moorage made for ``project``; returns their names."""
+    """Remove every container and network Moorage made for ``project``; returns the names."""
     names = []
-    for c in client.containers.list(all=True, filters={"label": f"{naming.LABEL_PROJECT}={project}"}):
+    for c in client.containers.list(
+        all=True, filters={"label": f"{naming.LABEL_PROJECT}={project}"}
+    ):
         names.append(c.name)
         c.remove(force=True)
     for n in client.networks.list(filters={"label": f"{naming.LABEL_PROJECT}={project}"}):

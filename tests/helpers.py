@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import docker
 
@@ -16,7 +18,11 @@ TENANT = "acme"
 USER = "alice"
 
 
-def compose(web_image: str = "moorage-demo:v1", api_image: str | None = "moorage-demo:v1", web_replicas: int = 1) -> str:
+def compose(
+    web_image: str = "moorage-demo:v1",
+    api_image: str | None = "moorage-demo:v1",
+    web_replicas: int = 1,
+) -> str:
     """A project: ``web`` (depends on ``api`` when there is one)."""
     text = "services:\n"
     if api_image:
@@ -29,7 +35,9 @@ def compose(web_image: str = "moorage-demo:v1", api_image: str | None = "moorage
     return text
 
 
-async def wait_terminal(service: DeploymentService, dep_id: str, timeout: float = 120, tenant: str = TENANT) -> DeploymentState:
+async def wait_terminal(
+    service: DeploymentService, dep_id: str, timeout: float = 120, tenant: str = TENANT
+) -> DeploymentState:
     deadline = time.monotonic() + timeout
     while True:
         state = await service.get_state(tenant, dep_id)
@@ -43,26 +51,41 @@ async def wait_terminal(service: DeploymentService, dep_id: str, timeout: float 
         await asyncio.sleep(0.3)
 
 
-async def wait_status(service: DeploymentService, dep_id: str, predicate, timeout: float = 60, tenant: str = TENANT) -> DeploymentState:
+async def wait_status(
+    service: DeploymentService,
+    dep_id: str,
+    predicate: Callable[[DeploymentState], bool],
+    timeout: float = 60,
+    tenant: str = TENANT,
+) -> DeploymentState:
     deadline = time.monotonic() + timeout
     while True:
         state = await service.get_state(tenant, dep_id)
         if predicate(state):
             return state
         if time.monotonic() > deadline:
-            raise AssertionError(f"{dep_id}: condition not met after {timeout}s: {state.deployment}")
+            raise AssertionError(
+                f"{dep_id}: condition not met after {timeout}s: {state.deployment}"
+            )
         await asyncio.sleep(0.2)
 
 
-def labelled(client: docker.DockerClient, project: str, **labels: str) -> list:
-    filters = [f"{naming.LABEL_PROJECT}={project}"] + [f"moorage.{k}={v}" for k, v in labels.items()]
-    return client.containers.list(all=True, filters={"label": filters})
+def labelled(client: docker.DockerClient, project: str, **labels: str) -> list[Any]:
+    filters = [f"{naming.LABEL_PROJECT}={project}"] + [
+        f"moorage.{k}={v}" for k, v in labels.items()
+    ]
+    found: list[Any] = client.containers.list(all=True, filters={"label": filters})
+    return found
 
 
 def serving_version(client: docker.DockerClient, project: str, service: str) -> set[str]:
-    """The versions the running containers of ``service`` answer with, asked over their loopback ports."""
+    """The versions the running containers of ``service`` answer with (via loopback ports)."""
     versions = set()
-    for c in client.containers.list(filters={"label": [f"{naming.LABEL_PROJECT}={project}", f"{naming.LABEL_SERVICE}={service}"]}):
+    for c in client.containers.list(
+        filters={
+            "label": [f"{naming.LABEL_PROJECT}={project}", f"{naming.LABEL_SERVICE}={service}"]
+        }
+    ):
         c.reload()
         binding = c.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]
         url = f"http://{binding['HostIp']}:{binding['HostPort']}/version"

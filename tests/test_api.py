@@ -10,10 +10,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from api.deps import get_service, get_settings
+from api.deps import get_service
 from api.main import create_app
 from moorage.service import DeploymentService
-from moorage.settings import Settings
+from moorage.settings import Settings, get_settings
 from tests.helpers import compose, labelled, wait_terminal
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,9 @@ async def http(service: DeploymentService, settings: Settings) -> AsyncIterator[
     api_settings = settings.model_copy(update={"api_keys": "key-a=acme/alice,key-b=beta/bob"})
     app.dependency_overrides[get_settings] = lambda: api_settings
     app.dependency_overrides[get_service] = lambda: service
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moorage") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://moorage"
+    ) as client:
         yield client
 
 
@@ -57,7 +59,9 @@ async def test_healthz_needs_no_key(http: httpx.AsyncClient) -> None:
         ("POST", "/api/deployments/x.1/rollback"),
     ],
 )
-async def test_every_route_needs_a_valid_key(http: httpx.AsyncClient, method: str, path: str) -> None:
+async def test_every_route_needs_a_valid_key(
+    http: httpx.AsyncClient, method: str, path: str
+) -> None:
     missing = await http.request(method, path)
     assert missing.status_code == 401
     wrong = await http.request(method, path, headers={"Authorization": "Bearer nope"})
@@ -65,8 +69,15 @@ async def test_every_route_needs_a_valid_key(http: httpx.AsyncClient, method: st
     assert "key" in wrong.json()["detail"]
 
 
-async def test_project_lifecycle_and_deployment_reads(http: httpx.AsyncClient, service: DeploymentService, project: str, docker_client: docker.DockerClient) -> None:
-    resp = await http.put(f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A)
+async def test_project_lifecycle_and_deployment_reads(
+    http: httpx.AsyncClient,
+    service: DeploymentService,
+    project: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    resp = await http.put(
+        f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["services"] == ["web"]
     assert resp.json()["current_revision"] is None
@@ -144,8 +155,14 @@ async def test_project_lifecycle_and_deployment_reads(http: httpx.AsyncClient, s
         assert "acme" not in resp.text
 
     # Rollback after a second good revision brings back v1 as a new deployment.
-    await http.put(f"/api/projects/{project}", json={"compose": compose("moorage-demo:v2", api_image=None)}, headers=A)
-    second = (await http.post(f"/api/projects/{project}/deploy", json={"version": "v2"}, headers=A)).json()
+    await http.put(
+        f"/api/projects/{project}",
+        json={"compose": compose("moorage-demo:v2", api_image=None)},
+        headers=A,
+    )
+    second = (
+        await http.post(f"/api/projects/{project}/deploy", json={"version": "v2"}, headers=A)
+    ).json()
     svc = service  # key-a's tenant is the helpers' TENANT ("acme")
     assert (await wait_terminal(svc, second["id"])).deployment.status == "completed"
     rb = await http.post(f"/api/deployments/{second['id']}/rollback", headers=A)
@@ -159,15 +176,28 @@ async def test_project_lifecycle_and_deployment_reads(http: httpx.AsyncClient, s
 
 
 async def test_unknown_ids_are_404(http: httpx.AsyncClient) -> None:
-    for path in ["/api/projects/nosuchproject", "/api/projects/nosuchproject/deployments", "/api/deployments/nosuch.3", "/api/deployments/garbage", "/api/deployments/nosuch.3/events", "/api/deployments/UPPER.1/instances"]:
+    for path in [
+        "/api/projects/nosuchproject",
+        "/api/projects/nosuchproject/deployments",
+        "/api/deployments/nosuch.3",
+        "/api/deployments/garbage",
+        "/api/deployments/nosuch.3/events",
+        "/api/deployments/UPPER.1/instances",
+    ]:
         resp = await http.get(path, headers=A)
         assert resp.status_code == 404, (path, resp.text)
-    for path in ["/api/deployments/nosuch.3/cancel", "/api/deployments/nosuch.3/rollback", "/api/projects/nosuchproject/deploy"]:
+    for path in [
+        "/api/deployments/nosuch.3/cancel",
+        "/api/deployments/nosuch.3/rollback",
+        "/api/projects/nosuchproject/deploy",
+    ]:
         resp = await http.post(path, headers=A)
         assert resp.status_code == 404, (path, resp.text)
 
 
-async def test_invalid_input_is_422_naming_the_field(http: httpx.AsyncClient, project: str, docker_client: docker.DockerClient) -> None:
+async def test_invalid_input_is_422_naming_the_field(
+    http: httpx.AsyncClient, project: str, docker_client: docker.DockerClient
+) -> None:
     bad_id = await http.put("/api/projects/Bad_Name", json={"compose": compose()}, headers=A)
     assert bad_id.status_code == 422
     assert "project_id" in loc_names(bad_id)
@@ -180,14 +210,18 @@ async def test_invalid_input_is_422_naming_the_field(http: httpx.AsyncClient, pr
     # Nothing was created: the project does not exist.
     assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
 
-    ok = await http.put(f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A)
+    ok = await http.put(
+        f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A
+    )
     assert ok.status_code == 200
     no_image = "services:\n  web:\n    build: .\n"
     resp = await http.put(f"/api/projects/{project}", json={"compose": no_image}, headers=A)
     assert resp.status_code == 422
     assert "image" in resp.json()["detail"][0]["msg"]
     # The stored compose is unchanged and nothing runs.
-    assert (await http.get(f"/api/projects/{project}", headers=A)).json()["compose"] == compose(api_image=None)
+    assert (await http.get(f"/api/projects/{project}", headers=A)).json()["compose"] == compose(
+        api_image=None
+    )
     assert labelled(docker_client, project) == []
 
     for body, field in [
@@ -203,11 +237,14 @@ async def test_invalid_input_is_422_naming_the_field(http: httpx.AsyncClient, pr
         if field:
             assert field in loc_names(resp), (body, resp.json())
         else:
-            assert "max_surge" in resp.text and "max_unavailable" in resp.text
+            assert "max_surge" in resp.text
+            assert "max_unavailable" in resp.text
     resp = await http.put(f"/api/projects/{project}", json={}, headers=A)
     assert resp.status_code == 422
     assert "compose" in loc_names(resp)
-    resp = await http.post(f"/api/deployments/{project}.1/rollback", json={"to_revision": 0}, headers=A)
+    resp = await http.post(
+        f"/api/deployments/{project}.1/rollback", json={"to_revision": 0}, headers=A
+    )
     assert resp.status_code == 422
     assert "to_revision" in loc_names(resp)
     assert (await http.get(f"/api/projects/{project}/deployments", headers=A)).json() == []

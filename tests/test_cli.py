@@ -328,18 +328,20 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
         cwd=ROOT,
     )  # fmt: skip
     api = f"http://127.0.0.1:{api_port}"
+    banner = f"export MOORAGE_TEMPORAL_ADDRESS=127.0.0.1:{temporal_port}"
+    seen = b""
     try:
+        # The banner comes once all three answer; a signal before it would skip it.
         deadline = time.monotonic() + 90
-        async with httpx.AsyncClient(timeout=2) as http:
-            while True:
-                assert proc.returncode is None, (await proc.stdout.read()).decode()  # type: ignore[union-attr]
-                try:
-                    if (await http.get(f"{api}/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "moorage dev: the API never answered"
-                await asyncio.sleep(0.3)
+        while banner.encode() not in seen:
+            assert time.monotonic() < deadline, (
+                f"moorage dev: no banner after 90 s: {seen.decode()}"
+            )
+            line = await asyncio.wait_for(proc.stdout.readline(), 90)  # type: ignore[union-attr]
+            assert line, f"moorage dev exited early: {seen.decode()}"
+            seen += line
+        async with httpx.AsyncClient(timeout=5) as http:
+            assert (await http.get(f"{api}/healthz")).status_code == 200
             key = (tmp_path / "dev" / "dev-api-key").read_text().strip()
             # The API knows the dev key (401 without it) and reaches Temporal (404, not 503).
             assert (await http.get(f"{api}/api/projects/nope")).status_code == 401
@@ -358,9 +360,9 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    text = output.decode()
+    text = (seen + output).decode()
     assert proc.returncode == 0, text
-    assert f"export MOORAGE_TEMPORAL_ADDRESS=127.0.0.1:{temporal_port}" in text
+    assert banner in text
     assert f"http://127.0.0.1:{ui_port}" in text
     assert key in text
     assert "Traceback" not in text

@@ -14,7 +14,9 @@ from tests.helpers import TENANT, USER, compose, labelled, serving_version, wait
 pytestmark = pytest.mark.integration
 
 
-async def test_recreate_two_services_with_depends_on(service: DeploymentService, docker_client: docker.DockerClient, project: str) -> None:
+async def test_recreate_two_services_with_depends_on(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
     await service.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1"))
     first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
     assert first.status == DeploymentStatus.PENDING
@@ -31,7 +33,10 @@ async def test_recreate_two_services_with_depends_on(service: DeploymentService,
     while True:
         st = await service.get_state(TENANT, second.id)
         seen_progress.append(st.deployment.progress)
-        running = {c.labels["moorage.revision"] for c in docker_client.containers.list(filters={"label": f"moorage.project={project}"})}
+        running = {
+            c.labels["moorage.revision"]
+            for c in docker_client.containers.list(filters={"label": f"moorage.project={project}"})
+        }
         if len(running) > 1:
             overlap.append(running)
         if st.deployment.status.terminal:
@@ -45,7 +50,19 @@ async def test_recreate_two_services_with_depends_on(service: DeploymentService,
     assert seen_progress == sorted(seen_progress)
 
     types = [e.event_type for e in state.events]
-    progress_marks = [e for e in types if e in (EventType.SERVICE_STOPPED, EventType.SERVICE_REMOVED, EventType.SERVICE_STARTED, EventType.HEALTH_CHECK_PASSED, EventType.INSTANCES_RECORDED, EventType.DEPLOYMENT_COMPLETED)]
+    progress_marks = [
+        e
+        for e in types
+        if e
+        in (
+            EventType.SERVICE_STOPPED,
+            EventType.SERVICE_REMOVED,
+            EventType.SERVICE_STARTED,
+            EventType.HEALTH_CHECK_PASSED,
+            EventType.INSTANCES_RECORDED,
+            EventType.DEPLOYMENT_COMPLETED,
+        )
+    ]
     # In order: stop (web before api), remove, start (api before web), health, instances, done.
     assert progress_marks[:2] == [EventType.SERVICE_STOPPED, EventType.SERVICE_STOPPED]
     assert progress_marks[2] == EventType.SERVICE_REMOVED
@@ -67,18 +84,26 @@ async def test_recreate_two_services_with_depends_on(service: DeploymentService,
 
 
 async def deploy_v1(service: DeploymentService, project: str, text: str | None = None) -> str:
-    await service.apply_project(TENANT, project, text or compose("moorage-demo:v1", "moorage-demo:v1"))
+    await service.apply_project(
+        TENANT, project, text or compose("moorage-demo:v1", "moorage-demo:v1")
+    )
     dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
     return dep.id
 
 
-async def test_unhealthy_revision_rolls_back_automatically(service: DeploymentService, docker_client: docker.DockerClient, project: str) -> None:
+async def test_unhealthy_revision_rolls_back_automatically(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
     await deploy_v1(service, project)
     v1_containers = {c.name for c in labelled(docker_client, project)}
-    await service.apply_project(TENANT, project, compose("moorage-demo:unhealthy", "moorage-demo:v2"))
-    dep = await service.deploy(TENANT, USER, project, DeployRequest(version="bad", health_check_retries=20))
+    await service.apply_project(
+        TENANT, project, compose("moorage-demo:unhealthy", "moorage-demo:v2")
+    )
+    dep = await service.deploy(
+        TENANT, USER, project, DeployRequest(version="bad", health_check_retries=20)
+    )
     state = await wait_terminal(service, dep.id)
     d = state.deployment
     assert d.status == DeploymentStatus.ROLLED_BACK, d.message
@@ -90,7 +115,11 @@ async def test_unhealthy_revision_rolls_back_automatically(service: DeploymentSe
     assert "serving version bad" not in failed[0].details["logs"]  # the log is the container's own
     assert "demo: serving version unhealthy" in failed[0].details["logs"]
     types = [e.event_type for e in state.events]
-    assert types.index(EventType.DEPLOYMENT_FAILED) < types.index(EventType.ROLLBACK_STARTED) < types.index(EventType.ROLLBACK_COMPLETED)
+    assert (
+        types.index(EventType.DEPLOYMENT_FAILED)
+        < types.index(EventType.ROLLBACK_STARTED)
+        < types.index(EventType.ROLLBACK_COMPLETED)
+    )
     # The previous revision serves again; nothing of the failed revision is left.
     assert labelled(docker_client, project, revision=str(d.revision)) == []
     assert {c.name for c in labelled(docker_client, project)} == v1_containers
@@ -101,7 +130,9 @@ async def test_unhealthy_revision_rolls_back_automatically(service: DeploymentSe
     assert project_now.active_deployment_id is None
 
 
-async def test_crashing_revision_fails_fast_with_its_log(service: DeploymentService, docker_client: docker.DockerClient, project: str) -> None:
+async def test_crashing_revision_fails_fast_with_its_log(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
     await deploy_v1(service, project, compose("moorage-demo:v1", api_image=None))
     await service.apply_project(TENANT, project, compose("moorage-demo:crash", api_image=None))
     dep = await service.deploy(TENANT, USER, project, DeployRequest(version="crash"))
@@ -114,7 +145,9 @@ async def test_crashing_revision_fails_fast_with_its_log(service: DeploymentServ
     assert serving_version(docker_client, project, "web") == {"v1"}
 
 
-async def test_without_rollback_on_failure_the_status_is_failed(service: DeploymentService, docker_client: docker.DockerClient, project: str) -> None:
+async def test_without_rollback_on_failure_the_status_is_failed(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
     await service.apply_project(TENANT, project, compose("moorage-demo:crash", api_image=None))
     dep = await service.deploy(TENANT, USER, project, DeployRequest(rollback_on_failure=False))
     state = await wait_terminal(service, dep.id)
@@ -125,9 +158,13 @@ async def test_without_rollback_on_failure_the_status_is_failed(service: Deploym
     assert [c.status for c in labelled(docker_client, project)] == ["exited"]
 
 
-async def test_missing_image_fails_once_and_rolls_back(service: DeploymentService, docker_client: docker.DockerClient, project: str) -> None:
+async def test_missing_image_fails_once_and_rolls_back(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
     await deploy_v1(service, project, compose("moorage-demo:v1", api_image=None))
-    await service.apply_project(TENANT, project, compose("moorage-demo:doesnotexist", api_image=None))
+    await service.apply_project(
+        TENANT, project, compose("moorage-demo:doesnotexist", api_image=None)
+    )
     dep = await service.deploy(TENANT, USER, project, DeployRequest())
     state = await wait_terminal(service, dep.id, timeout=60)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK
@@ -136,22 +173,31 @@ async def test_missing_image_fails_once_and_rolls_back(service: DeploymentServic
 
 
 @pytest.mark.parametrize("phase", [EventType.SERVICE_STARTING, EventType.SERVICE_STARTED])
-async def test_cancel_mid_deployment_restores_the_previous_revision(service: DeploymentService, docker_client: docker.DockerClient, project: str, phase: EventType) -> None:
+async def test_cancel_mid_deployment_restores_the_previous_revision(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str, phase: EventType
+) -> None:
     await deploy_v1(service, project)
     v1_containers = {c.name for c in labelled(docker_client, project)}
     await service.apply_project(TENANT, project, compose("moorage-demo:v2", "moorage-demo:v2"))
     # A long health delay parks the deployment in its health phase, with the new revision started.
-    dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v2", health_check_delay=60))
+    dep = await service.deploy(
+        TENANT, USER, project, DeployRequest(version="v2", health_check_delay=60)
+    )
     from tests.helpers import wait_status
 
     # SERVICE_STARTING: the cancel meets start_service; SERVICE_STARTED: it meets the health wait.
-    await wait_status(service, dep.id, lambda s: s.deployment.progress >= 40 and any(e.event_type == phase for e in s.events))
+    await wait_status(
+        service,
+        dep.id,
+        lambda s: s.deployment.progress >= 40 and any(e.event_type == phase for e in s.events),
+    )
     await service.cancel(TENANT, "carol", dep.id)
     state = await wait_terminal(service, dep.id, timeout=60)
     d = state.deployment
     assert d.status == DeploymentStatus.CANCELLED, d.message
     cancelled = [e for e in state.events if e.event_type == EventType.DEPLOYMENT_CANCELLED]
-    assert cancelled and "carol" in cancelled[-1].message
+    assert cancelled
+    assert "carol" in cancelled[-1].message
     assert labelled(docker_client, project, revision=str(d.revision)) == []
     assert {c.name for c in labelled(docker_client, project)} == v1_containers
     assert serving_version(docker_client, project, "web") == {"v1"}

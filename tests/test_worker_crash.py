@@ -16,7 +16,15 @@ from temporalio.client import Client
 from moorage.models import DeploymentStatus, DeployRequest, EventType
 from moorage.service import DeploymentService
 from moorage.settings import Settings
-from tests.helpers import TENANT, USER, compose, labelled, serving_version, wait_status, wait_terminal
+from tests.helpers import (
+    TENANT,
+    USER,
+    compose,
+    labelled,
+    serving_version,
+    wait_status,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 async def start_worker(address: str, queue: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "MOORAGE_TEMPORAL_ADDRESS": address, "MOORAGE_TASK_QUEUE": queue}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "worker.py"), env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        str(ROOT / "worker.py"),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -36,18 +48,32 @@ async def start_worker(address: str, queue: str) -> asyncio.subprocess.Process:
 
 
 @pytest.mark.parametrize("phase", ["starting", "health"])
-async def test_worker_sigkill_mid_deployment(temporal_client: Client, docker_client: docker.DockerClient, project: str, phase: str) -> None:
+async def test_worker_sigkill_mid_deployment(
+    temporal_client: Client, docker_client: docker.DockerClient, project: str, phase: str
+) -> None:
     queue = f"moorage-kill-{uuid.uuid4().hex[:8]}"
     service = DeploymentService(temporal_client, Settings(task_queue=queue))
     address = temporal_client.service_client.config.target_host
     worker = await start_worker(address, queue)
     try:
-        await service.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1", web_replicas=3))
-        dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1", health_check_delay=3))
+        await service.apply_project(
+            TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1", web_replicas=3)
+        )
+        dep = await service.deploy(
+            TENANT, USER, project, DeployRequest(version="v1", health_check_delay=3)
+        )
         if phase == "starting":
-            await wait_status(service, dep.id, lambda s: any(e.event_type == EventType.SERVICE_STARTING for e in s.events))
+            await wait_status(
+                service,
+                dep.id,
+                lambda s: any(e.event_type == EventType.SERVICE_STARTING for e in s.events),
+            )
         else:
-            await wait_status(service, dep.id, lambda s: any(e.event_type == EventType.SERVICE_STARTED for e in s.events))
+            await wait_status(
+                service,
+                dep.id,
+                lambda s: any(e.event_type == EventType.SERVICE_STARTED for e in s.events),
+            )
         worker.send_signal(signal.SIGKILL)
         assert await worker.wait() == -signal.SIGKILL
         await asyncio.sleep(1)
@@ -62,13 +88,17 @@ async def test_worker_sigkill_mid_deployment(temporal_client: Client, docker_cli
     names = sorted(c.name for c in containers)
     assert len(names) == 4, names  # 1 api + 3 web: no duplicates from the retried steps
     assert sorted(c.labels["moorage.service"] for c in containers) == ["api", "web", "web", "web"]
-    assert {c.labels["moorage.slot"] for c in containers if c.labels["moorage.service"] == "web"} == {"0", "1", "2"}
+    assert {
+        c.labels["moorage.slot"] for c in containers if c.labels["moorage.service"] == "web"
+    } == {"0", "1", "2"}
     assert all(c.status == "running" for c in containers)
     assert serving_version(docker_client, project, "web") == {"v1"}
     assert {i.container_name for i in state.instances} == set(names)
 
 
-async def test_first_deploy_after_a_worker_restart_is_accepted(temporal_client: Client, docker_client: docker.DockerClient, project: str) -> None:
+async def test_first_deploy_after_a_worker_restart_is_accepted(
+    temporal_client: Client, docker_client: docker.DockerClient, project: str
+) -> None:
     """A new worker replays the project workflow; its first update must see the finished deployment
     as finished (the replay may hand the update over together with the child's completion)."""
     queue = f"moorage-restart-{uuid.uuid4().hex[:8]}"
@@ -78,7 +108,9 @@ async def test_first_deploy_after_a_worker_restart_is_accepted(temporal_client: 
     try:
         await service.apply_project(TENANT, project, compose("moorage-demo:v1", api_image=None))
         first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
-        assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
+        assert (
+            await wait_terminal(service, first.id)
+        ).deployment.status == DeploymentStatus.COMPLETED
         worker.terminate()
         await worker.wait()
         worker = await start_worker(address, queue)

@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from moorage import naming
-    from moorage.compose import ComposeError, ProjectSpec, parse_compose
+    from moorage.compose import ComposeError, parse_compose
     from moorage.models import (
         Deployment,
         DeploymentConfig,
@@ -50,7 +50,7 @@ _ = RecreateWorkflow  # imported so the sandbox validates it alongside
 
 
 def _refuse(message: str, kind: str) -> ApplicationError:
-    """A refusal the API maps to an HTTP status (``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422)."""
+    """A refusal the API maps to a status: ``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422."""
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
@@ -84,7 +84,9 @@ class ProjectWorkflow:
 
     def _should_continue(self) -> bool:
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_LIMIT
+        return (
+            info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_LIMIT
+        )
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -250,13 +252,15 @@ class ProjectWorkflow:
                     return rev
             kept = ", ".join(str(r.revision) for r in s.revisions) or "none"
             raise _refuse(
-                f"revision {inp.to_revision} is not a retained successful revision (retained: {kept})",
+                f"revision {inp.to_revision} is not a retained successful revision "
+                f"(retained: {kept})",
                 "Invalid",
             )
         earlier = [r for r in s.revisions if r.revision < s.current.revision]
         if not earlier:
             raise _refuse(
-                f"no successful revision before the serving one ({s.current.revision}) to roll back to",
+                f"no successful revision before the serving one ({s.current.revision}) "
+                "to roll back to",
                 "Conflict",
             )
         return earlier[-1]
@@ -321,7 +325,9 @@ class ProjectWorkflow:
         assert compose is not None
         if self._cancel_pending:
             self._cancel_pending = False
-            self._finish(record, dep, DeploymentStatus.CANCELLED, "cancelled before it started", compose)
+            self._finish(
+                record, dep, DeploymentStatus.CANCELLED, "cancelled before it started", compose
+            )
             return
         previous = None
         if s.current is not None:
@@ -355,7 +361,13 @@ class ProjectWorkflow:
             result: DeploymentState = await self._child
         except ChildWorkflowError as err:
             self._child = None
-            self._finish(record, dep, DeploymentStatus.FAILED, f"strategy workflow failed: {err.cause or err}", compose)
+            self._finish(
+                record,
+                dep,
+                DeploymentStatus.FAILED,
+                f"strategy workflow failed: {err.cause or err}",
+                compose,
+            )
             return
         self._child = None
         # Keep the request event, then everything the strategy recorded.

@@ -10,7 +10,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import NetworkInput
-    from moorage.models import DeploymentState, EventType
+    from moorage.models import DeploymentState, EventType, ServiceInstance
     from workflows import steps
     from workflows.inputs import StrategyInput
     from workflows.strategy import StrategyWorkflow
@@ -30,37 +30,65 @@ class RecreateWorkflow(StrategyWorkflow):
         """The Recreate steps."""
         dep, prev, new = t.deployment, inp.previous, t.deployment.revision
         cfg = dep.config
-        await steps.call("ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id))
+        await steps.call(
+            "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
+        )
 
         if prev is not None:
             # Dependents stop first; restoring (the undo) goes in start order.
             for svc in reversed(prev.spec.services):
                 self.undo.push_wait_healthy(
                     f"wait for restored {svc.name} (revision {prev.revision})",
-                    steps.restore_health_input(cfg, steps.selector(dep, prev.revision, svc.name), svc.replicas),
+                    steps.restore_health_input(
+                        cfg, steps.selector(dep, prev.revision, svc.name), svc.replicas
+                    ),
                 )
                 self.undo.push(
                     f"restore {svc.name} (revision {prev.revision})",
                     "start_service",
-                    steps.start_input(dep, prev.revision, prev.version, prev.deployment_id, svc, list(range(svc.replicas))),
+                    steps.start_input(
+                        dep,
+                        prev.revision,
+                        prev.version,
+                        prev.deployment_id,
+                        svc,
+                        list(range(svc.replicas)),
+                    ),
                 )
-                t.event(EventType.SERVICE_STOPPING, f"stopping {svc.name} (revision {prev.revision})", service=svc.name)
+                t.event(
+                    EventType.SERVICE_STOPPING,
+                    f"stopping {svc.name} (revision {prev.revision})",
+                    service=svc.name,
+                )
                 stopped = await steps.stop_containers(
                     steps.selector(dep, prev.revision, svc.name), svc.stop_grace_period_s
                 )
-                t.event(EventType.SERVICE_STOPPED, f"stopped {svc.name}", service=svc.name, containers=stopped)
+                t.event(
+                    EventType.SERVICE_STOPPED,
+                    f"stopped {svc.name}",
+                    service=svc.name,
+                    containers=stopped,
+                )
         t.progress(20, f"revision {prev.revision} stopped" if prev else "nothing to stop")
 
         if prev is not None:
             removed = await steps.remove_containers(steps.selector(dep, prev.revision))
-            t.event(EventType.SERVICE_REMOVED, f"removed {len(removed)} old containers", containers=removed)
+            t.event(
+                EventType.SERVICE_REMOVED,
+                f"removed {len(removed)} old containers",
+                containers=removed,
+            )
         t.progress(40, "old containers removed")
 
         self.undo.push(f"remove revision {new}", "remove_containers", steps.selector(dep, new))
         gated: set[str] = set()
         for svc in inp.target.services:
-            t.event(EventType.SERVICE_STARTING, f"starting {svc.name} x{svc.replicas}", service=svc.name)
-            started = await steps.start_service(dep, new, dep.version, dep.id, svc, list(range(svc.replicas)))
+            t.event(
+                EventType.SERVICE_STARTING, f"starting {svc.name} x{svc.replicas}", service=svc.name
+            )
+            started = await steps.start_service(
+                dep, new, dep.version, dep.id, svc, list(range(svc.replicas))
+            )
             t.event(
                 EventType.SERVICE_STARTED,
                 f"started {svc.name}",
@@ -79,7 +107,7 @@ class RecreateWorkflow(StrategyWorkflow):
         t.progress(80, f"revision {new} healthy")
 
         instances = await steps.call(
-            "list_containers", steps.selector(dep, new), result_type=list[steps.ServiceInstance]
+            "list_containers", steps.selector(dep, new), result_type=list[ServiceInstance]
         )
         t.instances(instances)
         t.event(EventType.INSTANCES_RECORDED, f"{len(instances)} instances recorded")

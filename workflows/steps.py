@@ -1,4 +1,4 @@
-"""Shared machinery of every strategy: activity calls with their options, and the compensation stack.
+"""Shared machinery of every strategy: activity calls with their options, compensation stack.
 
 The task queue of each activity is chosen in :func:`activity_queue` only, so sending host-bound
 activities to a per-host queue (``moorage-host-<name>``) is a change in one place.
@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
         WaitHealthyInput,
     )
     from moorage.compose import ServiceSpec
-    from moorage.models import DeploymentConfig, Deployment, EventType, ServiceInstance
+    from moorage.models import Deployment, DeploymentConfig, EventType, ServiceInstance
     from workflows.tracking import Tracker
 
 STEP_RETRY = RetryPolicy(
@@ -59,7 +59,7 @@ async def call(
     activity_name: str,
     arg: BaseModel,
     *,
-    timeout: timedelta = timedelta(minutes=5),
+    start_to_close: timedelta = timedelta(minutes=5),
     retry: RetryPolicy = STEP_RETRY,
     result_type: type | None = None,
 ) -> Any:
@@ -72,7 +72,7 @@ async def call(
         activity_name,
         arg,
         task_queue=activity_queue(activity_name),
-        start_to_close_timeout=timeout,
+        start_to_close_timeout=start_to_close,
         heartbeat_timeout=HEARTBEAT,
         retry_policy=retry,
         # Cancel waits until the activity has stopped, so compensation never races a step that
@@ -82,21 +82,32 @@ async def call(
     )
 
 
-def selector(dep: Deployment, revision: int, service: str | None = None, slots: list[int] | None = None) -> ContainerSelector:
+def selector(
+    dep: Deployment, revision: int, service: str | None = None, slots: list[int] | None = None
+) -> ContainerSelector:
     """Containers of one revision of the deployment's project (optionally one service/slots)."""
     return ContainerSelector(
-        tenant=dep.tenant_id, project=dep.project_id, service=service, revision=revision, slots=slots
+        tenant=dep.tenant_id,
+        project=dep.project_id,
+        service=service,
+        revision=revision,
+        slots=slots,
     )
 
 
 async def start_service(
-    dep: Deployment, revision: int, version: str, deployment_id: str, spec: ServiceSpec, slots: list[int]
+    dep: Deployment,
+    revision: int,
+    version: str,
+    deployment_id: str,
+    spec: ServiceSpec,
+    slots: list[int],
 ) -> list[ServiceInstance]:
     """Start replicas ``slots`` of ``spec`` for ``revision``."""
     result: list[ServiceInstance] = await call(
         "start_service",
         start_input(dep, revision, version, deployment_id, spec, slots),
-        timeout=timedelta(minutes=10),
+        start_to_close=timedelta(minutes=10),
         result_type=list[ServiceInstance],
     )
     return result
@@ -113,9 +124,14 @@ def health_input(cfg: DeploymentConfig, sel: ContainerSelector, expected: int) -
     )
 
 
-def restore_health_input(cfg: DeploymentConfig, sel: ContainerSelector, expected: int) -> WaitHealthyInput:
-    """The health wait for a revision being restored: it was healthy before, so no initial delay
-    (a long delay meant for the new revision would only hold the rollback up)."""
+def restore_health_input(
+    cfg: DeploymentConfig, sel: ContainerSelector, expected: int
+) -> WaitHealthyInput:
+    """The health wait for a revision being restored.
+
+    It was healthy before, so no initial delay: a long delay meant for the new revision would only
+    hold the rollback up.
+    """
     inp = health_input(cfg, sel, expected)
     inp.delay_s = 0.0
     inp.retries = max(inp.retries, 60)
@@ -130,7 +146,7 @@ def health_timeout(inp: WaitHealthyInput) -> timedelta:
 async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
     """Wait until the selected containers are healthy."""
     result: list[ServiceInstance] = await call(
-        "wait_healthy", inp, timeout=health_timeout(inp), result_type=list[ServiceInstance]
+        "wait_healthy", inp, start_to_close=health_timeout(inp), result_type=list[ServiceInstance]
     )
     return result
 
@@ -140,7 +156,7 @@ async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
     result: list[str] = await call(
         "stop_containers",
         StopContainersInput(selector=sel, grace_period_s=grace_s),
-        timeout=timedelta(seconds=grace_s + 120),
+        start_to_close=timedelta(seconds=grace_s + 120),
         result_type=list[str],
     )
     return result
@@ -149,7 +165,7 @@ async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
 async def remove_containers(sel: ContainerSelector) -> list[str]:
     """Remove the selected containers."""
     result: list[str] = await call(
-        "remove_containers", sel, timeout=timedelta(minutes=2), result_type=list[str]
+        "remove_containers", sel, start_to_close=timedelta(minutes=2), result_type=list[str]
     )
     return result
 
@@ -191,17 +207,23 @@ class CompensationStack:
     def __init__(self) -> None:
         self.steps: list[Compensation] = []
 
-    def push(self, description: str, activity_name: str, arg: BaseModel, timeout: timedelta | None = None) -> None:
+    def push(
+        self, description: str, activity_name: str, arg: BaseModel, timeout: timedelta | None = None
+    ) -> None:
         """Record how to undo the side effect about to happen."""
-        self.steps.append(Compensation(description, activity_name, arg, timeout or timedelta(minutes=5)))
+        self.steps.append(
+            Compensation(description, activity_name, arg, timeout or timedelta(minutes=5))
+        )
 
     def push_wait_healthy(self, description: str, inp: WaitHealthyInput) -> None:
         """Record a health wait (e.g. for a restored revision) as an undo step."""
         self.push(description, "wait_healthy", inp, health_timeout(inp))
 
     async def unwind(self, tracker: Tracker) -> None:
-        """Run every undo step, newest first. Each is retried hard; the first that still fails
-        stops the unwind (later steps may depend on it) and is raised.
+        """Run every undo step, newest first.
+
+        Each is retried hard; the first that still fails stops the unwind (later steps may depend
+        on it) and is raised.
 
         Raises:
             ActivityError: an undo step failed after all its retries.
@@ -234,7 +256,9 @@ async def gate_healthy(
         instances = await wait_healthy(inp)
     except ActivityError as err:
         reason, details = failure_reason(err)
-        t.event(EventType.HEALTH_CHECK_FAILED, reason, service=spec.name, revision=revision, **details)
+        t.event(
+            EventType.HEALTH_CHECK_FAILED, reason, service=spec.name, revision=revision, **details
+        )
         raise
     t.event(
         EventType.HEALTH_CHECK_PASSED,
@@ -246,7 +270,12 @@ async def gate_healthy(
 
 
 def start_input(
-    dep: Deployment, ref_revision: int, version: str, deployment_id: str, spec: ServiceSpec, slots: list[int]
+    dep: Deployment,
+    ref_revision: int,
+    version: str,
+    deployment_id: str,
+    spec: ServiceSpec,
+    slots: list[int],
 ) -> StartServiceInput:
     """The start_service input for replicas of one revision of a service."""
     return StartServiceInput(

@@ -53,7 +53,9 @@ class StrategyWorkflow:
         self._cancel_requested_by = user_id or "unknown"
         self.tracker.in_flow = False  # recording the request must not raise inside a handler
         self.tracker.event(
-            EventType.CANCEL_REQUESTED, f"cancel requested by {self._cancel_requested_by}", user=user_id
+            EventType.CANCEL_REQUESTED,
+            f"cancel requested by {self._cancel_requested_by}",
+            user=user_id,
         )
         self.tracker.cancel_requested = True
         self.tracker.in_flow = self._task is not None and not self._task.done()
@@ -67,7 +69,7 @@ class StrategyWorkflow:
 
     @workflow.query(name="progress")
     def progress(self) -> int:
-        """Progress, 0–100."""
+        """Progress, 0 to 100."""
         return self.tracker.deployment.progress if self.tracker else 0
 
     @workflow.query(name="status")
@@ -132,7 +134,9 @@ class StrategyWorkflow:
             return t.state
         if self._cancel_requested_by is not None:
             # The cancel arrived after the last step finished: the deployment is done.
-            t.event(EventType.DEPLOYMENT_CANCELLED, "cancel arrived after completion; nothing undone")
+            t.event(
+                EventType.DEPLOYMENT_CANCELLED, "cancel arrived after completion; nothing undone"
+            )
         t.progress(100, "deployment completed")
         t.status(DeploymentStatus.COMPLETED, "deployment completed")
         t.event(EventType.DEPLOYMENT_COMPLETED, f"revision {dep.revision} is serving")

@@ -34,7 +34,9 @@ class RollbackRequest(BaseModel):
 
 
 @router.get("/{deployment_id}", response_model=Deployment)
-async def get_deployment(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> Deployment:
+async def get_deployment(
+    deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep
+) -> Deployment:
     """The deployment record."""
     return await svc.get_deployment(caller.tenant_id, deployment_id)
 
@@ -64,13 +66,17 @@ async def get_instances(
     return await svc.instances(caller.tenant_id, deployment_id)
 
 
-@router.post("/{deployment_id}/cancel", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{deployment_id}/cancel", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED
+)
 async def cancel(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> Deployment:
     """Cancel a running deployment: it undoes what it did and ends ``cancelled``."""
     return await svc.cancel(caller.tenant_id, caller.user_id, deployment_id)
 
 
-@router.post("/{deployment_id}/rollback", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{deployment_id}/rollback", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED
+)
 async def rollback(
     deployment_id: DeploymentId,
     caller: CallerDep,

@@ -37,7 +37,9 @@ async def get_project(project_id: ProjectId, caller: CallerDep, svc: ServiceDep)
     return await svc.get_project(caller.tenant_id, project_id)
 
 
-@router.post("/{project_id}/deploy", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{project_id}/deploy", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED
+)
 async def deploy(
     project_id: ProjectId,
     caller: CallerDep,
@@ -52,6 +54,8 @@ async def deploy(
 
 
 @router.get("/{project_id}/deployments", response_model=list[Deployment])
-async def list_deployments(project_id: ProjectId, caller: CallerDep, svc: ServiceDep) -> list[Deployment]:
+async def list_deployments(
+    project_id: ProjectId, caller: CallerDep, svc: ServiceDep
+) -> list[Deployment]:
     """The project's deployments, newest first."""
     return await svc.list_deployments(caller.tenant_id, project_id)
