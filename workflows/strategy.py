@@ -124,6 +124,8 @@ class StrategyWorkflow:
                 return t.state
             reason, details = steps.failure_reason(err)
             t.event(EventType.DEPLOYMENT_FAILED, f"deployment failed: {reason}", **details)
+            # The record's message stays one line; the event above keeps the logs.
+            reason = str(details.get("reason") or reason.splitlines()[0])
             if dep.config.rollback_on_failure:
                 await self._undo(t, DeploymentStatus.ROLLED_BACK, f"rolled back: {reason}")
             else:

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The Moorage demo on the embedded default: sets up (engine, venv, demo images), starts
+# `moorage dev` (Temporal dev server + worker + API), deploys the demo project v1, then v2, then a
+# broken revision that Moorage rolls back by itself. Leaves the stack running until Ctrl-C so you
+# can look at the Temporal Web UI; `--exit` stops right after the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EXIT_AFTER=0
+[ "${1:-}" = "--exit" ] && EXIT_AFTER=1
+
+DATA_DIR=${MOORAGE_DATA_DIR:-.moorage}
+API_PORT=${MOORAGE_DEMO_API_PORT:-8000}
+TEMPORAL_PORT=${MOORAGE_DEMO_TEMPORAL_PORT:-7233}
+UI_PORT=${MOORAGE_DEMO_UI_PORT:-8233}
+PROJECT=${MOORAGE_DEMO_PROJECT:-demo}
+
+./scripts/setup.sh
+M=.venv/bin/moorage
+export MOORAGE_TEMPORAL_ADDRESS=127.0.0.1:$TEMPORAL_PORT
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "starting the local stack: moorage dev --data-dir $DATA_DIR"
+mkdir -p "$DATA_DIR"
+$M dev --data-dir "$DATA_DIR" --api-port "$API_PORT" --temporal-port "$TEMPORAL_PORT" --ui-port "$UI_PORT" \
+  > "$DATA_DIR/dev.out" 2>&1 &
+DEV=$!
+stop_dev() {
+  if kill -0 "$DEV" 2>/dev/null; then
+    kill -INT "$DEV" 2>/dev/null || true
+    wait "$DEV" 2>/dev/null || true
+  fi
+}
+trap stop_dev EXIT
+for _ in $(seq 1 120); do
+  grep -q "export MOORAGE_TEMPORAL_ADDRESS" "$DATA_DIR/dev.out" 2>/dev/null && break
+  kill -0 "$DEV" 2>/dev/null || { cat "$DATA_DIR/dev.out"; echo "moorage dev did not start" >&2; exit 1; }
+  sleep 0.5
+done
+cat "$DATA_DIR/dev.out"
+
+latest() { $M history "$PROJECT" --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["deployments"][0]["id"])'; }
+
+step "v1: two services (web depends on api, 2 web replicas), recreate"
+$M project apply "$PROJECT" -f demo/compose.v1.yaml
+$M deploy "$PROJECT" --version v1 --watch
+$M instances "$(latest)"
+
+step "v2: new images for both services"
+$M project apply "$PROJECT" -f demo/compose.v2.yaml
+$M deploy "$PROJECT" --version v2 --watch
+V2=$(latest)
+$M instances "$V2"
+PORT=$($M instances "$V2" --json | .venv/bin/python -c 'import json,sys; print([i for i in json.load(sys.stdin) if i["service_name"]=="web"][0]["ports"]["80/tcp"])')
+echo "web answers on http://$PORT/ with: $(.venv/bin/python -c "import urllib.request; print(urllib.request.urlopen('http://$PORT/').read().decode().strip())")"
+
+step "v3: web never gets healthy -> Moorage rolls back to v2 by itself"
+$M project apply "$PROJECT" -f demo/compose.broken.yaml
+if $M deploy "$PROJECT" --version v3-broken --health-check-retries 15 --watch; then
+  echo "unexpected: the broken revision completed" >&2
+  exit 1
+fi
+$M status "$(latest)"
+$M project apply "$PROJECT" -f demo/compose.v2.yaml >/dev/null  # keep the good spec for next time
+
+step "history"
+$M history "$PROJECT"
+
+echo
+echo "Temporal Web UI: http://127.0.0.1:$UI_PORT  (filter: ProjectId = \"$PROJECT\")"
+echo "API docs:        http://127.0.0.1:$API_PORT/docs  (key: $(cat "$DATA_DIR/dev-api-key"))"
+if [ "$EXIT_AFTER" = 1 ]; then
+  step "stopping the stack"
+  exit 0
+fi
+echo "The stack keeps running; Ctrl-C stops it."
+wait "$DEV"
