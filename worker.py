@@ -12,28 +12,49 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+import docker
+
 from activities.docker_executor import DockerExecutor
+from activities.haproxy import HAProxyBackend
+from activities.nginx import NginxBackend
+from activities.router import ProxyBackend, TrafficRouter
 from moorage.settings import Settings, get_settings
 from moorage.temporal import connect
 from workflows.project import ProjectWorkflow
 from workflows.recreate import RecreateWorkflow
+from workflows.rolling import RollingUpdateWorkflow
 
-WORKFLOWS = [ProjectWorkflow, RecreateWorkflow]
+WORKFLOWS = [ProjectWorkflow, RecreateWorkflow, RollingUpdateWorkflow]
+
+
+def build_router(
+    settings: Settings, docker_client: docker.DockerClient | None = None
+) -> TrafficRouter:
+    """The traffic router the settings name (HAProxy by default, or nginx)."""
+    directory = settings.resolved_router_dir()
+    backend: ProxyBackend
+    if settings.router == "nginx":
+        backend = NginxBackend(directory, settings.router_bind, settings.drain_timeout)
+    else:
+        backend = HAProxyBackend(directory, settings.router_bind, settings.drain_timeout)
+    return TrafficRouter(backend, docker_client, settings.port_range(), settings.drain_timeout)
 
 
 def build_worker(
     client: Client,
     task_queue: str,
     executor: DockerExecutor | None = None,
+    router: TrafficRouter | None = None,
     activity_threads: int = 32,
 ) -> Worker:
-    """A worker for every Moorage workflow and the Docker activities."""
+    """A worker for every Moorage workflow, the Docker activities and the router activities."""
     executor = executor or DockerExecutor()
+    router = router or build_router(get_settings(), executor.client)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=executor.activities(),
+        activities=[*executor.activities(), *router.activities()],
         activity_executor=ThreadPoolExecutor(max_workers=activity_threads),
         max_concurrent_activities=activity_threads,
         # Heartbeats carry cancellation to activities: send them often enough that a cancel
@@ -47,7 +68,11 @@ async def run_worker(settings: Settings | None = None) -> None:
     """Connect and run the worker until cancelled."""
     settings = settings or get_settings()
     client = await connect(settings)
-    worker = build_worker(client, settings.task_queue)
+    executor = DockerExecutor()
+    router = build_router(settings, executor.client)
+    # The proxy serves the routes even before the first deployment touches them.
+    router.ensure_running()
+    worker = build_worker(client, settings.task_queue, executor, router)
     print(
         f"moorage worker: task queue {settings.task_queue!r} on {settings.temporal_address}",
         flush=True,

@@ -11,6 +11,7 @@ non-retryable ``ApplicationError``; an engine or network hiccup is left retryabl
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.probes import probe
 from activities.inputs import (
     ContainerSelector,
     NetworkInput,
@@ -356,7 +358,10 @@ class DockerExecutor:
             _heartbeat("delay")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         last: dict[str, str] = {}
-        for attempt in range(1, inp.retries + 1):
+        ready_since: dict[str, float] = {}
+        # A replica must stay ready min_ready_s before it counts: allow the checks that takes.
+        extra = math.ceil(inp.min_ready_s / inp.interval_s) if inp.min_ready_s else 0
+        for attempt in range(1, inp.retries + extra + 1):
             _heartbeat(attempt)
             with _classified("health check"):
                 infos = self._find(inp.selector)
@@ -364,26 +369,21 @@ class DockerExecutor:
                     self._fail_health(
                         f"expected {inp.expected} containers, found {len(infos)}", None, infos
                     )
-                ready = 0
+                counted = 0
+                now = time.monotonic()
                 for info in infos:
-                    state = info["State"]
-                    health = state.get("Health")
                     name = str(info["Name"]).lstrip("/")
-                    if state["Status"] in ("exited", "dead") or (
-                        not state["Running"] and attempt > 1
-                    ):
-                        self._fail_health(
-                            f"container {name} is {state['Status']} "
-                            f"(exit code {state.get('ExitCode')})",
-                            info,
-                            infos,
-                        )
-                    if health and health["Status"] == "unhealthy":
-                        self._fail_health(f"container {name} is unhealthy", info, infos)
-                    if state["Running"] and (not health or health["Status"] == "healthy"):
-                        ready += 1
-                    last[name] = health["Status"] if health else state["Status"]
-                if ready == len(infos):
+                    ok, seen = self._ready(info, inp, attempt, infos)
+                    if ok:
+                        since = ready_since.setdefault(name, now)
+                        if now - since >= inp.min_ready_s:
+                            counted += 1
+                        else:
+                            seen = f"ready {now - since:.1f}s of {inp.min_ready_s:g}s"
+                    else:
+                        ready_since.pop(name, None)
+                    last[name] = seen
+                if counted == len(infos):
                     return [_instance(i) for i in infos]
             time.sleep(inp.interval_s)
         waiting = ", ".join(f"{n}: {s}" for n, s in last.items() if s not in ("healthy", "running"))
@@ -397,6 +397,29 @@ class DockerExecutor:
             infos,
         )
         raise AssertionError("unreachable")  # _fail_health always raises
+
+    def _ready(
+        self, info: dict[str, Any], inp: WaitHealthyInput, attempt: int, infos: list[dict[str, Any]]
+    ) -> tuple[bool, str]:
+        """Is one container ready now? Fails the wait at once when it exited or is unhealthy."""
+        state = info["State"]
+        health = state.get("Health")
+        name = str(info["Name"]).lstrip("/")
+        if state["Status"] in ("exited", "dead") or (not state["Running"] and attempt > 1):
+            self._fail_health(
+                f"container {name} is {state['Status']} (exit code {state.get('ExitCode')})",
+                info,
+                infos,
+            )
+        if health and health["Status"] == "unhealthy" and inp.probe is None:
+            self._fail_health(f"container {name} is unhealthy", info, infos)
+        if not state["Running"]:
+            return False, state["Status"]
+        if inp.probe is not None:
+            return probe(inp.probe, info)
+        if health and health["Status"] != "healthy":
+            return False, str(health["Status"])
+        return True, str(health["Status"]) if health else "running"
 
     def _fail_health(
         self, reason: str, info: dict[str, Any] | None, infos: list[dict[str, Any]]

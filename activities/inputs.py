@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from moorage.compose import ServiceSpec
+from moorage.compose import ProbeSpec, ServiceSpec
 
 
 class ContainerSelector(BaseModel):
@@ -55,3 +55,39 @@ class WaitHealthyInput(BaseModel):
     delay_s: float = 0.0
     retries: int = 60
     interval_s: float = 1.0
+    probe: ProbeSpec | None = None
+    """Moorage's own probe; when set it decides readiness instead of Docker's health status."""
+    min_ready_s: float = 0.0
+    """A container counts only once it has been ready this long."""
+
+
+class RouteInput(BaseModel):
+    """Make sure a service has a route on the traffic router."""
+
+    tenant: str
+    project: str
+    service: str
+    container_port: str
+    """The container port traffic goes to, e.g. ``80/tcp``."""
+    published_port: int | None = None
+    """The listen port the Compose file asks for, if any."""
+
+
+class RouteServersInput(BaseModel):
+    """Add containers to (or take them out of) a service's route."""
+
+    tenant: str
+    project: str
+    service: str
+    containers: list[str]
+    """Container names; they are also the server names."""
+    weight: int = Field(default=100, ge=0, le=256)
+
+
+class RouteWeightsInput(BaseModel):
+    """Set the weights of a route's servers."""
+
+    tenant: str
+    project: str
+    service: str
+    weights: dict[str, int]

@@ -79,6 +79,20 @@ class PortSpec(BaseModel):
         return f"{self.target}/{self.protocol}"
 
 
+class ProbeSpec(BaseModel):
+    """A readiness probe Moorage runs itself, through the replica's published port."""
+
+    type: str = "http"
+    """``http`` or ``tcp``."""
+    port: int
+    """The container port to probe (it must be in ``ports``)."""
+    path: str = "/"
+    status: int = 200
+    """The HTTP status that means ready."""
+    interval_s: float = 1.0
+    timeout_s: float = 2.0
+
+
 class HealthcheckSpec(BaseModel):
     """A Compose healthcheck, converted to Docker's units."""
 
@@ -108,6 +122,14 @@ class ServiceSpec(BaseModel):
     stop_signal: str | None = None
     working_dir: str | None = None
     user: str | None = None
+    probe: ProbeSpec | None = None
+    """Moorage's own readiness probe (``x-moorage.probe``), used instead of Docker's health."""
+    min_ready_seconds: float = 0.0
+    """How long a replica must stay ready before it counts (``x-moorage.min_ready_seconds``)."""
+
+    def route_port(self) -> PortSpec | None:
+        """The container port the traffic router sends requests to: the first TCP port."""
+        return next((p for p in self.ports if p.protocol == "tcp"), None)
 
 
 class ProjectSpec(BaseModel):
@@ -384,12 +406,72 @@ def _parse_service(name: str, raw: Any) -> ServiceSpec:
         spec.stop_grace_period_s = parse_duration(
             raw["stop_grace_period"], service=name, key="stop_grace_period"
         )
+    if raw.get("x-moorage") is not None:
+        _parse_x_moorage(raw["x-moorage"], spec)
     for key in ("stop_signal", "working_dir", "user"):
         if raw.get(key) is not None:
             if not isinstance(raw[key], str | int):
                 raise ComposeError("must be a string", service=name, key=key)
             setattr(spec, key, str(raw[key]))
     return spec
+
+
+X_MOORAGE_KEYS = frozenset({"probe", "min_ready_seconds"})
+PROBE_KEYS = frozenset({"type", "port", "path", "status", "interval", "timeout"})
+
+
+def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
+    """``x-moorage``: Moorage's per-service extension (readiness probe, min ready time)."""
+    name = spec.name
+    if not isinstance(value, dict):
+        raise ComposeError("must be a mapping", service=name, key="x-moorage")
+    for k in value:
+        if k not in X_MOORAGE_KEYS:
+            raise ComposeError("is not supported", service=name, key=f"x-moorage.{k}")
+    if "min_ready_seconds" in value:
+        spec.min_ready_seconds = parse_duration(
+            value["min_ready_seconds"], service=name, key="x-moorage.min_ready_seconds"
+        )
+    probe = value.get("probe")
+    if probe is None:
+        return
+    if not isinstance(probe, dict):
+        raise ComposeError("must be a mapping", service=name, key="x-moorage.probe")
+    for k in probe:
+        if k not in PROBE_KEYS:
+            raise ComposeError("is not supported", service=name, key=f"x-moorage.probe.{k}")
+    kind = probe.get("type", "http")
+    if kind not in ("http", "tcp"):
+        raise ComposeError("must be 'http' or 'tcp'", service=name, key="x-moorage.probe.type")
+    port = probe.get("port")
+    if port is None and spec.ports:
+        port = spec.ports[0].target
+    if (
+        isinstance(port, bool)
+        or not isinstance(port, int)
+        or port not in {p.target for p in spec.ports}
+    ):
+        raise ComposeError(
+            "must name a container port listed in 'ports'", service=name, key="x-moorage.probe.port"
+        )
+    status = probe.get("status", 200)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ComposeError("must be an HTTP status", service=name, key="x-moorage.probe.status")
+    path = probe.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ComposeError("must start with '/'", service=name, key="x-moorage.probe.path")
+    spec.probe = ProbeSpec(
+        type=kind,
+        port=port,
+        path=path,
+        status=status,
+        interval_s=parse_duration(
+            probe.get("interval", 1), service=name, key="x-moorage.probe.interval"
+        ),
+        timeout_s=parse_duration(
+            probe.get("timeout", 2), service=name, key="x-moorage.probe.timeout"
+        ),
+    )
 
 
 def _start_order(services: dict[str, ServiceSpec]) -> list[ServiceSpec]:

@@ -127,6 +127,8 @@ class DeploymentConfig(BaseModel):
     """Bring the previous revision back when the deployment fails."""
     blue_green_timeout: int = Field(default=300, ge=0, le=86_400)
     """Seconds a blue-green deployment waits for promotion before it aborts."""
+    progress_deadline: float = Field(default=900, ge=1, le=86_400)
+    """Seconds the whole deployment may take; past it, it fails (and rolls back)."""
 
     @field_validator("max_surge", "max_unavailable", mode="before")
     @classmethod
@@ -191,6 +193,14 @@ class ServiceInstance(BaseModel):
     deployment_id: str | None = None
 
 
+class RouteInfo(BaseModel):
+    """Where the traffic router serves a service."""
+
+    service: str
+    url: str
+    port: int
+
+
 class DeploymentEvent(BaseModel):
     """One entry of a deployment's event log."""
 
@@ -207,6 +217,8 @@ class DeploymentState(BaseModel):
     deployment: Deployment
     events: list[DeploymentEvent] = Field(default_factory=list)
     instances: list[ServiceInstance] = Field(default_factory=list)
+    routes: dict[str, str] = Field(default_factory=dict)
+    """Service → URL on the traffic router, for the services this deployment routes."""
 
 
 class RevisionInfo(BaseModel):
@@ -233,4 +245,6 @@ class ProjectPublic(BaseModel):
     """The revision serving now (None before the first successful deployment)."""
     current_version: str | None = None
     active_deployment_id: str | None = None
+    routes: dict[str, str] = Field(default_factory=dict)
+    """Service → URL where the traffic router serves it."""
     revisions: list[RevisionInfo] = Field(default_factory=list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,31 @@ class Settings(BaseSettings):
     """The user the CLI records on deployments."""
     retained_revisions: int = Field(default=10, ge=1, le=1000)
     """Revisions a project keeps for rollback."""
+    router: Literal["haproxy", "nginx"] = "haproxy"
+    """The traffic router backend the worker drives."""
+    router_dir: Path | None = None
+    """Router state, proxy config and sockets (default: ``<data_dir>/router-<router>``)."""
+    router_bind: str = "127.0.0.1"
+    """Address the routes listen on."""
+    route_ports: str = "21000-21999"
+    """Listen ports handed to routes whose Compose port publishes none."""
+    drain_timeout: float = Field(default=10.0, ge=0, le=3600)
+    """Seconds a server taken out of a route may finish its in-flight requests."""
+
+    def resolved_router_dir(self) -> Path:
+        """Where the router keeps its files."""
+        return (self.router_dir or self.data_dir / f"router-{self.router}").resolve()
+
+    def port_range(self) -> tuple[int, int]:
+        """``route_ports`` as (first, last).
+
+        Raises:
+            ValueError: not ``first-last``.
+        """
+        first, _, last = self.route_ports.partition("-")
+        if not first.isdigit() or not last.isdigit() or int(first) > int(last):
+            raise ValueError("MOORAGE_ROUTE_PORTS must look like 21000-21999")
+        return int(first), int(last)
 
     def parsed_api_keys(self) -> dict[str, ApiKey]:
         """``MOORAGE_API_KEYS`` as key → (tenant, user).

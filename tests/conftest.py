@@ -21,10 +21,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.docker_executor import DockerExecutor
+from activities.router import TrafficRouter
 from moorage import images, naming
 from moorage.service import DeploymentService
 from moorage.settings import Settings
-from worker import build_worker
+from worker import build_router, build_worker
 from workflows import search_attributes as sa
 
 TASK_QUEUE = "moorage-test"
@@ -73,11 +74,34 @@ def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 
 
+ROUTE_PORTS = {"haproxy": (23000, 23499), "nginx": (23500, 23999)}
+
+
+def make_router(kind: str, directory: Path, docker_client: docker.DockerClient) -> TrafficRouter:
+    """A real proxy of ``kind`` with its files in ``directory`` (ports apart from `moorage dev`)."""
+    first, last = ROUTE_PORTS[kind]
+    settings = Settings(
+        router=kind, router_dir=directory, route_ports=f"{first}-{last}", drain_timeout=5
+    )
+    return build_router(settings, docker_client)
+
+
+@pytest.fixture(scope="session")
+def router(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[TrafficRouter]:
+    """The HAProxy router of the in-process worker."""
+    r = make_router("haproxy", tmp_path_factory.mktemp("haproxy"), docker_client)
+    r.ensure_running()
+    yield r
+    r.stop()
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def worker(
-    temporal_client: Client, docker_client: docker.DockerClient
+    temporal_client: Client, docker_client: docker.DockerClient, router: TrafficRouter
 ) -> AsyncIterator[None]:
-    w = build_worker(temporal_client, TASK_QUEUE, DockerExecutor(docker_client))
+    w = build_worker(temporal_client, TASK_QUEUE, DockerExecutor(docker_client), router)
     task = asyncio.create_task(w.run())
     try:
         yield

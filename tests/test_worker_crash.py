@@ -13,6 +13,7 @@ import docker
 import pytest
 from temporalio.client import Client
 
+from activities.haproxy import HAProxyBackend
 from moorage.models import DeploymentStatus, DeployRequest, EventType
 from moorage.service import DeploymentService
 from moorage.settings import Settings
@@ -31,8 +32,14 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def start_worker(address: str, queue: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "MOORAGE_TEMPORAL_ADDRESS": address, "MOORAGE_TASK_QUEUE": queue}
+async def start_worker(address: str, queue: str, router_dir: Path) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "MOORAGE_TEMPORAL_ADDRESS": address,
+        "MOORAGE_TASK_QUEUE": queue,
+        "MOORAGE_ROUTER_DIR": str(router_dir),
+        "MOORAGE_ROUTE_PORTS": "22000-22999",
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "worker.py"),
@@ -49,12 +56,17 @@ async def start_worker(address: str, queue: str) -> asyncio.subprocess.Process:
 
 @pytest.mark.parametrize("phase", ["starting", "health"])
 async def test_worker_sigkill_mid_deployment(
-    temporal_client: Client, docker_client: docker.DockerClient, project: str, phase: str
+    temporal_client: Client,
+    docker_client: docker.DockerClient,
+    project: str,
+    phase: str,
+    tmp_path: Path,
 ) -> None:
     queue = f"moorage-kill-{uuid.uuid4().hex[:8]}"
+    router_dir = tmp_path / "router"
     service = DeploymentService(temporal_client, Settings(task_queue=queue))
     address = temporal_client.service_client.config.target_host
-    worker = await start_worker(address, queue)
+    worker = await start_worker(address, queue, router_dir)
     try:
         await service.apply_project(
             TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1", web_replicas=3)
@@ -77,12 +89,13 @@ async def test_worker_sigkill_mid_deployment(
         worker.send_signal(signal.SIGKILL)
         assert await worker.wait() == -signal.SIGKILL
         await asyncio.sleep(1)
-        worker = await start_worker(address, queue)
+        worker = await start_worker(address, queue, router_dir)
         state = await wait_terminal(service, dep.id, timeout=120)
     finally:
         if worker.returncode is None:
             worker.terminate()
             await worker.wait()
+        HAProxyBackend(router_dir).stop()
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
     containers = labelled(docker_client, project)
     names = sorted(c.name for c in containers)
@@ -97,14 +110,15 @@ async def test_worker_sigkill_mid_deployment(
 
 
 async def test_first_deploy_after_a_worker_restart_is_accepted(
-    temporal_client: Client, docker_client: docker.DockerClient, project: str
+    temporal_client: Client, docker_client: docker.DockerClient, project: str, tmp_path: Path
 ) -> None:
     """A new worker replays the project workflow; its first update must see the finished deployment
     as finished (the replay may hand the update over together with the child's completion)."""
     queue = f"moorage-restart-{uuid.uuid4().hex[:8]}"
+    router_dir = tmp_path / "router"
     service = DeploymentService(temporal_client, Settings(task_queue=queue))
     address = temporal_client.service_client.config.target_host
-    worker = await start_worker(address, queue)
+    worker = await start_worker(address, queue, router_dir)
     try:
         await service.apply_project(TENANT, project, compose("moorage-demo:v1", api_image=None))
         first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
@@ -113,7 +127,7 @@ async def test_first_deploy_after_a_worker_restart_is_accepted(
         ).deployment.status == DeploymentStatus.COMPLETED
         worker.terminate()
         await worker.wait()
-        worker = await start_worker(address, queue)
+        worker = await start_worker(address, queue, router_dir)
         second = await service.deploy(TENANT, USER, project, DeployRequest(version="v1b"))
         assert second.id != first.id
         state = await wait_terminal(service, second.id)
@@ -122,3 +136,4 @@ async def test_first_deploy_after_a_worker_restart_is_accepted(
         if worker.returncode is None:
             worker.terminate()
             await worker.wait()
+        HAProxyBackend(router_dir).stop()

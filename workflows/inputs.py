@@ -48,6 +48,8 @@ class ProjectState(BaseModel):
     active_id: str | None = None
     active_compose: str | None = None
     """The Compose text the active deployment rolls out."""
+    routes: dict[str, str] = Field(default_factory=dict)
+    """Service → URL on the traffic router."""
     idempotency: dict[str, str] = Field(default_factory=dict)
     """Idempotency-Key → deployment id (bounded)."""
     retained_revisions: int = 10

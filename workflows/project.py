@@ -37,16 +37,21 @@ with workflow.unsafe.imports_passed_through():
         RollbackInput,
         StrategyInput,
     )
+    from workflows.planning import SurgeError, resolve_surge
     from workflows.recreate import RecreateWorkflow
+    from workflows.rolling import RollingUpdateWorkflow
 
 MAX_DEPLOYMENTS_KEPT = 100
 MAX_IDEMPOTENCY_KEYS = 200
 HISTORY_LIMIT = 5_000
 
-STRATEGY_WORKFLOWS: dict[Strategy, str] = {Strategy.RECREATE: "Recreate"}
+STRATEGY_WORKFLOWS: dict[Strategy, str] = {
+    Strategy.RECREATE: "Recreate",
+    Strategy.ROLLING_UPDATE: "RollingUpdate",
+}
 """Strategy → pinned workflow name of its child workflow."""
 
-_ = RecreateWorkflow  # imported so the sandbox validates it alongside
+_ = (RecreateWorkflow, RollingUpdateWorkflow)  # imported so the sandbox validates them alongside
 
 
 def _refuse(message: str, kind: str) -> ApplicationError:
@@ -108,6 +113,7 @@ class ProjectWorkflow:
             current_revision=s.current.revision if s.current else None,
             current_version=s.current.version if s.current else None,
             active_deployment_id=s.active_id,
+            routes={name: url for name, url in s.routes.items() if name in services},
             revisions=s.revisions,
         )
 
@@ -172,6 +178,12 @@ class ProjectWorkflow:
                 f"(available: {', '.join(x.value for x in STRATEGY_WORKFLOWS)})",
                 "Invalid",
             )
+        if inp.request.strategy == Strategy.ROLLING_UPDATE:
+            for spec in parse_compose(s.compose).services:
+                try:
+                    resolve_surge(inp.request.max_surge, inp.request.max_unavailable, spec.replicas)
+                except SurgeError as exc:
+                    raise _refuse(f"service {spec.name!r}: {exc}", "Invalid") from exc
         self._refuse_if_active()
 
     @workflow.update(name="rollback")
@@ -180,7 +192,13 @@ class ProjectWorkflow:
         target = self._rollback_target(inp)
         last = self._find(inp.deployment_id)
         assert last is not None
-        config = last.deployment.config.model_copy(update={"strategy": Strategy.RECREATE})
+        # A rollback keeps zero downtime where the deployment had it: rolling unless it recreated.
+        strategy = (
+            Strategy.RECREATE
+            if last.deployment.strategy == Strategy.RECREATE
+            else Strategy.ROLLING_UPDATE
+        )
+        config = last.deployment.config.model_copy(update={"strategy": strategy})
         dep = self._register(
             revision=self.state.next_revision,
             version=target.version,
@@ -374,6 +392,7 @@ class ProjectWorkflow:
         record.deployment = result.deployment
         record.events = [*record.events, *result.events]
         record.instances = result.instances
+        s.routes.update(result.routes)
         self._finish(record, result.deployment, result.deployment.status, None, compose)
 
     def _finish(

@@ -33,14 +33,22 @@ class RecreateWorkflow(StrategyWorkflow):
         await steps.call(
             "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
         )
+        await steps.ensure_routes(t, inp.target)
 
         if prev is not None:
             # Dependents stop first; restoring (the undo) goes in start order.
             for svc in reversed(prev.spec.services):
+                all_slots = list(range(svc.replicas))
+                if svc.route_port() is not None:
+                    self.undo.push(
+                        f"route {svc.name} (revision {prev.revision}) again",
+                        "route_add",
+                        steps.route_servers(dep, svc, prev.revision, all_slots),
+                    )
                 self.undo.push_wait_healthy(
                     f"wait for restored {svc.name} (revision {prev.revision})",
                     steps.restore_health_input(
-                        cfg, steps.selector(dep, prev.revision, svc.name), svc.replicas
+                        cfg, steps.selector(dep, prev.revision, svc.name), svc.replicas, svc
                     ),
                 )
                 self.undo.push(
@@ -60,6 +68,7 @@ class RecreateWorkflow(StrategyWorkflow):
                     f"stopping {svc.name} (revision {prev.revision})",
                     service=svc.name,
                 )
+                await steps.route_remove(dep, svc, prev.revision, all_slots)
                 stopped = await steps.stop_containers(
                     steps.selector(dep, prev.revision, svc.name), svc.stop_grace_period_s
                 )
@@ -81,6 +90,13 @@ class RecreateWorkflow(StrategyWorkflow):
         t.progress(40, "old containers removed")
 
         self.undo.push(f"remove revision {new}", "remove_containers", steps.selector(dep, new))
+        for svc in inp.target.services:
+            if svc.route_port() is not None:
+                self.undo.push(
+                    f"take {svc.name} (revision {new}) out of the route",
+                    "route_remove",
+                    steps.route_servers(dep, svc, new, list(range(svc.replicas))),
+                )
         gated: set[str] = set()
         for svc in inp.target.services:
             t.event(
@@ -104,7 +120,9 @@ class RecreateWorkflow(StrategyWorkflow):
         for svc in inp.target.services:
             if svc.name not in gated:
                 await steps.gate_healthy(t, new, svc)
-        t.progress(80, f"revision {new} healthy")
+        for svc in inp.target.services:
+            await steps.route_add(dep, svc, new, list(range(svc.replicas)))
+        t.progress(80, f"revision {new} healthy and routed")
 
         instances = await steps.call(
             "list_containers", steps.selector(dep, new), result_type=list[ServiceInstance]

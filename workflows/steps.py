@@ -18,12 +18,15 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import (
         ContainerSelector,
+        RouteInput,
+        RouteServersInput,
         StartServiceInput,
         StopContainersInput,
         WaitHealthyInput,
     )
-    from moorage.compose import ServiceSpec
-    from moorage.models import Deployment, DeploymentConfig, EventType, ServiceInstance
+    from moorage import naming
+    from moorage.compose import ProjectSpec, ServiceSpec
+    from moorage.models import Deployment, DeploymentConfig, EventType, RouteInfo, ServiceInstance
     from workflows.tracking import Tracker
 
 STEP_RETRY = RetryPolicy(
@@ -113,7 +116,9 @@ async def start_service(
     return result
 
 
-def health_input(cfg: DeploymentConfig, sel: ContainerSelector, expected: int) -> WaitHealthyInput:
+def health_input(
+    cfg: DeploymentConfig, sel: ContainerSelector, expected: int, spec: ServiceSpec | None = None
+) -> WaitHealthyInput:
     """The health wait for ``expected`` containers under the deployment's health settings."""
     return WaitHealthyInput(
         selector=sel,
@@ -121,20 +126,23 @@ def health_input(cfg: DeploymentConfig, sel: ContainerSelector, expected: int) -
         delay_s=cfg.health_check_delay,
         retries=cfg.health_check_retries,
         interval_s=cfg.health_check_interval,
+        probe=spec.probe if spec else None,
+        min_ready_s=spec.min_ready_seconds if spec else 0.0,
     )
 
 
 def restore_health_input(
-    cfg: DeploymentConfig, sel: ContainerSelector, expected: int
+    cfg: DeploymentConfig, sel: ContainerSelector, expected: int, spec: ServiceSpec | None = None
 ) -> WaitHealthyInput:
     """The health wait for a revision being restored.
 
     It was healthy before, so no initial delay: a long delay meant for the new revision would only
     hold the rollback up.
     """
-    inp = health_input(cfg, sel, expected)
+    inp = health_input(cfg, sel, expected, spec)
     inp.delay_s = 0.0
     inp.retries = max(inp.retries, 60)
+    inp.min_ready_s = 0.0
     return inp
 
 
@@ -251,7 +259,7 @@ async def gate_healthy(
     """
     dep = t.deployment
     expected = len(slots) if slots is not None else spec.replicas
-    inp = health_input(dep.config, selector(dep, revision, spec.name, slots), expected)
+    inp = health_input(dep.config, selector(dep, revision, spec.name, slots), expected, spec)
     try:
         instances = await wait_healthy(inp)
     except ActivityError as err:
@@ -287,3 +295,127 @@ def start_input(
         service=spec,
         slots=slots,
     )
+
+
+# --- traffic routing -------------------------------------------------------------------------
+
+
+def route_servers(
+    dep: Deployment, spec: ServiceSpec, revision: int, slots: list[int], weight: int = 100
+) -> RouteServersInput:
+    """The router input naming the containers of ``slots`` of one revision of a service."""
+    return RouteServersInput(
+        tenant=dep.tenant_id,
+        project=dep.project_id,
+        service=spec.name,
+        containers=[
+            naming.container_name(dep.tenant_id, dep.project_id, spec.name, revision, s)
+            for s in slots
+        ],
+        weight=weight,
+    )
+
+
+async def ensure_routes(t: Tracker, target: ProjectSpec) -> None:
+    """Make sure every routed service (one with a TCP port) has its route; record the URLs."""
+    dep = t.deployment
+    for spec in target.services:
+        port = spec.route_port()
+        if port is None:
+            continue
+        info: RouteInfo = await call(
+            "ensure_route",
+            RouteInput(
+                tenant=dep.tenant_id,
+                project=dep.project_id,
+                service=spec.name,
+                container_port=port.key,
+                published_port=port.published,
+            ),
+            result_type=RouteInfo,
+        )
+        t.state.routes[spec.name] = info.url
+
+
+async def route_add(dep: Deployment, spec: ServiceSpec, revision: int, slots: list[int]) -> None:
+    """Send traffic to these replicas too (no-op for a service without a route)."""
+    if spec.route_port() is not None and slots:
+        await call("route_add", route_servers(dep, spec, revision, slots), result_type=list[str])
+
+
+async def route_remove(dep: Deployment, spec: ServiceSpec, revision: int, slots: list[int]) -> None:
+    """Drain these replicas out of the route; returns once in-flight requests are done."""
+    if spec.route_port() is not None and slots:
+        await call(
+            "route_remove",
+            route_servers(dep, spec, revision, slots),
+            start_to_close=timedelta(minutes=2),
+            result_type=list[str],
+        )
+
+
+# --- replica groups: bring up, take out, each with its undo -----------------------------------
+
+
+async def bring_up(
+    t: Tracker, undo: CompensationStack, spec: ServiceSpec, revision: int, slots: list[int]
+) -> list[ServiceInstance]:
+    """Start replicas of the deployment's revision, gate them healthy, route traffic to them.
+
+    Undo (pushed first): take them out of the route, then remove them.
+    """
+    dep = t.deployment
+    undo.push(
+        f"remove {spec.name} replicas {slots} (revision {revision})",
+        "remove_containers",
+        selector(dep, revision, spec.name, slots),
+    )
+    if spec.route_port() is not None:
+        undo.push(
+            f"take {spec.name} replicas {slots} (revision {revision}) out of the route",
+            "route_remove",
+            route_servers(dep, spec, revision, slots),
+            timedelta(minutes=2),
+        )
+    await start_service(dep, revision, dep.version, dep.id, spec, slots)
+    instances = await gate_healthy(t, revision, spec, slots)
+    await route_add(dep, spec, revision, slots)
+    return instances
+
+
+async def take_out(
+    t: Tracker,
+    undo: CompensationStack,
+    old: ServiceSpec,
+    ref_revision: int,
+    ref_version: str,
+    ref_deployment: str,
+    slots: list[int],
+) -> None:
+    """Drain replicas of an old revision out of the route, stop them, remove them.
+
+    Undo (pushed first, runs start -> healthy -> routed): bring them back as they were.
+    """
+    if not slots:
+        return
+    dep = t.deployment
+    if old.route_port() is not None:
+        undo.push(
+            f"route {old.name} replicas {slots} (revision {ref_revision}) again",
+            "route_add",
+            route_servers(dep, old, ref_revision, slots),
+        )
+    undo.push_wait_healthy(
+        f"wait for restored {old.name} replicas {slots} (revision {ref_revision})",
+        restore_health_input(
+            dep.config, selector(dep, ref_revision, old.name, slots), len(slots), old
+        ),
+    )
+    undo.push(
+        f"restore {old.name} replicas {slots} (revision {ref_revision})",
+        "start_service",
+        start_input(dep, ref_revision, ref_version, ref_deployment, old, slots),
+    )
+    await route_remove(dep, old, ref_revision, slots)
+    await stop_containers(selector(dep, ref_revision, old.name, slots), old.stop_grace_period_s)
+    await remove_containers(selector(dep, ref_revision, old.name, slots))

@@ -1,0 +1,267 @@
+"""HAProxy backend of the traffic router.
+
+Server changes (add, enable, weight, drain, delete) go through HAProxy's runtime API on its admin
+socket: no reload, so no client connection is ever cut. Only a new listen port (a new route) needs
+a reload; HAProxy runs in master-worker mode, where a reload hands the listening sockets over and
+lets the old worker finish its connections. The config file is rewritten on every change, so a
+restarted HAProxy comes back with the current routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from activities.router import ProxyBackend, RouterError, RouterState, RouteState
+
+HAPROXY = "haproxy"
+
+
+def render_config(state: RouterState, directory: Path, bind: str) -> str:
+    """The HAProxy config serving ``state``."""
+    lines = [
+        "global",
+        f"    stats socket {directory / 'admin.sock'} mode 600 level admin",
+        "    maxconn 4000",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 3s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout http-keep-alive 10s",
+        # A connection refused by a server that just went away is retried on another one.
+        "    retries 3",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response response-timeout",
+        "",
+    ]
+    for route in sorted(state.routes.values(), key=lambda r: r.port):
+        lines += [
+            f"frontend fe_{route.backend[3:]}",
+            f"    bind {bind}:{route.port}",
+            f"    default_backend {route.backend}",
+            "",
+            f"backend {route.backend}",
+            "    balance roundrobin",
+        ]
+        for name, server in sorted(route.servers.items()):
+            lines.append(f"    server {name} {server.address} weight {server.weight}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+class HAProxyBackend(ProxyBackend):
+    """HAProxy 2.6+, master-worker mode, admin socket in the router directory."""
+
+    name = "haproxy"
+
+    def __init__(self, directory: Path, bind: str = "127.0.0.1", drain_timeout_s: float = 10.0):
+        super().__init__(directory, bind)
+        self.config = directory / "haproxy.cfg"
+        self.socket = directory / "admin.sock"
+        self.pidfile = directory / "haproxy.pid"
+        self.drain_timeout_s = drain_timeout_s
+
+    # --- process -------------------------------------------------------------------------------
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+
+    def running(self) -> bool:
+        """True when the master process is alive and the admin socket answers."""
+        if self._pid() is None:
+            return False
+        try:
+            self.command("show info")
+        except RouterError:
+            return False
+        return True
+
+    def _write(self, state: RouterState) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        text = render_config(state, self.dir, self.bind)
+        tmp = self.config.with_suffix(".cfg.new")
+        tmp.write_text(text)
+        check = subprocess.run(
+            [HAPROXY, "-c", "-q", "-f", str(tmp)], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RouterError(
+                f"haproxy -c refused the config: {(check.stderr or check.stdout).strip()}"
+            )
+        os.replace(tmp, self.config)
+
+    def start(self, state: RouterState) -> None:
+        """Write the config and start HAProxy in the background (master-worker).
+
+        Raises:
+            RouterError: HAProxy did not start.
+        """
+        self._write(state)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        result = subprocess.run(
+            [HAPROXY, "-W", "-D", "-f", str(self.config), "-p", str(self.pidfile)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RouterError(f"haproxy did not start: {(result.stderr or result.stdout).strip()}")
+        self._wait_ready(state)
+
+    def stop(self) -> None:
+        """Stop HAProxy (SIGTERM to the master)."""
+        pid = self._pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+    def _wait_ready(self, state: RouterState, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        wanted = {r.backend for r in state.routes.values()}
+        while True:
+            try:
+                backends = set(self.command("show backend").split()[1:])
+                if wanted <= backends:
+                    return
+            except RouterError:
+                pass
+            if time.monotonic() > deadline:
+                raise RouterError("haproxy did not come up with the new config in time")
+            time.sleep(0.05)
+
+    def reload(self, state: RouterState) -> None:
+        """Graceful reload (master-worker): listening sockets handed over, old worker drains."""
+        pid = self._pid()
+        if pid is None:
+            self.start(state)
+            return
+        os.kill(pid, signal.SIGUSR2)
+        self._wait_ready(state)
+
+    # --- runtime API ---------------------------------------------------------------------------
+
+    def command(self, cmd: str) -> str:
+        """One runtime API command; returns HAProxy's answer.
+
+        Raises:
+            RouterError: the socket does not answer.
+        """
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(str(self.socket))
+                s.sendall(cmd.encode() + b"\n")
+                chunks = []
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+        except OSError as exc:
+            raise RouterError(f"haproxy admin socket: {exc}") from exc
+        return b"".join(chunks).decode(errors="replace")
+
+    def _ok(self, cmd: str, *accept: str) -> str:
+        answer = self.command(cmd).strip()
+        if answer and not any(a in answer for a in accept):
+            raise RouterError(f"{cmd!r}: {answer}")
+        return answer
+
+    def _stats(self, backend: str) -> dict[str, dict[str, str]]:
+        text = self.command("show stat").lstrip("# ")
+        rows = csv.DictReader(io.StringIO(text))
+        return {r["svname"]: r for r in rows if r.get("pxname") == backend}
+
+    def live_servers(self, route: RouteState) -> dict[str, int]:
+        """Servers HAProxy routes to for ``route`` (name → weight; draining ones weigh 0)."""
+        result = {}
+        for name, row in self._stats(route.backend).items():
+            if name in ("FRONTEND", "BACKEND"):
+                continue
+            if row.get("status", "").startswith("MAINT"):
+                continue
+            weight = 0 if row.get("status") == "DRAIN" else int(row.get("weight") or 0)
+            result[name] = weight
+        return result
+
+    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
+        """Runtime changes for servers; a graceful reload only when routes come or go.
+
+        Raises:
+            RouterError: HAProxy refused a change or the config.
+        """
+        old_ports = {k: r.port for k, r in old.routes.items()}
+        new_ports = {k: r.port for k, r in new.routes.items()}
+        self._write(new)
+        if old_ports != new_ports:
+            self.reload(new)
+            return
+        for key, route in new.routes.items():
+            before = old.routes[key].servers
+            be = route.backend
+            for name, server in route.servers.items():
+                prev = before.get(name)
+                if prev is None:
+                    host, port = server.address.rsplit(":", 1)
+                    answer = self.command(
+                        f"add server {be}/{name} {server.address} weight {server.weight}"
+                    ).strip()
+                    if "already exists" in answer:
+                        self._ok(f"set server {be}/{name} addr {host} port {port}", "")
+                        self._ok(f"set weight {be}/{name} {server.weight}")
+                    elif answer and "New server registered" not in answer:
+                        raise RouterError(f"add server {be}/{name}: {answer}")
+                    self._ok(f"set server {be}/{name} state ready")
+                elif prev.weight != server.weight or prev.address != server.address:
+                    if prev.address != server.address:
+                        host, port = server.address.rsplit(":", 1)
+                        self._ok(f"set server {be}/{name} addr {host} port {port}", "")
+                    self._ok(f"set weight {be}/{name} {server.weight}")
+            gone = [n for n in before if n not in route.servers]
+            for name in sorted(set(gone) | set(draining.get(key, []))):
+                self._drain_and_delete(be, name)
+
+    def _drain_and_delete(self, be: str, name: str) -> None:
+        if name not in self._stats(be):
+            return
+        self._ok(f"set server {be}/{name} state drain")
+        deadline = time.monotonic() + self.drain_timeout_s
+        while time.monotonic() < deadline:
+            row = self._stats(be).get(name)
+            if row is None or int(row.get("scur") or 0) == 0:
+                break
+            time.sleep(0.05)
+        self._ok(f"set server {be}/{name} state maint")
+        self.command(f"shutdown sessions server {be}/{name}")
+        for _ in range(100):
+            answer = self.command(f"del server {be}/{name}").strip()
+            if "Server deleted" in answer or "No such server" in answer or not answer:
+                return
+            time.sleep(0.05)
+        raise RouterError(f"del server {be}/{name}: {answer}")

@@ -1,0 +1,190 @@
+"""nginx backend of the traffic router: a generated config, ``nginx -t``, a graceful reload.
+
+An invalid config is never applied: the candidate is checked with ``nginx -t`` first, and on
+failure the old config keeps serving. Known limit (measured, see the README): a reload makes the
+old workers close idle keep-alive client connections, so clients with keep-alive see a few errors
+per reload; clients without keep-alive see none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from activities.router import ProxyBackend, RouterError, RouterState, RouteState
+
+NGINX = "nginx"
+
+
+def render_config(state: RouterState, directory: Path, bind: str, extra_http: str = "") -> str:
+    """The nginx config serving ``state``."""
+    lines = [
+        "worker_processes 1;",
+        f"pid {directory / 'nginx.pid'};",
+        f"error_log {directory / 'error.log'} warn;",
+        "events { worker_connections 4096; }",
+        "http {",
+        "    access_log off;",
+        f"    client_body_temp_path {directory / 'tmp'};",
+        f"    proxy_temp_path {directory / 'tmp'};",
+        f"    fastcgi_temp_path {directory / 'tmp'};",
+        f"    uwsgi_temp_path {directory / 'tmp'};",
+        f"    scgi_temp_path {directory / 'tmp'};",
+        "    keepalive_timeout 10s;",
+    ]
+    if extra_http.strip():
+        lines.append(f"    {extra_http.strip()}")
+    for route in sorted(state.routes.values(), key=lambda r: r.port):
+        lines.append(f"    upstream {route.backend} {{")
+        servers = sorted(route.servers.items())
+        for name, server in servers:
+            if server.weight > 0:
+                lines.append(f"        server {server.address} weight={server.weight};  # {name}")
+            else:
+                lines.append(f"        server {server.address} down;  # {name}")
+        if not servers:
+            lines.append("        server 127.0.0.1:9 down;  # no replica serves yet")
+        lines += [
+            "    }",
+            "    server {",
+            f"        listen {bind}:{route.port};",
+            "        location / {",
+            f"            proxy_pass http://{route.backend};",
+            "            proxy_next_upstream error timeout http_502 http_503;",
+            "            proxy_connect_timeout 3s;",
+            "        }",
+            "    }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+class NginxBackend(ProxyBackend):
+    """nginx run as its own master process with a prefix in the router directory."""
+
+    name = "nginx"
+
+    def __init__(self, directory: Path, bind: str = "127.0.0.1", drain_timeout_s: float = 10.0):
+        super().__init__(directory, bind)
+        self.config = directory / "nginx.conf"
+        self.pidfile = directory / "nginx.pid"
+        self.drain_timeout_s = drain_timeout_s
+        self.extra_http = ""
+        """Operator-provided directives for the ``http`` block (e.g. logging)."""
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def running(self) -> bool:
+        """True when the nginx master is alive."""
+        return self._pid() is not None
+
+    def _write_checked(self, state: RouterState) -> None:
+        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
+        candidate = self.dir / "nginx.conf.new"
+        candidate.write_text(render_config(state, self.dir, self.bind, self.extra_http))
+        check = subprocess.run(
+            [NGINX, "-t", "-q", "-p", str(self.dir), "-c", str(candidate)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check.returncode != 0:
+            candidate.unlink(missing_ok=True)
+            raise RouterError(f"nginx -t refused the config: {check.stderr.strip()}")
+        os.replace(candidate, self.config)
+
+    def start(self, state: RouterState) -> None:
+        """Write the config and start nginx.
+
+        Raises:
+            RouterError: the config is invalid or nginx did not start.
+        """
+        self._write_checked(state)
+        result = subprocess.run(
+            [NGINX, "-p", str(self.dir), "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RouterError(f"nginx did not start: {result.stderr.strip()}")
+        for _ in range(100):
+            if self.running():
+                return
+            time.sleep(0.05)
+        raise RouterError("nginx did not write its pid file")
+
+    def stop(self) -> None:
+        """Stop nginx (fast shutdown)."""
+        pid = self._pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    def _workers(self, master: int) -> list[int]:
+        try:
+            out = subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(master)],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+        except OSError:
+            return []
+        return [int(p) for p in out.split()]
+
+    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
+        """Check and write the new config, reload, and wait for old workers to finish (drain).
+
+        Raises:
+            RouterError: ``nginx -t`` refused the config (the old one keeps serving).
+        """
+        self._write_checked(new)
+        master = self._pid()
+        if master is None:
+            self.start(new)
+            return
+        before = set(self._workers(master))
+        os.kill(master, signal.SIGHUP)
+        # The old workers finish their in-flight requests, then exit: that is the drain.
+        deadline = time.monotonic() + self.drain_timeout_s
+        while time.monotonic() < deadline:
+            current = set(self._workers(master))
+            if current and not (current & before):
+                return
+            time.sleep(0.05)
+
+    def live_servers(self, route: RouteState) -> dict[str, int]:
+        """Servers in the config nginx runs (nginx has no runtime API to ask)."""
+        text = self.config.read_text() if self.config.exists() else ""
+        result = {}
+        inside = False
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith(f"upstream {route.backend} "):
+                inside = True
+                continue
+            if inside and stripped == "}":
+                break
+            if inside and "#" in stripped and "no replica" not in stripped:
+                name = stripped.split("#", 1)[1].strip()
+                weight = (
+                    0 if " down;" in stripped else int(stripped.split("weight=")[1].split(";")[0])
+                )
+                result[name] = weight
+        return result

@@ -1,0 +1,347 @@
+"""The traffic router: one interface, two backends (HAProxy by default, nginx).
+
+Address scheme: every routed service (a service with a container port) gets its own listen port on
+the router host, ``http://<bind>:<port>/`` — the Compose file's published port when it gives one,
+else the next free port of ``MOORAGE_ROUTE_PORTS`` (default 21000-21999). A route's servers are
+exactly the replicas that are healthy and not draining; server names are container names.
+
+The desired state lives in ``<router dir>/state.json`` and the proxy's config file is regenerated
+from it on every change, so a restarted proxy comes back with the current routes. Activities here
+are host-bound: they run where the proxy runs (see ``workflows.steps.activity_queue``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from pydantic import BaseModel, Field
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.inputs import RouteInput, RouteServersInput, RouteWeightsInput
+from moorage.models import RouteInfo
+
+
+class ServerState(BaseModel):
+    """One backend server of a route."""
+
+    address: str
+    weight: int = 100
+
+
+class RouteState(BaseModel):
+    """One route: a listen port and its servers."""
+
+    key: str
+    """``tenant/project/service``."""
+    port: int
+    container_port: str
+    servers: dict[str, ServerState] = Field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        """Backend (upstream) name in the proxy's config."""
+        return "be_" + self.key.replace("/", "_")
+
+
+class RouterState(BaseModel):
+    """Every route on this router."""
+
+    routes: dict[str, RouteState] = Field(default_factory=dict)
+
+
+def route_key(tenant: str, project: str, service: str) -> str:
+    """The key of a route."""
+    return f"{tenant}/{project}/{service}"
+
+
+class RouterError(Exception):
+    """The proxy refused a change (message says why)."""
+
+
+class ProxyBackend(ABC):
+    """A proxy that serves the router's state: HAProxy or nginx."""
+
+    name: str
+
+    def __init__(self, directory: Path, bind: str):
+        self.dir = directory
+        self.bind = bind
+
+    @abstractmethod
+    def running(self) -> bool:
+        """True when the proxy process is up."""
+
+    @abstractmethod
+    def start(self, state: RouterState) -> None:
+        """Write the config for ``state`` and start the proxy."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the proxy."""
+
+    @abstractmethod
+    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
+        """Bring the running proxy from ``old`` to ``new``.
+
+        ``draining`` maps a route key to servers being taken out: they get no new requests and
+        their in-flight requests finish before this returns (bounded by the drain timeout).
+
+        Raises:
+            RouterError: the proxy refused the change; the old config keeps serving.
+        """
+
+    @abstractmethod
+    def live_servers(self, route: RouteState) -> dict[str, int]:
+        """Servers the running proxy routes to for ``route``: name → weight (0 = draining)."""
+
+
+class TrafficRouter:
+    """Routes, their servers and weights; the activities of the traffic router."""
+
+    def __init__(
+        self,
+        backend: ProxyBackend,
+        docker_client: docker.DockerClient | None = None,
+        port_range: tuple[int, int] = (21000, 21999),
+        drain_timeout_s: float = 10.0,
+    ):
+        self.backend = backend
+        self.dir = backend.dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.dir / "state.json"
+        self.port_range = port_range
+        self.drain_timeout_s = drain_timeout_s
+        self._docker = docker_client
+        self._lock = threading.Lock()
+
+    # --- state -----------------------------------------------------------------------------------
+
+    @property
+    def docker(self) -> docker.DockerClient:
+        """The engine whose containers the routes point at (same host as the proxy)."""
+        if self._docker is None:
+            self._docker = docker.from_env(timeout=60)
+        return self._docker
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # A thread lock for this worker and a file lock for other workers on this host.
+        with self._lock, open(self.dir / "state.lock", "w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def load(self) -> RouterState:
+        """The desired state on disk."""
+        if not self.state_file.exists():
+            return RouterState()
+        return RouterState.model_validate_json(self.state_file.read_text())
+
+    def _save(self, state: RouterState) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(state.model_dump_json(indent=2))
+        os.replace(tmp, self.state_file)
+
+    def ensure_running(self) -> None:
+        """Start the proxy from the state on disk when it is not running."""
+        with self._locked():
+            if not self.backend.running():
+                self.backend.start(self.load())
+
+    def stop(self) -> None:
+        """Stop the proxy (its state stays on disk)."""
+        self.backend.stop()
+
+    def _change(self, mutate: Callable[[RouterState], dict[str, list[str]]]) -> RouterState:
+        """Apply ``mutate`` to the state, then to the proxy; saves only what the proxy took."""
+        with self._locked():
+            if not self.backend.running():
+                self.backend.start(self.load())
+            old = self.load()
+            new = old.model_copy(deep=True)
+            draining = mutate(new)
+            try:
+                self.backend.apply(old, new, draining)
+            except RouterError as exc:
+                raise ApplicationError(
+                    f"{self.backend.name} refused the change; the previous config keeps serving: {exc}",
+                    {"router": self.backend.name, "reason": str(exc)},
+                    type="RouterConfigInvalid",
+                    non_retryable=True,
+                ) from exc
+            self._save(new)
+            return new
+
+    def _free_port(self, state: RouterState, wanted: int | None) -> int:
+        taken = {r.port for r in state.routes.values()}
+        candidates: list[int] = (
+            [wanted] if wanted else list(range(self.port_range[0], self.port_range[1] + 1))
+        )
+        for port in candidates:
+            if port in taken:
+                continue
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((self.backend.bind, port))
+                except OSError:
+                    continue
+            return port
+        what = (
+            f"port {wanted}" if wanted else f"a port in {self.port_range[0]}-{self.port_range[1]}"
+        )
+        raise ApplicationError(
+            f"no route: {what} is not free on the router host",
+            type="RouterPortTaken",
+            non_retryable=True,
+        )
+
+    def _address(self, container: str, container_port: str) -> str | None:
+        """``127.0.0.1:<host port>`` of a running container's published port; None if not running."""
+        try:
+            info = self.docker.api.inspect_container(container)
+        except docker.errors.NotFound:
+            return None
+        if not info["State"]["Running"]:
+            return None
+        bindings = (info["NetworkSettings"].get("Ports") or {}).get(container_port) or []
+        if not bindings:
+            return None
+        return f"127.0.0.1:{bindings[0]['HostPort']}"
+
+    # --- activities ------------------------------------------------------------------------------
+
+    @activity.defn(name="ensure_route")
+    def ensure_route(self, inp: RouteInput) -> RouteInfo:
+        """Create the route of a service if it does not exist; returns its URL.
+
+        Raises:
+            ApplicationError: ``RouterPortTaken`` when no listen port is free, or
+                ``RouterConfigInvalid`` when the proxy refused the new route.
+        """
+        key = route_key(inp.tenant, inp.project, inp.service)
+        state = self.load()
+        route = state.routes.get(key)
+        if route is None or route.container_port != inp.container_port:
+
+            def mutate(s: RouterState) -> dict[str, list[str]]:
+                existing = s.routes.get(key)
+                port = existing.port if existing else self._free_port(s, inp.published_port)
+                s.routes[key] = RouteState(key=key, port=port, container_port=inp.container_port)
+                return {}
+
+            state = self._change(mutate)
+            route = state.routes[key]
+        else:
+            self.ensure_running()
+        return RouteInfo(
+            service=inp.service, url=f"http://{self.backend.bind}:{route.port}/", port=route.port
+        )
+
+    @activity.defn(name="route_add")
+    def route_add(self, inp: RouteServersInput) -> list[str]:
+        """Add running containers to a route (ready to take requests). Idempotent.
+
+        Returns:
+            The server names now routed.
+
+        Raises:
+            ApplicationError: the route does not exist, a container is not running (retryable:
+                it may be restarting), or the proxy refused the change.
+        """
+        key = route_key(inp.tenant, inp.project, inp.service)
+        route = self.load().routes.get(key)
+        if route is None:
+            raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
+        addresses = {}
+        for name in inp.containers:
+            addr = self._address(name, route.container_port)
+            if addr is None:
+                raise ApplicationError(
+                    f"container {name} is not running with {route.container_port} published"
+                )
+            addresses[name] = addr
+
+        def mutate(s: RouterState) -> dict[str, list[str]]:
+            r = s.routes[key]
+            for name, addr in addresses.items():
+                r.servers[name] = ServerState(address=addr, weight=inp.weight)
+            return {}
+
+        self._change(mutate)
+        return list(addresses)
+
+    @activity.defn(name="route_remove")
+    def route_remove(self, inp: RouteServersInput) -> list[str]:
+        """Take servers out of a route: drain (in-flight requests finish), then delete. Idempotent.
+
+        Returns:
+            The server names that were routed and are now gone.
+
+        Raises:
+            ApplicationError: the proxy refused the change.
+        """
+        key = route_key(inp.tenant, inp.project, inp.service)
+        route = self.load().routes.get(key)
+        if route is None:
+            return []
+        present = [n for n in inp.containers if n in route.servers]
+        if not present:
+            return []
+
+        def mutate(s: RouterState) -> dict[str, list[str]]:
+            r = s.routes[key]
+            for name in present:
+                r.servers.pop(name, None)
+            return {key: present}
+
+        if activity.in_activity():
+            activity.heartbeat("draining")
+        self._change(mutate)
+        return present
+
+    @activity.defn(name="route_weights")
+    def route_weights(self, inp: RouteWeightsInput) -> dict[str, int]:
+        """Set server weights on a route (canary steps). Idempotent.
+
+        Raises:
+            ApplicationError: the route or a server is missing, or the proxy refused the change.
+        """
+        key = route_key(inp.tenant, inp.project, inp.service)
+
+        def mutate(s: RouterState) -> dict[str, list[str]]:
+            r = s.routes.get(key)
+            if r is None:
+                raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
+            for name, weight in inp.weights.items():
+                if name not in r.servers:
+                    raise ApplicationError(
+                        f"{name} is not a server of {key}", type="RouteMissing", non_retryable=True
+                    )
+                r.servers[name].weight = weight
+            return {}
+
+        state = self._change(mutate)
+        return {n: s.weight for n, s in state.routes[key].servers.items()}
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """Every activity of the router, for the worker."""
+        return [self.ensure_route, self.route_add, self.route_remove, self.route_weights]
+
+    def describe(self) -> dict[str, Any]:
+        """The state as plain JSON (for tests and the CLI)."""
+        return json.loads(self.load().model_dump_json())

@@ -1,0 +1,104 @@
+"""Surge arithmetic and rolling-update batches: pure functions."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from workflows.planning import SurgeError, plan_batches, resolve, resolve_surge
+
+
+@pytest.mark.parametrize(
+    ("value", "replicas", "round_up", "expected"),
+    [
+        (1, 4, True, 1),
+        (0, 4, False, 0),
+        ("25%", 4, True, 1),
+        ("25%", 4, False, 1),
+        ("10%", 4, True, 1),  # 0.4 rounds up for surge
+        ("10%", 4, False, 0),  # and down for unavailable
+        ("50%", 5, True, 3),
+        ("50%", 5, False, 2),
+        ("100%", 3, True, 3),
+        ("0%", 10, True, 0),
+        ("34%", 3, False, 1),
+        ("33%", 3, False, 0),
+    ],
+)
+def test_resolve(value: int | str, replicas: int, round_up: bool, expected: int) -> None:
+    assert resolve(value, replicas, round_up=round_up) == expected
+
+
+def test_resolve_surge_refuses_both_zero_after_rounding() -> None:
+    assert resolve_surge("10%", "10%", 4) == (1, 0)
+    with pytest.raises(SurgeError, match="both resolve to 0"):
+        resolve_surge("0%", "10%", 4)
+    with pytest.raises(SurgeError):
+        resolve_surge(0, "24%", 4)
+    assert resolve_surge(0, "25%", 4) == (0, 1)
+
+
+def simulate(old: int, new: int, surge: int, unavailable: int) -> tuple[int, int, list[list[int]]]:
+    """Apply the plan; return (max containers, min ready, batch start lists)."""
+    batches = plan_batches(list(range(old)), new, surge, unavailable)
+    alive_old = set(range(old))
+    ready_new: set[int] = set()
+    max_total, min_ready = old, old
+    for b in batches:
+        assert set(b.stop_first) <= alive_old
+        alive_old -= set(b.stop_first)
+        min_ready = min(min_ready, len(alive_old) + len(ready_new))
+        # started but not ready yet
+        total = len(alive_old) + len(ready_new) + len(b.start)
+        max_total = max(max_total, total)
+        min_ready = min(min_ready, len(alive_old) + len(ready_new))
+        ready_new |= set(b.start)
+        assert set(b.stop_after) <= alive_old
+        alive_old -= set(b.stop_after)
+        min_ready = min(min_ready, len(alive_old) + len(ready_new))
+    assert alive_old == set()
+    assert ready_new == set(range(new))
+    return max_total, min_ready, [b.start for b in batches]
+
+
+def test_four_replicas_surge_one_unavailable_zero_goes_one_by_one() -> None:
+    max_total, min_ready, starts = simulate(4, 4, 1, 0)
+    assert starts == [[0], [1], [2], [3]]
+    assert max_total == 5
+    assert min_ready == 4
+
+
+def test_surge_two_unavailable_one() -> None:
+    max_total, min_ready, starts = simulate(4, 4, 2, 1)
+    assert max_total <= 6
+    assert min_ready >= 3
+    assert len(starts) == 2  # three at a time: 3 + 1
+
+
+def test_unavailable_only() -> None:
+    max_total, min_ready, starts = simulate(4, 4, 0, 1)
+    assert max_total == 4
+    assert min_ready == 3
+    assert starts == [[0], [1], [2], [3]]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "surge", "unavailable"),
+    [
+        c
+        for c in itertools.product(range(0, 6), range(1, 6), range(0, 4), range(0, 4))
+        if c[2] + c[3] > 0
+    ],
+)
+def test_invariants_hold_for_every_combination(
+    old: int, new: int, surge: int, unavailable: int
+) -> None:
+    max_total, min_ready, _ = simulate(old, new, surge, unavailable)
+    assert max_total <= max(old, new + surge)
+    assert min_ready >= min(old, new - unavailable)
+
+
+def test_both_zero_is_refused() -> None:
+    with pytest.raises(SurgeError):
+        plan_batches([0, 1], 2, 0, 0)

@@ -1,0 +1,131 @@
+"""Rolling update: replace replicas in batches, new ones healthy and routed before old ones go.
+
+Services one at a time in depends_on order. Within a service, batches follow ``max_surge`` /
+``max_unavailable`` (see ``workflows.planning``). Each batch: take out old replicas the
+unavailability budget allows → start new replicas → wait healthy → add them to the route → drain
+old replicas out of the route → stop them within their grace period → remove them.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inputs import NetworkInput
+    from moorage.compose import ServiceSpec
+    from moorage.models import DeploymentState, EventType, ServiceInstance
+    from workflows import steps
+    from workflows.inputs import StrategyInput
+    from workflows.planning import Batch, SurgeError, plan_batches, resolve_surge
+    from workflows.strategy import StrategyWorkflow
+    from workflows.tracking import Tracker
+
+
+def plan_service(inp: StrategyInput, spec: ServiceSpec) -> list[Batch]:
+    """The batches for one service.
+
+    Raises:
+        ApplicationError: the surge settings resolve to 0 and 0 for this service (non-retryable).
+    """
+    cfg = inp.deployment.config
+    old = _old_spec(inp, spec.name)
+    try:
+        surge, unavailable = resolve_surge(cfg.max_surge, cfg.max_unavailable, spec.replicas)
+        return plan_batches(
+            list(range(old.replicas)) if old else [], spec.replicas, surge, unavailable
+        )
+    except SurgeError as exc:
+        raise ApplicationError(
+            f"service {spec.name!r}: {exc}", type="Invalid", non_retryable=True
+        ) from exc
+
+
+def _old_spec(inp: StrategyInput, name: str) -> ServiceSpec | None:
+    if inp.previous is None or name not in inp.previous.spec.names:
+        return None
+    return inp.previous.spec.service(name)
+
+
+@workflow.defn(name="RollingUpdate")
+class RollingUpdateWorkflow(StrategyWorkflow):
+    """Replace replicas batch by batch; traffic never reaches a replica that is not healthy."""
+
+    @workflow.run
+    async def run(self, inp: StrategyInput) -> DeploymentState:
+        """Deploy ``inp.target`` by rolling every service."""
+        return await self.execute(inp)
+
+    async def flow(self, inp: StrategyInput, t: Tracker) -> None:
+        """The rolling-update steps."""
+        dep, prev, new = t.deployment, inp.previous, t.deployment.revision
+        plans = {spec.name: plan_service(inp, spec) for spec in inp.target.services}
+        total = max(1, sum(len(b) for b in plans.values()))
+        done = 0
+        await steps.call(
+            "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
+        )
+        await steps.ensure_routes(t, inp.target)
+        t.progress(5, "routes ready")
+
+        for spec in inp.target.services:
+            old = _old_spec(inp, spec.name)
+            batches = plans[spec.name]
+            t.event(
+                EventType.SERVICE_UPDATING,
+                f"updating {spec.name}: {len(batches)} batch(es), {spec.replicas} replica(s)",
+                service=spec.name,
+                batches=[b.model_dump() for b in batches],
+            )
+            for number, batch in enumerate(batches, start=1):
+                if old is not None and prev is not None:
+                    await steps.take_out(
+                        t,
+                        self.undo,
+                        old,
+                        prev.revision,
+                        prev.version,
+                        prev.deployment_id,
+                        batch.stop_first,
+                    )
+                if batch.start:
+                    await steps.bring_up(t, self.undo, spec, new, batch.start)
+                if old is not None and prev is not None:
+                    await steps.take_out(
+                        t,
+                        self.undo,
+                        old,
+                        prev.revision,
+                        prev.version,
+                        prev.deployment_id,
+                        batch.stop_after,
+                    )
+                done += 1
+                t.progress(
+                    5 + 85 * done // total,
+                    f"{spec.name}: batch {number}/{len(batches)} done "
+                    f"(new {batch.start}, old out {batch.stop_first + batch.stop_after})",
+                )
+            t.event(EventType.SERVICE_UPDATED, f"{spec.name} updated", service=spec.name)
+
+        # Services the new revision no longer has go last, once everything new serves.
+        if prev is not None:
+            for old in reversed(prev.spec.services):
+                if old.name not in inp.target.names:
+                    await steps.take_out(
+                        t,
+                        self.undo,
+                        old,
+                        prev.revision,
+                        prev.version,
+                        prev.deployment_id,
+                        list(range(old.replicas)),
+                    )
+                    t.event(EventType.SERVICE_REMOVED, f"{old.name} removed", service=old.name)
+
+        instances = await steps.call(
+            "list_containers", steps.selector(dep, new), result_type=list[ServiceInstance]
+        )
+        t.instances(instances)
+        t.event(EventType.INSTANCES_RECORDED, f"{len(instances)} instances recorded")
+        t.progress(95, "instances recorded")
