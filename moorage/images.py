@@ -8,6 +8,7 @@ period (busybox httpd as PID 1 ignores SIGTERM).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import tarfile
@@ -17,7 +18,9 @@ import docker
 
 REPOSITORY = "moorage-demo"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-APPLETS = ("sh", "httpd", "wget", "sleep", "cat", "echo", "kill", "true", "false", "ls", "nc")
+APPLETS = (
+    "sh", "httpd", "wget", "sleep", "cat", "echo", "kill", "true", "false", "ls", "nc", "hostname",
+)
 
 INIT = """#!/bin/sh
 # PID 1: run httpd, exit promptly on TERM/INT.
@@ -25,6 +28,14 @@ trap 'kill $pid 2>/dev/null; exit 0' TERM INT
 if [ "$MOORAGE_DEMO_MODE" = crash ]; then
   echo "demo: crashing on purpose" >&2
   exit 3
+fi
+if [ -n "$DEMO_FAIL_HOST" ] && [ "$(hostname)" = "$DEMO_FAIL_HOST" ]; then
+  # A replica that never gets healthy (tests pick it by hostname, i.e. by slot).
+  echo "demo: $(hostname) will never get healthy" >&2
+  sleep 1000000 &
+  pid=$!
+  wait $pid
+  exit 0
 fi
 echo "demo: serving version $(cat /www/version) on :80"
 httpd -f -p 80 -h /www &
@@ -97,10 +108,17 @@ VARIANTS: dict[str, tuple[str, str]] = {
 }
 
 
+def build_id(tag: str) -> str:
+    """A fingerprint of what goes into an image: a changed recipe rebuilds it."""
+    health, mode = VARIANTS[tag]
+    return hashlib.sha256(f"{INIT}|{health}|{mode}|{APPLETS}".encode()).hexdigest()[:16]
+
+
 def build_image(client: docker.DockerClient, tag: str, health: str, mode: str) -> str:
     """Import one demo image; returns its reference."""
     ref = f"{REPOSITORY}:{tag}"
     changes = [
+        f"LABEL moorage.demo-build={build_id(tag)}",
         'CMD ["/init.sh"]',
         "ENV PATH=/bin",
         f"ENV MOORAGE_DEMO_MODE={mode}",
@@ -121,8 +139,9 @@ def build_all(client: docker.DockerClient | None = None, force: bool = False) ->
         ref = f"{REPOSITORY}:{tag}"
         if not force:
             try:
-                client.images.get(ref)
-                continue
+                labels = client.images.get(ref).labels or {}
+                if labels.get("moorage.demo-build") == build_id(tag):
+                    continue
             except docker.errors.ImageNotFound:
                 pass
         built.append(build_image(client, tag, health, mode))

@@ -143,3 +143,40 @@ def project(docker_client: docker.DockerClient) -> Iterator[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MOORAGE_TASK_QUEUE", TASK_QUEUE)
+
+
+NGINX_QUEUE = "moorage-test-nginx"
+
+
+@pytest.fixture(scope="session")
+def nginx_router(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[TrafficRouter]:
+    """A real nginx router for a second in-process worker."""
+    r = make_router("nginx", tmp_path_factory.mktemp("nginx"), docker_client)
+    r.ensure_running()
+    yield r
+    r.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def nginx_worker(
+    temporal_client: Client, docker_client: docker.DockerClient, nginx_router: TrafficRouter
+) -> AsyncIterator[None]:
+    w = build_worker(temporal_client, NGINX_QUEUE, DockerExecutor(docker_client), nginx_router)
+    task = asyncio.create_task(w.run())
+    try:
+        yield
+    finally:
+        await w.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+def nginx_service(
+    temporal_client: Client, settings: Settings, nginx_worker: None
+) -> DeploymentService:
+    """A service whose deployments run on the nginx-routed worker."""
+    return DeploymentService(
+        temporal_client, settings.model_copy(update={"task_queue": NGINX_QUEUE})
+    )

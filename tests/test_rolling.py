@@ -1,0 +1,246 @@
+"""Rolling updates under load through real routers (HAProxy and nginx), a real engine, real Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import docker
+import pytest
+
+from activities.router import TrafficRouter, route_key
+from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
+from moorage.service import DeploymentService
+from tests.helpers import TENANT, USER, labelled, wait_status, wait_terminal
+from tests.load import Load
+
+pytestmark = pytest.mark.integration
+
+REPLICAS = 4
+
+
+def web(image: str, replicas: int = REPLICAS, fail_host: str | None = None) -> str:
+    text = f"services:\n  web:\n    image: {image}\n    ports: ['80']\n    deploy:\n      replicas: {replicas}\n    stop_grace_period: 5s\n"
+    if fail_host:
+        text += f"    environment:\n      DEMO_FAIL_HOST: {fail_host}\n"
+    return text
+
+
+ROLL = DeployRequest(
+    strategy=Strategy.ROLLING_UPDATE,
+    max_surge=1,
+    max_unavailable=0,
+    version="v2",
+    health_check_retries=20,
+)
+
+
+async def serve_v1(service: DeploymentService, project: str) -> str:
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    dep = await service.deploy(
+        TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v1")
+    )
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    url = (await service.get_project(TENANT, project)).routes["web"]
+    assert url.startswith("http://127.0.0.1:")
+    return url
+
+
+class Sampler:
+    """Samples the engine while a roll runs: containers of the service, and how many are ready."""
+
+    def __init__(self, client: docker.DockerClient, project: str):
+        self.client, self.project = client, project
+        self.max_total, self.min_ready, self.samples = 0, 10**6, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cs = self.client.api.containers(
+                all=True,
+                filters={"label": [f"moorage.project={self.project}", "moorage.service=web"]},
+            )
+            running = [c for c in cs if c["State"] == "running"]
+            ready = [c for c in running if "(healthy)" in c["Status"]]
+            self.max_total = max(self.max_total, len(cs))
+            self.min_ready = min(self.min_ready, len(ready))
+            self.samples += 1
+            time.sleep(0.05)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def routed(router: TrafficRouter, project: str) -> dict[str, int]:
+    route = router.load().routes[route_key(TENANT, project, "web")]
+    return router.backend.live_servers(route)
+
+
+@pytest.mark.parametrize(("keepalive", "surge", "unavailable"), [(True, 1, 0), (False, 2, 1)])
+async def test_rolling_update_under_load_drops_nothing(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+    keepalive: bool,
+    surge: int,
+    unavailable: int,
+) -> None:
+    url = await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    with (
+        Load(url, connections=6, keepalive=keepalive) as load,
+        Sampler(docker_client, project) as sampler,
+    ):
+        await asyncio.sleep(0.5)
+        dep = await service.deploy(
+            TENANT,
+            USER,
+            project,
+            ROLL.model_copy(update={"max_surge": surge, "max_unavailable": unavailable}),
+        )
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.5)
+    result = load.result
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert result.failed == 0, result.errors
+    assert result.ok > 200
+    assert result.versions["v1"] > 0
+    assert result.versions["v2"] > 0
+    assert load.last_versions(50) == {"v2"}
+    # The served version flips once: after the first v2 answer... v1 may still answer until the last old replica goes.
+    first_v2 = next(i for i, (_, v) in enumerate(result.timeline) if v == "v2")
+    assert all(v == "v1" for _, v in result.timeline[:first_v2])
+    # Surge arithmetic held on the engine.
+    assert sampler.samples > 10
+    assert sampler.max_total <= REPLICAS + surge
+    assert sampler.min_ready >= REPLICAS - unavailable
+    # Exactly the new replicas are routed.
+    new = {c.name for c in labelled(docker_client, project)}
+    assert len(new) == REPLICAS
+    assert all(
+        c.labels["moorage.revision"] == str(dep.revision) for c in labelled(docker_client, project)
+    )
+    assert set(routed(router, project)) == new
+    events = [e.event_type for e in state.events]
+    assert events.count(EventType.SERVICE_UPDATING) == 1
+    assert events.count(EventType.SERVICE_UPDATED) == 1
+
+
+async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_under_load(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(service, project)
+    old = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, web("moorage-demo:v2", fail_host="web-2"))
+    with Load(url, connections=6, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT, USER, project, ROLL.model_copy(update={"health_check_retries": 6})
+        )
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.5)
+    d = state.deployment
+    assert d.status == DeploymentStatus.ROLLED_BACK, d.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.versions["v2"] > 0  # the first two new replicas did serve
+    assert load.last_versions(50) == {"v1"}
+    failed = [e for e in state.events if e.event_type == EventType.HEALTH_CHECK_FAILED]
+    assert len(failed) == 1
+    assert failed[0].details["container"].endswith(f"-web-r{d.revision}-2")
+    assert "will never get healthy" in failed[0].details["logs"]
+    assert labelled(docker_client, project, revision=str(d.revision)) == []
+    assert {c.name for c in labelled(docker_client, project)} == old
+    assert set(routed(router, project)) == old
+
+
+async def test_nginx_rolling_update_without_keepalive_drops_nothing(
+    nginx_service: DeploymentService,
+    docker_client: docker.DockerClient,
+    nginx_router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(nginx_service, project)
+    assert int(url.rsplit(":", 1)[1].strip("/")) >= 23500  # the nginx router's port range
+    await nginx_service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    with Load(url, connections=6, keepalive=False) as load:
+        await asyncio.sleep(0.3)
+        dep = await nginx_service.deploy(TENANT, USER, project, ROLL)
+        state = await wait_terminal(nginx_service, dep.id)
+        await asyncio.sleep(0.5)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.versions["v1"] > 0
+    assert load.last_versions(30) == {"v2"}
+    assert set(routed(nginx_router, project)) == {c.name for c in labelled(docker_client, project)}
+
+
+async def test_invalid_nginx_config_keeps_the_old_one_serving(
+    nginx_service: DeploymentService,
+    docker_client: docker.DockerClient,
+    nginx_router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(nginx_service, project)
+    conf = nginx_router.backend.config.read_text()
+    old = {c.name for c in labelled(docker_client, project)}
+    await nginx_service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    nginx_router.backend.extra_http = "this_is_not_a_directive on;"  # type: ignore[attr-defined]
+    try:
+        with Load(url, connections=3, keepalive=False) as load:
+            dep = await nginx_service.deploy(TENANT, USER, project, ROLL)
+            state = await wait_terminal(nginx_service, dep.id)
+    finally:
+        nginx_router.backend.extra_http = ""  # type: ignore[attr-defined]
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    failed = next(e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED)
+    assert "nginx -t refused" in failed.message
+    assert "this_is_not_a_directive" in failed.message
+    assert failed.details["error_type"] == "RouterConfigInvalid"
+    assert nginx_router.backend.config.read_text() == conf
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.versions.keys() == {"v1"}
+    assert {c.name for c in labelled(docker_client, project)} == old
+
+
+async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    dep = await service.deploy(
+        TENANT, USER, project, ROLL.model_copy(update={"health_check_delay": 1.5})
+    )
+    # Mid-roll: two batches done.
+    await wait_status(
+        service,
+        dep.id,
+        lambda s: sum(e.event_type == EventType.HEALTH_CHECK_PASSED for e in s.events) >= 2,
+    )
+    before = {n for n in router.load().routes[route_key(TENANT, project, "web")].servers}
+    router.stop()
+    assert not router.backend.running()
+    router.ensure_running()  # what a supervisor (or the next router activity) does
+    after = routed(router, project)
+    assert set(after) >= before - {
+        n
+        for n in before
+        if n not in router.load().routes[route_key(TENANT, project, "web")].servers
+    }
+    assert set(after) == set(router.load().routes[route_key(TENANT, project, "web")].servers)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert set(routed(router, project)) == {c.name for c in labelled(docker_client, project)}
