@@ -9,10 +9,9 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import docker
 from temporalio.client import Client
 from temporalio.worker import Worker
-
-import docker
 
 from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAProxyBackend

@@ -24,7 +24,6 @@ import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.probes import probe
 from activities.inputs import (
     ContainerSelector,
     NetworkInput,
@@ -32,6 +31,7 @@ from activities.inputs import (
     StopContainersInput,
     WaitHealthyInput,
 )
+from activities.probes import probe
 from moorage import naming
 from moorage.compose import ServiceSpec
 from moorage.models import ServiceInstance
@@ -385,7 +385,8 @@ class DockerExecutor:
                     last[name] = seen
                 if counted == len(infos):
                     return [_instance(i) for i in infos]
-            time.sleep(inp.interval_s)
+            # Moorage's own probe may ask to be polled more often than the deployment's interval.
+            time.sleep(min(inp.interval_s, inp.probe.interval_s) if inp.probe else inp.interval_s)
         waiting = ", ".join(f"{n}: {s}" for n, s in last.items() if s not in ("healthy", "running"))
         infos = self._find(inp.selector)
         self._fail_health(

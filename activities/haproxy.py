@@ -19,7 +19,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from activities.router import ProxyBackend, RouterError, RouterState, RouteState
+from activities.router import (
+    ProxyBackend,
+    ProxyUnavailable,
+    RouterError,
+    RouterState,
+    RouteState,
+)
 
 HAPROXY = "haproxy"
 
@@ -184,7 +190,7 @@ class HAProxyBackend(ProxyBackend):
                         break
                     chunks.append(chunk)
         except OSError as exc:
-            raise RouterError(f"haproxy admin socket: {exc}") from exc
+            raise ProxyUnavailable(f"haproxy admin socket: {exc}") from exc
         return b"".join(chunks).decode(errors="replace")
 
     def _ok(self, cmd: str, *accept: str) -> str:

@@ -14,7 +14,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from activities.router import ProxyBackend, RouterError, RouterState, RouteState
+from activities.router import (
+    ProxyBackend,
+    ProxyUnavailable,
+    RouterError,
+    RouterState,
+    RouteState,
+)
 
 NGINX = "nginx"
 
@@ -160,7 +166,10 @@ class NginxBackend(ProxyBackend):
             self.start(new)
             return
         before = set(self._workers(master))
-        os.kill(master, signal.SIGHUP)
+        try:
+            os.kill(master, signal.SIGHUP)
+        except ProcessLookupError as exc:
+            raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         # The old workers finish their in-flight requests, then exit: that is the drain.
         deadline = time.monotonic() + self.drain_timeout_s
         while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""Readiness probes Moorage runs itself (``x-moorage.probe``), through a replica's published port."""
+"""Readiness probes Moorage runs itself (``x-moorage.probe``) through a published port."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 import threading
@@ -68,6 +67,10 @@ def route_key(tenant: str, project: str, service: str) -> str:
 
 class RouterError(Exception):
     """The proxy refused a change (message says why)."""
+
+
+class ProxyUnavailable(RouterError):
+    """The proxy did not answer (stopped or restarting): worth retrying."""
 
 
 class ProxyBackend(ABC):
@@ -176,9 +179,15 @@ class TrafficRouter:
             draining = mutate(new)
             try:
                 self.backend.apply(old, new, draining)
+            except ProxyUnavailable as exc:
+                # Restarted or stopped under us: the retry starts it from the state on disk.
+                raise ApplicationError(
+                    f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
+                ) from exc
             except RouterError as exc:
                 raise ApplicationError(
-                    f"{self.backend.name} refused the change; the previous config keeps serving: {exc}",
+                    f"{self.backend.name} refused the change; "
+                    f"the previous config keeps serving: {exc}",
                     {"router": self.backend.name, "reason": str(exc)},
                     type="RouterConfigInvalid",
                     non_retryable=True,
@@ -211,7 +220,7 @@ class TrafficRouter:
         )
 
     def _address(self, container: str, container_port: str) -> str | None:
-        """``127.0.0.1:<host port>`` of a running container's published port; None if not running."""
+        """``127.0.0.1:<host port>`` of a running container's port; None if it is not running."""
         try:
             info = self.docker.api.inspect_container(container)
         except docker.errors.NotFound:
@@ -341,7 +350,3 @@ class TrafficRouter:
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of the router, for the worker."""
         return [self.ensure_route, self.route_add, self.route_remove, self.route_weights]
-
-    def describe(self) -> dict[str, Any]:
-        """The state as plain JSON (for tests and the CLI)."""
-        return json.loads(self.load().model_dump_json())

@@ -241,6 +241,8 @@ def _watch_and_report(
         style = _status_style(dep.status)
         line = f"{dep.id} [{style}]{dep.status}[/{style}]"
         out.print(line + (f": {dep.message}" if dep.message else ""))
+        for service_name, url in sorted(state.routes.items()):
+            out.print(f"  route  {service_name}  {url}")
     return 0 if dep.status == success else 1
 
 
@@ -405,6 +407,8 @@ def project_show(
     )
     out.print(f"  current   revision {current}")
     out.print(f"  active    {project.active_deployment_id or '-'}")
+    for service_name, url in sorted(project.routes.items()):
+        out.print(f"  route     {service_name}  {url}")
     out.print("compose:")
     out.print(project.compose or "(none)", markup=False)
 

@@ -23,6 +23,7 @@ from types import FrameType
 
 import httpx
 
+from moorage.settings import Settings
 from workflows import search_attributes
 
 HOST = "127.0.0.1"
@@ -180,7 +181,10 @@ class DevStack:
         if not self._wait("Temporal", lambda: tcp_answers(self.temporal_port)):
             return
 
-        env = {"MOORAGE_TEMPORAL_ADDRESS": self.temporal_address}
+        env = {
+            "MOORAGE_TEMPORAL_ADDRESS": self.temporal_address,
+            "MOORAGE_DATA_DIR": str(self.data_dir.resolve()),
+        }
         self._spawn("worker", [sys.executable, "-m", "moorage.cli", "worker"], env)
         api_env = {**env, "MOORAGE_API_KEYS": f"{key}={DEV_TENANT}/{DEV_USER}"}
         self._spawn(
@@ -251,6 +255,8 @@ class DevStack:
             f"  API        {api}  (docs: {api}/docs)",
             f"  API key    {self.key}  (tenant {DEV_TENANT}, user {DEV_USER})",
             f"  logs       {self.data_dir / 'logs'}/{{temporal,worker,api}}.log",
+            f"  router     {self._router_settings().router} on {HOST}, route ports "
+            f"{self._router_settings().route_ports} (see GET /api/projects/<id> routes)",
             "Use it:",
             f"  export MOORAGE_TEMPORAL_ADDRESS={self.temporal_address}   # for the moorage CLI",
             f'  curl -H "Authorization: Bearer {self.key}" {api}/api/projects/<project>',
@@ -284,6 +290,16 @@ class DevStack:
         print(f"\n{signal.Signals(self._stop_signal).name}: stopping", flush=True)
         return 0
 
+    def _router_settings(self) -> Settings:
+        return Settings(data_dir=self.data_dir.resolve())
+
+    def _stop_router(self) -> None:
+        """The worker starts the proxy (it outlives the worker by design); dev stops it."""
+        from worker import build_router
+
+        with contextlib.suppress(Exception):
+            build_router(self._router_settings()).stop()
+
     def _stop(self) -> None:
         """API and worker first (they talk to Temporal), then Temporal: SIGTERM, wait, SIGKILL."""
         apps = [c for c in self.children if c.name != "temporal"]
@@ -302,6 +318,7 @@ class DevStack:
                     _signal_group(child.proc, signal.SIGKILL)
                     child.proc.wait()
         self.children.clear()
+        self._stop_router()
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

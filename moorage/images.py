@@ -19,7 +19,18 @@ import docker
 REPOSITORY = "moorage-demo"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 APPLETS = (
-    "sh", "httpd", "wget", "sleep", "cat", "echo", "kill", "true", "false", "ls", "nc", "hostname",
+    "sh",
+    "httpd",
+    "wget",
+    "sleep",
+    "cat",
+    "echo",
+    "kill",
+    "true",
+    "false",
+    "ls",
+    "nc",
+    "hostname",
 )
 
 INIT = """#!/bin/sh

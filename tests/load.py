@@ -1,4 +1,4 @@
-"""A bounded load generator for the zero-downtime tests: a few threads, real HTTP, every failure counted."""
+"""A bounded load generator for zero-downtime tests: a few threads, real HTTP, failures counted."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class LoadResult:
 
 
 class Load:
-    """``connections`` threads GET ``<url>version`` until stopped; keep-alive or one connection per request."""
+    """``connections`` threads GET ``<url>version`` until stopped (keep-alive or not)."""
 
     def __init__(
         self, url: str, connections: int = 4, keepalive: bool = True, pause_s: float = 0.005
@@ -66,7 +66,8 @@ class Load:
                     conn = None
             except (OSError, http.client.HTTPException) as exc:
                 self._record(None, type(exc).__name__)
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 conn = None
             time.sleep(self.pause_s)
         if conn is not None:

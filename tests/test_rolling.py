@@ -1,14 +1,16 @@
-"""Rolling updates under load through real routers (HAProxy and nginx), a real engine, real Temporal."""
+"""Rolling updates under load: real routers (HAProxy and nginx), real engine, real Temporal."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import docker
 import pytest
 
+from activities.nginx import NginxBackend
 from activities.router import TrafficRouter, route_key
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
@@ -21,7 +23,10 @@ REPLICAS = 4
 
 
 def web(image: str, replicas: int = REPLICAS, fail_host: str | None = None) -> str:
-    text = f"services:\n  web:\n    image: {image}\n    ports: ['80']\n    deploy:\n      replicas: {replicas}\n    stop_grace_period: 5s\n"
+    text = (
+        f"services:\n  web:\n    image: {image}\n    ports: ['80']\n"
+        f"    deploy:\n      replicas: {replicas}\n    stop_grace_period: 5s\n"
+    )
     if fail_host:
         text += f"    environment:\n      DEMO_FAIL_HOST: {fail_host}\n"
     return text
@@ -79,6 +84,11 @@ class Sampler:
         self._thread.join(5)
 
 
+def nginx_config(router: TrafficRouter) -> Path:
+    assert isinstance(router.backend, NginxBackend)
+    return router.backend.config
+
+
 def routed(router: TrafficRouter, project: str) -> dict[str, int]:
     route = router.load().routes[route_key(TENANT, project, "web")]
     return router.backend.live_servers(route)
@@ -116,7 +126,7 @@ async def test_rolling_update_under_load_drops_nothing(
     assert result.versions["v1"] > 0
     assert result.versions["v2"] > 0
     assert load.last_versions(50) == {"v2"}
-    # The served version flips once: after the first v2 answer... v1 may still answer until the last old replica goes.
+    # Nothing but v1 answers before the first v2 answer.
     first_v2 = next(i for i, (_, v) in enumerate(result.timeline) if v == "v2")
     assert all(v == "v1" for _, v in result.timeline[:first_v2])
     # Surge arithmetic held on the engine.
@@ -192,22 +202,24 @@ async def test_invalid_nginx_config_keeps_the_old_one_serving(
     project: str,
 ) -> None:
     url = await serve_v1(nginx_service, project)
-    conf = nginx_router.backend.config.read_text()
+    conf = nginx_config(nginx_router).read_text()
     old = {c.name for c in labelled(docker_client, project)}
     await nginx_service.apply_project(TENANT, project, web("moorage-demo:v2"))
-    nginx_router.backend.extra_http = "this_is_not_a_directive on;"  # type: ignore[attr-defined]
+    nginx_backend = nginx_router.backend
+    assert isinstance(nginx_backend, NginxBackend)
+    nginx_backend.extra_http = "this_is_not_a_directive on;"
     try:
         with Load(url, connections=3, keepalive=False) as load:
             dep = await nginx_service.deploy(TENANT, USER, project, ROLL)
             state = await wait_terminal(nginx_service, dep.id)
     finally:
-        nginx_router.backend.extra_http = ""  # type: ignore[attr-defined]
+        nginx_backend.extra_http = ""
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
     failed = next(e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED)
     assert "nginx -t refused" in failed.message
     assert "this_is_not_a_directive" in failed.message
     assert failed.details["error_type"] == "RouterConfigInvalid"
-    assert nginx_router.backend.config.read_text() == conf
+    assert nginx_config(nginx_router).read_text() == conf
     assert load.result.failed == 0, load.result.errors
     assert load.result.versions.keys() == {"v1"}
     assert {c.name for c in labelled(docker_client, project)} == old
@@ -230,17 +242,17 @@ async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
         dep.id,
         lambda s: sum(e.event_type == EventType.HEALTH_CHECK_PASSED for e in s.events) >= 2,
     )
-    before = {n for n in router.load().routes[route_key(TENANT, project, "web")].servers}
+    key = route_key(TENANT, project, "web")
     router.stop()
     assert not router.backend.running()
     router.ensure_running()  # what a supervisor (or the next router activity) does
-    after = routed(router, project)
-    assert set(after) >= before - {
-        n
-        for n in before
-        if n not in router.load().routes[route_key(TENANT, project, "web")].servers
+    set_by_deployment = set(router.load().routes[key].servers)
+    assert len(set_by_deployment) >= REPLICAS
+    assert {n.rsplit("-r", 1)[1].split("-")[0] for n in set_by_deployment} == {
+        "1",
+        str(dep.revision),
     }
-    assert set(after) == set(router.load().routes[route_key(TENANT, project, "web")].servers)
+    assert set(routed(router, project)) == set_by_deployment
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
     assert set(routed(router, project)) == {c.name for c in labelled(docker_client, project)}

@@ -377,7 +377,13 @@ async def bring_up(
             route_servers(dep, spec, revision, slots),
             timedelta(minutes=2),
         )
-    await start_service(dep, revision, dep.version, dep.id, spec, slots)
+    started = await start_service(dep, revision, dep.version, dep.id, spec, slots)
+    t.event(
+        EventType.SERVICE_STARTED,
+        f"started {spec.name} replicas {slots} (revision {revision})",
+        service=spec.name,
+        containers=[i.container_name for i in started],
+    )
     instances = await gate_healthy(t, revision, spec, slots)
     await route_add(dep, spec, revision, slots)
     return instances
@@ -417,5 +423,13 @@ async def take_out(
         start_input(dep, ref_revision, ref_version, ref_deployment, old, slots),
     )
     await route_remove(dep, old, ref_revision, slots)
-    await stop_containers(selector(dep, ref_revision, old.name, slots), old.stop_grace_period_s)
+    stopped = await stop_containers(
+        selector(dep, ref_revision, old.name, slots), old.stop_grace_period_s
+    )
     await remove_containers(selector(dep, ref_revision, old.name, slots))
+    t.event(
+        EventType.SERVICE_STOPPED,
+        f"{old.name} replicas {slots} (revision {ref_revision}) drained, stopped and removed",
+        service=old.name,
+        containers=stopped,
+    )

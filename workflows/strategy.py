@@ -34,6 +34,7 @@ class StrategyWorkflow:
         self.undo = steps.CompensationStack()
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested_by: str | None = None
+        self._deadline_hit = False
 
     # --- the steps, written by each strategy ----------------------------------------------------
 
@@ -103,11 +104,20 @@ class StrategyWorkflow:
         )
         t.in_flow = True
         self._task = asyncio.create_task(self.flow(inp, t))
+        deadline = asyncio.create_task(self._watch_deadline(t, dep.config.progress_deadline))
         try:
             try:
                 await self._task
             except asyncio.CancelledError:
                 t.in_flow = False
+                if self._deadline_hit and self._cancel_requested_by is None:
+                    raise ApplicationError(
+                        f"progress deadline exceeded: not done {dep.config.progress_deadline:g}s "
+                        f"after it started ({dep.message})",
+                        {"reason": "progress deadline exceeded"},
+                        type="ProgressDeadlineExceeded",
+                        non_retryable=True,
+                    ) from None
                 if self._cancel_requested_by is None:
                     # The workflow itself was cancelled (parent or operator): undo just the same.
                     self._cancel_requested_by = "temporal"
@@ -115,6 +125,7 @@ class StrategyWorkflow:
                 raise
             finally:
                 t.in_flow = False
+                deadline.cancel()
         except asyncio.CancelledError:
             await self._undo(t, DeploymentStatus.CANCELLED, "cancelled")
             return t.state
@@ -143,6 +154,14 @@ class StrategyWorkflow:
         t.status(DeploymentStatus.COMPLETED, "deployment completed")
         t.event(EventType.DEPLOYMENT_COMPLETED, f"revision {dep.revision} is serving")
         return t.state
+
+    async def _watch_deadline(self, t: Tracker, seconds: float) -> None:
+        """Stop the steps once the progress deadline passes; ``execute`` turns it into a failure."""
+        await asyncio.sleep(seconds)
+        if self._task is not None and not self._task.done():
+            self._deadline_hit = True
+            t.cancel_requested = True  # so the steps stop even if the cancel meets a finishing step
+            self._task.cancel()
 
     async def _undo(self, t: Tracker, final: DeploymentStatus, message: str) -> None:
         t.status(DeploymentStatus.ROLLING_BACK, f"{message}: undoing {len(self.undo.steps)} steps")

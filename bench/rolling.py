@@ -1,0 +1,339 @@
+"""Rolling-update benchmark: Moorage vs the same steps done directly vs Docker Swarm.
+
+4 replicas of the demo image, v1 -> v2, max_surge 1, max_unavailable 0, under constant load
+(6 keep-alive connections, and 6 without keep-alive for nginx). Prints, in one run on this
+machine:
+
+* Moorage's wall time and failed requests, per router backend (HAProxy, nginx);
+* the floor: the same steps (start, wait healthy, route, drain, stop, remove; one replica at a
+  time) called directly in this process, no Temporal;
+* Docker Swarm's ``service update --update-order start-first --update-parallelism 1`` on the same
+  images (when the engine can run swarm mode);
+* the ratios Moorage / floor and Moorage / Swarm.
+
+Usage: ``.venv/bin/python bench/rolling.py`` (needs a Docker engine; starts its own Temporal dev
+server, HAProxy and nginx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from activities.docker_executor import DockerExecutor  # noqa: E402
+from activities.inputs import (  # noqa: E402
+    ContainerSelector,
+    RouteInput,
+    RouteServersInput,
+    StartServiceInput,
+    StopContainersInput,
+    WaitHealthyInput,
+)
+from activities.router import TrafficRouter  # noqa: E402
+from moorage import images, naming  # noqa: E402
+from moorage.compose import parse_compose  # noqa: E402
+from moorage.models import DeploymentStatus, DeployRequest, Strategy  # noqa: E402
+from moorage.service import DeploymentService  # noqa: E402
+from moorage.settings import Settings  # noqa: E402
+from tests.load import Load  # noqa: E402
+from worker import build_router, build_worker  # noqa: E402
+from workflows import search_attributes as sa  # noqa: E402
+
+REPLICAS = 4
+INTERVAL = 0.25  # health poll interval, the same for Moorage and the floor
+TENANT = "bench"
+PROBE = "probe"
+"""Health gate of the third scenario: Moorage's own HTTP probe every 100 ms."""
+
+
+def compose(image: str, health_interval: str | None = None) -> str:
+    text = (
+        f"services:\n  web:\n    image: {image}\n    ports: ['80']\n"
+        f"    deploy:\n      replicas: {REPLICAS}\n    stop_grace_period: 5s\n"
+    )
+    if health_interval == PROBE:
+        # Moorage's own HTTP probe (Swarm gets a HEALTHCHECK at the same interval).
+        text += "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 100ms}\n"
+    elif health_interval:
+        # The image's own check, run more often (Swarm gets the same via --health-interval).
+        text += f"    healthcheck:\n      interval: {health_interval}\n"
+    return text
+
+
+def cleanup(client: docker.DockerClient, project: str) -> None:
+    for c in client.containers.list(all=True, filters={"label": f"moorage.project={project}"}):
+        c.remove(force=True)
+    for n in client.networks.list(filters={"label": f"moorage.project={project}"}):
+        n.remove()
+
+
+async def wait_done(svc: DeploymentService, dep_id: str) -> DeploymentStatus:
+    while True:
+        state = await svc.get_state(TENANT, dep_id)
+        project = await svc.get_project(TENANT, state.deployment.project_id)
+        if state.deployment.status.terminal and project.active_deployment_id != dep_id:
+            return state.deployment.status
+        await asyncio.sleep(0.1)
+
+
+async def moorage_run(
+    env: WorkflowEnvironment,
+    kind: str,
+    workdir: Path,
+    client: docker.DockerClient,
+    keepalive: bool,
+    health_interval: str | None = None,
+) -> tuple[float, int, int]:
+    queue = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
+    settings = Settings(
+        task_queue=queue, router=kind, router_dir=workdir / kind, route_ports="24000-24999"
+    )
+    router = build_router(settings, client)
+    router.ensure_running()
+    worker = build_worker(env.client, queue, DockerExecutor(client), router)
+    task = asyncio.create_task(worker.run())
+    svc = DeploymentService(env.client, settings)
+    project = f"bench{kind[:2]}{uuid.uuid4().hex[:6]}"
+    cfg = DeployRequest(
+        strategy=Strategy.ROLLING_UPDATE,
+        max_surge=1,
+        max_unavailable=0,
+        health_check_interval=INTERVAL,
+    )
+    try:
+        await svc.apply_project(TENANT, project, compose("moorage-demo:v1", health_interval))
+        first = await svc.deploy(TENANT, "bench", project, cfg.model_copy(update={"version": "v1"}))
+        assert await wait_done(svc, first.id) == DeploymentStatus.COMPLETED
+        url = (await svc.get_project(TENANT, project)).routes["web"]
+        await svc.apply_project(TENANT, project, compose("moorage-demo:v2", health_interval))
+        with Load(url, connections=6, keepalive=keepalive) as load:
+            await asyncio.sleep(0.5)
+            t0 = time.monotonic()
+            dep = await svc.deploy(
+                TENANT, "bench", project, cfg.model_copy(update={"version": "v2"})
+            )
+            status = await wait_done(svc, dep.id)
+            wall = time.monotonic() - t0
+            await asyncio.sleep(0.5)
+        assert status == DeploymentStatus.COMPLETED, status
+        return wall, load.result.failed, load.result.ok
+    finally:
+        await worker.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        cleanup(client, project)
+        router.stop()
+
+
+def floor_run(
+    workdir: Path, client: docker.DockerClient, health_interval: str | None = None
+) -> tuple[float, int, int]:
+    """The same steps, called directly: no Temporal, no workflow."""
+    executor = DockerExecutor(client)
+    router: TrafficRouter = build_router(
+        Settings(router="haproxy", router_dir=workdir / "floor", route_ports="24000-24999"), client
+    )
+    router.ensure_running()
+    project = f"benchfl{uuid.uuid4().hex[:6]}"
+    spec1 = parse_compose(compose("moorage-demo:v1", health_interval)).service("web")
+    spec2 = parse_compose(compose("moorage-demo:v2", health_interval)).service("web")
+    from activities.inputs import NetworkInput
+
+    executor.ensure_network(NetworkInput(tenant=TENANT, project=project))
+    info = router.ensure_route(
+        RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
+    )
+
+    def names(rev: int, slots: list[int]) -> list[str]:
+        return [naming.container_name(TENANT, project, "web", rev, s) for s in slots]
+
+    def up(rev: int, spec, slots: list[int]) -> None:  # type: ignore[no-untyped-def]
+        executor.start_service(
+            StartServiceInput(
+                tenant=TENANT,
+                project=project,
+                deployment_id="floor",
+                revision=rev,
+                version=f"v{rev}",
+                service=spec,
+                slots=slots,
+            )
+        )
+        sel = ContainerSelector(
+            tenant=TENANT, project=project, service="web", revision=rev, slots=slots
+        )
+        executor.wait_healthy(
+            WaitHealthyInput(selector=sel, expected=len(slots), interval_s=INTERVAL, retries=200)
+        )
+        router.route_add(
+            RouteServersInput(
+                tenant=TENANT, project=project, service="web", containers=names(rev, slots)
+            )
+        )
+
+    def down(rev: int, slots: list[int]) -> None:
+        router.route_remove(
+            RouteServersInput(
+                tenant=TENANT, project=project, service="web", containers=names(rev, slots)
+            )
+        )
+        sel = ContainerSelector(
+            tenant=TENANT, project=project, service="web", revision=rev, slots=slots
+        )
+        executor.stop_containers(StopContainersInput(selector=sel, grace_period_s=5))
+        executor.remove_containers(sel)
+
+    try:
+        up(1, spec1, list(range(REPLICAS)))
+        with Load(info.url, connections=6, keepalive=True) as load:
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            for slot in range(REPLICAS):
+                up(2, spec2, [slot])
+                down(1, [slot])
+            wall = time.monotonic() - t0
+            time.sleep(0.5)
+        return wall, load.result.failed, load.result.ok
+    finally:
+        cleanup(client, project)
+        router.stop()
+
+
+def swarm_run(client: docker.DockerClient, health_interval: str | None = None) -> float | None:
+    """Docker Swarm's start-first rolling update of the same images (None: no swarm mode)."""
+    joined = False
+    if client.info().get("Swarm", {}).get("LocalNodeState") != "active":
+        result = subprocess.run(
+            ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            print(f"swarm: not available ({result.stderr.strip()})")
+            return None
+        joined = True
+    name = f"benchswarm{uuid.uuid4().hex[:6]}"
+    try:
+        subprocess.run(
+            [
+                "docker",
+                "service",
+                "create",
+                "--detach=false",
+                "--quiet",
+                "--name",
+                name,
+                "--replicas",
+                str(REPLICAS),
+                "--stop-grace-period",
+                "5s",
+                *(
+                    ["--health-interval", "100ms" if health_interval == PROBE else health_interval]
+                    if health_interval
+                    else []
+                ),
+                "moorage-demo:v1",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        t0 = time.monotonic()
+        subprocess.run(
+            [
+                "docker",
+                "service",
+                "update",
+                "--detach=false",
+                "--quiet",
+                "--image",
+                "moorage-demo:v2",
+                "--update-order",
+                "start-first",
+                "--update-parallelism",
+                "1",
+                "--update-delay",
+                "0s",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return time.monotonic() - t0
+    finally:
+        subprocess.run(["docker", "service", "rm", name], capture_output=True, check=False)
+        if joined:
+            subprocess.run(
+                ["docker", "swarm", "leave", "--force"], capture_output=True, check=False
+            )
+
+
+async def main() -> None:
+    client = docker.from_env(timeout=120)
+    images.build_all(client)
+    workdir = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
+    temporal = Path(sys.executable).parent / "temporal"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal if temporal.exists() else shutil.which("temporal")),
+        search_attributes=sa.ALL,
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    results: dict[str | None, tuple[list[tuple[str, float, int, int]], float | None]] = {}
+    try:
+        for interval in (None, "250ms", PROBE):
+            rows: list[tuple[str, float, int, int]] = []
+            runs = (("haproxy", True), ("haproxy", False), ("nginx", False), ("nginx", True))
+            for kind, keepalive in runs if interval is None else runs[:1]:
+                wall, failed, ok = await moorage_run(
+                    env, kind, workdir, client, keepalive, interval
+                )
+                mode = "keep-alive" if keepalive else "no keep-alive"
+                rows.append((f"moorage {kind} ({mode})", wall, failed, ok))
+            floor = await asyncio.to_thread(floor_run, workdir, client, interval)
+            rows.append(("floor: same steps, direct calls, no Temporal (haproxy)", *floor))
+            swarm = await asyncio.to_thread(swarm_run, client, interval)
+            results[interval] = (rows, swarm)
+    finally:
+        await env.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    for interval, (rows, swarm) in results.items():
+        health = {
+            None: "the image's HEALTHCHECK (every 1s)",
+            PROBE: "Moorage's HTTP probe every 100ms (Swarm: HEALTHCHECK every 100ms)",
+        }.get(interval, f"HEALTHCHECK every {interval}")
+        print(
+            f"\nrolling update, {REPLICAS} replicas, max_surge 1, max_unavailable 0, v1 -> v2, "
+            f"6 connections of load; health gate: {health}"
+        )
+        print(f"{'run':58} {'wall s':>7} {'failed':>7} {'requests':>9}")
+        for name, wall, failed, ok in rows:
+            print(f"{name:58} {wall:7.2f} {failed:7d} {ok + failed:9d}")
+        if swarm is not None:
+            print(f"{'docker swarm service update (start-first, parallelism 1)':58} {swarm:7.2f}")
+        moorage_haproxy, floor_wall = rows[0][1], rows[-1][1]
+        print(
+            f"ratio moorage(haproxy) / floor: {moorage_haproxy / floor_wall:.2f}  (target <= 1.15)"
+        )
+        if swarm is not None:
+            print(f"ratio moorage(haproxy) / swarm: {moorage_haproxy / swarm:.2f}  (target <= 0.5)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
