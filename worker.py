@@ -10,20 +10,31 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import docker
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from temporalio.worker import Worker
 
 from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAProxyBackend
+from activities.inputs import ListLabelledInput
 from activities.nginx import NginxBackend
 from activities.router import ProxyBackend, TrafficRouter
 from moorage.settings import Settings, get_settings
 from moorage.temporal import connect
 from workflows.project import ProjectWorkflow
+from workflows.reconcile import SCHEDULE_ID, WORKFLOW_ID, ReconcileAllWorkflow
 from workflows.recreate import RecreateWorkflow
 from workflows.rolling import RollingUpdateWorkflow
 
-WORKFLOWS = [ProjectWorkflow, RecreateWorkflow, RollingUpdateWorkflow]
+WORKFLOWS = [ProjectWorkflow, RecreateWorkflow, RollingUpdateWorkflow, ReconcileAllWorkflow]
 
 
 def build_router(
@@ -63,6 +74,35 @@ def build_worker(
     )
 
 
+async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
+    """Create the schedule that runs ReconcileAll every ``reconcile_every`` seconds (once).
+
+    Returns:
+        True when this call created it, False when it existed already.
+    """
+    try:
+        await client.create_schedule(
+            SCHEDULE_ID,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    "ReconcileAll",
+                    ListLabelledInput(),
+                    id=WORKFLOW_ID,
+                    task_queue=settings.task_queue,
+                ),
+                spec=ScheduleSpec(
+                    intervals=[
+                        ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_every))
+                    ]
+                ),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )
+    except ScheduleAlreadyRunningError:
+        return False
+    return True
+
+
 async def run_worker(settings: Settings | None = None) -> None:
     """Connect and run the worker until cancelled."""
     settings = settings or get_settings()
@@ -72,6 +112,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     # The proxy serves the routes even before the first deployment touches them.
     router.ensure_running()
     worker = build_worker(client, settings.task_queue, executor, router)
+    await ensure_reconcile_schedule(client, settings)
     print(
         f"moorage worker: task queue {settings.task_queue!r} on {settings.temporal_address}",
         flush=True,

@@ -26,6 +26,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.inputs import (
     ContainerSelector,
+    LabelledContainer,
+    ListLabelledInput,
     NetworkInput,
     StartServiceInput,
     StopContainersInput,
@@ -217,7 +219,8 @@ class DockerExecutor:
                 engine error (retryable).
         """
         spec = inp.service
-        net = naming.network_name(inp.tenant, inp.project)
+        # The network may have been pruned since the deployment made sure of it.
+        net = self.ensure_network(NetworkInput(tenant=inp.tenant, project=inp.project))
         with _classified(f"service {spec.name}"):
             self._ensure_image(spec.image)
             instances = []
@@ -444,9 +447,39 @@ class DockerExecutor:
             non_retryable=True,
         )
 
+    @activity.defn(name="list_labelled")
+    def list_labelled(self, inp: ListLabelledInput) -> list[LabelledContainer]:
+        """Every container carrying Moorage's labels (of one tenant, or of all).
+
+        Raises:
+            ApplicationError: a retryable engine error.
+        """
+        tenant = inp.tenant
+        labels = [naming.LABEL_PROJECT] + ([f"{naming.LABEL_TENANT}={tenant}"] if tenant else [])
+        with _classified("list"):
+            found = self.api.containers(all=True, filters={"label": labels})
+        result = []
+        for c in found:
+            lab = c.get("Labels") or {}
+            if not str(lab.get(naming.LABEL_REVISION, "")).isdigit():
+                continue
+            result.append(
+                LabelledContainer(
+                    name=str(c["Names"][0]).lstrip("/"),
+                    tenant=lab.get(naming.LABEL_TENANT, ""),
+                    project=lab.get(naming.LABEL_PROJECT, ""),
+                    service=lab.get(naming.LABEL_SERVICE, ""),
+                    revision=int(lab[naming.LABEL_REVISION]),
+                    deployment_id=lab.get(naming.LABEL_DEPLOYMENT),
+                    status=c.get("State", ""),
+                )
+            )
+        return sorted(result, key=lambda x: x.name)
+
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of this executor, for the worker."""
         return [
+            self.list_labelled,
             self.ensure_network,
             self.start_service,
             self.stop_containers,

@@ -91,3 +91,22 @@ class RouteWeightsInput(BaseModel):
     project: str
     service: str
     weights: dict[str, int]
+
+
+class LabelledContainer(BaseModel):
+    """A container Moorage labelled, as the engine reports it (for reconciliation)."""
+
+    name: str
+    tenant: str
+    project: str
+    service: str
+    revision: int
+    deployment_id: str | None = None
+    status: str
+
+
+class ListLabelledInput(BaseModel):
+    """Which labelled containers to list."""
+
+    tenant: str | None = None
+    """One tenant's, or (None) every tenant's."""

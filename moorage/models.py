@@ -80,6 +80,7 @@ class EventType(StrEnum):
     ROLLBACK_STEP = "rollback_step"
     ROLLBACK_COMPLETED = "rollback_completed"
     ROLLBACK_FAILED = "rollback_failed"
+    ORPHAN_REMOVED = "orphan_removed"
 
 
 def parse_surge(value: object, field: str) -> int | str:

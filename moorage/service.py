@@ -12,6 +12,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.inputs import ListLabelledInput
 from moorage import naming
 from moorage.compose import ComposeError, parse_compose
 from moorage.models import (
@@ -304,6 +305,32 @@ class DeploymentService:
             "rollback",
             RollbackInput(deployment_id=deployment_id, user_id=user, to_revision=to_revision),
             Deployment,
+        )
+        return result
+
+    async def reconcile(self, tenant: str, user: str, project: str) -> list[DeploymentEvent]:
+        """Remove the project's labelled containers that no deployment owns.
+
+        Raises:
+            NotFoundError: no such project.
+            ConflictError: a deployment is running for it.
+        """
+        result: list[DeploymentEvent] = await self._update(
+            tenant, project, "reconcile", user, list[DeploymentEvent]
+        )
+        return result
+
+    async def reconcile_all(self, tenant: str | None = None) -> list[DeploymentEvent]:
+        """Run ReconcileAll now (what the schedule runs) for one tenant or all; operators only."""
+        from workflows.reconcile import WORKFLOW_ID
+
+        result: list[DeploymentEvent] = await self.client.execute_workflow(
+            "ReconcileAll",
+            ListLabelledInput(tenant=tenant),
+            id=f"{WORKFLOW_ID}-manual-{tenant or 'all'}",
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            result_type=list[DeploymentEvent],
         )
         return result
 

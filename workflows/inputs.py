@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from moorage.compose import ProjectSpec
 from moorage.models import (
     Deployment,
+    DeploymentEvent,
     DeploymentState,
     DeployRequest,
     RevisionInfo,
@@ -50,6 +51,8 @@ class ProjectState(BaseModel):
     """The Compose text the active deployment rolls out."""
     routes: dict[str, str] = Field(default_factory=dict)
     """Service → URL on the traffic router."""
+    reconcile_log: list[DeploymentEvent] = Field(default_factory=list)
+    """Orphans removed by reconciliation (bounded)."""
     idempotency: dict[str, str] = Field(default_factory=dict)
     """Idempotency-Key → deployment id (bounded)."""
     retained_revisions: int = 10

@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.inputs import ContainerSelector, RouteServersInput
     from moorage import naming
     from moorage.compose import ComposeError, parse_compose
     from moorage.models import (
@@ -25,9 +26,11 @@ with workflow.unsafe.imports_passed_through():
         EventType,
         ProjectPublic,
         RevisionInfo,
+        ServiceInstance,
         Strategy,
     )
     from workflows import search_attributes as sa
+    from workflows import steps
     from workflows.inputs import (
         ApplyInput,
         CancelInput,
@@ -43,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
 
 MAX_DEPLOYMENTS_KEPT = 100
 MAX_IDEMPOTENCY_KEYS = 200
+MAX_RECONCILE_LOG = 200
 HISTORY_LIMIT = 5_000
 
 STRATEGY_WORKFLOWS: dict[Strategy, str] = {
@@ -68,6 +72,8 @@ class ProjectWorkflow:
         self.s: ProjectState | None = state
         self._child: workflow.ChildWorkflowHandle[object, DeploymentState] | None = None
         self._cancel_pending = False
+        self._reconciling = False
+        self._reconcile_requested = False
 
     @property
     def state(self) -> ProjectState:
@@ -80,8 +86,20 @@ class ProjectWorkflow:
         """Run deployments one at a time, forever; continue-as-new when history grows."""
         while True:
             await workflow.wait_condition(
-                lambda: self.state.active_id is not None or self._should_continue()
+                lambda: (
+                    self.state.active_id is not None
+                    or self._should_continue()
+                    or (self._reconcile_requested and not self._reconciling)
+                )
             )
+            if self._reconcile_requested and self.state.active_id is None and not self._reconciling:
+                self._reconcile_requested = False
+                self._reconciling = True
+                try:
+                    await self._reconcile("schedule")
+                finally:
+                    self._reconciling = False
+                continue
             if self.state.active_id is None:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self.state)
@@ -239,6 +257,79 @@ class ProjectWorkflow:
                 "Conflict",
             )
 
+    @workflow.update(name="reconcile")
+    async def reconcile(self, user_id: str) -> list[DeploymentEvent]:
+        """Remove this project's labelled containers that no deployment owns; one event each."""
+        self._reconciling = True
+        try:
+            return await self._reconcile(user_id)
+        finally:
+            self._reconciling = False
+
+    @reconcile.validator
+    def _validate_reconcile(self, user_id: str) -> None:
+        self._refuse_if_active()
+
+    @workflow.signal(name="reconcile_requested")
+    def reconcile_requested(self) -> None:
+        """Reconcile when no deployment runs (sent by the scheduled ReconcileAll)."""
+        self._reconcile_requested = True
+
+    @workflow.query(name="reconcile_log")
+    def reconcile_log(self) -> list[DeploymentEvent]:
+        """Orphans removed by reconciliation, oldest first (bounded)."""
+        return self.state.reconcile_log
+
+    async def _reconcile(self, user_id: str) -> list[DeploymentEvent]:
+        s = self.state
+        keep = {s.current.revision} if s.current else set()
+        found: list[ServiceInstance] = await steps.call(
+            "list_containers",
+            ContainerSelector(tenant=s.tenant_id, project=s.project_id),
+            result_type=list[ServiceInstance],
+        )
+        events = []
+        for orphan in (i for i in found if i.revision not in keep):
+            await steps.call(
+                "route_remove",
+                RouteServersInput(
+                    tenant=s.tenant_id,
+                    project=s.project_id,
+                    service=orphan.service_name,
+                    containers=[orphan.container_name],
+                ),
+                result_type=list[str],
+            )
+            await steps.remove_containers(
+                ContainerSelector(
+                    tenant=s.tenant_id,
+                    project=s.project_id,
+                    service=orphan.service_name,
+                    revision=orphan.revision,
+                    slots=[orphan.slot],
+                )
+            )
+            events.append(
+                DeploymentEvent(
+                    event_type=EventType.ORPHAN_REMOVED,
+                    service_name=orphan.service_name,
+                    message=(
+                        f"removed {orphan.container_name}: revision {orphan.revision} is neither "
+                        f"serving ({', '.join(map(str, keep)) or 'none'}) nor deploying"
+                    ),
+                    details={
+                        "container": orphan.container_name,
+                        "revision": orphan.revision,
+                        "deployment": orphan.deployment_id,
+                        "status": orphan.status,
+                        "by": user_id,
+                    },
+                    created_at=workflow.now(),
+                )
+            )
+        s.reconcile_log = [*s.reconcile_log, *events][-MAX_RECONCILE_LOG:]
+        return events
+
     # --- internals -----------------------------------------------------------------------------
 
     def _find(self, deployment_id: str) -> DeploymentState | None:
@@ -248,6 +339,10 @@ class ProjectWorkflow:
         return None
 
     def _refuse_if_active(self) -> None:
+        if self._reconciling:
+            raise _refuse(
+                "a reconciliation is running for this project; retry in a moment", "Conflict"
+            )
         if self.state.active_id is not None:
             raise _refuse(
                 f"deployment {self.state.active_id} is still running for this project; "

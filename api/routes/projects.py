@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, ServiceDep
 from moorage.compose import MAX_COMPOSE_BYTES
-from moorage.models import Deployment, DeployRequest, ProjectPublic
+from moorage.models import Deployment, DeploymentEvent, DeployRequest, ProjectPublic
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -59,3 +59,11 @@ async def list_deployments(
 ) -> list[Deployment]:
     """The project's deployments, newest first."""
     return await svc.list_deployments(caller.tenant_id, project_id)
+
+
+@router.post("/{project_id}/reconcile", response_model=list[DeploymentEvent])
+async def reconcile(
+    project_id: ProjectId, caller: CallerDep, svc: ServiceDep
+) -> list[DeploymentEvent]:
+    """Remove the project's containers that no deployment owns; one event per container removed."""
+    return await svc.reconcile(caller.tenant_id, caller.user_id, project_id)

@@ -1,0 +1,117 @@
+"""Rollback to any retained revision, idempotent requests, concurrent deploys, bad-after-bad."""
+
+from __future__ import annotations
+
+import asyncio
+
+import docker
+import pytest
+
+from moorage.models import DeploymentStatus, DeployRequest, Strategy
+from moorage.service import ConflictError, DeploymentService, InvalidError
+from tests.helpers import TENANT, USER, compose, labelled, serving_version, wait_terminal
+
+pytestmark = pytest.mark.integration
+
+
+def web(image: str) -> str:
+    return compose(image, api_image=None)
+
+
+async def ship(
+    service: DeploymentService, project: str, image: str, version: str, **cfg: object
+) -> str:
+    await service.apply_project(TENANT, project, web(image))
+    dep = await service.deploy(TENANT, USER, project, DeployRequest(version=version, **cfg))
+    state = await wait_terminal(service, dep.id)
+    return state.deployment.status.value
+
+
+async def test_rollback_to_any_retained_revision(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    assert await ship(service, project, "moorage-demo:v1", "v1") == "completed"
+    assert await ship(service, project, "moorage-demo:v2", "v2") == "completed"
+    assert await ship(service, project, "moorage-demo:v3", "v3") == "completed"
+    proj = await service.get_project(TENANT, project)
+    assert [r.version for r in proj.revisions] == ["v1", "v2", "v3"]
+    serving = proj.current_revision
+    assert serving is not None
+    deps = await service.list_deployments(TENANT, project)
+    latest = deps[0].id
+
+    # Rolling back to what serves already is refused, and so is a revision that is not retained.
+    with pytest.raises(ConflictError, match="already serving"):
+        await service.rollback(TENANT, USER, latest, to_revision=serving)
+    with pytest.raises(InvalidError, match="not a retained"):
+        await service.rollback(TENANT, USER, latest, to_revision=99)
+
+    rb = await service.rollback(TENANT, "bob", latest, to_revision=1)
+    assert rb.rollback_version == "v1"
+    assert rb.id != latest
+    state = await wait_terminal(service, rb.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert state.events[0].details["user"] == "bob"
+    assert serving_version(docker_client, project, "web") == {"v1"}
+    # The default target is the revision before the serving one.
+    proj = await service.get_project(TENANT, project)
+    assert proj.current_version == "v1"
+    rb2 = await service.rollback(TENANT, USER, rb.id)
+    assert rb2.rollback_version == "v3"  # retained revisions before the serving (v1 as rev 4): v3
+    assert (await wait_terminal(service, rb2.id)).deployment.status == DeploymentStatus.COMPLETED
+    assert serving_version(docker_client, project, "web") == {"v3"}
+
+
+async def test_same_idempotency_key_gives_the_same_deployment(
+    service: DeploymentService, project: str
+) -> None:
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    first = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
+    again = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
+    assert again.id == first.id
+    await wait_terminal(service, first.id)
+    after = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
+    assert after.id == first.id
+    assert len(await service.list_deployments(TENANT, project)) == 1
+
+
+async def test_two_deploys_at_the_same_moment_one_runs_one_gets_409(
+    service: DeploymentService, project: str
+) -> None:
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    results = await asyncio.gather(
+        service.deploy(TENANT, USER, project, DeployRequest(version="a")),
+        service.deploy(TENANT, USER, project, DeployRequest(version="b")),
+        return_exceptions=True,
+    )
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(accepted) == 1
+    assert len(refused) == 1
+    assert isinstance(refused[0], ConflictError)
+    await wait_terminal(service, accepted[0].id)
+    assert len(await service.list_deployments(TENANT, project)) == 1
+
+
+async def test_bad_after_bad_then_good(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    assert await ship(service, project, "moorage-demo:v1", "v1") == "completed"
+    assert (
+        await ship(service, project, "moorage-demo:unhealthy", "bad1", health_check_retries=10)
+        == "rolled_back"
+    )
+    assert serving_version(docker_client, project, "web") == {"v1"}
+    assert await ship(service, project, "moorage-demo:crash", "bad2") == "rolled_back"
+    assert serving_version(docker_client, project, "web") == {"v1"}
+    proj = await service.get_project(TENANT, project)
+    assert proj.current_version == "v1"
+    assert [r.version for r in proj.revisions] == ["v1"]
+    assert (
+        await ship(service, project, "moorage-demo:v2", "good", strategy=Strategy.ROLLING_UPDATE)
+        == "completed"
+    )
+    assert serving_version(docker_client, project, "web") == {"v2"}
+    # Only the serving revision's containers exist.
+    revisions = {c.labels["moorage.revision"] for c in labelled(docker_client, project)}
+    assert revisions == {str((await service.get_project(TENANT, project)).current_revision)}

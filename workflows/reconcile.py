@@ -1,0 +1,60 @@
+"""ReconcileAll: find containers Moorage labelled that nothing owns, on a schedule.
+
+Each project with labelled containers is asked to reconcile itself (its workflow knows which
+revision serves and which deploys). Containers of a project with no running project workflow
+belong to nobody and are removed here, each with an event in the result.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inputs import ContainerSelector, LabelledContainer, ListLabelledInput
+    from moorage import naming
+    from moorage.models import DeploymentEvent, EventType
+    from workflows import steps
+
+SCHEDULE_ID = "moorage/reconcile-all"
+WORKFLOW_ID = "moorage/reconcile-all/run"
+
+
+@workflow.defn(name="ReconcileAll")
+class ReconcileAllWorkflow:
+    """One pass over every labelled container on the engine."""
+
+    @workflow.run
+    async def run(self, inp: ListLabelledInput) -> list[DeploymentEvent]:
+        """Ask owned projects to reconcile; remove what belongs to no project workflow."""
+        found: list[LabelledContainer] = await steps.call(
+            "list_labelled", inp, result_type=list[LabelledContainer]
+        )
+        projects = sorted({(c.tenant, c.project) for c in found})
+        events: list[DeploymentEvent] = []
+        for tenant, project in projects:
+            handle = workflow.get_external_workflow_handle(
+                naming.project_workflow_id(tenant, project)
+            )
+            try:
+                await handle.signal("reconcile_requested")
+                continue
+            except FailureError:
+                pass  # no such (running) project workflow: nobody owns these containers
+            removed = await steps.remove_containers(
+                ContainerSelector(tenant=tenant, project=project)
+            )
+            events += [
+                DeploymentEvent(
+                    event_type=EventType.ORPHAN_REMOVED,
+                    message=f"removed {name}: project {project} of tenant {tenant} does not exist",
+                    details={"container": name, "tenant": tenant, "project": project},
+                    created_at=workflow.now(),
+                )
+                for name in removed
+            ]
+        workflow.set_current_details(
+            f"{len(projects)} project(s) checked; "
+            f"{len(events)} orphan(s) of unknown projects removed"
+        )
+        return events
