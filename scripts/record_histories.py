@@ -1,0 +1,107 @@
+"""Record workflow histories for the replay tests (tests/test_replay.py).
+
+Runs real deployments (recreate, rolling update, a rolled-back one, a cancelled one) on a local
+Temporal dev server and the Docker engine, and saves every workflow's history as JSON under
+tests/histories/. Re-record only on purpose: a history that no longer replays means the change
+would break deployments in flight.
+
+Usage: .venv/bin/python scripts/record_histories.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from activities.docker_executor import DockerExecutor  # noqa: E402
+from moorage import images, naming  # noqa: E402
+from moorage.models import DeployRequest, Strategy  # noqa: E402
+from moorage.service import DeploymentService  # noqa: E402
+from moorage.settings import Settings  # noqa: E402
+from tests.helpers import compose, wait_status, wait_terminal  # noqa: E402
+from worker import build_router, build_worker  # noqa: E402
+from workflows import search_attributes as sa  # noqa: E402
+
+OUT = ROOT / "tests" / "histories"
+TENANT = "acme"
+
+
+async def main() -> None:
+    """Record the histories."""
+    client = docker.from_env()
+    images.build_all(client)
+    work = Path(tempfile.mkdtemp())
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+        search_attributes=sa.ALL,
+        data_converter=pydantic_data_converter,
+    )
+    settings = Settings(task_queue="record", router_dir=work / "router", route_ports="24500-24999")
+    router = build_router(settings, client)
+    worker = build_worker(env.client, "record", DockerExecutor(client), router)
+    task = asyncio.create_task(worker.run())
+    svc = DeploymentService(env.client, settings)
+    project = "replay"
+    try:
+        await svc.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1"))
+        d1 = await svc.deploy(TENANT, "u", project, DeployRequest(version="v1"))
+        await wait_terminal(svc, d1.id, tenant=TENANT)
+        await svc.apply_project(
+            TENANT, project, compose("moorage-demo:v2", "moorage-demo:v2", web_replicas=2)
+        )
+        d2 = await svc.deploy(
+            TENANT, "u", project, DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v2")
+        )
+        await wait_terminal(svc, d2.id, tenant=TENANT)
+        await svc.apply_project(
+            TENANT, project, compose("moorage-demo:unhealthy", "moorage-demo:v2", web_replicas=2)
+        )
+        d3 = await svc.deploy(
+            TENANT,
+            "u",
+            project,
+            DeployRequest(strategy=Strategy.ROLLING_UPDATE, health_check_retries=5),
+        )
+        await wait_terminal(svc, d3.id, tenant=TENANT)
+        await svc.apply_project(TENANT, project, compose("moorage-demo:v3", "moorage-demo:v3"))
+        d4 = await svc.deploy(
+            TENANT, "u", project, DeployRequest(version="v3", health_check_delay=20)
+        )
+        await wait_status(svc, d4.id, lambda s: s.deployment.progress >= 40, tenant=TENANT)
+        await svc.cancel(TENANT, "u", d4.id)
+        await wait_terminal(svc, d4.id, tenant=TENANT)
+        await svc.reconcile(TENANT, "u", project)
+        OUT.mkdir(parents=True, exist_ok=True)
+        names = {
+            naming.project_workflow_id(TENANT, project): "project",
+            naming.deployment_workflow_id(TENANT, d1.id): "recreate-completed",
+            naming.deployment_workflow_id(TENANT, d2.id): "rolling-completed",
+            naming.deployment_workflow_id(TENANT, d3.id): "rolling-rolled-back",
+            naming.deployment_workflow_id(TENANT, d4.id): "recreate-cancelled",
+        }
+        for wf_id, name in names.items():
+            history = await env.client.get_workflow_handle(wf_id).fetch_history()
+            (OUT / f"{name}.json").write_text(history.to_json())
+            print(f"saved {name}: {len(history.events)} events")
+    finally:
+        await worker.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        for c in client.containers.list(all=True, filters={"label": f"moorage.project={project}"}):
+            c.remove(force=True)
+        router.stop()
+        await env.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,37 @@
+"""Replay saved histories of every workflow through the current code.
+
+A change to workflow code that would break deployments in flight (non-determinism) fails here.
+The histories were recorded from real deployments by scripts/record_histories.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from worker import WORKFLOWS
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_there_are_histories_of_every_strategy_and_outcome() -> None:
+    names = {p.stem for p in HISTORIES}
+    assert {
+        "project",
+        "recreate-completed",
+        "rolling-completed",
+        "rolling-rolled-back",
+        "recreate-cancelled",
+    } <= names
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())  # noqa: ASYNC240
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
