@@ -29,12 +29,21 @@ from activities.nginx import NginxBackend
 from activities.router import ProxyBackend, TrafficRouter
 from moorage.settings import Settings, get_settings
 from moorage.temporal import connect
+from workflows.bluegreen import BlueGreenWorkflow
+from workflows.canary import CanaryWorkflow
 from workflows.project import ProjectWorkflow
 from workflows.reconcile import SCHEDULE_ID, WORKFLOW_ID, ReconcileAllWorkflow
 from workflows.recreate import RecreateWorkflow
 from workflows.rolling import RollingUpdateWorkflow
 
-WORKFLOWS = [ProjectWorkflow, RecreateWorkflow, RollingUpdateWorkflow, ReconcileAllWorkflow]
+WORKFLOWS = [
+    ProjectWorkflow,
+    RecreateWorkflow,
+    RollingUpdateWorkflow,
+    BlueGreenWorkflow,
+    CanaryWorkflow,
+    ReconcileAllWorkflow,
+]
 
 
 def build_router(

@@ -36,9 +36,13 @@ def render_config(state: RouterState, directory: Path, bind: str) -> str:
         "global",
         f"    stats socket {directory / 'admin.sock'} mode 600 level admin",
         "    maxconn 4000",
+        "    hard-stop-after 60s",
         "",
         "defaults",
         "    mode http",
+        # On a reload, the old worker answers the next request of an idle keep-alive connection
+        # (with Connection: close) instead of closing it under the client.
+        "    option idle-close-on-response",
         "    timeout connect 3s",
         "    timeout client 60s",
         "    timeout server 60s",

@@ -617,6 +617,46 @@ def rollback(
     _started(ctx, dep, watch, False, DeploymentStatus.COMPLETED)
 
 
+def _steer_command(action: str, doc: str) -> None:
+    def command(
+        ctx: typer.Context,
+        deployment_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id.")],
+    ) -> None:
+        result = _with_service(
+            ctx, lambda s, tenant, user: s.steer(tenant, user, deployment_id, action)
+        )
+        out.print(f"{deployment_id} {result}")
+
+    command.__doc__ = doc
+    app.command(name=action)(command)
+
+
+_steer_command("promote", "Blue-green: switch to green now. Canary: skip the remaining steps.")
+_steer_command("pause", "Canary: hold before the next step.")
+_steer_command("resume", "Canary: go on with the steps (ends a pause step too).")
+_steer_command("abort", "Canary: traffic back to stable, canary removed, status rolled_back.")
+
+
+@app.command()
+def reconcile(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Project id (omit with --all).")] = None,
+    all_projects: Annotated[
+        bool, typer.Option("--all", help="Every project of every tenant (what the schedule runs).")
+    ] = False,
+) -> None:
+    """Remove labelled containers no deployment owns; prints one line per container removed."""
+    if all_projects == (name is not None):
+        raise CliError("give a project NAME or --all")
+    if all_projects:
+        events = _with_service(ctx, lambda s, _tenant, _user: s.reconcile_all())
+    else:
+        events = _with_service(ctx, lambda s, tenant, user: s.reconcile(tenant, user, name or ""))
+    for e in events:
+        out.print(e.message)
+    out.print(f"{len(events)} orphan container(s) removed")
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ APPLETS = (
     "ls",
     "nc",
     "hostname",
+    "rm",
 )
 
 INIT = """#!/bin/sh
@@ -47,6 +48,10 @@ if [ -n "$DEMO_FAIL_HOST" ] && [ "$(hostname)" = "$DEMO_FAIL_HOST" ]; then
   pid=$!
   wait $pid
   exit 0
+fi
+if [ -n "$DEMO_FAIL_AFTER" ]; then
+  # Healthy at first, unhealthy after N seconds (the page the health check reads goes away).
+  (sleep "$DEMO_FAIL_AFTER"; rm -f /www/index.html; echo "demo: now failing on purpose" >&2) &
 fi
 echo "demo: serving version $(cat /www/version) on :80"
 httpd -f -p 80 -h /www &

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -81,6 +81,12 @@ class EventType(StrEnum):
     ROLLBACK_COMPLETED = "rollback_completed"
     ROLLBACK_FAILED = "rollback_failed"
     ORPHAN_REMOVED = "orphan_removed"
+    GREEN_DEPLOYMENT_STARTED = "green_deployment_started"
+    TRAFFIC_SWITCHED = "traffic_switched"
+    PROMOTED = "promoted"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    ABORTED = "aborted"
 
 
 def parse_surge(value: object, field: str) -> int | str:
@@ -108,6 +114,25 @@ def is_zero(value: int | str) -> bool:
     return value == 0 or value == "0%"
 
 
+class CanaryStep(BaseModel):
+    """One canary step: a traffic weight, or a pause (seconds, or ``"manual"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: int | None = Field(default=None, ge=0, le=100)
+    """Percent of requests the canary gets from this step on."""
+    pause: float | Literal["manual"] | None = None
+    """Seconds to hold (``resume``/``promote`` end it early), or ``"manual"`` (until resumed)."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CanaryStep:
+        if (self.weight is None) == (self.pause is None):
+            raise ValueError("a canary step is either {weight: N} or {pause: seconds|'manual'}")
+        if isinstance(self.pause, float | int) and not 0 <= self.pause <= 86_400:
+            raise ValueError("pause must be 0 to 86400 seconds")
+        return self
+
+
 class DeploymentConfig(BaseModel):
     """How to carry out one deployment."""
 
@@ -128,6 +153,14 @@ class DeploymentConfig(BaseModel):
     """Bring the previous revision back when the deployment fails."""
     blue_green_timeout: int = Field(default=300, ge=0, le=86_400)
     """Seconds a blue-green deployment waits for promotion before it aborts."""
+    auto_promote: bool = True
+    """Blue-green: switch traffic as soon as green is healthy (else wait for ``promote``)."""
+    scale_down_delay: float = Field(default=0, ge=0, le=86_400)
+    """Blue-green: seconds blue is kept (stopped last) after the switch."""
+    post_switch_verify: float = Field(default=3, ge=0, le=3600)
+    """Blue-green: seconds green must stay healthy after the switch, else traffic goes to blue."""
+    canary_steps: list[CanaryStep] | None = Field(default=None, max_length=50)
+    """Canary: the steps (default: 10%, pause 30 s, 50%, 100%)."""
     progress_deadline: float = Field(default=900, ge=1, le=86_400)
     """Seconds the whole deployment may take; past it, it fails (and rolls back)."""
 

@@ -20,13 +20,24 @@ from moorage.models import (
     Deployment,
     DeploymentEvent,
     DeploymentState,
+    DeploymentStatus,
     DeployRequest,
     ProjectPublic,
     ServiceInstance,
+    Strategy,
 )
 from moorage.settings import Settings
 from workflows import search_attributes as sa
-from workflows.inputs import ApplyInput, CancelInput, DeployInput, ProjectState, RollbackInput
+from workflows.inputs import (
+    ApplyInput,
+    CancelInput,
+    DeployInput,
+    ProjectState,
+    RollbackInput,
+    SteerInput,
+)
+
+STEER_ACTIONS = ("promote", "pause", "resume", "abort")
 
 
 class MoorageError(Exception):
@@ -306,6 +317,51 @@ class DeploymentService:
             RollbackInput(deployment_id=deployment_id, user_id=user, to_revision=to_revision),
             Deployment,
         )
+        return result
+
+    async def steer(self, tenant: str, user: str, deployment_id: str, action: str) -> str:
+        """``promote`` / ``pause`` / ``resume`` / ``abort`` a running deployment.
+
+        Raises:
+            NotFoundError: no such deployment.
+            ConflictError: the deployment is in no state for it (the message says why).
+            InvalidError: unknown action.
+        """
+        if action not in STEER_ACTIONS:
+            raise InvalidError(f"unknown action {action!r} (one of {', '.join(STEER_ACTIONS)})")
+        state = await self.get_state(tenant, deployment_id)
+        dep = state.deployment
+        if dep.status.terminal or dep.status == DeploymentStatus.ROLLING_BACK:
+            raise ConflictError(
+                f"cannot {action}: deployment {deployment_id} is {dep.status.value}"
+            )
+        if dep.status == DeploymentStatus.PENDING:
+            raise ConflictError(f"cannot {action}: deployment {deployment_id} has not started yet")
+        if action in ("pause", "resume") and dep.strategy != Strategy.CANARY:
+            raise ConflictError(f"cannot {action}: only canary deployments pause and resume")
+        if action == "abort" and dep.strategy != Strategy.CANARY:
+            raise ConflictError(
+                "cannot abort: only canary deployments abort (cancel works for every strategy)"
+            )
+        if action == "promote" and dep.strategy not in (Strategy.BLUE_GREEN, Strategy.CANARY):
+            raise ConflictError(
+                f"cannot promote: a {dep.strategy.value} deployment has nothing to promote"
+            )
+        handle = self.client.get_workflow_handle(
+            naming.deployment_workflow_id(tenant, deployment_id)
+        )
+        try:
+            result: str = await handle.execute_update(
+                action, SteerInput(user_id=user), result_type=str
+            )
+        except WorkflowUpdateFailedError as err:
+            raise _refusal(err) from err
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                raise ConflictError(
+                    f"cannot {action}: deployment {deployment_id} is no longer running"
+                ) from exc
+            raise
         return result
 
     async def reconcile(self, tenant: str, user: str, project: str) -> list[DeploymentEvent]:

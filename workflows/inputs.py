@@ -82,6 +82,12 @@ class RollbackInput(BaseModel):
     """Target revision; None: the last successful revision before the one serving."""
 
 
+class SteerInput(BaseModel):
+    """Promote, pause, resume or abort a running deployment."""
+
+    user_id: str
+
+
 class CancelInput(BaseModel):
     """Cancel the active deployment."""
 

@@ -52,6 +52,8 @@ HISTORY_LIMIT = 5_000
 STRATEGY_WORKFLOWS: dict[Strategy, str] = {
     Strategy.RECREATE: "Recreate",
     Strategy.ROLLING_UPDATE: "RollingUpdate",
+    Strategy.BLUE_GREEN: "BlueGreen",
+    Strategy.CANARY: "Canary",
 }
 """Strategy → pinned workflow name of its child workflow."""
 

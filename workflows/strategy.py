@@ -35,6 +35,7 @@ class StrategyWorkflow:
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested_by: str | None = None
         self._deadline_hit = False
+        self._aborted_by: str | None = None
 
     # --- the steps, written by each strategy ----------------------------------------------------
 
@@ -110,6 +111,13 @@ class StrategyWorkflow:
                 await self._task
             except asyncio.CancelledError:
                 t.in_flow = False
+                if self._aborted_by is not None and self._cancel_requested_by is None:
+                    raise ApplicationError(
+                        f"aborted by {self._aborted_by}",
+                        {"reason": f"aborted by {self._aborted_by}"},
+                        type="Aborted",
+                        non_retryable=True,
+                    ) from None
                 if self._deadline_hit and self._cancel_requested_by is None:
                     raise ApplicationError(
                         f"progress deadline exceeded: not done {dep.config.progress_deadline:g}s "
@@ -154,6 +162,17 @@ class StrategyWorkflow:
         t.status(DeploymentStatus.COMPLETED, "deployment completed")
         t.event(EventType.DEPLOYMENT_COMPLETED, f"revision {dep.revision} is serving")
         return t.state
+
+    def request_abort(self, user_id: str) -> None:
+        """Stop the steps; the deployment fails as aborted and rolls back (``abort`` updates)."""
+        assert self.tracker is not None
+        self._aborted_by = user_id
+        self.tracker.in_flow = False
+        self.tracker.event(EventType.ABORTED, f"abort requested by {user_id}", user=user_id)
+        self.tracker.cancel_requested = True
+        self.tracker.in_flow = self._task is not None and not self._task.done()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     async def _watch_deadline(self, t: Tracker, seconds: float) -> None:
         """Stop the steps once the progress deadline passes; ``execute`` turns it into a failure."""

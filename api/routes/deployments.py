@@ -86,3 +86,42 @@ async def rollback(
     """Start a deployment that brings back the previous (or the given) successful revision."""
     to = body.to_revision if body else None
     return await svc.rollback(caller.tenant_id, caller.user_id, deployment_id, to)
+
+
+class SteerResult(BaseModel):
+    """What a steering call did."""
+
+    id: str
+    action: str
+    result: str
+
+
+async def _steer(
+    action: str, deployment_id: str, caller: CallerDep, svc: ServiceDep
+) -> SteerResult:
+    result = await svc.steer(caller.tenant_id, caller.user_id, deployment_id, action)
+    return SteerResult(id=deployment_id, action=action, result=result)
+
+
+@router.post("/{deployment_id}/promote", response_model=SteerResult)
+async def promote(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+    """Blue-green: switch to green now. Canary: skip the remaining steps (409: nothing to do)."""
+    return await _steer("promote", deployment_id, caller, svc)
+
+
+@router.post("/{deployment_id}/pause", response_model=SteerResult)
+async def pause(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+    """Canary: hold before the next step. 409 when not in its steps or already paused."""
+    return await _steer("pause", deployment_id, caller, svc)
+
+
+@router.post("/{deployment_id}/resume", response_model=SteerResult)
+async def resume(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+    """Canary: go on (ends a pause step too). 409 when not paused."""
+    return await _steer("resume", deployment_id, caller, svc)
+
+
+@router.post("/{deployment_id}/abort", response_model=SteerResult)
+async def abort(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+    """Canary: traffic back to stable, canary removed, status rolled_back."""
+    return await _steer("abort", deployment_id, caller, svc)

@@ -1,0 +1,244 @@
+"""Blue-green and canary under load through HAProxy (the default router), real engine, Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import docker
+import pytest
+
+from activities.router import TrafficRouter, route_key
+from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventType, Strategy
+from moorage.service import ConflictError, DeploymentService
+from tests.helpers import TENANT, USER, labelled, wait_status, wait_terminal
+from tests.load import Load
+
+pytestmark = pytest.mark.integration
+
+
+def web(image: str, replicas: int = 2, env: dict[str, str] | None = None) -> str:
+    text = f"services:\n  web:\n    image: {image}\n    ports: ['80']\n"
+    text += f"    deploy:\n      replicas: {replicas}\n    stop_grace_period: 5s\n"
+    if env:
+        text += "    environment:\n" + "".join(f"      {k}: '{v}'\n" for k, v in env.items())
+    return text
+
+
+async def serve_v1(service: DeploymentService, project: str) -> str:
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    dep = await service.deploy(
+        TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v1")
+    )
+    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
+    return (await service.get_project(TENANT, project)).routes["web"]
+
+
+def routed(router: TrafficRouter, project: str) -> set[str]:
+    route = router.load().routes[route_key(TENANT, project, "web")]
+    return set(router.backend.live_servers(route))
+
+
+BG = DeployRequest(
+    strategy=Strategy.BLUE_GREEN, version="v2", health_check_retries=20, post_switch_verify=1
+)
+
+
+async def test_blue_green_auto_promotion_drops_nothing(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    with Load(url, connections=6, keepalive=True) as load:
+        dep = await service.deploy(TENANT, USER, project, BG)
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.versions["v1"] > 0
+    assert load.last_versions(30) == {"v2"}
+    types = [e.event_type for e in state.events]
+    assert types.index(EventType.GREEN_DEPLOYMENT_STARTED) < types.index(EventType.TRAFFIC_SWITCHED)
+    assert {c.labels["moorage.revision"] for c in labelled(docker_client, project)} == {
+        str(dep.revision)
+    }
+    assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
+
+
+async def test_blue_green_manual_promote_with_preview(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    url = await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    with Load(url, connections=6, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT, USER, project, BG.model_copy(update={"auto_promote": False})
+        )
+        waiting = await wait_status(
+            service, dep.id, lambda s: "waiting for promotion" in s.deployment.message
+        )
+        preview = waiting.routes["web:preview"]
+        with urllib.request.urlopen(preview + "version", timeout=5) as resp:  # noqa: ASYNC210
+            assert resp.read().decode().strip() == "v2"
+        assert load.last_versions(20) == {"v1"}  # green is not serving yet
+        await service.steer(TENANT, "carol", dep.id, "promote")
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.last_versions(30) == {"v2"}
+    assert any(e.event_type == EventType.PROMOTED and "carol" in e.message for e in state.events)
+    # Promoting what is done is refused, and changes nothing.
+    with pytest.raises(ConflictError, match="completed"):
+        await service.steer(TENANT, USER, dep.id, "promote")
+    assert (await service.get_deployment(TENANT, dep.id)).status == DeploymentStatus.COMPLETED
+
+
+async def test_blue_green_timeout_without_promote_leaves_blue(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    await serve_v1(service, project)
+    blue = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    dep = await service.deploy(
+        TENANT,
+        USER,
+        project,
+        BG.model_copy(update={"auto_promote": False, "blue_green_timeout": 2}),
+    )
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK
+    assert "blue_green_timeout" in state.deployment.message
+    assert any("not promoted within blue_green_timeout" in e.message for e in state.events)
+    assert {c.name for c in labelled(docker_client, project)} == blue
+    assert routed(router, project) == blue
+
+
+async def test_blue_green_failing_health_after_switch_goes_back_to_blue(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(service, project)
+    blue = {c.name for c in labelled(docker_client, project)}
+    # Green turns unhealthy a few seconds after it starts: after the switch.
+    await service.apply_project(
+        TENANT, project, web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "4"})
+    )
+    with Load(url, connections=4, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT, USER, project, BG.model_copy(update={"post_switch_verify": 15})
+        )
+        state = await wait_terminal(service, dep.id, timeout=90)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    types = [e.event_type for e in state.events]
+    assert EventType.TRAFFIC_SWITCHED in types
+    assert types.index(EventType.TRAFFIC_SWITCHED) < types.index(EventType.DEPLOYMENT_FAILED)
+    assert load.last_versions(20) == {"v1"}
+    assert {c.name for c in labelled(docker_client, project)} == blue
+    assert routed(router, project) == blue
+
+
+CANARY = DeployRequest(strategy=Strategy.CANARY, version="v2", health_check_retries=20)
+
+
+async def test_canary_through_all_steps_drops_nothing(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    steps = [
+        CanaryStep(weight=10),
+        CanaryStep(pause=1),
+        CanaryStep(weight=50),
+        CanaryStep(pause=1),
+        CanaryStep(weight=100),
+    ]
+    with Load(url, connections=6, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
+        )
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.last_versions(30) == {"v2"}
+    weights = [
+        e.details.get("weight") for e in state.events if e.event_type == EventType.TRAFFIC_SWITCHED
+    ]
+    assert weights == [10, 50, 100, 100]
+    assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
+
+
+async def test_canary_ten_percent_share_then_promote(
+    service: DeploymentService, project: str
+) -> None:
+    url = await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    steps = [
+        CanaryStep(weight=10),
+        CanaryStep(pause="manual"),
+        CanaryStep(weight=50),
+        CanaryStep(weight=100),
+    ]
+    dep = await service.deploy(
+        TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
+    )
+    await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
+    with Load(url, connections=4, keepalive=False, pause_s=0.002) as load:
+        while load.result.ok < 1500:  # noqa: ASYNC110 - polling a thread-fed counter
+            await asyncio.sleep(0.2)
+    share = load.result.versions["v2"] / load.result.ok
+    assert 0.05 <= share <= 0.15, (share, load.result.versions)
+    assert load.result.failed == 0
+    await service.steer(TENANT, USER, dep.id, "pause")
+    with pytest.raises(ConflictError, match="already paused"):
+        await service.steer(TENANT, USER, dep.id, "pause")
+    await service.steer(TENANT, USER, dep.id, "promote")
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    weights = [
+        e.details.get("weight") for e in state.events if e.event_type == EventType.TRAFFIC_SWITCHED
+    ]
+    assert weights == [10, 100]  # promote skipped the 50% step
+
+
+async def test_canary_abort_at_fifty_percent(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(service, project)
+    stable = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    steps = [CanaryStep(weight=50), CanaryStep(pause="manual"), CanaryStep(weight=100)]
+    with Load(url, connections=6, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
+        )
+        await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
+        await asyncio.sleep(1)
+        await service.steer(TENANT, "dave", dep.id, "abort")
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    assert "aborted by dave" in state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.versions["v2"] > 0
+    assert load.last_versions(30) == {"v1"}
+    assert {c.name for c in labelled(docker_client, project)} == stable
+    assert routed(router, project) == stable
+    with pytest.raises(ConflictError):
+        await service.steer(TENANT, USER, dep.id, "resume")

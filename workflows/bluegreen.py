@@ -1,0 +1,211 @@
+"""Blue-green: a whole green stack next to blue, verified, then traffic switched at once.
+
+Progress points: 20 green started → 50 green healthy (preview routes up) → promotion (automatic,
+or the ``promote`` update before ``blue_green_timeout``) → 70 traffic switched and verified →
+scale-down delay → 80 blue stopped → blue removed → 90 instances recorded → 100.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inputs import NetworkInput, RouteInput
+    from moorage.models import DeploymentState, EventType, RouteInfo, ServiceInstance
+    from workflows import steps
+    from workflows.inputs import SteerInput, StrategyInput
+    from workflows.strategy import StrategyWorkflow
+    from workflows.tracking import Tracker
+
+PREVIEW_PREFIX = "preview-of-"
+"""Preview routes are routes of a pseudo-service ``preview-of-<service>``."""
+
+
+@workflow.defn(name="BlueGreen")
+class BlueGreenWorkflow(StrategyWorkflow):
+    """Green next to blue; switch when verified and promoted; retire blue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting_promotion = False
+        self._promoted_by: str | None = None
+
+    @workflow.run
+    async def run(self, inp: StrategyInput) -> DeploymentState:
+        """Deploy ``inp.target`` as a green stack."""
+        return await self.execute(inp)
+
+    @workflow.update(name="promote")
+    def promote(self, inp: SteerInput) -> str:
+        """Switch traffic to green now."""
+        self._promoted_by = inp.user_id
+        assert self.tracker is not None
+        self.tracker.event(EventType.PROMOTED, f"promoted by {inp.user_id}", user=inp.user_id)
+        return "promoted: switching traffic to green"
+
+    @promote.validator
+    def _validate_promote(self, inp: SteerInput) -> None:
+        if not self._waiting_promotion or self._promoted_by is not None:
+            status = self.tracker.deployment.status.value if self.tracker else "pending"
+            raise ApplicationError(
+                f"nothing to promote: the deployment is {status} and not waiting for promotion",
+                type="Conflict",
+            )
+
+    async def flow(self, inp: StrategyInput, t: Tracker) -> None:
+        """The blue-green steps."""
+        dep, prev, green = t.deployment, inp.previous, t.deployment.revision
+        cfg = dep.config
+        await steps.call(
+            "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
+        )
+        await steps.ensure_routes(t, inp.target)
+
+        self.undo.push(
+            f"remove green (revision {green})", "remove_containers", steps.selector(dep, green)
+        )
+        for spec in inp.target.services:
+            await steps.start_service(
+                dep, green, dep.version, dep.id, spec, list(range(spec.replicas))
+            )
+        t.event(
+            EventType.GREEN_DEPLOYMENT_STARTED,
+            f"green stack (revision {green}) started next to blue",
+            services=inp.target.names,
+        )
+        t.progress(20, "green started")
+
+        for spec in inp.target.services:
+            await steps.gate_healthy(t, green, spec)
+        previews = await self._preview(t, inp)
+        t.progress(
+            50, "green healthy; previews: " + ", ".join(f"{k} {v}" for k, v in previews.items())
+        )
+
+        timeout_s = cfg.blue_green_timeout
+        if not cfg.auto_promote:
+            self._waiting_promotion = True
+            t.progress(50, f"waiting for promotion (at most {cfg.blue_green_timeout}s)")
+            try:
+                await workflow.wait_condition(
+                    lambda: self._promoted_by is not None,
+                    timeout=timedelta(seconds=cfg.blue_green_timeout),
+                )
+            except TimeoutError:
+                raise ApplicationError(
+                    f"not promoted within blue_green_timeout ({cfg.blue_green_timeout}s): "
+                    "green removed, blue untouched",
+                    {"reason": f"not promoted within blue_green_timeout ({timeout_s}s)"},
+                    type="PromotionTimeout",
+                    non_retryable=True,
+                ) from None
+            finally:
+                self._waiting_promotion = False
+
+        # Switch: green in, blue out. The undo puts blue back before it takes green out.
+        for spec in inp.target.services:
+            all_slots = list(range(spec.replicas))
+            if spec.route_port() is not None:
+                self.undo.push(
+                    f"take green {spec.name} out of the route",
+                    "route_remove",
+                    steps.route_servers(dep, spec, green, all_slots),
+                )
+            await steps.route_add(dep, spec, green, all_slots)
+        if prev is not None:
+            for old in prev.spec.services:
+                old_slots = list(range(old.replicas))
+                if old.route_port() is not None:
+                    self.undo.push(
+                        f"route blue {old.name} again",
+                        "route_add",
+                        steps.route_servers(dep, old, prev.revision, old_slots),
+                    )
+                await steps.route_remove(dep, old, prev.revision, old_slots)
+        t.event(
+            EventType.TRAFFIC_SWITCHED, f"traffic on green (revision {green})", by=self._promoted_by
+        )
+
+        # Verify after the switch: green must stay healthy a while, or traffic goes back to blue.
+        for spec in inp.target.services:
+            verify = steps.health_input(
+                cfg, steps.selector(dep, green, spec.name), spec.replicas, spec
+            )
+            verify.delay_s = 0
+            verify.min_ready_s = max(verify.min_ready_s, cfg.post_switch_verify)
+            await steps.wait_healthy(verify)
+        t.progress(70, "traffic switched and verified")
+
+        if prev is not None:
+            if cfg.scale_down_delay > 0:
+                t.progress(70, f"keeping blue for {cfg.scale_down_delay:g}s (scale-down delay)")
+                await asyncio.sleep(cfg.scale_down_delay)
+            for old in reversed(prev.spec.services):
+                old_slots = list(range(old.replicas))
+                self.undo.push_wait_healthy(
+                    f"wait for restored blue {old.name}",
+                    steps.restore_health_input(
+                        cfg, steps.selector(dep, prev.revision, old.name), old.replicas, old
+                    ),
+                )
+                self.undo.push(
+                    f"restore blue {old.name}",
+                    "start_service",
+                    steps.start_input(
+                        dep, prev.revision, prev.version, prev.deployment_id, old, old_slots
+                    ),
+                )
+                await steps.stop_containers(
+                    steps.selector(dep, prev.revision, old.name), old.stop_grace_period_s
+                )
+            t.progress(80, "blue stopped")
+            await steps.remove_containers(steps.selector(dep, prev.revision))
+        await self._drop_previews(t, inp)
+
+        instances = await steps.call(
+            "list_containers", steps.selector(dep, green), result_type=list[ServiceInstance]
+        )
+        t.instances(instances)
+        t.event(EventType.INSTANCES_RECORDED, f"{len(instances)} instances recorded")
+        t.progress(90, "instances recorded")
+
+    async def _preview(self, t: Tracker, inp: StrategyInput) -> dict[str, str]:
+        """A preview route per routed service that reaches green only."""
+        dep, green = t.deployment, t.deployment.revision
+        previews = {}
+        for spec in inp.target.services:
+            port = spec.route_port()
+            if port is None:
+                continue
+            name = PREVIEW_PREFIX + spec.name
+            info: RouteInfo = await steps.call(
+                "ensure_route",
+                RouteInput(
+                    tenant=dep.tenant_id,
+                    project=dep.project_id,
+                    service=name,
+                    container_port=port.key,
+                ),
+                result_type=RouteInfo,
+            )
+            servers = steps.route_servers(dep, spec, green, list(range(spec.replicas)))
+            servers.service = name
+            self.undo.push(f"drop preview of {spec.name}", "route_remove", servers)
+            await steps.call("route_add", servers, result_type=list[str])
+            previews[spec.name] = info.url
+            t.state.routes[f"{spec.name}:preview"] = info.url
+        return previews
+
+    async def _drop_previews(self, t: Tracker, inp: StrategyInput) -> None:
+        dep, green = t.deployment, t.deployment.revision
+        for spec in inp.target.services:
+            if spec.route_port() is None:
+                continue
+            servers = steps.route_servers(dep, spec, green, list(range(spec.replicas)))
+            servers.service = PREVIEW_PREFIX + spec.name
+            await steps.call("route_remove", servers, result_type=list[str])
+            t.state.routes.pop(f"{spec.name}:preview", None)
