@@ -14,7 +14,7 @@ from api.deps import get_service
 from api.main import create_app
 from moorage.service import DeploymentService
 from moorage.settings import Settings, get_settings
-from tests.helpers import compose, labelled, wait_terminal
+from tests.helpers import TENANT, compose, labelled, wait_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -249,3 +249,24 @@ async def test_invalid_input_is_422_naming_the_field(
     assert "to_revision" in loc_names(resp)
     assert (await http.get(f"/api/projects/{project}/deployments", headers=A)).json() == []
     assert labelled(docker_client, project) == []
+
+
+async def test_steering_and_reconcile_routes(
+    http: httpx.AsyncClient, service: DeploymentService, project: str
+) -> None:
+    await http.put(f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A)
+    dep = (await http.post(f"/api/projects/{project}/deploy", json={}, headers=A)).json()
+    await wait_terminal(service, dep["id"])
+    for action in ("promote", "pause", "resume", "abort"):
+        resp = await http.post(f"/api/deployments/{dep['id']}/{action}", headers=A)
+        assert resp.status_code == 409, (action, resp.text)
+        assert "completed" in resp.json()["detail"]
+        other = await http.post(f"/api/deployments/{dep['id']}/{action}", headers=B)
+        assert other.status_code == 404
+        assert (await http.post(f"/api/deployments/{dep['id']}/{action}")).status_code == 401
+    assert (await http.post(f"/api/deployments/{project}.99/promote", headers=A)).status_code == 404
+    rec = await http.post(f"/api/projects/{project}/reconcile", headers=A)
+    assert rec.status_code == 200
+    assert rec.json() == []
+    assert (await http.post(f"/api/projects/{project}/reconcile", headers=B)).status_code == 404
+    assert (await service.get_deployment(TENANT, dep["id"])).status == "completed"
