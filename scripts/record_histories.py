@@ -25,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.docker_executor import DockerExecutor  # noqa: E402
 from moorage import images, naming  # noqa: E402
-from moorage.models import DeployRequest, Strategy  # noqa: E402
+from moorage.models import CanaryStep, DeployRequest, Strategy  # noqa: E402
 from moorage.service import DeploymentService  # noqa: E402
 from moorage.settings import Settings  # noqa: E402
 from tests.helpers import compose, wait_status, wait_terminal  # noqa: E402
@@ -80,6 +80,17 @@ async def main() -> None:
         await wait_status(svc, d4.id, lambda s: s.deployment.progress >= 40, tenant=TENANT)
         await svc.cancel(TENANT, "u", d4.id)
         await wait_terminal(svc, d4.id, tenant=TENANT)
+        await svc.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1"))
+        d5 = await svc.deploy(
+            TENANT, "u", project, DeployRequest(strategy=Strategy.BLUE_GREEN, post_switch_verify=1)
+        )
+        await wait_terminal(svc, d5.id, tenant=TENANT)
+        await svc.apply_project(TENANT, project, compose("moorage-demo:v2", "moorage-demo:v2"))
+        steps = [CanaryStep(weight=50), CanaryStep(pause=1), CanaryStep(weight=100)]
+        d6 = await svc.deploy(
+            TENANT, "u", project, DeployRequest(strategy=Strategy.CANARY, canary_steps=steps)
+        )
+        await wait_terminal(svc, d6.id, tenant=TENANT)
         await svc.reconcile(TENANT, "u", project)
         OUT.mkdir(parents=True, exist_ok=True)
         names = {
@@ -88,6 +99,8 @@ async def main() -> None:
             naming.deployment_workflow_id(TENANT, d2.id): "rolling-completed",
             naming.deployment_workflow_id(TENANT, d3.id): "rolling-rolled-back",
             naming.deployment_workflow_id(TENANT, d4.id): "recreate-cancelled",
+            naming.deployment_workflow_id(TENANT, d5.id): "bluegreen-completed",
+            naming.deployment_workflow_id(TENANT, d6.id): "canary-completed",
         }
         for wf_id, name in names.items():
             history = await env.client.get_workflow_handle(wf_id).fetch_history()

@@ -26,6 +26,8 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "rolling-completed",
         "rolling-rolled-back",
         "recreate-cancelled",
+        "bluegreen-completed",
+        "canary-completed",
     } <= names
 
 
