@@ -445,6 +445,26 @@ def deploy(
     blue_green_timeout: Annotated[
         int | None, typer.Option(help="Seconds to wait for promotion.")
     ] = None,
+    auto_promote: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-promote/--manual-promote", help="Blue-green: switch without a promote."
+        ),
+    ] = None,
+    post_switch_verify: Annotated[
+        float | None,
+        typer.Option(help="Blue-green: seconds green must stay healthy after the switch."),
+    ] = None,
+    scale_down_delay: Annotated[
+        float | None, typer.Option(help="Blue-green: seconds blue is kept after the switch.")
+    ] = None,
+    canary_steps: Annotated[
+        str | None,
+        typer.Option(help="Canary steps, e.g. '10,pause:30,50,pause:manual,100' (weights in %)."),
+    ] = None,
+    progress_deadline: Annotated[
+        float | None, typer.Option(help="Seconds the whole deployment may take.")
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Repeat-safe key: same key, same deployment.")
     ] = None,
@@ -470,6 +490,11 @@ def deploy(
         "health_check_interval": health_check_interval,
         "rollback_on_failure": rollback_on_failure,
         "blue_green_timeout": blue_green_timeout,
+        "auto_promote": auto_promote,
+        "post_switch_verify": post_switch_verify,
+        "scale_down_delay": scale_down_delay,
+        "canary_steps": _canary_steps(canary_steps),
+        "progress_deadline": progress_deadline,
     }
     request = DeployRequest.model_validate({k: v for k, v in options.items() if v is not None})
     dep = _with_service(
@@ -479,6 +504,29 @@ def deploy(
         ),
     )
     _started(ctx, dep, watch, as_json, DeploymentStatus.COMPLETED)
+
+
+def _canary_steps(text: str | None) -> list[dict[str, object]] | None:
+    """``10,pause:30,50,pause:manual,100`` → canary step objects (validated by the model)."""
+    if text is None:
+        return None
+    result: list[dict[str, object]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.startswith("pause:"):
+            value = part.removeprefix("pause:")
+            result.append({"pause": value if value == "manual" else _number(value, part)})
+        else:
+            result.append({"weight": _number(part, part)})
+    return result
+
+
+def _number(value: str, part: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise CliError(
+            f"canary_steps: {part!r} is not a weight or pause:<seconds|manual>"
+        ) from None
 
 
 def _surge(value: str | None) -> int | str | None:

@@ -1,0 +1,228 @@
+"""Fault injection on the real parts: cancel in every phase, the Temporal server restarted
+mid-rollout, the worker killed while it switches traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.haproxy import HAProxyBackend
+from activities.router import TrafficRouter, route_key
+from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventType, Strategy
+from moorage.service import DeploymentService
+from moorage.settings import Settings
+from tests.conftest import temporal_binary
+from tests.helpers import TENANT, USER, labelled, wait_status, wait_terminal
+from tests.load import Load
+from tests.test_worker_crash import start_worker
+from worker import build_router
+from workflows import search_attributes as sa
+
+pytestmark = pytest.mark.integration
+
+
+def web(image: str, replicas: int = 3) -> str:
+    return (
+        f"services:\n  web:\n    image: {image}\n    ports: ['80']\n"
+        f"    deploy:\n      replicas: {replicas}\n    stop_grace_period: 5s\n"
+    )
+
+
+async def serve_v1(service: DeploymentService, project: str) -> str:
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    dep = await service.deploy(
+        TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v1")
+    )
+    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
+    return (await service.get_project(TENANT, project)).routes["web"]
+
+
+def passed(n: int):  # type: ignore[no-untyped-def]
+    return lambda s: sum(e.event_type == EventType.HEALTH_CHECK_PASSED for e in s.events) >= n
+
+
+PHASES = {
+    "rolling-mid-roll": (
+        DeployRequest(strategy=Strategy.ROLLING_UPDATE, health_check_delay=1),
+        passed(1),
+    ),
+    "blue-green-awaiting-promotion": (
+        DeployRequest(strategy=Strategy.BLUE_GREEN, auto_promote=False),
+        lambda s: "waiting for promotion" in s.deployment.message,
+    ),
+    "canary-paused-at-50": (
+        DeployRequest(
+            strategy=Strategy.CANARY,
+            canary_steps=[
+                CanaryStep(weight=50),
+                CanaryStep(pause="manual"),
+                CanaryStep(weight=100),
+            ],
+        ),
+        lambda s: "paused until resumed" in s.deployment.message,
+    ),
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+async def test_cancel_in_each_phase_leaves_the_project_as_it_was(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+    phase: str,
+) -> None:
+    url = await serve_v1(service, project)
+    before = {c.name for c in labelled(docker_client, project)}
+    key = route_key(TENANT, project, "web")
+    routes_before = router.load().routes[key].servers
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    request, reached = PHASES[phase]
+    with Load(url, connections=4, keepalive=True) as load:
+        dep = await service.deploy(TENANT, USER, project, request)
+        await wait_status(service, dep.id, reached)
+        await service.cancel(TENANT, "erin", dep.id)
+        state = await wait_terminal(service, dep.id, timeout=90)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.CANCELLED, state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.last_versions(20) == {"v1"}
+    assert {c.name for c in labelled(docker_client, project)} == before
+    after = router.load().routes[key].servers
+    assert set(after) == set(routes_before)
+    assert {s.weight for s in after.values()} == {100}
+    assert set(router.backend.live_servers(router.load().routes[key])) == before
+    assert any(
+        e.event_type == EventType.DEPLOYMENT_CANCELLED and "erin" in e.message for e in state.events
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_temporal(db: Path, port: int) -> asyncio.subprocess.Process:
+    args = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(db),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--headless",
+        "--log-level",
+        "error",
+        *sa.cli_flags(),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("temporal dev server did not start")
+
+
+async def test_temporal_server_restarted_mid_rollout(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    db = tmp_path / "temporal.db"
+    server = await start_temporal(db, port)
+    address = f"127.0.0.1:{port}"
+    queue = f"moorage-restart-{uuid.uuid4().hex[:6]}"
+    router_dir = tmp_path / "router"
+    worker = await start_worker(address, queue, router_dir)
+    try:
+        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        service = DeploymentService(client, Settings(task_queue=queue))
+        await service.apply_project(TENANT, project, web("moorage-demo:v1", replicas=4))
+        dep = await service.deploy(
+            TENANT,
+            USER,
+            project,
+            DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v1", health_check_delay=1),
+        )
+        await wait_status(service, dep.id, passed(1))
+        os.killpg(server.pid, signal.SIGTERM)
+        await server.wait()
+        await asyncio.sleep(2)  # the worker keeps going, its calls to Temporal fail and retry
+        server = await start_temporal(db, port)
+        state = await wait_terminal(service, dep.id, timeout=120)
+        assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+        containers = labelled(docker_client, project)
+        assert len(containers) == 4
+        assert {c.labels["moorage.slot"] for c in containers} == {"0", "1", "2", "3"}
+        assert all(c.status == "running" for c in containers)
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()
+        if server.returncode is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            await server.wait()
+        HAProxyBackend(router_dir).stop()
+
+
+async def test_worker_killed_while_switching_traffic(
+    temporal_client: Client, docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    queue = f"moorage-kill-{uuid.uuid4().hex[:6]}"
+    router_dir = tmp_path / "router"
+    address = temporal_client.service_client.config.target_host
+    service = DeploymentService(temporal_client, Settings(task_queue=queue))
+    worker = await start_worker(address, queue, router_dir)
+    try:
+        await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+        first = await service.deploy(
+            TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE)
+        )
+        await wait_terminal(service, first.id)
+        await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+        dep = await service.deploy(
+            TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE)
+        )
+        # The first new replica is healthy: the next steps route it and drain the old one.
+        await wait_status(service, dep.id, passed(1))
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+        worker = await start_worker(address, queue, router_dir)
+        state = await wait_terminal(service, dep.id, timeout=120)
+        assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+        router = HAProxyBackend(router_dir)
+        containers = {c.name for c in labelled(docker_client, project)}
+        assert len(containers) == 3
+        assert all(
+            c.labels["moorage.revision"] == str(dep.revision)
+            for c in labelled(docker_client, project)
+        )
+        r = build_router(Settings(router_dir=router_dir, route_ports="22000-22999"), docker_client)
+        assert (
+            set(router.live_servers(r.load().routes[route_key(TENANT, project, "web")]))
+            == containers
+        )
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()
+        HAProxyBackend(router_dir).stop()
