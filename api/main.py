@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from temporalio.service import RPCError
 
 from api.routes import deployments, projects
 from moorage import __version__
 from moorage.service import MoorageError
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body the API reads."""
 
 
 def create_app() -> FastAPI:
@@ -20,6 +25,19 @@ def create_app() -> FastAPI:
     )
     app.include_router(projects.router)
     app.include_router(deployments.router)
+
+    @app.middleware("http")
+    async def _limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Refuse oversized bodies before reading them (the Compose field has its own, lower cap).
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(
+                status_code=413,
+                content={"detail": f"request body larger than {MAX_BODY_BYTES} bytes"},
+            )
+        return await call_next(request)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -270,3 +270,14 @@ async def test_steering_and_reconcile_routes(
     assert rec.json() == []
     assert (await http.post(f"/api/projects/{project}/reconcile", headers=B)).status_code == 404
     assert (await service.get_deployment(TENANT, dep["id"])).status == "completed"
+
+
+async def test_oversized_bodies_are_refused_with_413(http: httpx.AsyncClient, project: str) -> None:
+    big = "x" * (2 * 1024 * 1024)
+    resp = await http.put(f"/api/projects/{project}", json={"compose": big}, headers=A)
+    assert resp.status_code == 413
+    # Under the API's cap but over the Compose cap: 422 naming the field.
+    resp = await http.put(f"/api/projects/{project}", json={"compose": "x" * 300_000}, headers=A)
+    assert resp.status_code == 422
+    assert "compose" in loc_names(resp)
+    assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404

@@ -831,3 +831,17 @@ def test_full_example() -> None:
     assert web.stop_grace_period_s == 20.0
     assert web.labels == {"tier": "front"}
     assert project.service("api").environment == {"DB": "postgres://db/app"}
+
+
+def test_billion_laughs_is_refused_without_expanding() -> None:
+    lines = ['a0: &a0 ["lol"]']
+    for i in range(1, 10):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    text = "x-bomb:\n" + "\n".join("  " + line for line in lines)
+    text += "\nservices:\n  web:\n    image: moorage-demo:v1\n"
+    text += "    command: *a9\n    environment: *a9\n"
+    with pytest.raises(ComposeError) as err:
+        parse_compose(text)
+    assert err.value.service == "web"
+    assert err.value.key in ("command", "environment")
