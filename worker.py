@@ -87,8 +87,10 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
     """Create the schedule that runs ReconcileAll every ``reconcile_every`` seconds (once).
 
     Returns:
-        True when this call created it, False when it existed already.
+        True when this call created it, False when it existed already or is switched off (0).
     """
+    if settings.reconcile_every <= 0:
+        return False
     try:
         await client.create_schedule(
             SCHEDULE_ID,

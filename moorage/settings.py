@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     """Address the routes listen on."""
     route_ports: str = "21000-21999"
     """Listen ports handed to routes whose Compose port publishes none."""
-    reconcile_every: float = Field(default=600, ge=10)
-    """Seconds between two scheduled orphan reconciliations (the worker creates the schedule)."""
+    reconcile_every: float = Field(default=600, ge=0)
+    """Seconds between two scheduled orphan reconciliations (the worker creates the schedule;
+    0: no schedule)."""
     drain_timeout: float = Field(default=10.0, ge=0, le=3600)
     """Seconds a server taken out of a route may finish its in-flight requests."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import docker
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from activities.docker_executor import DockerExecutor
 from activities.inputs import RouteServersInput, StartServiceInput
@@ -91,6 +94,14 @@ async def test_reconcile_all_removes_containers_of_unknown_projects(
 async def test_the_worker_schedules_reconciliation_once(
     temporal_client: Client, settings: Settings
 ) -> None:
+    with contextlib.suppress(RPCError):  # made by an earlier worker on this server
+        await temporal_client.get_schedule_handle(SCHEDULE_ID).delete()
+    assert (
+        await ensure_reconcile_schedule(
+            temporal_client, settings.model_copy(update={"reconcile_every": 0})
+        )
+        is False
+    )
     try:
         assert await ensure_reconcile_schedule(temporal_client, settings) is True
         assert await ensure_reconcile_schedule(temporal_client, settings) is False

@@ -39,6 +39,8 @@ async def start_worker(address: str, queue: str, router_dir: Path) -> asyncio.su
         "MOORAGE_TASK_QUEUE": queue,
         "MOORAGE_ROUTER_DIR": str(router_dir),
         "MOORAGE_ROUTE_PORTS": "22000-22999",
+        # No ReconcileAll schedule from throwaway workers on the shared test server.
+        "MOORAGE_RECONCILE_EVERY": "0",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
