@@ -24,6 +24,7 @@ class Caller:
 
     tenant_id: str
     user_id: str
+    role: str = "deployer"
 
 
 def _digest(key: str) -> bytes:
@@ -43,7 +44,7 @@ class KeyRing:
         for known, who in self._keys:
             # Compare against every key, so timing says nothing about which one matched.
             if hmac.compare_digest(known, digest):
-                found = Caller(tenant_id=who.tenant_id, user_id=who.user_id)
+                found = Caller(tenant_id=who.tenant_id, user_id=who.user_id, role=who.role)
         return found
 
 
@@ -107,5 +108,19 @@ async def get_service(request: Request, settings: SettingsDep) -> DeploymentServ
     return svc
 
 
+def get_deployer(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    """The caller, who must hold the ``deployer`` role to change anything.
+
+    Raises:
+        HTTPException: 403 for a ``viewer`` key.
+    """
+    if caller.role != "deployer":
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"role {caller.role!r} may only read; this needs 'deployer'"
+        )
+    return caller
+
+
 CallerDep = Annotated[Caller, Depends(get_caller)]
+DeployerDep = Annotated[Caller, Depends(get_deployer)]
 ServiceDep = Annotated[DeploymentService, Depends(get_service)]

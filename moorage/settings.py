@@ -19,6 +19,11 @@ class ApiKey:
 
     tenant_id: str
     user_id: str
+    role: str = "deployer"
+    """``deployer`` (read and change) or ``viewer`` (read only)."""
+
+
+ROLES = ("viewer", "deployer")
 
 
 class Settings(BaseSettings):
@@ -75,10 +80,13 @@ class Settings(BaseSettings):
         return int(first), int(last)
 
     def parsed_api_keys(self) -> dict[str, ApiKey]:
-        """``MOORAGE_API_KEYS`` as key → (tenant, user).
+        """``MOORAGE_API_KEYS`` as key → (tenant, user, role).
+
+        An entry is ``key=tenant/user`` (role ``deployer``) or ``key=tenant/user:role`` with role
+        ``viewer`` or ``deployer``.
 
         Raises:
-            ValueError: an entry is not ``key=tenant/user`` or names an invalid tenant.
+            ValueError: an entry is not of that form, names an invalid tenant or an unknown role.
         """
         keys: dict[str, ApiKey] = {}
         for entry in self.api_keys.split(","):
@@ -92,7 +100,15 @@ class Settings(BaseSettings):
                     "MOORAGE_API_KEYS entries must look like key=tenant/user "
                     "(tenant: lowercase letters, digits, dashes)"
                 )
-            keys[key] = ApiKey(tenant_id=tenant, user_id=user)
+            role = "deployer"
+            name, colon, maybe_role = user.rpartition(":")
+            if colon:
+                if maybe_role not in ROLES or not name:
+                    raise ValueError(
+                        f"MOORAGE_API_KEYS: role {maybe_role!r} is not one of {', '.join(ROLES)}"
+                    )
+                user, role = name, maybe_role
+            keys[key] = ApiKey(tenant_id=tenant, user_id=user, role=role)
         return keys
 
 

@@ -25,7 +25,9 @@ B = {"Authorization": "Bearer key-b"}
 @pytest_asyncio.fixture(loop_scope="session")
 async def http(service: DeploymentService, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app()
-    api_settings = settings.model_copy(update={"api_keys": "key-a=acme/alice,key-b=beta/bob"})
+    api_settings = settings.model_copy(
+        update={"api_keys": "key-a=acme/alice,key-b=beta/bob,key-v=acme/vic:viewer"}
+    )
     app.dependency_overrides[get_settings] = lambda: api_settings
     app.dependency_overrides[get_service] = lambda: service
     async with httpx.AsyncClient(
@@ -281,3 +283,31 @@ async def test_oversized_bodies_are_refused_with_413(http: httpx.AsyncClient, pr
     assert resp.status_code == 422
     assert "compose" in loc_names(resp)
     assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
+
+
+async def test_a_viewer_key_reads_but_cannot_change_anything(
+    http: httpx.AsyncClient, service: DeploymentService, project: str
+) -> None:
+    viewer = {"Authorization": "Bearer key-v"}
+    await http.put(f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A)
+    dep = (await http.post(f"/api/projects/{project}/deploy", json={}, headers=A)).json()
+    await wait_terminal(service, dep["id"])
+    assert (await http.get(f"/api/projects/{project}", headers=viewer)).status_code == 200
+    assert (
+        await http.get(f"/api/deployments/{dep['id']}/events", headers=viewer)
+    ).status_code == 200
+    for method, path in [
+        ("PUT", f"/api/projects/{project}"),
+        ("POST", f"/api/projects/{project}/deploy"),
+        ("POST", f"/api/projects/{project}/reconcile"),
+        ("POST", f"/api/deployments/{dep['id']}/cancel"),
+        ("POST", f"/api/deployments/{dep['id']}/rollback"),
+        ("POST", f"/api/deployments/{dep['id']}/promote"),
+        ("POST", f"/api/deployments/{dep['id']}/abort"),
+    ]:
+        body = {"compose": compose()} if method == "PUT" else None
+        resp = await http.request(method, path, json=body, headers=viewer)
+        assert resp.status_code == 403, (method, path, resp.text)
+        assert "deployer" in resp.json()["detail"]
+    assert len(await service.list_deployments(TENANT, project)) == 1
+    assert (await service.get_project(TENANT, project)).compose == compose(api_image=None)

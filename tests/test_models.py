@@ -356,3 +356,14 @@ def test_retained_revisions_bounds() -> None:
     with pytest.raises(ValidationError):
         Settings(retained_revisions=0)
     assert Settings(retained_revisions=1).retained_revisions == 1
+
+
+def test_parsed_api_keys_roles() -> None:
+    keys = Settings(
+        api_keys="k1=acme/alice:viewer,k2=acme/bob:deployer,k3=acme/carol"
+    ).parsed_api_keys()
+    assert keys["k1"] == ApiKey(tenant_id="acme", user_id="alice", role="viewer")
+    assert keys["k2"] == ApiKey(tenant_id="acme", user_id="bob", role="deployer")
+    assert keys["k3"].role == "deployer"
+    with pytest.raises(ValueError, match="role 'admin'"):
+        Settings(api_keys="k=acme/dave:admin").parsed_api_keys()

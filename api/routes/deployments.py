@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CallerDep, ServiceDep
+from api.deps import CallerDep, DeployerDep, ServiceDep
 from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, ServiceInstance
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
@@ -69,7 +69,7 @@ async def get_instances(
 @router.post(
     "/{deployment_id}/cancel", response_model=Deployment, status_code=status.HTTP_202_ACCEPTED
 )
-async def cancel(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> Deployment:
+async def cancel(deployment_id: DeploymentId, caller: DeployerDep, svc: ServiceDep) -> Deployment:
     """Cancel a running deployment: it undoes what it did and ends ``cancelled``."""
     return await svc.cancel(caller.tenant_id, caller.user_id, deployment_id)
 
@@ -79,7 +79,7 @@ async def cancel(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep
 )
 async def rollback(
     deployment_id: DeploymentId,
-    caller: CallerDep,
+    caller: DeployerDep,
     svc: ServiceDep,
     body: Annotated[RollbackRequest | None, Body()] = None,
 ) -> Deployment:
@@ -97,31 +97,31 @@ class SteerResult(BaseModel):
 
 
 async def _steer(
-    action: str, deployment_id: str, caller: CallerDep, svc: ServiceDep
+    action: str, deployment_id: str, caller: DeployerDep, svc: ServiceDep
 ) -> SteerResult:
     result = await svc.steer(caller.tenant_id, caller.user_id, deployment_id, action)
     return SteerResult(id=deployment_id, action=action, result=result)
 
 
 @router.post("/{deployment_id}/promote", response_model=SteerResult)
-async def promote(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+async def promote(deployment_id: DeploymentId, caller: DeployerDep, svc: ServiceDep) -> SteerResult:
     """Blue-green: switch to green now. Canary: skip the remaining steps (409: nothing to do)."""
     return await _steer("promote", deployment_id, caller, svc)
 
 
 @router.post("/{deployment_id}/pause", response_model=SteerResult)
-async def pause(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+async def pause(deployment_id: DeploymentId, caller: DeployerDep, svc: ServiceDep) -> SteerResult:
     """Canary: hold before the next step. 409 when not in its steps or already paused."""
     return await _steer("pause", deployment_id, caller, svc)
 
 
 @router.post("/{deployment_id}/resume", response_model=SteerResult)
-async def resume(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+async def resume(deployment_id: DeploymentId, caller: DeployerDep, svc: ServiceDep) -> SteerResult:
     """Canary: go on (ends a pause step too). 409 when not paused."""
     return await _steer("resume", deployment_id, caller, svc)
 
 
 @router.post("/{deployment_id}/abort", response_model=SteerResult)
-async def abort(deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep) -> SteerResult:
+async def abort(deployment_id: DeploymentId, caller: DeployerDep, svc: ServiceDep) -> SteerResult:
     """Canary: traffic back to stable, canary removed, status rolled_back."""
     return await _steer("abort", deployment_id, caller, svc)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Path, status
 from pydantic import BaseModel, Field
 
-from api.deps import CallerDep, ServiceDep
+from api.deps import CallerDep, DeployerDep, ServiceDep
 from moorage.compose import MAX_COMPOSE_BYTES
 from moorage.models import Deployment, DeploymentEvent, DeployRequest, ProjectPublic
 
@@ -25,7 +25,7 @@ class ProjectCreate(BaseModel):
 
 @router.put("/{project_id}", response_model=ProjectPublic)
 async def apply_project(
-    project_id: ProjectId, body: ProjectCreate, caller: CallerDep, svc: ServiceDep
+    project_id: ProjectId, body: ProjectCreate, caller: DeployerDep, svc: ServiceDep
 ) -> ProjectPublic:
     """Create the project or replace its Compose file (takes effect on the next deploy)."""
     return await svc.apply_project(caller.tenant_id, project_id, body.compose)
@@ -42,7 +42,7 @@ async def get_project(project_id: ProjectId, caller: CallerDep, svc: ServiceDep)
 )
 async def deploy(
     project_id: ProjectId,
-    caller: CallerDep,
+    caller: DeployerDep,
     svc: ServiceDep,
     body: Annotated[DeployRequest | None, Body()] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
@@ -63,7 +63,7 @@ async def list_deployments(
 
 @router.post("/{project_id}/reconcile", response_model=list[DeploymentEvent])
 async def reconcile(
-    project_id: ProjectId, caller: CallerDep, svc: ServiceDep
+    project_id: ProjectId, caller: DeployerDep, svc: ServiceDep
 ) -> list[DeploymentEvent]:
     """Remove the project's containers that no deployment owns; one event per container removed."""
     return await svc.reconcile(caller.tenant_id, caller.user_id, project_id)
