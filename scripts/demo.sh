@@ -52,8 +52,8 @@ $M project apply "$PROJECT" -f demo/compose.v2.yaml
 $M deploy "$PROJECT" --version v2 --watch
 V2=$(latest)
 $M instances "$V2"
-PORT=$($M instances "$V2" --json | .venv/bin/python -c 'import json,sys; print([i for i in json.load(sys.stdin) if i["service_name"]=="web"][0]["ports"]["80/tcp"])')
-echo "web answers on http://$PORT/ with: $(.venv/bin/python -c "import urllib.request; print(urllib.request.urlopen('http://$PORT/').read().decode().strip())")"
+ROUTE=$($M project show "$PROJECT" --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["routes"]["web"])')
+echo "web answers through the router on $ROUTE with: $(.venv/bin/python -c "import urllib.request; print(urllib.request.urlopen('$ROUTE').read().decode().strip())")"
 
 step "v3: web never gets healthy -> Moorage rolls back to v2 by itself"
 $M project apply "$PROJECT" -f demo/compose.broken.yaml

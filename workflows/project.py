@@ -489,6 +489,7 @@ class ProjectWorkflow:
         record.deployment = result.deployment
         record.events = [*record.events, *result.events]
         record.instances = result.instances
+        record.routes = result.routes
         s.routes.update(result.routes)
         self._finish(record, result.deployment, result.deployment.status, None, compose)
 
