@@ -311,3 +311,48 @@ async def test_a_viewer_key_reads_but_cannot_change_anything(
         assert "deployer" in resp.json()["detail"]
     assert len(await service.list_deployments(TENANT, project)) == 1
     assert (await service.get_project(TENANT, project)).compose == compose(api_image=None)
+
+
+REFUSED_SERVICE_OPTIONS = {
+    "privileged": "true",
+    "cap_add": "[SYS_ADMIN]",
+    "devices": "['/dev/sda:/dev/sda']",
+    "pid": "host",
+    "ipc": "host",
+    "uts": "host",
+    "network_mode": "host",
+    "userns_mode": "host",
+    "security_opt": "['seccomp:unconfined']",
+    "sysctls": "{net.ipv4.ip_forward: 1}",
+    "cgroup_parent": "/",
+    "runtime": "runc",
+    "volumes": "['/:/host']",
+    "volumes_from": "[other]",
+    "env_file": "/etc/shadow",
+    "extends": "{file: /etc/passwd, service: x}",
+    "configs": "[c]",
+    "secrets": "[s]",
+}
+
+
+@pytest.mark.parametrize("key", list(REFUSED_SERVICE_OPTIONS))
+async def test_dangerous_service_options_are_refused_naming_service_and_key(
+    http: httpx.AsyncClient, docker_client: docker.DockerClient, project: str, key: str
+) -> None:
+    value = REFUSED_SERVICE_OPTIONS[key]
+    text = f"services:\n  web:\n    image: moorage-demo:v1\n    {key}: {value}\n"
+    resp = await http.put(f"/api/projects/{project}", json={"compose": text}, headers=A)
+    assert resp.status_code == 422, resp.text
+    assert {"web", key} <= set(loc_names(resp))
+    assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
+    assert labelled(docker_client, project) == []
+
+
+@pytest.mark.parametrize("key", ["include", "volumes", "networks", "configs", "secrets"])
+async def test_top_level_keys_reading_the_host_are_refused(
+    http: httpx.AsyncClient, project: str, key: str
+) -> None:
+    text = f"services:\n  web:\n    image: moorage-demo:v1\n{key}:\n  x: {{}}\n"
+    resp = await http.put(f"/api/projects/{project}", json={"compose": text}, headers=A)
+    assert resp.status_code == 422, resp.text
+    assert key in resp.text
