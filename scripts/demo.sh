@@ -3,13 +3,15 @@
 # `moorage dev` (Temporal dev server + worker + API), deploys the demo project v1, then v2, then a
 # broken revision that Moorage rolls back by itself. Leaves the stack running until Ctrl-C so you
 # can look at the Temporal Web UI; `--exit` stops right after the demo.
+# The demo is throwaway: its Temporal database lives in a fresh .moorage/demo, and when it stops it
+# removes the demo project's containers and network (tenant "default", project "demo").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXIT_AFTER=0
 [ "${1:-}" = "--exit" ] && EXIT_AFTER=1
 
-DATA_DIR=${MOORAGE_DATA_DIR:-.moorage}
+DATA_DIR=${MOORAGE_DEMO_DATA_DIR:-.moorage/demo}
 API_PORT=${MOORAGE_DEMO_API_PORT:-8000}
 TEMPORAL_PORT=${MOORAGE_DEMO_TEMPORAL_PORT:-7233}
 UI_PORT=${MOORAGE_DEMO_UI_PORT:-8233}
@@ -21,6 +23,18 @@ export MOORAGE_TEMPORAL_ADDRESS=127.0.0.1:$TEMPORAL_PORT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+remove_demo_project() {
+  # What the demo deployed goes with it (also what an earlier, interrupted demo left).
+  local ids
+  ids=$(docker ps -aq --filter "label=moorage.tenant=default" --filter "label=moorage.project=$PROJECT")
+  [ -n "$ids" ] && docker rm -f $ids >/dev/null
+  ids=$(docker network ls -q --filter "label=moorage.tenant=default" --filter "label=moorage.project=$PROJECT")
+  [ -n "$ids" ] && docker network rm $ids >/dev/null
+  return 0
+}
+remove_demo_project
+rm -rf "$DATA_DIR"
+
 step "starting the local stack: moorage dev --data-dir $DATA_DIR"
 mkdir -p "$DATA_DIR"
 $M dev --data-dir "$DATA_DIR" --api-port "$API_PORT" --temporal-port "$TEMPORAL_PORT" --ui-port "$UI_PORT" \
@@ -31,6 +45,7 @@ stop_dev() {
     kill -INT "$DEV" 2>/dev/null || true
     wait "$DEV" 2>/dev/null || true
   fi
+  remove_demo_project
 }
 trap stop_dev EXIT
 for _ in $(seq 1 120); do
