@@ -11,6 +11,7 @@ non-retryable ``ApplicationError``; an engine or network hiccup is left retryabl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -475,6 +476,23 @@ class DockerExecutor:
                 )
             )
         return sorted(result, key=lambda x: x.name)
+
+    def purge_project(self, project: str) -> list[str]:
+        """Remove every container and network labelled for ``project`` (any tenant, any revision).
+
+        Not an activity: for throwaway runs (tests, benchmarks, recordings) cleaning up after
+        themselves. Returns the container names removed.
+        """
+        label = f"{naming.LABEL_PROJECT}={project}"
+        names = []
+        for c in self.api.containers(all=True, filters={"label": label}):
+            names.append(str(c["Names"][0]).lstrip("/"))
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_container(c["Id"], force=True, v=True)
+        for n in self.api.networks(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_network(n["Id"])
+        return names
 
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of this executor, for the worker."""

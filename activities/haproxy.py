@@ -72,26 +72,14 @@ class HAProxyBackend(ProxyBackend):
     """HAProxy 2.6+, master-worker mode, admin socket in the router directory."""
 
     name = "haproxy"
+    pidfile_name = "haproxy.pid"
 
     def __init__(self, directory: Path, bind: str = "127.0.0.1", drain_timeout_s: float = 10.0):
-        super().__init__(directory, bind)
+        super().__init__(directory, bind, drain_timeout_s)
         self.config = directory / "haproxy.cfg"
         self.socket = directory / "admin.sock"
-        self.pidfile = directory / "haproxy.pid"
-        self.drain_timeout_s = drain_timeout_s
 
     # --- process -------------------------------------------------------------------------------
-
-    def _pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return None
-        return pid
 
     def running(self) -> bool:
         """True when the master process is alive and the admin socket answers."""
@@ -136,20 +124,6 @@ class HAProxyBackend(ProxyBackend):
         if result.returncode != 0:
             raise RouterError(f"haproxy did not start: {(result.stderr or result.stdout).strip()}")
         self._wait_ready(state)
-
-    def stop(self) -> None:
-        """Stop HAProxy (SIGTERM to the master)."""
-        pid = self._pid()
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
 
     def _wait_ready(self, state: RouterState, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -72,22 +72,13 @@ class NginxBackend(ProxyBackend):
     """nginx run as its own master process with a prefix in the router directory."""
 
     name = "nginx"
+    pidfile_name = "nginx.pid"
 
     def __init__(self, directory: Path, bind: str = "127.0.0.1", drain_timeout_s: float = 10.0):
-        super().__init__(directory, bind)
+        super().__init__(directory, bind, drain_timeout_s)
         self.config = directory / "nginx.conf"
-        self.pidfile = directory / "nginx.pid"
-        self.drain_timeout_s = drain_timeout_s
         self.extra_http = ""
         """Operator-provided directives for the ``http`` block (e.g. logging)."""
-
-    def _pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
 
     def running(self) -> bool:
         """True when the nginx master is alive."""
@@ -128,19 +119,6 @@ class NginxBackend(ProxyBackend):
                 return
             time.sleep(0.05)
         raise RouterError("nginx did not write its pid file")
-
-    def stop(self) -> None:
-        """Stop nginx (fast shutdown)."""
-        pid = self._pid()
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                return
-            time.sleep(0.05)
 
     def _workers(self, master: int) -> list[int]:
         try:

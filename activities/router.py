@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,10 +79,38 @@ class ProxyBackend(ABC):
     """A proxy that serves the router's state: HAProxy or nginx."""
 
     name: str
+    pidfile_name: str
+    """The proxy's pid file in the router directory (its master process)."""
 
-    def __init__(self, directory: Path, bind: str):
+    def __init__(self, directory: Path, bind: str, drain_timeout_s: float = 10.0):
         self.dir = directory
         self.bind = bind
+        self.drain_timeout_s = drain_timeout_s
+        self.pidfile = directory / self.pidfile_name
+
+    def _pid(self) -> int | None:
+        """The master's pid when it is alive."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid
+
+    def stop(self) -> None:
+        """Stop the proxy: SIGTERM to the master, SIGKILL if it is still there after 5 s."""
+        pid = self._pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
     @abstractmethod
     def running(self) -> bool:
@@ -89,10 +119,6 @@ class ProxyBackend(ABC):
     @abstractmethod
     def start(self, state: RouterState) -> None:
         """Write the config for ``state`` and start the proxy."""
-
-    @abstractmethod
-    def stop(self) -> None:
-        """Stop the proxy."""
 
     @abstractmethod
     def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:

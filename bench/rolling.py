@@ -75,10 +75,7 @@ def compose(image: str, health_interval: str | None = None) -> str:
 
 
 def cleanup(client: docker.DockerClient, project: str) -> None:
-    for c in client.containers.list(all=True, filters={"label": f"moorage.project={project}"}):
-        c.remove(force=True)
-    for n in client.networks.list(filters={"label": f"moorage.project={project}"}):
-        n.remove()
+    DockerExecutor(client).purge_project(project)
 
 
 async def wait_done(svc: DeploymentService, dep_id: str) -> DeploymentStatus:

@@ -109,8 +109,7 @@ async def main() -> None:
     finally:
         await worker.shutdown()
         await asyncio.gather(task, return_exceptions=True)
-        for c in client.containers.list(all=True, filters={"label": f"moorage.project={project}"}):
-            c.remove(force=True)
+        DockerExecutor(client).purge_project(project)
         router.stop()
         await env.shutdown()
         shutil.rmtree(work, ignore_errors=True)

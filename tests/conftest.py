@@ -5,7 +5,6 @@ Nothing here skips: without the ``temporal`` binary or a Docker engine, the test
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import sys
@@ -22,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.docker_executor import DockerExecutor
 from activities.router import TrafficRouter
-from moorage import images, naming
+from moorage import images
 from moorage.service import DeploymentService
 from moorage.settings import Settings
 from worker import build_router, build_worker
@@ -101,13 +100,8 @@ def router(
 async def worker(
     temporal_client: Client, docker_client: docker.DockerClient, router: TrafficRouter
 ) -> AsyncIterator[None]:
-    w = build_worker(temporal_client, TASK_QUEUE, DockerExecutor(docker_client), router)
-    task = asyncio.create_task(w.run())
-    try:
+    async with build_worker(temporal_client, TASK_QUEUE, DockerExecutor(docker_client), router):
         yield
-    finally:
-        await w.shutdown()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture(scope="session")
@@ -122,15 +116,7 @@ def service(temporal_client: Client, settings: Settings, worker: None) -> Deploy
 
 def remove_labelled(client: docker.DockerClient, project: str) -> list[str]:
     """Remove every container and network Moorage made for ``project``; returns the names."""
-    names = []
-    for c in client.containers.list(
-        all=True, filters={"label": f"{naming.LABEL_PROJECT}={project}"}
-    ):
-        names.append(c.name)
-        c.remove(force=True)
-    for n in client.networks.list(filters={"label": f"{naming.LABEL_PROJECT}={project}"}):
-        n.remove()
-    return names
+    return DockerExecutor(client).purge_project(project)
 
 
 @pytest.fixture
@@ -163,13 +149,10 @@ def nginx_router(
 async def nginx_worker(
     temporal_client: Client, docker_client: docker.DockerClient, nginx_router: TrafficRouter
 ) -> AsyncIterator[None]:
-    w = build_worker(temporal_client, NGINX_QUEUE, DockerExecutor(docker_client), nginx_router)
-    task = asyncio.create_task(w.run())
-    try:
+    async with build_worker(
+        temporal_client, NGINX_QUEUE, DockerExecutor(docker_client), nginx_router
+    ):
         yield
-    finally:
-        await w.shutdown()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture
