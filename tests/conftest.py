@@ -54,6 +54,16 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+SHORT_RETENTION_ARGS = [
+    "--dynamic-config-value",
+    'system.namespaceMinRetentionGlobal="1s"',
+    "--dynamic-config-value",
+    'system.namespaceMinRetentionLocal="1s"',
+    "--dynamic-config-value",
+    'history.retentionTimerJitterDuration="1s"',
+]
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
@@ -61,6 +71,9 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         search_attributes=sa.ALL,
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
+        # Lets a test create a namespace whose closed workflows are deleted within seconds
+        # (tests/test_retention.py); the default namespace keeps its 24 h.
+        dev_server_extra_args=SHORT_RETENTION_ARGS,
     )
     try:
         yield env
