@@ -18,6 +18,8 @@ class LoadResult:
     versions: Counter[str] = field(default_factory=Counter)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     """(time, version) of every successful request, in order of completion."""
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    """(time, error) of every failed request."""
 
 
 class Load:
@@ -46,6 +48,7 @@ class Load:
             else:
                 self.result.failed += 1
                 self.result.errors[error or "?"] += 1
+                self.result.failures.append((time.monotonic(), error or "?"))
 
     def _run(self) -> None:
         conn: http.client.HTTPConnection | None = None

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -226,3 +227,81 @@ async def test_worker_killed_while_switching_traffic(
             worker.terminate()
             await worker.wait()
         HAProxyBackend(router_dir).stop()
+
+
+DOCKERD_PIDFILE = Path("/var/run/docker.pid")
+ENSURE_ENGINE = Path(__file__).resolve().parent.parent / "scripts" / "ensure-engine.sh"
+
+
+async def restart_dockerd(down_for: float) -> float:
+    """Stop the local dockerd (SIGTERM, as a service manager would), wait, start it again.
+
+    Returns:
+        The monotonic time the new dockerd was started at.
+    """
+    if not DOCKERD_PIDFILE.exists():
+        pytest.fail("this test restarts the local dockerd: no /var/run/docker.pid", pytrace=False)
+    pid = int(DOCKERD_PIDFILE.read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("dockerd did not stop within 30 s")
+    await asyncio.sleep(down_for)
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(str(ENSURE_ENGINE))
+    assert await proc.wait() == 0, "scripts/ensure-engine.sh could not start dockerd again"
+    return started
+
+
+async def test_dockerd_restarted_mid_rollout(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    # Without live-restore a dockerd restart stops every container: that is a setup error
+    # (scripts/ensure-engine.sh starts dockerd with it), not something to skip.
+    assert docker_client.info()["LiveRestoreEnabled"], "dockerd must run with live-restore"
+    url = await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2", replicas=4))
+    with Load(url, connections=4, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT,
+            USER,
+            project,
+            DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v2", health_check_delay=1),
+        )
+        await wait_status(service, dep.id, passed(1))
+        t0 = time.monotonic()
+        started = await restart_dockerd(down_for=2)
+        up = time.monotonic()
+        state = await wait_terminal(service, dep.id, timeout=180)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    # The replicas kept serving while dockerd was away (live-restore; port rules in iptables).
+    # Only while the new dockerd starts and rewrites its port rules (~0.25 s) do connections to
+    # every published port fail; HAProxy answers those requests 503. Nothing fails before it
+    # starts again, nor once it is up.
+    failures = [(round(t - t0, 2), e) for t, e in load.result.failures]
+    assert all(started - 0.1 <= t <= up + 1.0 for t, _ in load.result.failures), (
+        f"dockerd down at 0, started at {started - t0:.2f}s, up at {up - t0:.2f}s",
+        failures[:5],
+        failures[-5:],
+    )
+    print(f"dockerd restart: {len(failures)} requests failed while it started")
+    assert load.result.ok > 50
+    assert load.last_versions(20) == {"v2"}
+    containers = labelled(docker_client, project)
+    assert len(containers) == 4
+    assert all(c.status == "running" for c in containers)
+    assert {c.labels["moorage.revision"] for c in containers} == {str(dep.revision)}
+    key = route_key(TENANT, project, "web")
+    assert set(router.backend.live_servers(router.load().routes[key])) == {
+        c.name for c in containers
+    }
+    assert sum(e.event_type == EventType.SERVICE_UPDATED for e in state.events) == 1
