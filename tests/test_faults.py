@@ -233,15 +233,20 @@ DOCKERD_PIDFILE = Path("/var/run/docker.pid")
 ENSURE_ENGINE = Path(__file__).resolve().parent.parent / "scripts" / "ensure-engine.sh"
 
 
+def dockerd_pid() -> int:
+    """The local dockerd's pid (this test restarts it: a remote engine cannot be)."""
+    if not DOCKERD_PIDFILE.exists():
+        pytest.fail("this test restarts the local dockerd: no /var/run/docker.pid", pytrace=False)
+    return int(DOCKERD_PIDFILE.read_text().strip())
+
+
 async def restart_dockerd(down_for: float) -> float:
     """Stop the local dockerd (SIGTERM, as a service manager would), wait, start it again.
 
     Returns:
         The monotonic time the new dockerd was started at.
     """
-    if not DOCKERD_PIDFILE.exists():
-        pytest.fail("this test restarts the local dockerd: no /var/run/docker.pid", pytrace=False)
-    pid = int(DOCKERD_PIDFILE.read_text().strip())
+    pid = dockerd_pid()
     os.kill(pid, signal.SIGTERM)
     for _ in range(300):
         try:
