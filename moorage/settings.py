@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from moorage.compose import ComposePolicy, parse_memory
 from moorage.models import NAME_RE
 
 
@@ -63,6 +65,73 @@ class Settings(BaseSettings):
     0: no schedule)."""
     drain_timeout: float = Field(default=10.0, ge=0, le=3600)
     """Seconds a server taken out of a route may finish its in-flight requests."""
+    tenant_policies: str = ""
+    """What each tenant may use beyond the safe default, as JSON: ``{"tenant": {"privileged":
+    true, "cap_add": ["NET_ADMIN"], "bind_paths": ["/srv/data"], "devices": ["/dev/fuse"]}}``
+    (see :class:`moorage.compose.ComposePolicy`); a tenant not named gets the default policy."""
+    default_memory: str = "512m"
+    """Memory limit of a container whose service sets none (Docker units: ``512m``, ``1g``)."""
+    default_cpus: float = Field(default=1.0, gt=0)
+    """CPU limit of a container whose service sets none."""
+    default_pids: int = Field(default=512, ge=1)
+    """Process limit of a container whose service sets none."""
+    max_active_deployments: int = Field(default=10, ge=1)
+    """Deployments a tenant may have running at once."""
+
+    @field_validator("default_memory")
+    @classmethod
+    def _check_default_memory(cls, value: str) -> str:
+        parse_memory(value, service=None, key="default_memory")
+        return value
+
+    @model_validator(mode="after")
+    def _check_policies(self) -> Settings:
+        self.tenant_policy_map()  # a bad MOORAGE_TENANT_POLICIES stops the process at start
+        return self
+
+    def default_memory_bytes(self) -> int:
+        """``default_memory`` in bytes."""
+        return parse_memory(self.default_memory, service=None, key="default_memory")
+
+    def tenant_policy_map(self) -> dict[str, ComposePolicy]:
+        """``MOORAGE_TENANT_POLICIES`` as tenant → policy.
+
+        Raises:
+            ValueError: not a JSON object of tenant → policy object, an invalid tenant name, an
+                unknown field or a bad value (the message names the tenant and the field).
+        """
+        if not self.tenant_policies.strip():
+            return {}
+        try:
+            raw = json.loads(self.tenant_policies)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"MOORAGE_TENANT_POLICIES is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError("MOORAGE_TENANT_POLICIES must be a JSON object of tenant → policy")
+        policies: dict[str, ComposePolicy] = {}
+        for tenant, body in raw.items():
+            if not NAME_RE.match(tenant):
+                raise ValueError(
+                    f"MOORAGE_TENANT_POLICIES: {tenant!r} is not a tenant name "
+                    "(lowercase letters, digits, dashes)"
+                )
+            try:
+                policies[tenant] = ComposePolicy.model_validate(body)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                field = ".".join(str(part) for part in error["loc"]) or "(policy)"
+                raise ValueError(
+                    f"MOORAGE_TENANT_POLICIES: tenant {tenant!r}, field {field!r}: {error['msg']}"
+                ) from None
+        return policies
+
+    def policy_for(self, tenant: str) -> ComposePolicy:
+        """The Compose policy of ``tenant`` (the default policy when it has none).
+
+        Raises:
+            ValueError: ``MOORAGE_TENANT_POLICIES`` is invalid.
+        """
+        return self.tenant_policy_map().get(tenant, ComposePolicy())
 
     def resolved_router_dir(self) -> Path:
         """Where the router keeps its files."""

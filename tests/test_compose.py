@@ -8,32 +8,64 @@ import pytest
 
 from moorage.compose import (
     MAX_COMPOSE_BYTES,
+    MAX_INTERPOLATED_BYTES,
     MAX_REPLICAS,
+    MAX_SERVICES,
+    MIN_MEMORY_BYTES,
+    UNRESTRICTED,
     ComposeError,
+    ComposePolicy,
+    DeviceSpec,
     HealthcheckSpec,
+    MountSpec,
     PortSpec,
     ProjectSpec,
     ServiceSpec,
+    VolumeSpec,
     parse_compose,
+    parse_memory,
+    resolve_compose,
 )
+from moorage.settings import Settings
 
 
-def parse(text: str) -> ProjectSpec:
-    return parse_compose(textwrap.dedent(text))
+def parse(
+    text: str,
+    *,
+    variables: dict[str, str] | None = None,
+    policy: ComposePolicy | None = None,
+) -> ProjectSpec:
+    return parse_compose(textwrap.dedent(text), variables=variables, policy=policy)
 
 
-def one(body: str) -> ServiceSpec:
-    """Parse a single service ``web`` whose body (indented under it) is ``body``."""
+def one(
+    body: str,
+    *,
+    variables: dict[str, str] | None = None,
+    policy: ComposePolicy | None = None,
+    top: str = "",
+) -> ServiceSpec:
+    """Parse a single service ``web`` whose body (indented under it) is ``body``.
+
+    ``top`` is appended at the top level (e.g. a ``volumes`` declaration).
+    """
     text = "services:\n  web:\n    image: nginx:1.27\n" + textwrap.indent(
         textwrap.dedent(body), "    "
     )
-    return parse_compose(text).service("web")
+    text += textwrap.dedent(top)
+    return parse_compose(text, variables=variables, policy=policy).service("web")
 
 
-def refused(body: str) -> ComposeError:
+def refused(
+    body: str,
+    *,
+    variables: dict[str, str] | None = None,
+    policy: ComposePolicy | None = None,
+    top: str = "",
+) -> ComposeError:
     """The error parsing service ``web`` with ``body`` raises."""
     with pytest.raises(ComposeError) as info:
-        one(body)
+        one(body, variables=variables, policy=policy, top=top)
     return info.value
 
 
@@ -568,9 +600,9 @@ def test_self_dependency_is_a_cycle() -> None:
     assert "web -> web" in str(info.value)
 
 
-def test_long_dependency_chain_does_not_hit_the_recursion_limit() -> None:
-    # Each service depends on the next one in the file: a naive recursive sort goes 1500 deep.
-    n = 1500
+def test_longest_dependency_chain_is_ordered() -> None:
+    # Each service depends on the next one in the file: the sort goes MAX_SERVICES deep.
+    n = MAX_SERVICES - 1
     text = "services:\n" + "".join(
         f"  s{i}:\n    image: x\n    depends_on: [s{i + 1}]\n" for i in range(n)
     )
@@ -579,13 +611,23 @@ def test_long_dependency_chain_does_not_hit_the_recursion_limit() -> None:
     assert project.names == [f"s{i}" for i in range(n, -1, -1)]
 
 
-def test_long_dependency_cycle_is_refused() -> None:
-    n = 1500
+def test_longest_dependency_cycle_is_refused() -> None:
+    n = MAX_SERVICES
     text = "services:\n" + "".join(
         f"  s{i}:\n    image: x\n    depends_on: [s{(i + 1) % n}]\n" for i in range(n)
     )
     with pytest.raises(ComposeError, match="cycle: s0 -> s1 -> s2"):
         parse_compose(text)
+
+
+def test_services_beyond_the_cap_are_refused() -> None:
+    ok = "services:\n" + "".join(f"  s{i}:\n    image: x\n" for i in range(MAX_SERVICES))
+    assert len(parse_compose(ok).names) == MAX_SERVICES
+    with pytest.raises(ComposeError) as info:
+        parse_compose(ok + "  one-more:\n    image: x\n")
+    assert info.value.service is None
+    assert info.value.key == "services"
+    assert str(MAX_SERVICES) in str(info.value)
 
 
 # --- deploy / stop -----------------------------------------------------------------------------
@@ -603,7 +645,7 @@ def test_deploy_replicas_out_of_bounds_are_refused(replicas: str) -> None:
     assert str(MAX_REPLICAS) in str(err)
 
 
-@pytest.mark.parametrize("key", ["resources", "restart_policy", "placement", "mode"])
+@pytest.mark.parametrize("key", ["restart_policy", "placement", "mode", "labels"])
 def test_other_deploy_keys_are_refused_naming_them(key: str) -> None:
     err = refused(f"deploy:\n  replicas: 2\n  {key}: {{}}\n")
     assert err.service == "web"
@@ -685,7 +727,7 @@ def test_service_without_image_is_refused() -> None:
     assert info.value.key == "image"
 
 
-@pytest.mark.parametrize("key", ["volumes", "networks", "secrets", "configs", "include"])
+@pytest.mark.parametrize("key", ["networks", "secrets", "configs", "include"])
 def test_unsupported_top_level_keys_are_refused(key: str) -> None:
     with pytest.raises(ComposeError) as info:
         parse_compose(f"services:\n  web:\n    image: nginx\n{key}:\n  data: {{}}\n")
@@ -845,3 +887,873 @@ def test_billion_laughs_is_refused_without_expanding() -> None:
         parse_compose(text)
     assert err.value.service == "web"
     assert err.value.key in ("command", "environment")
+
+
+def test_specs_stored_before_the_new_fields_still_load() -> None:
+    project = ProjectSpec.model_validate({"services": [{"name": "web", "image": "nginx"}]})
+    web = project.service("web")
+    assert (web.privileged, web.cap_add, web.mounts, web.mem_limit_bytes) == (False, [], [], None)
+    assert project.volumes == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("pid", "host"),
+        ("ipc", "host"),
+        ("uts", "host"),
+        ("network_mode", "host"),
+        ("userns_mode", "host"),
+        ("security_opt", "['seccomp:unconfined']"),
+        ("sysctls", "{net.ipv4.ip_forward: 1}"),
+        ("cgroup_parent", "/"),
+        ("runtime", "runc"),
+        ("volumes_from", "[db]"),
+        ("env_file", ".env"),
+        ("extends", "{service: base}"),
+        ("configs", "[cfg]"),
+        ("secrets", "[token]"),
+        ("networks", "[front]"),
+        ("memswap_limit", "1g"),
+    ],
+)
+def test_host_reaching_service_keys_stay_refused(key: str, value: str) -> None:
+    err = refused(f"{key}: {value}\n", policy=ComposePolicy(privileged=True, bind_paths=["/"]))
+    assert (err.service, err.key) == ("web", key)
+
+
+# --- interpolation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "variables", "expected"),
+    [
+        ("$TAG", {"TAG": "1"}, "1"),
+        ("${TAG}", {"TAG": "1"}, "1"),
+        ("${TAG}", {"TAG": ""}, ""),
+        ("v-${TAG}-$TAG.x", {"TAG": "1"}, "v-1-1.x"),
+        ("${TAG:-v1}", {}, "v1"),
+        ("${TAG:-v1}", {"TAG": ""}, "v1"),
+        ("${TAG:-v1}", {"TAG": "2"}, "2"),
+        ("${TAG-v1}", {}, "v1"),
+        ("${TAG-v1}", {"TAG": ""}, ""),
+        ("${TAG:-}", {}, ""),
+        ("${TAG:?needed}", {"TAG": "3"}, "3"),
+        ("${TAG?needed}", {"TAG": ""}, ""),
+        ("${TAG:+on}", {"TAG": "x"}, "on"),
+        ("${TAG:+on}", {"TAG": ""}, ""),
+        ("${TAG+on}", {"TAG": ""}, "on"),
+        ("${TAG+on}", {}, ""),
+        ("$$TAG", {}, "$TAG"),
+        ("$${TAG}", {}, "${TAG}"),
+        ("a $$ b", {}, "a $ b"),
+        ("$$$TAG", {"TAG": "1"}, "$1"),
+        ("${TAG:-a b:c}", {}, "a b:c"),
+        ("no dollar", {}, "no dollar"),
+    ],
+)
+def test_interpolation_forms(template: str, variables: dict[str, str], expected: str) -> None:
+    spec = one(f"environment:\n  V: '{template}'\n", variables=variables)
+    assert spec.environment == {"V": expected}
+
+
+def test_interpolated_values_are_not_interpolated_again() -> None:
+    spec = one("environment:\n  V: ${A}\n", variables={"A": "${B} $$ $C", "B": "no"})
+    assert spec.environment == {"V": "${B} $$ $C"}
+
+
+def test_interpolation_applies_to_values_not_keys() -> None:
+    spec = one("environment:\n  $KEY: ${V}\n", variables={"KEY": "no", "V": "yes"})
+    assert spec.environment == {"$KEY": "yes"}
+
+
+def test_image_tag_from_a_variable() -> None:
+    assert one("image: nginx:${TAG:-1.27}\n").image == "nginx:1.27"
+    assert one("image: nginx:${TAG:-1.27}\n", variables={"TAG": "1.28"}).image == "nginx:1.28"
+
+
+def test_unset_variable_is_refused_naming_service_key_and_variable() -> None:
+    with pytest.raises(ComposeError) as info:
+        parse_compose("services:\n  web:\n    image: nginx:${TAG}\n")
+    err = info.value
+    assert (err.service, err.key) == ("web", "image")
+    assert "variable 'TAG' is not set" in str(err)
+    assert "${TAG:-" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("environment:\n  A: $TAG\n", "environment.A"),
+        ("environment: [A=$TAG]\n", "environment"),
+        ("volumes: ['$TAG:/data']\n", "volumes"),
+        ("healthcheck:\n  test: [CMD, '${TAG}']\n", "healthcheck.test"),
+        ("x-note: ${TAG}\n", "x-note"),
+    ],
+)
+def test_unset_variable_error_names_the_key_path(body: str, key: str) -> None:
+    err = refused(body)
+    assert (err.service, err.key) == ("web", key)
+    assert "'TAG'" in str(err)
+
+
+def test_unset_variable_outside_services_names_the_top_level_key() -> None:
+    with pytest.raises(ComposeError) as info:
+        parse("""
+            services:
+              web: {image: nginx}
+            volumes:
+              data:
+                driver: ${DRIVER}
+            """)
+    assert (info.value.service, info.value.key) == (None, "volumes.data.driver")
+    assert "'DRIVER'" in str(info.value)
+
+
+def test_variables_never_come_from_the_servers_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TAG", "leaked")
+    monkeypatch.setenv("SECRET", "leaked")
+    err = refused("environment:\n  A: ${SECRET}\n")
+    assert (err.service, err.key) == ("web", "environment.A")
+    assert one("environment:\n  A: ${SECRET:-none}\n").environment == {"A": "none"}
+
+
+@pytest.mark.parametrize(
+    ("template", "variables", "message"),
+    [
+        (
+            "${TAG:?set TAG to the release}",
+            {},
+            "variable 'TAG' is required: set TAG to the release",
+        ),
+        ("${TAG:?set TAG to the release}", {"TAG": ""}, "set TAG to the release"),
+        ("${TAG?set TAG}", {}, "variable 'TAG' is required: set TAG"),
+        ("${TAG:?}", {}, "variable 'TAG' is required"),
+    ],
+)
+def test_required_variable_errors(template: str, variables: dict[str, str], message: str) -> None:
+    err = refused(f"environment:\n  V: '{template}'\n", variables=variables)
+    assert (err.service, err.key) == ("web", "environment.V")
+    assert message in str(err)
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["${}", "${TAG", "x ${TAG", "${1TAG}", "${TAG!}", "${TAG:x}", "$", "cost: 5$", "$1", "$-x"],
+)
+def test_invalid_interpolation_syntax_is_refused(template: str) -> None:
+    err = refused(f"environment:\n  V: '{template}'\n", variables={"TAG": "1"})
+    assert (err.service, err.key) == ("web", "environment.V")
+    assert "invalid interpolation" in str(err)
+
+
+@pytest.mark.parametrize("template", ["${A:-${B}}", "${A:-$B}", "${A:?$$}", "${A-$$}"])
+def test_defaults_may_not_nest_interpolation(template: str) -> None:
+    err = refused(f"environment:\n  V: '{template}'\n", variables={"B": "x"})
+    assert (err.service, err.key) == ("web", "environment.V")
+    assert "nested interpolation is not supported" in str(err)
+
+
+def test_interpolated_size_is_capped() -> None:
+    big = "x" * (MAX_INTERPOLATED_BYTES // 10)
+    assert one("command: ['${V}', '${V}']\n", variables={"V": big}).command == [big, big]
+    err = refused("command: [" + ", ".join(["'${V}'"] * 11) + "]\n", variables={"V": big})
+    assert (err.service, err.key) == ("web", "command")
+    assert str(MAX_INTERPOLATED_BYTES) in str(err)
+
+
+def test_variable_repeated_by_yaml_aliases_is_bounded() -> None:
+    lines = ['a0: &a0 ["$$"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    text = "x-bomb:\n" + "\n".join("  " + line for line in lines)
+    text += "\nservices:\n  web:\n    image: x\n    command: *a8\n"
+    with pytest.raises(ComposeError) as info:
+        parse_compose(text)
+    assert info.value.key is not None
+    assert info.value.key.startswith("x-bomb")
+
+
+def test_self_referencing_yaml_alias_is_refused() -> None:
+    with pytest.raises(ComposeError, match="refers to itself"):
+        parse_compose("x-loop: &loop [*loop]\nservices:\n  web:\n    image: x\n")
+
+
+def test_validation_runs_after_interpolation() -> None:
+    err = refused("volumes: ['${SRC}:/data']\n", variables={"SRC": "/"})
+    assert (err.service, err.key) == ("web", "volumes")
+    assert "'/'" in str(err)
+    err = refused("cap_add: ['${CAP}']\n", variables={"CAP": "SYS_ADMIN"})
+    assert (err.service, err.key) == ("web", "cap_add")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("True", True), ("yes", True)])
+def test_interpolated_boolean_string_is_a_boolean(value: str, expected: bool) -> None:
+    err = refused("privileged: ${P}\n", variables={"P": value})
+    assert (err.service, err.key) == ("web", "privileged")
+    assert "refused by default" in str(err)
+    spec = one("privileged: ${P}\n", variables={"P": value}, policy=ComposePolicy(privileged=True))
+    assert spec.privileged is expected
+
+
+@pytest.mark.parametrize("value", ["false", "FALSE", "no", "off"])
+def test_interpolated_false_is_false(value: str) -> None:
+    assert one("privileged: ${P}\n", variables={"P": value}).privileged is False
+
+
+def test_interpolated_numbers_become_numbers_at_typed_keys() -> None:
+    spec = one(
+        "deploy: {replicas: '${N}'}\ncpus: ${C}\npids_limit: ${P}\n",
+        variables={"N": "3", "C": "0.5", "P": "100"},
+    )
+    assert (spec.replicas, spec.cpus, spec.pids_limit) == (3, 0.5, 100)
+    assert refused("deploy: {replicas: '${N}'}\n", variables={"N": "three"}).key == (
+        "deploy.replicas"
+    )
+
+
+def test_literal_string_boolean_stays_refused() -> None:
+    # Only values interpolation produced are converted; a quoted 'true' is a string, as before.
+    err = refused("privileged: 'false'\n")
+    assert (err.service, err.key) == ("web", "privileged")
+    assert "true or false" in str(err)
+
+
+# --- privileges --------------------------------------------------------------------------------
+
+
+def test_privileged_is_refused_by_default_saying_how_to_allow_it() -> None:
+    err = refused("privileged: true\n")
+    assert (err.service, err.key) == ("web", "privileged")
+    assert "refused by default" in str(err)
+    assert "allowed per tenant with MOORAGE_TENANT_POLICIES" in str(err)
+
+
+def test_privileged_is_allowed_by_policy() -> None:
+    assert one("privileged: true\n", policy=ComposePolicy(privileged=True)).privileged is True
+    assert one("privileged: false\n").privileged is False
+
+
+@pytest.mark.parametrize("cap", ["SYS_ADMIN", "SYS_MODULE", "ALL", "cap_sys_admin", "NET_ADMIN"])
+def test_dangerous_cap_add_is_refused_naming_the_capability(cap: str) -> None:
+    err = refused(f"cap_add: [CHOWN, {cap}]\n")
+    assert (err.service, err.key) == ("web", "cap_add")
+    assert cap.upper().removeprefix("CAP_") in str(err)
+    assert "MOORAGE_TENANT_POLICIES" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [
+        ("[NET_BIND_SERVICE]", ["NET_BIND_SERVICE"]),
+        ("[CAP_CHOWN]", ["CHOWN"]),
+        ("[cap_chown, chown, Kill]", ["CHOWN", "KILL"]),
+        ("[SETUID, SETGID, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE]", None),
+    ],
+)
+def test_safe_cap_add_is_accepted_and_normalised(caps: str, expected: list[str] | None) -> None:
+    spec = one(f"cap_add: {caps}\ncap_drop: [ALL]\n")
+    if expected is not None:
+        assert spec.cap_add == expected
+    assert spec.cap_drop == ["ALL"]
+
+
+def test_policy_allows_extra_capabilities() -> None:
+    policy = ComposePolicy(cap_add=["cap_net_admin"])
+    assert policy.cap_add == ["NET_ADMIN"]
+    assert one("cap_add: [NET_ADMIN]\n", policy=policy).cap_add == ["NET_ADMIN"]
+    assert refused("cap_add: [SYS_ADMIN]\n", policy=policy).key == "cap_add"
+
+
+def test_cap_drop_takes_any_capability() -> None:
+    assert one("cap_drop: [SYS_ADMIN, cap_net_raw]\n").cap_drop == ["SYS_ADMIN", "NET_RAW"]
+
+
+@pytest.mark.parametrize("key", ["cap_add", "cap_drop"])
+@pytest.mark.parametrize("value", ["SYS_ADMIN", "[1]", "['sys admin']", "[{a: b}]"])
+def test_malformed_capability_lists_are_refused(key: str, value: str) -> None:
+    assert refused(f"{key}: {value}\n").key == key
+
+
+@pytest.mark.parametrize(
+    "devices",
+    ["['/dev/fuse']", "['/dev/sda:/dev/xvda:rwm']", "[{source: /dev/fuse, target: /dev/fuse}]"],
+)
+def test_devices_are_refused_by_default(devices: str) -> None:
+    err = refused(f"devices: {devices}\n")
+    assert (err.service, err.key) == ("web", "devices")
+    assert "refused by default" in str(err)
+    assert "MOORAGE_TENANT_POLICIES" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("/dev/fuse", DeviceSpec(host_path="/dev/fuse", container_path="/dev/fuse")),
+        (
+            "/dev/fuse:rw",
+            DeviceSpec(host_path="/dev/fuse", container_path="/dev/fuse", permissions="rw"),
+        ),
+        ("/dev/fuse:/dev/f", DeviceSpec(host_path="/dev/fuse", container_path="/dev/f")),
+        (
+            "/dev/fuse:/dev/f:r",
+            DeviceSpec(host_path="/dev/fuse", container_path="/dev/f", permissions="r"),
+        ),
+        ("{source: /dev/fuse}", DeviceSpec(host_path="/dev/fuse", container_path="/dev/fuse")),
+        (
+            "{source: /dev/fuse, target: /dev/f, permissions: rm}",
+            DeviceSpec(host_path="/dev/fuse", container_path="/dev/f", permissions="rm"),
+        ),
+    ],
+)
+def test_devices_allowed_by_policy(entry: str, expected: DeviceSpec) -> None:
+    spec = one(f"devices:\n  - {entry}\n", policy=ComposePolicy(devices=["/dev/fuse"]))
+    assert spec.devices == [expected]
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("/dev/sda", "devices"),
+        ("/dev/../dev/sda:/dev/fuse", "devices"),
+        ("/dev/fuse:/dev/f:rwx", "devices"),
+        ("dev/fuse", "devices"),
+        ("/dev/fuse:dev/f", "devices"),
+        ("/a:/b:r:w", "devices"),
+        ("{source: /dev/fuse, mode: x}", "devices.mode"),
+        ("{target: /dev/fuse}", "devices"),
+        ("1", "devices"),
+    ],
+)
+def test_bad_or_unlisted_devices_are_refused_under_a_policy(entry: str, key: str) -> None:
+    err = refused(f"devices:\n  - {entry}\n", policy=ComposePolicy(devices=["/dev/fuse"]))
+    assert (err.service, err.key) == ("web", key)
+
+
+# --- service volumes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("/etc:/host-etc", "refused by default"),
+        ("/:/host", "refused by default"),
+        ("/srv/data:/data:ro", "refused by default"),
+        ("./data:/data", "project directory"),
+        ("../data:/data", "project directory"),
+        (".:/app", "project directory"),
+        ("data/sub:/data", "project directory"),
+        ("~/data:/data", "home directory"),
+        ("~:/home", "home directory"),
+    ],
+)
+def test_short_syntax_bind_mounts_are_refused(entry: str, reason: str) -> None:
+    err = refused(f"volumes: ['{entry}']\n")
+    assert (err.service, err.key) == ("web", "volumes")
+    assert reason in str(err)
+
+
+def test_long_syntax_bind_mount_is_refused() -> None:
+    err = refused("volumes:\n  - {type: bind, source: /etc, target: /host-etc, read_only: true}\n")
+    assert (err.service, err.key) == ("web", "volumes")
+    assert "'/etc'" in str(err)
+    assert "MOORAGE_TENANT_POLICIES" in str(err)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "'/var/run/docker.sock:/var/run/docker.sock'",
+        "'/run/docker.sock:/var/run/docker.sock:ro'",
+        "'/var/run/../run/./docker.sock:/sock'",
+        "{type: bind, source: /var/run/docker.sock, target: /var/run/docker.sock}",
+    ],
+)
+def test_docker_socket_is_refused_explicitly(entry: str) -> None:
+    err = refused(f"volumes:\n  - {entry}\n", policy=ComposePolicy(bind_paths=["/srv/data"]))
+    assert (err.service, err.key) == ("web", "volumes")
+    assert "docker.sock" in str(err)
+    assert "root on the host" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("/srv/data:/data", MountSpec(type="bind", source="/srv/data", target="/data")),
+        (
+            "/srv/data/app/:/data:ro",
+            MountSpec(type="bind", source="/srv/data/app", target="/data", read_only=True),
+        ),
+        (
+            "/srv//data/./a/../b:/data:rw",
+            MountSpec(type="bind", source="/srv/data/b", target="/data"),
+        ),
+    ],
+)
+def test_bind_mount_under_a_policy_prefix_is_allowed(entry: str, expected: MountSpec) -> None:
+    spec = one(f"volumes: ['{entry}']\n", policy=ComposePolicy(bind_paths=["/srv/data"]))
+    assert spec.mounts == [expected]
+
+
+@pytest.mark.parametrize(
+    "source", ["/srv/data/../../etc", "/srv/database", "/srv", "/srv/data/../other", "/"]
+)
+def test_bind_mount_escaping_the_policy_prefix_is_refused(source: str) -> None:
+    policy = ComposePolicy(bind_paths=["/srv/data"])
+    for entry in (f"'{source}:/data'", f"{{type: bind, source: '{source}', target: /data}}"):
+        err = refused(f"volumes:\n  - {entry}\n", policy=policy)
+        assert (err.service, err.key) == ("web", "volumes")
+        assert "refused by default" in str(err)
+
+
+def test_root_prefix_allows_every_host_path_but_not_home_or_relative() -> None:
+    policy = ComposePolicy(bind_paths=["/"])
+    assert one("volumes: ['/etc:/e:ro']\n", policy=policy).mounts[0].source == "/etc"
+    assert refused("volumes: ['~/x:/x']\n", policy=policy).key == "volumes"
+    assert refused("volumes: ['./x:/x']\n", policy=policy).key == "volumes"
+
+
+def test_named_volume_must_be_declared() -> None:
+    err = refused("volumes: ['data:/var/lib/data']\n")
+    assert (err.service, err.key) == ("web", "volumes")
+    assert "'data'" in str(err)
+    assert "not declared" in str(err)
+    err = refused("volumes:\n  - {type: volume, source: data, target: /d}\n")
+    assert (err.service, err.key) == ("web", "volumes.source")
+
+
+def test_named_anonymous_and_tmpfs_mounts() -> None:
+    spec = one(
+        """
+        volumes:
+          - data:/var/lib/data
+          - data:/ro:ro,nocopy
+          - /cache
+          - {type: volume, source: data, target: /long, read_only: true, volume: {nocopy: true}}
+          - {type: volume, target: /anon}
+          - {type: tmpfs, target: /scratch, tmpfs: {size: 64m}}
+          - {type: tmpfs, target: /bytes, tmpfs: {size: 1048576}}
+        tmpfs: [/run, /tmp]
+        """,
+        top="volumes:\n  data:\n",
+    )
+    assert spec.mounts == [
+        MountSpec(type="volume", source="data", target="/var/lib/data"),
+        MountSpec(type="volume", source="data", target="/ro", read_only=True, nocopy=True),
+        MountSpec(type="volume", target="/cache"),
+        MountSpec(type="volume", source="data", target="/long", read_only=True, nocopy=True),
+        MountSpec(type="volume", target="/anon"),
+        MountSpec(type="tmpfs", target="/scratch", tmpfs_size_bytes=64 * 1024 * 1024),
+        MountSpec(type="tmpfs", target="/bytes", tmpfs_size_bytes=1048576),
+        MountSpec(type="tmpfs", target="/run"),
+        MountSpec(type="tmpfs", target="/tmp"),
+    ]
+    assert one("tmpfs: /run\n").mounts == [MountSpec(type="tmpfs", target="/run")]
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("{type: npipe, source: '\\\\.\\pipe\\docker_engine', target: /p}", "volumes.type"),
+        ("{type: cluster, source: c, target: /c}", "volumes.type"),
+        ("{type: image, source: nginx, target: /i}", "volumes.type"),
+        ("{source: data, target: /d}", "volumes.type"),
+        ("{type: volume, target: relative}", "volumes.target"),
+        ("{type: volume, target: /}", "volumes.target"),
+        ("{type: volume, target: /d, read_only: 'yes'}", "volumes.read_only"),
+        ("{type: volume, target: /d, volume: {subpath: x}}", "volumes.volume.subpath"),
+        ("{type: volume, target: /d, bind: {propagation: rprivate}}", "volumes.bind"),
+        ("{type: tmpfs, source: x, target: /t}", "volumes.source"),
+        ("{type: tmpfs, target: /t, tmpfs: {mode: 1777}}", "volumes.tmpfs.mode"),
+        ("{type: tmpfs, target: /t, tmpfs: {size: 0}}", "volumes.tmpfs.size"),
+        ("{type: tmpfs, target: /t, tmpfs: {size: lots}}", "volumes.tmpfs.size"),
+        ("{type: bind, target: /b}", "volumes"),
+        ("{type: volume, target: /d, extra: 1}", "volumes.extra"),
+        ("'/srv/data:/d:rshared'", "volumes"),
+        ("'/srv/data:/d:z'", "volumes"),
+        ("'data:/d:ro,rw'", "volumes"),
+        ("'data:relative'", "volumes"),
+        ("'relative'", "volumes"),
+        ("':/d'", "volumes"),
+        ("'a:/b:ro:x'", "volumes"),
+        ("'/srv/data:/d:nocopy'", "volumes"),
+        ("1", "volumes"),
+    ],
+)
+def test_malformed_or_unsupported_mounts_are_refused(entry: str, key: str) -> None:
+    policy = ComposePolicy(bind_paths=["/srv/data"])
+    err = refused(f"volumes:\n  - {entry}\n", policy=policy, top="volumes:\n  data:\n")
+    assert (err.service, err.key) == ("web", key)
+
+
+def test_bind_propagation_other_than_private_is_refused() -> None:
+    policy = ComposePolicy(bind_paths=["/srv/data"])
+    body = "volumes:\n  - {type: bind, source: /srv/data, target: /d, bind: {propagation: %s}}\n"
+    assert one(body % "rprivate", policy=policy).mounts[0].source == "/srv/data"
+    err = refused(body % "rshared", policy=policy)
+    assert (err.service, err.key) == ("web", "volumes.bind.propagation")
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("tmpfs: run\n", "tmpfs"),
+        ("tmpfs: ['/run:size=64m']\n", "tmpfs"),
+        ("tmpfs: {a: b}\n", "tmpfs"),
+        ("volumes: data:/d\n", "volumes"),
+        ("volumes: ['/a', '/a/']\n", "volumes"),
+        ("tmpfs: [/run, /run]\n", "tmpfs"),
+    ],
+)
+def test_bad_tmpfs_and_duplicate_targets_are_refused(body: str, key: str) -> None:
+    err = refused(body)
+    assert (err.service, err.key) == ("web", key)
+
+
+# --- top-level volumes and networks ------------------------------------------------------------
+
+
+def test_top_level_volumes_are_declared() -> None:
+    project = parse("""
+        services:
+          web:
+            image: nginx
+            volumes: [a:/a, b:/b, c:/c, d:/d]
+        volumes:
+          a:
+          b: {}
+          c: {driver: local, external: false, labels: [team=web]}
+          d:
+            driver: local
+            driver_opts: {type: tmpfs, device: tmpfs, o: "size=100m,uid=1000"}
+            labels: {tier: cache}
+        """)
+    assert project.volumes == ["a", "b", "c", "d"]
+    assert project.volume_specs[2] == VolumeSpec(name="c", labels={"team": "web"})
+    assert project.volume_specs[3] == VolumeSpec(
+        name="d",
+        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=100m,uid=1000"},
+        labels={"tier": "cache"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "reason"),
+    [
+        ("{driver_opts: {type: none, o: bind, device: /srv}}", "driver_opts.o", "bind"),
+        ("{driver_opts: {o: 'bind,rw'}}", "driver_opts.o", "bind"),
+        ("{driver_opts: {type: tmpfs, device: tmpfs, o: rbind}}", "driver_opts.o", "bind"),
+        ("{driver_opts: {type: none, device: /etc}}", "driver_opts.type", "host path"),
+        (
+            "{driver_opts: {type: nfs, o: 'addr=10.0.0.1', device: ':/x'}}",
+            "driver_opts.type",
+            "tmpfs",
+        ),
+        ("{driver_opts: {type: ext4, device: /dev/sda1}}", "driver_opts.type", "tmpfs"),
+        ("{driver_opts: {type: tmpfs, device: /dev/sda1}}", "driver_opts.device", "/dev/sda1"),
+        ("{driver_opts: {device: /srv/data}}", "driver_opts.device", "/srv/data"),
+        ("{driver_opts: {o: 'size=1m'}}", "driver_opts.type", "tmpfs"),
+        ("{driver_opts: {type: tmpfs, size: 1m}}", "driver_opts.size", "tmpfs"),
+        ("{driver_opts: [type=tmpfs]}", "driver_opts", "mapping"),
+        ("{external: true}", "external", "not created by Moorage"),
+        ("{external: {name: shared}}", "external", "not created by Moorage"),
+        ("{driver: nfs}", "driver", "'local'"),
+        ("{driver: rexray/ebs}", "driver", "'local'"),
+        ("{name: other-tenant-data}", "name", "another's"),
+        ("{labels: {moorage.project: x}}", "labels.moorage.project", "reserved"),
+        ("{labels: [a]}", "labels.a", "NAME=value"),
+        ("{driver_opts: {type: tmpfs}, extra: 1}", "extra", "not supported"),
+        ("[local]", "", "mapping"),
+    ],
+)
+def test_top_level_volume_that_reaches_the_host_is_refused(
+    body: str, key: str, reason: str
+) -> None:
+    with pytest.raises(ComposeError) as info:
+        parse_compose(f"services:\n  web:\n    image: nginx\nvolumes:\n  data: {body}\n")
+    assert info.value.service is None
+    assert info.value.key == "volumes.data" + (f".{key}" if key else "")
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["volumes: [data]\n", "volumes:\n  'bad name': {}\n"])
+def test_malformed_top_level_volumes_are_refused(text: str) -> None:
+    with pytest.raises(ComposeError) as info:
+        parse_compose("services:\n  web:\n    image: nginx\n" + text)
+    assert info.value.service is None
+    assert info.value.key is not None
+    assert info.value.key.startswith("volumes")
+
+
+@pytest.mark.parametrize("external", ["true", "{name: host-net}", "'${EXT}'"])
+def test_external_network_is_refused_with_its_own_reason(external: str) -> None:
+    with pytest.raises(ComposeError) as info:
+        parse_compose(
+            f"services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    external: {external}\n",
+            variables={"EXT": "true"},
+        )
+    assert (info.value.service, info.value.key) == (None, "networks.front.external")
+    assert "external networks are not created by Moorage and are refused" in str(info.value)
+
+
+def test_non_external_network_keeps_the_generic_refusal() -> None:
+    with pytest.raises(ComposeError) as info:
+        parse_compose(
+            "services:\n  web:\n    image: nginx\nnetworks:\n  front: {external: false}\n"
+        )
+    assert (info.value.service, info.value.key) == (None, "networks")
+    assert "top-level key 'networks' is not supported by Moorage" in str(info.value)
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("512m", 512 * MIB),
+        ("512M", 512 * MIB),
+        ("512mb", 512 * MIB),
+        ("512MiB", 512 * MIB),
+        ("1g", 1024 * MIB),
+        ("1GB", 1024 * MIB),
+        ("1.5g", 1536 * MIB),
+        ("6m", MIN_MEMORY_BYTES),
+        ("6144k", MIN_MEMORY_BYTES),
+        ("6291456", MIN_MEMORY_BYTES),
+        ("'6291456b'", MIN_MEMORY_BYTES),
+        ("'1 g'", 1024 * MIB),
+        ("2t", 2 * 1024 * 1024 * MIB),
+    ],
+)
+def test_mem_limit(value: str, size: int) -> None:
+    assert one(f"mem_limit: {value}\n").mem_limit_bytes == size
+
+
+@pytest.mark.parametrize(
+    "value", ["5m", "1k", "0", "-1", "lots", "1x", "1mm", "m", "''", "true", "1.5", "[1g]", "1e3m"]
+)
+def test_bad_mem_limit_is_refused(value: str) -> None:
+    err = refused(f"mem_limit: {value}\n")
+    assert (err.service, err.key) == ("web", "mem_limit")
+
+
+def test_mem_limit_below_dockers_minimum_says_so() -> None:
+    assert "6 MiB" in str(refused("mem_limit: 4m\n"))
+
+
+def test_parse_memory_works_without_a_service() -> None:
+    assert parse_memory("1g", service=None, key="default_memory") == 1024 * MIB
+    with pytest.raises(ComposeError) as info:
+        parse_memory("1k", service=None, key="default_memory")
+    assert (info.value.service, info.value.key) == (None, "default_memory")
+
+
+@pytest.mark.parametrize(
+    ("value", "cpus"), [("0.5", 0.5), ("2", 2.0), ("'1.5'", 1.5), ("0.01", 0.01)]
+)
+def test_cpus(value: str, cpus: float) -> None:
+    assert one(f"cpus: {value}\n").cpus == cpus
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "0.001", "true", "many", ".nan", ".inf", "100000"])
+def test_bad_cpus_are_refused(value: str) -> None:
+    assert refused(f"cpus: {value}\n").key == "cpus"
+
+
+def test_pids_limit() -> None:
+    assert one("pids_limit: 100\n").pids_limit == 100
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "true", "'100'", "1.5", "99999999"])
+def test_bad_pids_limit_is_refused(value: str) -> None:
+    assert refused(f"pids_limit: {value}\n").key == "pids_limit"
+
+
+def test_deploy_resources_limits() -> None:
+    spec = one("deploy:\n  resources:\n    limits: {memory: 1g, cpus: '0.5', pids: 64}\n")
+    assert (spec.mem_limit_bytes, spec.cpus, spec.pids_limit) == (1024 * MIB, 0.5, 64)
+    assert one("deploy: {resources: {}}\n").mem_limit_bytes is None
+
+
+def test_both_forms_agreeing_are_accepted() -> None:
+    spec = one(
+        "mem_limit: 1024m\ncpus: 1\npids_limit: 64\n"
+        "deploy: {resources: {limits: {memory: 1g, cpus: 1.0, pids: 64}}}\n"
+    )
+    assert (spec.mem_limit_bytes, spec.cpus, spec.pids_limit) == (1024 * MIB, 1.0, 64)
+
+
+@pytest.mark.parametrize(
+    ("short", "limit"),
+    [("mem_limit: 1g", "memory: 512m"), ("cpus: 1", "cpus: 2"), ("pids_limit: 10", "pids: 20")],
+)
+def test_both_forms_disagreeing_are_refused(short: str, limit: str) -> None:
+    err = refused(f"{short}\ndeploy: {{resources: {{limits: {{{limit}}}}}}}\n")
+    name = limit.split(":")[0]
+    assert (err.service, err.key) == ("web", f"deploy.resources.limits.{name}")
+    assert short.split(":")[0] in str(err)
+
+
+@pytest.mark.parametrize(
+    ("resources", "key"),
+    [
+        ("{reservations: {memory: 1g}}", "deploy.resources.reservations"),
+        ("{limits: {devices: []}}", "deploy.resources.limits.devices"),
+        ("{limits: {memory: 1k}}", "deploy.resources.limits.memory"),
+        ("{limits: {cpus: 0}}", "deploy.resources.limits.cpus"),
+        ("{limits: {pids: 0}}", "deploy.resources.limits.pids"),
+        ("{limits: [memory]}", "deploy.resources.limits"),
+        ("{other: 1}", "deploy.resources.other"),
+        ("[limits]", "deploy.resources"),
+    ],
+)
+def test_bad_deploy_resources_are_refused(resources: str, key: str) -> None:
+    err = refused(f"deploy:\n  resources: {resources}\n")
+    assert (err.service, err.key) == ("web", key)
+    assert key in str(err)
+
+
+def test_reservations_say_not_supported() -> None:
+    assert "not supported" in str(refused("deploy: {resources: {reservations: {cpus: 1}}}\n"))
+
+
+# --- settings: tenant policies -----------------------------------------------------------------
+
+
+def test_policy_for_reads_moorage_tenant_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "MOORAGE_TENANT_POLICIES",
+        '{"acme": {"privileged": true, "cap_add": ["net_admin"], '
+        '"bind_paths": ["/srv//data/"], "devices": ["/dev/fuse"]}, "beta": {}}',
+    )
+    settings = Settings()
+    assert settings.policy_for("acme") == ComposePolicy(
+        privileged=True, cap_add=["NET_ADMIN"], bind_paths=["/srv/data"], devices=["/dev/fuse"]
+    )
+    assert settings.policy_for("beta") == ComposePolicy()
+    assert settings.policy_for("unknown") == ComposePolicy()
+    assert Settings(tenant_policies="").policy_for("acme") == ComposePolicy()
+
+
+@pytest.mark.parametrize(
+    ("policies", "expected"),
+    [
+        ("{", "not valid JSON"),
+        ("[]", "JSON object"),
+        ('{"Not A Tenant": {}}', "'Not A Tenant'"),
+        ('{"acme": []}', "tenant 'acme'"),
+        ('{"acme": {"bogus": true}}', "tenant 'acme', field 'bogus'"),
+        ('{"acme": {"privileged": "yes"}}', "tenant 'acme', field 'privileged'"),
+        ('{"acme": {"bind_paths": ["srv/data"]}}', "tenant 'acme', field 'bind_paths'"),
+        ('{"acme": {"devices": ["fuse"]}}', "tenant 'acme', field 'devices'"),
+        ('{"acme": {"cap_add": ["net admin"]}}', "tenant 'acme', field 'cap_add'"),
+        ('{"acme": {"cap_add": "NET_ADMIN"}}', "tenant 'acme', field 'cap_add'"),
+    ],
+)
+def test_invalid_tenant_policies_are_refused(policies: str, expected: str) -> None:
+    with pytest.raises(ValueError, match="MOORAGE_TENANT_POLICIES") as info:
+        Settings(tenant_policies=policies).policy_for("acme")
+    assert expected in str(info.value)
+
+
+def test_resource_defaults_settings() -> None:
+    settings = Settings()
+    assert settings.default_memory_bytes() == 512 * MIB
+    assert (settings.default_cpus, settings.default_pids, settings.max_active_deployments) == (
+        1.0,
+        512,
+        10,
+    )
+    with pytest.raises(ValueError, match="default_memory"):
+        Settings(default_memory="1k")
+    with pytest.raises(ValueError, match="max_active_deployments"):
+        Settings(max_active_deployments=0)
+
+
+# --- resolve_compose: what the project stores ---------------------------------------------------
+
+
+def test_resolve_keeps_text_without_dollars_verbatim() -> None:
+    text = "# a comment\nservices:\n  web:\n    image: moorage-demo:v1\n"
+    assert resolve_compose(text, {"UNUSED": "x"}) == text
+
+
+def test_resolve_substitutes_and_parses_back_to_the_same_project() -> None:
+    text = textwrap.dedent(
+        """\
+        services:
+          web:
+            image: moorage-demo:${TAG}
+            environment:
+              PRICE: $$5
+              HOME_DIR: ${HOME_DIR:-/home/app}
+            deploy:
+              replicas: ${N}
+        """
+    )
+    variables = {"TAG": "v2", "N": "3"}
+    resolved = resolve_compose(text, variables)
+    assert "${" not in resolved
+    again = parse_compose(resolved)  # no variables needed any more
+    assert again == parse_compose(text, variables=variables)
+    web = again.service("web")
+    assert web.image == "moorage-demo:v2"
+    assert web.environment == {"PRICE": "$5", "HOME_DIR": "/home/app"}
+    assert web.replicas == 3
+    # Resolving the stored text again changes nothing.
+    assert resolve_compose(resolved) == resolve_compose(resolved, {"TAG": "other"})
+
+
+def test_resolve_names_the_missing_variable() -> None:
+    with pytest.raises(ComposeError) as err:
+        resolve_compose("services:\n  web:\n    image: x:${TAG}\n")
+    assert (err.value.service, err.value.key) == ("web", "image")
+    assert "'TAG' is not set" in str(err.value)
+
+
+def test_unrestricted_policy_allows_what_a_tenant_may_be_granted() -> None:
+    text = textwrap.dedent(
+        """\
+        services:
+          web:
+            image: x
+            privileged: true
+            cap_add: [SYS_ADMIN]
+            devices: ['/dev/fuse:/dev/fuse']
+            volumes: ['/srv/data:/data']
+        """
+    )
+    with pytest.raises(ComposeError):
+        parse_compose(text)
+    web = parse_compose(text, policy=UNRESTRICTED).service("web")
+    assert web.privileged
+    assert web.cap_add == ["SYS_ADMIN"]
+    assert [m.source for m in web.mounts] == ["/srv/data"]
+    # Home and relative paths mean nothing on a server, whatever the policy.
+    for source in ("~/x", "./x"):
+        with pytest.raises(ComposeError):
+            parse_compose(
+                f"services:\n  web:\n    image: x\n    volumes: ['{source}:/x']\n",
+                policy=UNRESTRICTED,
+            )
+
+
+def test_a_named_volume_mount_carries_its_driver_options() -> None:
+    text = textwrap.dedent(
+        """\
+        services:
+          web:
+            image: x
+            volumes: ['cache:/cache']
+        volumes:
+          cache:
+            driver_opts: {type: tmpfs, device: tmpfs, o: 'size=10m'}
+        """
+    )
+    (mount,) = parse_compose(text).service("web").mounts
+    assert mount.driver_opts == {"type": "tmpfs", "device": "tmpfs", "o": "size=10m"}
