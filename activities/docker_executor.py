@@ -25,6 +25,7 @@ import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.container_config import ResourceDefaults, ensure_volumes, host_options
 from activities.inputs import (
     ContainerSelector,
     LabelledContainer,
@@ -38,6 +39,7 @@ from activities.probes import probe
 from moorage import naming
 from moorage.compose import ServiceSpec
 from moorage.models import ServiceInstance
+from moorage.settings import get_settings
 
 T = TypeVar("T")
 
@@ -135,9 +137,12 @@ def _healthcheck(spec: ServiceSpec) -> dict[str, Any] | None:
 class DockerExecutor:
     """Container operations on one Docker engine, exposed as activities."""
 
-    def __init__(self, client: docker.DockerClient | None = None):
+    def __init__(
+        self, client: docker.DockerClient | None = None, defaults: ResourceDefaults | None = None
+    ):
         self.client = client or docker.from_env(timeout=120)
         self.api = self.client.api
+        self.defaults = defaults or ResourceDefaults.from_settings(get_settings())
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -254,10 +259,12 @@ class DockerExecutor:
             naming.LABEL_VERSION: inp.version,
         }
         ports = [p.key for p in spec.ports]
+        ensure_volumes(self.api, inp.tenant, inp.project, spec)
         host_config = self.api.create_host_config(
             # An ephemeral host port on loopback per replica: replicas of one service never
             # collide, and nothing is exposed beyond this host.
             port_bindings=dict.fromkeys(ports, ("127.0.0.1", None)),
+            **host_options(spec, inp.tenant, inp.project, self.defaults),
         )
         networking = self.api.create_networking_config(
             {net: self.api.create_endpoint_config(aliases=[spec.name])}
@@ -478,7 +485,7 @@ class DockerExecutor:
         return sorted(result, key=lambda x: x.name)
 
     def purge_project(self, project: str) -> list[str]:
-        """Remove every container and network labelled for ``project`` (any tenant, any revision).
+        """Remove every container, network and volume labelled for ``project`` (any tenant).
 
         Not an activity: for throwaway runs (tests, benchmarks, recordings) cleaning up after
         themselves. Returns the container names removed.
@@ -492,6 +499,9 @@ class DockerExecutor:
         for n in self.api.networks(filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound):
                 self.api.remove_network(n["Id"])
+        for v in self.api.volumes(filters={"label": label}).get("Volumes") or []:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_volume(v["Name"], force=True)
         return names
 
     def activities(self) -> list[Callable[..., Any]]:

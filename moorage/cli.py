@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -29,7 +30,7 @@ from rich.table import Table
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from moorage.compose import ComposeError, parse_compose
+from moorage.compose import ComposeError, parse_compose, resolve_compose
 from moorage.models import (
     NAME_RE,
     Deployment,
@@ -138,6 +139,9 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid options: " + "; ".join(parts)
 
 
+VARIABLE_NAME_RE = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
+
+
 def _read_compose(path: Path) -> str:
     try:
         return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
@@ -145,6 +149,38 @@ def _read_compose(path: Path) -> str:
         raise CliError(f"{path}: no such file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"{path}: cannot read: {exc}") from exc
+
+
+def _variables(env_file: Path | None, pairs: list[str]) -> dict[str, str]:
+    """The variables of ``env_file`` then ``pairs``; a later name wins.
+
+    ``env_file`` holds ``NAME=value`` lines (blank lines and ``#`` comments skipped; ``export``
+    and surrounding quotes allowed).
+
+    Raises:
+        CliError: a file that cannot be read, or an entry that is not ``NAME=value``.
+    """
+    lines: list[tuple[str, str]] = []
+    if env_file is not None:
+        try:
+            text = env_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"--env-file {env_file}: cannot read: {exc}") from exc
+        for number, line in enumerate(text.splitlines(), start=1):
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                lines.append((f"--env-file {env_file}:{number}", stripped))
+    lines += [("--var", pair) for pair in pairs]
+    variables: dict[str, str] = {}
+    for where, entry in lines:
+        name, sep, value = entry.partition("=")
+        name = name.strip().removeprefix("export ").strip()
+        if not sep or not VARIABLE_NAME_RE.match(name):
+            raise CliError(f"{where}: {entry!r} is not NAME=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        variables[name] = value
+    return variables
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -372,18 +408,35 @@ def project_apply(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Project id: lowercase letters, digits, dashes.")],
     file: Annotated[Path, typer.Option("-f", "--file", help="Compose file ('-' for stdin).")],
+    var: Annotated[
+        list[str] | None,
+        typer.Option("--var", help="NAME=value for ${NAME} in the Compose file (repeatable)."),
+    ] = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option("--env-file", help="File of NAME=value lines for ${NAME} (before --var)."),
+    ] = None,
 ) -> None:
     """Create the project (if new) and store its Compose file for the next deployment.
 
+    ${NAME} in the file is substituted from --env-file and --var (never from the environment).
+
     \f
     Raises:
-        CliError: the project id or the Compose file is refused, or Temporal is not reachable.
+        CliError: the project id, a variable or the Compose file is refused, or Temporal is not
+            reachable.
     """  # noqa: D301 - the form feed ends the --help text (click convention)
     if not NAME_RE.match(name):
         raise CliError(f"project {name!r}: ids are 1-40 lowercase letters, digits and dashes")
     text = _read_compose(file)
-    parse_compose(text)  # refuse a bad file before connecting
-    project = _with_service(ctx, lambda s, tenant, _user: s.apply_project(tenant, name, text))
+    variables = _variables(env_file, var or [])
+    # Refuse a bad file before connecting.
+    parse_compose(
+        resolve_compose(text, variables), policy=_settings(ctx).policy_for(_settings(ctx).tenant)
+    )
+    project = _with_service(
+        ctx, lambda s, tenant, _user: s.apply_project(tenant, name, text, variables)
+    )
     out.print(f"project {project.id}: services {', '.join(project.services)}")
 
 

@@ -26,6 +26,11 @@ def network_name(tenant: str, project: str) -> str:
     return f"moorage-{tenant}-{project}"
 
 
+def volume_name(tenant: str, project: str, volume: str) -> str:
+    """A named volume of the project (its data outlives deployments)."""
+    return f"moorage-{tenant}-{project}-{volume}"
+
+
 def deployment_id(project: str, revision: int) -> str:
     """A deployment's id, unique within its tenant."""
     return f"{project}.{revision}"

@@ -5,6 +5,11 @@ Refusals come back as :class:`MoorageError` subclasses that carry the HTTP statu
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -14,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.inputs import ListLabelledInput
 from moorage import naming
-from moorage.compose import ComposeError, parse_compose
+from moorage.compose import ComposeError, ComposePolicy, parse_compose, resolve_compose
 from moorage.models import (
     NAME_RE,
     Deployment,
@@ -38,6 +43,8 @@ from workflows.inputs import (
 )
 
 STEER_ACTIONS = ("promote", "pause", "resume", "abort")
+COUNTED_WITHIN_S = 10.0
+"""How long an admission waits for the visibility store to count the deployment it admitted."""
 
 
 class MoorageError(Exception):
@@ -69,6 +76,12 @@ class InvalidError(MoorageError):
     status_code = 422
 
 
+class LimitError(MoorageError):
+    """A tenant limit is reached; the same request may succeed later."""
+
+    status_code = 429
+
+
 _KINDS: dict[str, type[MoorageError]] = {
     "NotFound": NotFoundError,
     "Conflict": ConflictError,
@@ -96,6 +109,59 @@ class DeploymentService:
     def __init__(self, client: Client, settings: Settings):
         self.client = client
         self.settings = settings
+        self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # --- tenant limits -------------------------------------------------------------------------
+
+    async def active_deployments(self, tenant: str) -> int:
+        """How many of the tenant's deployments run now.
+
+        Counted from their strategy workflows in Temporal's visibility store.
+        """
+        from workflows.project import STRATEGY_WORKFLOWS
+
+        types = ", ".join(f"'{name}'" for name in STRATEGY_WORKFLOWS.values())
+        query = (
+            f"{sa.TENANT_ID.name} = '{tenant}' AND ExecutionStatus = 'Running' "
+            f"AND WorkflowType IN ({types})"
+        )
+        return (await self.client.count_workflows(query)).count
+
+    @asynccontextmanager
+    async def _admit(self, tenant: str) -> AsyncIterator[list[Deployment]]:
+        """Admit one more deployment of ``tenant`` within ``max_active_deployments``.
+
+        The body starts the deployment and appends it to the yielded list. Admissions of one
+        tenant are serialised, and each holds on until the visibility store counts the deployment
+        it admitted (or that deployment ended), so the next admission sees it: exact within one
+        API process; API processes side by side may each admit one past the limit.
+
+        Raises:
+            LimitError: the tenant runs ``max_active_deployments`` deployments already.
+        """
+        limit = self.settings.max_active_deployments
+        async with self._admission[tenant]:
+            running = await self.active_deployments(tenant)
+            if running >= limit:
+                raise LimitError(
+                    f"tenant {tenant!r} runs {running} deployments, its limit "
+                    f"(MOORAGE_MAX_ACTIVE_DEPLOYMENTS) is {limit}: try again when one ends"
+                )
+            started: list[Deployment] = []
+            yield started
+            for dep in started:
+                await self._until_counted(tenant, dep)
+
+    async def _until_counted(self, tenant: str, dep: Deployment) -> None:
+        workflow_id = naming.deployment_workflow_id(tenant, dep.id)
+        deadline = time.monotonic() + COUNTED_WITHIN_S
+        while time.monotonic() < deadline:
+            if (await self.client.count_workflows(f"WorkflowId = '{workflow_id}'")).count:
+                return
+            state = await self.get_state(tenant, dep.id)
+            if state.deployment.status.terminal:
+                return
+            await asyncio.sleep(0.05)
 
     # --- projects ------------------------------------------------------------------------------
 
@@ -127,11 +193,22 @@ class DeploymentService:
                 raise NotFoundError(f"project {project!r} not found") from exc
             raise
 
-    async def apply_project(self, tenant: str, project: str, compose: str) -> ProjectPublic:
-        """Create the project (if new) and store its Compose text.
+    def policy(self, tenant: str) -> ComposePolicy:
+        """The tenant's Compose policy (``MOORAGE_TENANT_POLICIES``)."""
+        return self.settings.policy_for(tenant)
+
+    async def apply_project(
+        self,
+        tenant: str,
+        project: str,
+        compose: str,
+        variables: dict[str, str] | None = None,
+    ) -> ProjectPublic:
+        """Create the project (if new) and store its Compose text, ``${VAR}`` substituted.
 
         Raises:
-            InvalidError: the project id or the Compose text is refused (nothing is changed).
+            InvalidError: the project id or the Compose text is refused under the tenant's policy
+                (after interpolation; nothing is changed).
         """
         if not NAME_RE.match(project):
             raise InvalidError(
@@ -139,8 +216,10 @@ class DeploymentService:
                 "starting with a letter or digit",
                 field=["path", "project_id"],
             )
+        policy = self.policy(tenant)
         try:
-            parse_compose(compose)
+            compose = resolve_compose(compose, variables)
+            parse_compose(compose, policy=policy)
         except ComposeError as exc:
             field: list[str | int] = ["body", "compose"]
             if exc.service:
@@ -162,7 +241,7 @@ class DeploymentService:
             static_summary=f"project {project} (tenant {tenant})",
         )
         result: ProjectPublic = await self._update(
-            tenant, project, "apply", ApplyInput(compose=compose), ProjectPublic
+            tenant, project, "apply", ApplyInput(compose=compose, policy=policy), ProjectPublic
         )
         return result
 
@@ -193,14 +272,33 @@ class DeploymentService:
             NotFoundError: no such project.
             ConflictError: a deployment is running for this project.
             InvalidError: the project has no Compose text, or the strategy is not available.
+            LimitError: the tenant runs as many deployments as it may.
         """
-        result: Deployment = await self._update(
-            tenant,
-            project,
-            "deploy",
-            DeployInput(request=request, user_id=user, idempotency_key=idempotency_key),
-            Deployment,
-        )
+        if idempotency_key:
+            # A repeated request gets its deployment back, whatever the tenant runs meanwhile.
+            known: Deployment | None = await self._query_project(
+                tenant,
+                project,
+                "idempotent",
+                idempotency_key,
+                result_type=Deployment | None,  # type: ignore[arg-type]  # a union decodes fine
+            )
+            if known is not None:
+                return known
+        async with self._admit(tenant) as started:
+            result: Deployment = await self._update(
+                tenant,
+                project,
+                "deploy",
+                DeployInput(
+                    request=request,
+                    user_id=user,
+                    idempotency_key=idempotency_key,
+                    policy=self.policy(tenant),
+                ),
+                Deployment,
+            )
+            started.append(result)
         return result
 
     async def list_deployments(self, tenant: str, project: str) -> list[Deployment]:
@@ -308,15 +406,23 @@ class DeploymentService:
             NotFoundError: no such deployment.
             ConflictError: a deployment is running, or the target is what serves already.
             InvalidError: the target revision is not retained.
+            LimitError: the tenant runs as many deployments as it may.
         """
         project = self._project_of(deployment_id)
-        result: Deployment = await self._update(
-            tenant,
-            project,
-            "rollback",
-            RollbackInput(deployment_id=deployment_id, user_id=user, to_revision=to_revision),
-            Deployment,
-        )
+        async with self._admit(tenant) as started:
+            result: Deployment = await self._update(
+                tenant,
+                project,
+                "rollback",
+                RollbackInput(
+                    deployment_id=deployment_id,
+                    user_id=user,
+                    to_revision=to_revision,
+                    policy=self.policy(tenant),
+                ),
+                Deployment,
+            )
+            started.append(result)
         return result
 
     async def steer(self, tenant: str, user: str, deployment_id: str, action: str) -> str:

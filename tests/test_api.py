@@ -314,45 +314,75 @@ async def test_a_viewer_key_reads_but_cannot_change_anything(
 
 
 REFUSED_SERVICE_OPTIONS = {
-    "privileged": "true",
-    "cap_add": "[SYS_ADMIN]",
-    "devices": "['/dev/sda:/dev/sda']",
-    "pid": "host",
-    "ipc": "host",
-    "uts": "host",
-    "network_mode": "host",
-    "userns_mode": "host",
-    "security_opt": "['seccomp:unconfined']",
-    "sysctls": "{net.ipv4.ip_forward: 1}",
-    "cgroup_parent": "/",
-    "runtime": "runc",
-    "volumes": "['/:/host']",
-    "volumes_from": "[other]",
-    "env_file": "/etc/shadow",
-    "extends": "{file: /etc/passwd, service: x}",
-    "configs": "[c]",
-    "secrets": "[s]",
+    "privileged": ("privileged", "true"),
+    "cap_add": ("cap_add", "[SYS_ADMIN]"),
+    "cap_add-module": ("cap_add", "[SYS_MODULE]"),
+    "cap_add-all": ("cap_add", "[ALL]"),
+    "devices": ("devices", "['/dev/sda:/dev/sda']"),
+    "pid": ("pid", "host"),
+    "ipc": ("ipc", "host"),
+    "uts": ("uts", "host"),
+    "network_mode": ("network_mode", "host"),
+    "network_mode-container": ("network_mode", "'container:other'"),
+    "userns_mode": ("userns_mode", "host"),
+    "security_opt": ("security_opt", "['seccomp:unconfined']"),
+    "sysctls": ("sysctls", "{net.ipv4.ip_forward: 1}"),
+    "cgroup_parent": ("cgroup_parent", "/"),
+    "runtime": ("runtime", "runc"),
+    "bind-root": ("volumes", "['/:/host']"),
+    "bind-relative": ("volumes", "['./data:/data']"),
+    "bind-parent": ("volumes", "['../x:/x']"),
+    "bind-home": ("volumes", "['~/x:/x']"),
+    "bind-long": ("volumes", "[{type: bind, source: /etc, target: /etc}]"),
+    "bind-docker-sock": ("volumes", "['/var/run/docker.sock:/var/run/docker.sock']"),
+    "bind-docker-sock-long": (
+        "volumes",
+        "[{type: bind, source: /var/run/docker.sock, target: /var/run/docker.sock}]",
+    ),
+    "volume-undeclared": ("volumes", "['data:/data']"),
+    "volumes_from": ("volumes_from", "[other]"),
+    "env_file": ("env_file", "/etc/shadow"),
+    "extends": ("extends", "{file: /etc/passwd, service: x}"),
+    "configs": ("configs", "[c]"),
+    "secrets": ("secrets", "[s]"),
 }
 
 
-@pytest.mark.parametrize("key", list(REFUSED_SERVICE_OPTIONS))
+@pytest.mark.parametrize("case", list(REFUSED_SERVICE_OPTIONS))
 async def test_dangerous_service_options_are_refused_naming_service_and_key(
-    http: httpx.AsyncClient, docker_client: docker.DockerClient, project: str, key: str
+    http: httpx.AsyncClient, docker_client: docker.DockerClient, project: str, case: str
 ) -> None:
-    value = REFUSED_SERVICE_OPTIONS[key]
+    key, value = REFUSED_SERVICE_OPTIONS[case]
     text = f"services:\n  web:\n    image: moorage-demo:v1\n    {key}: {value}\n"
     resp = await http.put(f"/api/projects/{project}", json={"compose": text}, headers=A)
     assert resp.status_code == 422, resp.text
-    assert {"web", key} <= set(loc_names(resp))
+    assert {"web", key} <= set(loc_names(resp)), resp.text
     assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
     assert labelled(docker_client, project) == []
 
 
-@pytest.mark.parametrize("key", ["include", "volumes", "networks", "configs", "secrets"])
+REFUSED_TOP_LEVEL = {
+    "include": ("include", "[/etc/compose.yml]"),
+    "volume-o-bind": ("volumes", "{x: {driver_opts: {type: none, o: bind, device: /etc}}}"),
+    "volume-o-bind-rw": ("volumes", "{x: {driver_opts: {o: 'bind,rw', device: /}}}"),
+    "volume-device": ("volumes", "{x: {driver_opts: {type: ext4, device: /dev/sda1}}}"),
+    "volume-external": ("volumes", "{x: {external: true}}"),
+    "volume-driver": ("volumes", "{x: {driver: nfs}}"),
+    "network-external": ("networks", "{x: {external: true}}"),
+    "networks": ("networks", "{x: {}}"),
+    "configs": ("configs", "{x: {file: /etc/shadow}}"),
+    "secrets": ("secrets", "{x: {file: /etc/shadow}}"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_TOP_LEVEL))
 async def test_top_level_keys_reading_the_host_are_refused(
-    http: httpx.AsyncClient, project: str, key: str
+    http: httpx.AsyncClient, docker_client: docker.DockerClient, project: str, case: str
 ) -> None:
-    text = f"services:\n  web:\n    image: moorage-demo:v1\n{key}:\n  x: {{}}\n"
+    key, value = REFUSED_TOP_LEVEL[case]
+    text = f"services:\n  web:\n    image: moorage-demo:v1\n{key}: {value}\n"
     resp = await http.put(f"/api/projects/{project}", json={"compose": text}, headers=A)
     assert resp.status_code == 422, resp.text
-    assert key in resp.text
+    assert any(part.split(".")[0] == key for part in loc_names(resp)), resp.text
+    assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
+    assert labelled(docker_client, project) == []

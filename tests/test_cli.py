@@ -132,6 +132,28 @@ async def test_apply_refuses_bad_project_id(tmp_path: Path, nowhere: dict[str, s
     )
 
 
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ([], ["'web'", "'image'", "'TAG' is not set"]),
+        (["--var", "TAG"], ["--var", "'TAG'", "NAME=value"]),
+        (["--var", "1X=v"], ["--var", "1X=v"]),
+        (["--var", "TAG=v1", "--var", "SRC=/"], ["'web'", "'volumes'"]),
+        (["--env-file", "/nonexistent/env"], ["--env-file", "cannot read"]),
+    ],
+)
+async def test_apply_variables_are_checked_before_connecting(
+    tmp_path: Path, nowhere: dict[str, str], extra: list[str], words: list[str]
+) -> None:
+    path = tmp_path / "compose.yaml"
+    path.write_text(
+        "services:\n  web:\n    image: moorage-demo:${TAG}\n    volumes: ['${SRC:-data}:/d']\n"
+        "volumes:\n  data: {}\n"
+    )
+    result = await moorage("project", "apply", "x", "-f", str(path), *extra, env=nowhere)
+    assert_refused(result, *words)
+
+
 async def test_temporal_not_reachable(nowhere: dict[str, str]) -> None:
     result = await moorage("status", "x.1", env=nowhere)
     assert_refused(result, "Temporal not reachable", nowhere["MOORAGE_TEMPORAL_ADDRESS"])
@@ -172,9 +194,22 @@ async def test_apply_deploy_watch_and_inspect(
     assert applied.code == 0, applied
     assert "web" in applied.out
 
+    # ${VAR} from --env-file, then --var (a later name wins); stored substituted.
+    template = tmp_path / "template.yaml"
+    template.write_text(compose("moorage-demo:${TAG}", api_image=None))
+    env_file = tmp_path / "vars.env"
+    env_file.write_text("# the tag\nexport TAG='v0'\n\n")
+    templated = await moorage(
+        "project", "apply", project, "-f", str(template), "--env-file", str(env_file),
+        "--var", "TAG=v1", env=cli_env,
+    )  # fmt: skip
+    assert templated.code == 0, templated
+
     shown = await moorage("project", "show", project, env=cli_env)
     assert shown.code == 0, shown
     assert "moorage-demo:v1" in shown.out
+    assert "${TAG}" not in shown.out
+    assert "moorage-demo:v0" not in shown.out
     assert "revision -" in shown.out
 
     deployed = await moorage("deploy", project, "--version", "v1", "--watch", env=cli_env)

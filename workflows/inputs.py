@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from moorage.compose import ProjectSpec
+from moorage.compose import ComposePolicy, ProjectSpec
 from moorage.models import (
     Deployment,
     DeploymentEvent,
@@ -62,6 +62,9 @@ class ApplyInput(BaseModel):
     """Store a project's Compose text."""
 
     compose: str
+    """Already interpolated (``moorage.compose.resolve_compose``)."""
+    policy: ComposePolicy | None = None
+    """The tenant's Compose policy the text must pass (None: the default policy)."""
 
 
 class DeployInput(BaseModel):
@@ -70,6 +73,8 @@ class DeployInput(BaseModel):
     request: DeployRequest
     user_id: str
     idempotency_key: str | None = None
+    policy: ComposePolicy | None = None
+    """The tenant's Compose policy now: the stored text must still pass it (None: no check)."""
 
 
 class RollbackInput(BaseModel):
@@ -80,6 +85,8 @@ class RollbackInput(BaseModel):
     user_id: str
     to_revision: int | None = None
     """Target revision; None: the last successful revision before the one serving."""
+    policy: ComposePolicy | None = None
+    """The tenant's Compose policy now: the target revision must still pass it (None: no check)."""
 
 
 class SteerInput(BaseModel):

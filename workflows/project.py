@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import ContainerSelector, RouteServersInput
     from moorage import naming
-    from moorage.compose import ComposeError, parse_compose
+    from moorage.compose import UNRESTRICTED, ComposeError, ComposePolicy, parse_compose
     from moorage.models import (
         Deployment,
         DeploymentConfig,
@@ -63,6 +63,14 @@ _ = (RecreateWorkflow, RollingUpdateWorkflow)  # imported so the sandbox validat
 def _refuse(message: str, kind: str) -> ApplicationError:
     """A refusal the API maps to a status: ``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422."""
     return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def _check_policy(compose: str, policy: ComposePolicy, prefix: str) -> None:
+    """Refuse (``Invalid``) Compose text the policy does not allow."""
+    try:
+        parse_compose(compose, policy=policy)
+    except ComposeError as exc:
+        raise _refuse(prefix + str(exc), "Invalid") from exc
 
 
 @workflow.defn(name="Project")
@@ -122,7 +130,7 @@ class ProjectWorkflow:
         services: list[str] = []
         if s.compose:
             try:
-                services = parse_compose(s.compose).names
+                services = parse_compose(s.compose, policy=UNRESTRICTED).names
             except ComposeError:
                 services = []
         return ProjectPublic(
@@ -147,6 +155,13 @@ class ProjectWorkflow:
         """One deployment's record, events and instances (None when unknown)."""
         return self._find(deployment_id)
 
+    @workflow.query(name="idempotent")
+    def idempotent(self, key: str) -> Deployment | None:
+        """The deployment an ``Idempotency-Key`` registered, if it did."""
+        dep_id = self.state.idempotency.get(key)
+        found = self._find(dep_id) if dep_id else None
+        return found.deployment if found else None
+
     # --- updates -------------------------------------------------------------------------------
 
     @workflow.update(name="apply")
@@ -157,10 +172,7 @@ class ProjectWorkflow:
 
     @apply.validator
     def _validate_apply(self, inp: ApplyInput) -> None:
-        try:
-            parse_compose(inp.compose)
-        except ComposeError as exc:
-            raise _refuse(str(exc), "Invalid") from exc
+        _check_policy(inp.compose, inp.policy or ComposePolicy(), "")
 
     @workflow.update(name="deploy")
     def deploy(self, inp: DeployInput) -> Deployment:
@@ -192,6 +204,8 @@ class ProjectWorkflow:
             return
         if s.compose is None:
             raise _refuse("the project has no Compose file yet: PUT it first", "Invalid")
+        if inp.policy is not None:
+            _check_policy(s.compose, inp.policy, "the stored Compose file no longer passes: ")
         if inp.request.strategy not in STRATEGY_WORKFLOWS:
             raise _refuse(
                 f"strategy {inp.request.strategy.value!r} is not available yet "
@@ -199,7 +213,7 @@ class ProjectWorkflow:
                 "Invalid",
             )
         if inp.request.strategy == Strategy.ROLLING_UPDATE:
-            for spec in parse_compose(s.compose).services:
+            for spec in parse_compose(s.compose, policy=UNRESTRICTED).services:
                 try:
                     resolve_surge(inp.request.max_surge, inp.request.max_unavailable, spec.replicas)
                 except SurgeError as exc:
@@ -234,7 +248,13 @@ class ProjectWorkflow:
         if self._find(inp.deployment_id) is None:
             raise _refuse(f"deployment {inp.deployment_id!r} not found", "NotFound")
         self._refuse_if_active()
-        self._rollback_target(inp)
+        target = self._rollback_target(inp)
+        if inp.policy is not None:
+            _check_policy(
+                target.compose,
+                inp.policy,
+                f"revision {target.revision} no longer passes the tenant's policy: ",
+            )
 
     @workflow.update(name="cancel")
     async def cancel(self, inp: CancelInput) -> Deployment:
@@ -450,9 +470,11 @@ class ProjectWorkflow:
                 revision=s.current.revision,
                 version=s.current.version,
                 deployment_id=s.current.deployment_id,
-                spec=parse_compose(s.current.compose),
+                spec=parse_compose(s.current.compose, policy=UNRESTRICTED),
             )
-        inp = StrategyInput(deployment=dep, target=parse_compose(compose), previous=previous)
+        inp = StrategyInput(
+            deployment=dep, target=parse_compose(compose, policy=UNRESTRICTED), previous=previous
+        )
         try:
             self._child = await workflow.start_child_workflow(
                 STRATEGY_WORKFLOWS[dep.strategy],

@@ -21,14 +21,20 @@ class ProjectCreate(BaseModel):
 
     compose: str = Field(min_length=1, max_length=MAX_COMPOSE_BYTES)
     """The Compose file, as YAML text."""
+    variables: dict[str, str] = Field(default_factory=dict, max_length=1000)
+    """Values of the ``${VAR}`` the Compose file uses (the server's environment is never read)."""
 
 
 @router.put("/{project_id}", response_model=ProjectPublic)
 async def apply_project(
     project_id: ProjectId, body: ProjectCreate, caller: DeployerDep, svc: ServiceDep
 ) -> ProjectPublic:
-    """Create the project or replace its Compose file (takes effect on the next deploy)."""
-    return await svc.apply_project(caller.tenant_id, project_id, body.compose)
+    """Create the project or replace its Compose file (takes effect on the next deploy).
+
+    ``${VAR}`` in the file is substituted from ``variables`` before the file is checked; the
+    project stores the result.
+    """
+    return await svc.apply_project(caller.tenant_id, project_id, body.compose, body.variables)
 
 
 @router.get("/{project_id}", response_model=ProjectPublic)

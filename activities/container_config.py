@@ -1,0 +1,120 @@
+"""What a service's Compose spec asks of the engine beyond image and command.
+
+Mounts, devices, privileges and resource limits, turned into ``create_host_config`` options. The
+Compose parser has already refused what the tenant's policy does not allow; this module checks
+once more what only the Docker host can see (a bind source that is a symlink), scopes named
+volumes to their project and fills in resource limits the Compose file leaves unset.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.types
+from temporalio.exceptions import ApplicationError
+
+from moorage import naming
+from moorage.compose import MountSpec, ServiceSpec
+from moorage.settings import Settings
+
+NANOS_PER_CPU = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ResourceDefaults:
+    """Limits a container gets when its Compose service sets none."""
+
+    memory_bytes: int
+    cpus: float
+    pids: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResourceDefaults:
+        """``MOORAGE_DEFAULT_MEMORY`` / ``_CPUS`` / ``_PIDS``."""
+        return cls(
+            memory_bytes=settings.default_memory_bytes(),
+            cpus=settings.default_cpus,
+            pids=settings.default_pids,
+        )
+
+
+def _bind_source(mount: MountSpec) -> str:
+    """The bind source, refused when the host resolves it elsewhere (a symlink on the way).
+
+    The policy allowed the path as written; a symlink below an allowed prefix could point
+    anywhere, so the path must be its own real path. (Checked where the worker runs: on the
+    Docker host for a local engine.)
+
+    Raises:
+        ApplicationError: the path resolves elsewhere (non-retryable).
+    """
+    source = mount.source or ""
+    if os.path.lexists(source) and os.path.realpath(source) != source:
+        raise ApplicationError(
+            f"bind mount of {source!r} is refused: it resolves to "
+            f"{os.path.realpath(source)!r} on the host (a symlink on the way)",
+            type="PolicyRefused",
+            non_retryable=True,
+        )
+    return source
+
+
+def ensure_volumes(api: docker.APIClient, tenant: str, project: str, spec: ServiceSpec) -> None:
+    """Create the project's named volumes this service mounts (idempotent; data persists)."""
+    for mount in spec.mounts:
+        if mount.type == "volume" and mount.source:
+            api.create_volume(
+                naming.volume_name(tenant, project, mount.source),
+                driver="local",
+                driver_opts=mount.driver_opts or None,
+                labels={naming.LABEL_TENANT: tenant, naming.LABEL_PROJECT: project},
+            )
+
+
+def host_options(
+    spec: ServiceSpec, tenant: str, project: str, defaults: ResourceDefaults
+) -> dict[str, Any]:
+    """``create_host_config`` options: mounts, devices, privileges and limits of the service.
+
+    Raises:
+        ApplicationError: a bind source resolves elsewhere than written (non-retryable).
+    """
+    mounts: list[docker.types.Mount] = []
+    tmpfs: dict[str, str] = {}
+    for m in spec.mounts:
+        if m.type == "tmpfs":
+            tmpfs[m.target] = f"size={m.tmpfs_size_bytes}" if m.tmpfs_size_bytes else ""
+        elif m.type == "bind":
+            mounts.append(
+                docker.types.Mount(m.target, _bind_source(m), type="bind", read_only=m.read_only)
+            )
+        else:
+            source = naming.volume_name(tenant, project, m.source) if m.source else ""
+            mounts.append(
+                docker.types.Mount(
+                    m.target, source, type="volume", read_only=m.read_only, no_copy=m.nocopy
+                )
+            )
+    options: dict[str, Any] = {
+        "mem_limit": spec.mem_limit_bytes or defaults.memory_bytes,
+        "nano_cpus": int((spec.cpus or defaults.cpus) * NANOS_PER_CPU),
+        "pids_limit": spec.pids_limit or defaults.pids,
+    }
+    if mounts:
+        options["mounts"] = mounts
+    if tmpfs:
+        options["tmpfs"] = tmpfs
+    if spec.privileged:
+        options["privileged"] = True
+    if spec.cap_add:
+        options["cap_add"] = spec.cap_add
+    if spec.cap_drop:
+        options["cap_drop"] = spec.cap_drop
+    if spec.devices:
+        options["devices"] = [
+            f"{d.host_path}:{d.container_path}:{d.permissions}" for d in spec.devices
+        ]
+    return options
