@@ -1,0 +1,256 @@
+"""Compose text → :class:`~moorage.compose.models.ProjectSpec`: the top level of the file.
+
+Loads the YAML, interpolates it, checks the top-level keys and named volumes, parses every
+service and puts them in start order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import yaml
+
+from moorage.compose.errors import MAX_COMPOSE_BYTES, MAX_SERVICES, ComposeError
+from moorage.compose.interpolation import _escape_dollars, _interpolate
+from moorage.compose.models import ProjectSpec, ServiceSpec, VolumeSpec
+from moorage.compose.policy import ComposePolicy
+from moorage.compose.services import _parse_service
+from moorage.compose.values import _mapping
+
+_VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+TOP_LEVEL_KEYS = frozenset({"services", "version", "name", "volumes"})
+
+VOLUME_KEYS = frozenset({"driver", "driver_opts", "labels", "external", "name"})
+
+
+def _volume_driver_opts(value: Any, *, where: str) -> dict[str, str]:
+    """Options of the ``local`` driver: only a tmpfs, never a host path, device or share."""
+    key = f"{where}.driver_opts"
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ComposeError("must be a mapping", key=key)
+    opts: dict[str, str] = {}
+    for k, v in value.items():
+        if v is None or isinstance(v, bool | dict | list):
+            raise ComposeError("must be a string", key=f"{key}.{k}")
+        opts[str(k)] = str(v)
+    for k in opts:
+        if k not in ("type", "o", "device"):
+            raise ComposeError(
+                "is not supported (the local driver may only make a tmpfs: type, o, device)",
+                key=f"{key}.{k}",
+            )
+    if "bind" in opts.get("o", "").lower():
+        raise ComposeError(
+            f"o: {opts['o']!r} would bind-mount a host path into the volume; refused",
+            key=f"{key}.o",
+        )
+    kind = opts.get("type")
+    if kind is not None and kind != "tmpfs":
+        what = "a bind mount of a host path" if kind == "none" else "a host device or share"
+        raise ComposeError(
+            f"type {kind!r} makes the volume {what}; only tmpfs is accepted", key=f"{key}.type"
+        )
+    device = opts.get("device")
+    if device is not None and device != "tmpfs":
+        raise ComposeError(
+            f"device {device!r} mounts a host path or device; refused", key=f"{key}.device"
+        )
+    if kind is None and opts:
+        raise ComposeError(
+            "the local driver's options mount a host path or device unless type is tmpfs",
+            key=f"{key}.type",
+        )
+    return opts
+
+
+def _parse_volumes(value: Any) -> list[VolumeSpec]:
+    """Top-level ``volumes``: named volumes of the ``local`` driver that Moorage creates."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise ComposeError("must be a mapping of volume names", key="volumes")
+    specs: list[VolumeSpec] = []
+    for raw_name, body in value.items():
+        name = str(raw_name)
+        where = f"volumes.{name}"
+        if not _VOLUME_NAME_RE.match(name):
+            raise ComposeError("volume names may hold letters, digits, '_', '.', '-'", key=where)
+        body = {} if body is None else body
+        if not isinstance(body, dict):
+            raise ComposeError("must be a mapping", key=where)
+        for k in body:
+            if k == "external" and body[k] is not False:
+                raise ComposeError(
+                    "external volumes are not created by Moorage and are refused",
+                    key=f"{where}.external",
+                )
+            if k == "name":
+                raise ComposeError(
+                    "is not supported: Moorage names volumes after the project, so that one "
+                    "project never reaches another's",
+                    key=f"{where}.name",
+                )
+            if k not in VOLUME_KEYS:
+                raise ComposeError("is not supported by Moorage", key=f"{where}.{k}")
+        driver = body.get("driver", "local")
+        if driver != "local":
+            raise ComposeError(
+                f"only the 'local' driver is supported, not {driver!r}", key=f"{where}.driver"
+            )
+        labels: dict[str, str] = {}
+        if body.get("labels") is not None:
+            labels = _mapping(body["labels"], service=None, key=f"{where}.labels")
+            for label in labels:
+                if label.startswith("moorage."):
+                    raise ComposeError(
+                        "labels starting with 'moorage.' are reserved",
+                        key=f"{where}.labels.{label}",
+                    )
+        opts = _volume_driver_opts(body.get("driver_opts"), where=where)
+        specs.append(VolumeSpec(name=name, driver_opts=opts, labels=labels))
+    return specs
+
+
+def _refuse_networks(value: Any) -> NoReturn:
+    """Top-level ``networks`` is refused; an external one with its own reason.
+
+    Raises:
+        ComposeError: always.
+    """
+    if isinstance(value, dict):
+        for name, body in value.items():
+            if isinstance(body, dict) and body.get("external") not in (None, False):
+                raise ComposeError(
+                    "external networks are not created by Moorage and are refused",
+                    key=f"networks.{name}.external",
+                )
+    raise ComposeError("top-level key 'networks' is not supported by Moorage", key="networks")
+
+
+def _start_order(services: dict[str, ServiceSpec]) -> list[ServiceSpec]:
+    """Topological order by depends_on; ties keep the file's order."""
+    for spec in services.values():
+        for dep in spec.depends_on:
+            if dep not in services:
+                raise ComposeError(
+                    f"depends on unknown service {dep!r}", service=spec.name, key="depends_on"
+                )
+    ordered: list[ServiceSpec] = []
+    done: set[str] = set()
+    # Depth-first with an explicit stack: a long depends_on chain must not hit Python's
+    # recursion limit (a 256 KiB file can hold thousands of services).
+    for root in services:
+        if root in done:
+            continue
+        path = [root]
+        on_path = {root}
+        next_dep = [0]
+        while path:
+            name = path[-1]
+            deps = services[name].depends_on
+            if next_dep[-1] == len(deps):
+                path.pop()
+                next_dep.pop()
+                on_path.discard(name)
+                done.add(name)
+                ordered.append(services[name])
+                continue
+            dep = deps[next_dep[-1]]
+            next_dep[-1] += 1
+            if dep in done:
+                continue
+            if dep in on_path:
+                cycle = " -> ".join([*path[path.index(dep) :], dep])
+                raise ComposeError(
+                    f"depends_on has a cycle: {cycle}", service=dep, key="depends_on"
+                )
+            path.append(dep)
+            on_path.add(dep)
+            next_dep.append(0)
+    return ordered
+
+
+def _load(text: str) -> dict[str, Any]:
+    if len(text.encode()) > MAX_COMPOSE_BYTES:
+        raise ComposeError(f"the Compose file is larger than {MAX_COMPOSE_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ComposeError(f"not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # PyYAML composes nested nodes recursively
+        raise ComposeError("the YAML is nested too deeply") from exc
+    if not isinstance(raw, dict):
+        raise ComposeError("a Compose file must be a mapping with a 'services' key")
+    return raw
+
+
+def resolve_compose(text: str, variables: Mapping[str, str] | None = None) -> str:
+    """The Compose text with ``${VAR}`` substituted: what the project stores and deploys.
+
+    Text without ``$`` comes back unchanged (comments and layout kept). Otherwise the result is
+    the interpolated document as YAML, with every literal ``$`` written ``$$``, so parsing it
+    again (without variables) gives the same project.
+
+    Raises:
+        ComposeError: not valid YAML, or a variable that is not set (or invalid interpolation).
+    """
+    raw = _load(text)
+    if "$" not in text:
+        return text
+    resolved = _escape_dollars(_interpolate(raw, variables))
+    return str(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+
+
+def parse_compose(
+    text: str,
+    *,
+    variables: Mapping[str, str] | None = None,
+    policy: ComposePolicy | None = None,
+) -> ProjectSpec:
+    """Parse Compose YAML into a :class:`ProjectSpec`.
+
+    Args:
+        text: the Compose file.
+        variables: the values of ``${VAR}`` (never read from the server's environment).
+        policy: what the tenant may use beyond the safe default (None: the default policy).
+
+    Raises:
+        ComposeError: the text is not valid YAML, not a Compose file, names a variable that is not
+            set, or uses what Moorage (or the policy) refuses.
+    """
+    raw = _interpolate(_load(text), variables)
+    for key in raw:
+        if key == "networks":
+            _refuse_networks(raw[key])
+        if key not in TOP_LEVEL_KEYS and not str(key).startswith("x-"):
+            raise ComposeError(f"top-level key {key!r} is not supported by Moorage", key=str(key))
+    volume_specs = _parse_volumes(raw.get("volumes"))
+    volumes = frozenset(v.name for v in volume_specs)
+    services_raw = raw.get("services")
+    if not isinstance(services_raw, dict) or not services_raw:
+        raise ComposeError("'services' must be a non-empty mapping", key="services")
+    if len(services_raw) > MAX_SERVICES:
+        raise ComposeError(
+            f"a project may hold at most {MAX_SERVICES} services, this one has {len(services_raw)}",
+            key="services",
+        )
+    policy = policy or ComposePolicy()
+    services = {
+        str(name): _parse_service(str(name), body, policy=policy, volumes=volumes)
+        for name, body in services_raw.items()
+    }
+    declared = {v.name: v for v in volume_specs}
+    for spec in services.values():
+        for mount in spec.mounts:
+            if mount.type == "volume" and mount.source in declared:
+                mount.driver_opts = dict(declared[mount.source].driver_opts)
+    return ProjectSpec(
+        services=_start_order(services),
+        volumes=[v.name for v in volume_specs],
+        volume_specs=volume_specs,
+    )

@@ -1,0 +1,308 @@
+"""One service of a Compose file → :class:`~moorage.compose.models.ServiceSpec`.
+
+Allow-list parsing: every key Moorage understands is turned into a typed field; every other key is
+refused with an error that names the service and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from moorage.compose.errors import MAX_REPLICAS, ComposeError
+from moorage.compose.models import HealthcheckSpec, PortSpec, ProbeSpec, ServiceSpec
+from moorage.compose.mounts import _parse_mounts, _parse_privileges
+from moorage.compose.policy import ComposePolicy
+from moorage.compose.values import _mapping, _parse_resources, _str_list, parse_duration
+
+_SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+SERVICE_KEYS = frozenset(
+    {
+        "image",
+        "command",
+        "entrypoint",
+        "environment",
+        "ports",
+        "expose",
+        "healthcheck",
+        "labels",
+        "depends_on",
+        "deploy",
+        "stop_grace_period",
+        "stop_signal",
+        "working_dir",
+        "user",
+        "privileged",
+        "cap_add",
+        "cap_drop",
+        "devices",
+        "volumes",
+        "tmpfs",
+        "mem_limit",
+        "cpus",
+        "pids_limit",
+    }
+)
+DEPLOY_KEYS = frozenset({"replicas", "resources"})
+HEALTHCHECK_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
+
+X_MOORAGE_KEYS = frozenset({"probe", "min_ready_seconds"})
+PROBE_KEYS = frozenset({"type", "port", "path", "status", "interval", "timeout"})
+
+
+def _parse_port(item: Any, *, service: str) -> PortSpec:
+    key = "ports"
+    if isinstance(item, dict):
+        unknown = set(item) - {"target", "published", "protocol", "host_ip", "mode"}
+        if unknown:
+            raise ComposeError(
+                "is not supported", service=service, key=f"ports.{sorted(unknown)[0]}"
+            )
+        if item.get("protocol", "tcp") not in ("tcp", "udp"):
+            raise ComposeError(
+                f"invalid protocol {item['protocol']!r}", service=service, key="ports.protocol"
+            )
+        if any(isinstance(item.get(k), bool) for k in ("target", "published")):
+            raise ComposeError(f"invalid long-syntax port {item!r}", service=service, key=key)
+        try:
+            published = item.get("published")
+            return PortSpec(
+                target=int(item["target"]),
+                protocol=str(item.get("protocol", "tcp")),
+                published=int(published) if published is not None else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ComposeError(
+                f"invalid long-syntax port {item!r}", service=service, key=key
+            ) from exc
+    if isinstance(item, bool) or not isinstance(item, int | str):
+        raise ComposeError(f"invalid port {item!r}", service=service, key=key)
+    text = str(item).strip()
+    protocol = "tcp"
+    if "/" in text:
+        text, protocol = text.rsplit("/", 1)
+    if protocol not in ("tcp", "udp"):
+        raise ComposeError(f"invalid protocol {protocol!r}", service=service, key=key)
+    parts = text.split(":")
+    if (
+        len(parts) > 3
+        or any("-" in p for p in parts)
+        or not all(p.isdigit() for p in parts[-2:] if p)
+    ):
+        raise ComposeError(
+            f"invalid port {item!r} (port ranges are not supported)", service=service, key=key
+        )
+    try:
+        target = int(parts[-1])
+        published = int(parts[-2]) if len(parts) >= 2 and parts[-2] else None
+        return PortSpec(target=target, protocol=protocol, published=published)
+    except ValueError as exc:
+        raise ComposeError(f"invalid port {item!r}", service=service, key=key) from exc
+
+
+def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
+    if not isinstance(value, dict):
+        raise ComposeError("must be a mapping", service=service, key="healthcheck")
+    for k in value:
+        if k not in HEALTHCHECK_KEYS:
+            raise ComposeError("is not supported", service=service, key=f"healthcheck.{k}")
+    disable = value.get("disable", False)
+    if not isinstance(disable, bool):
+        raise ComposeError("must be true or false", service=service, key="healthcheck.disable")
+    spec = HealthcheckSpec(disable=disable)
+    test = value.get("test")
+    if test is not None:
+        if isinstance(test, str):
+            spec.test = ["CMD-SHELL", test]
+        elif isinstance(test, list) and test and all(isinstance(t, str) for t in test):
+            if test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+                raise ComposeError(
+                    "a list test must start with CMD, CMD-SHELL or NONE",
+                    service=service,
+                    key="healthcheck.test",
+                )
+            spec.test = list(test)
+        else:
+            raise ComposeError(
+                "must be a string or a list", service=service, key="healthcheck.test"
+            )
+    for name in ("interval", "timeout", "start_period"):
+        if name in value:
+            setattr(
+                spec,
+                f"{name}_s",
+                parse_duration(value[name], service=service, key=f"healthcheck.{name}"),
+            )
+    if "retries" in value:
+        retries = value["retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ComposeError(
+                "must be a non-negative integer", service=service, key="healthcheck.retries"
+            )
+        spec.retries = retries
+    return spec
+
+
+def _parse_depends_on(value: Any, *, service: str) -> list[str]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if isinstance(value, dict):
+        for dep, cond in value.items():
+            if cond is not None and not isinstance(cond, dict):
+                raise ComposeError("invalid entry", service=service, key=f"depends_on.{dep}")
+            for k in cond or {}:
+                if k not in ("condition", "restart", "required"):
+                    raise ComposeError(
+                        "is not supported", service=service, key=f"depends_on.{dep}.{k}"
+                    )
+        return [str(d) for d in value]
+    raise ComposeError(
+        "must be a list or a mapping of service names", service=service, key="depends_on"
+    )
+
+
+def _parse_service(
+    name: str, raw: Any, *, policy: ComposePolicy, volumes: frozenset[str]
+) -> ServiceSpec:
+    if not _SERVICE_NAME_RE.match(name):
+        raise ComposeError(
+            "service names may hold letters, digits, '_', '.', '-' (at most 63)", service=name
+        )
+    if not isinstance(raw, dict):
+        raise ComposeError("must be a mapping", service=name)
+    if "build" in raw:
+        if "image" not in raw:
+            raise ComposeError(
+                "has 'build' but no 'image': Moorage deploys images and does not build them; "
+                "build and tag the image first, then name it in 'image'",
+                service=name,
+                key="build",
+            )
+        raise ComposeError(
+            "is not supported: Moorage deploys the image named in 'image' and never builds; "
+            "remove 'build'",
+            service=name,
+            key="build",
+        )
+    for key in raw:
+        if key not in SERVICE_KEYS and not str(key).startswith("x-"):
+            raise ComposeError("is not supported by Moorage", service=name, key=str(key))
+    image = raw.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise ComposeError("every service needs an 'image'", service=name, key="image")
+    spec = ServiceSpec(name=name, image=image.strip())
+    if raw.get("command") is not None:
+        spec.command = _str_list(raw["command"], service=name, key="command")
+    if raw.get("entrypoint") is not None:
+        spec.entrypoint = _str_list(raw["entrypoint"], service=name, key="entrypoint")
+    if raw.get("environment") is not None:
+        spec.environment = _mapping(raw["environment"], service=name, key="environment")
+    if raw.get("labels") is not None:
+        spec.labels = _mapping(raw["labels"], service=name, key="labels")
+        for label in spec.labels:
+            if label.startswith("moorage."):
+                raise ComposeError(
+                    "labels starting with 'moorage.' are reserved",
+                    service=name,
+                    key=f"labels.{label}",
+                )
+    if raw.get("ports") is not None:
+        if not isinstance(raw["ports"], list):
+            raise ComposeError("must be a list", service=name, key="ports")
+        spec.ports = [_parse_port(p, service=name) for p in raw["ports"]]
+    if raw.get("expose") is not None and not isinstance(raw["expose"], list):
+        raise ComposeError("must be a list", service=name, key="expose")
+    if raw.get("healthcheck") is not None:
+        spec.healthcheck = _parse_healthcheck(raw["healthcheck"], service=name)
+    if raw.get("depends_on") is not None:
+        spec.depends_on = _parse_depends_on(raw["depends_on"], service=name)
+    if raw.get("deploy") is not None:
+        deploy = raw["deploy"]
+        if not isinstance(deploy, dict):
+            raise ComposeError("must be a mapping", service=name, key="deploy")
+        for k in deploy:
+            if k not in DEPLOY_KEYS:
+                raise ComposeError("is not supported by Moorage", service=name, key=f"deploy.{k}")
+        if "replicas" in deploy:
+            replicas = deploy["replicas"]
+            if (
+                isinstance(replicas, bool)
+                or not isinstance(replicas, int)
+                or not 0 < replicas <= MAX_REPLICAS
+            ):
+                raise ComposeError(
+                    f"must be an integer from 1 to {MAX_REPLICAS}",
+                    service=name,
+                    key="deploy.replicas",
+                )
+            spec.replicas = replicas
+    if raw.get("stop_grace_period") is not None:
+        spec.stop_grace_period_s = parse_duration(
+            raw["stop_grace_period"], service=name, key="stop_grace_period"
+        )
+    if raw.get("x-moorage") is not None:
+        _parse_x_moorage(raw["x-moorage"], spec)
+    for key in ("stop_signal", "working_dir", "user"):
+        if raw.get(key) is not None:
+            if not isinstance(raw[key], str | int):
+                raise ComposeError("must be a string", service=name, key=key)
+            setattr(spec, key, str(raw[key]))
+    _parse_privileges(raw, spec, policy)
+    _parse_mounts(raw, spec, policy, volumes)
+    _parse_resources(raw, spec)
+    return spec
+
+
+def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
+    """``x-moorage``: Moorage's per-service extension (readiness probe, min ready time)."""
+    name = spec.name
+    if not isinstance(value, dict):
+        raise ComposeError("must be a mapping", service=name, key="x-moorage")
+    for k in value:
+        if k not in X_MOORAGE_KEYS:
+            raise ComposeError("is not supported", service=name, key=f"x-moorage.{k}")
+    if "min_ready_seconds" in value:
+        spec.min_ready_seconds = parse_duration(
+            value["min_ready_seconds"], service=name, key="x-moorage.min_ready_seconds"
+        )
+    probe = value.get("probe")
+    if probe is None:
+        return
+    if not isinstance(probe, dict):
+        raise ComposeError("must be a mapping", service=name, key="x-moorage.probe")
+    for k in probe:
+        if k not in PROBE_KEYS:
+            raise ComposeError("is not supported", service=name, key=f"x-moorage.probe.{k}")
+    kind = probe.get("type", "http")
+    if kind not in ("http", "tcp"):
+        raise ComposeError("must be 'http' or 'tcp'", service=name, key="x-moorage.probe.type")
+    port = probe.get("port")
+    if port is None and spec.ports:
+        port = spec.ports[0].target
+    if (
+        isinstance(port, bool)
+        or not isinstance(port, int)
+        or port not in {p.target for p in spec.ports}
+    ):
+        raise ComposeError(
+            "must name a container port listed in 'ports'", service=name, key="x-moorage.probe.port"
+        )
+    status = probe.get("status", 200)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ComposeError("must be an HTTP status", service=name, key="x-moorage.probe.status")
+    path = probe.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ComposeError("must start with '/'", service=name, key="x-moorage.probe.path")
+    spec.probe = ProbeSpec(
+        type=kind,
+        port=port,
+        path=path,
+        status=status,
+        interval_s=parse_duration(
+            probe.get("interval", 1), service=name, key="x-moorage.probe.interval"
+        ),
+        timeout_s=parse_duration(
+            probe.get("timeout", 2), service=name, key="x-moorage.probe.timeout"
+        ),
+    )

@@ -1,0 +1,210 @@
+"""Scalar values of a Compose file: durations, memory sizes, CPUs, pids, strings, mappings.
+
+Also the resource limits of a service (``mem_limit``, ``cpus``, ``pids_limit`` and
+``deploy.resources.limits``), which are made of these values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from moorage.compose.errors import (
+    MAX_CPUS,
+    MAX_MEMORY_BYTES,
+    MAX_PIDS,
+    MIN_MEMORY_BYTES,
+    ComposeError,
+)
+from moorage.compose.models import ServiceSpec
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_MEMORY_RE = re.compile(r"(\d+(?:\.\d+)?) ?(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_duration(value: Any, *, service: str, key: str) -> float:
+    """Parse a Compose duration (``1m30s``, ``500ms``, ``10``) into seconds.
+
+    Raises:
+        ComposeError: not a duration.
+    """
+    if isinstance(value, bool):
+        raise ComposeError(f"{value!r} is not a duration", service=service, key=key)
+    if isinstance(value, int | float):
+        # YAML's .inf / .nan are floats too; they would crash the Docker call much later.
+        if not math.isfinite(value) or value < 0:
+            raise ComposeError(
+                "a duration must be a finite, non-negative number", service=service, key=key
+            )
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        parts = _DURATION_RE.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    raise ComposeError(
+        f"{value!r} is not a duration like '10s' or '1m30s'", service=service, key=key
+    )
+
+
+def _memory_bytes(value: Any, *, service: str | None, key: str) -> int:
+    """A Docker memory size (``512m``, ``1g``, ``1.5GiB``, bytes as an integer) in bytes."""
+    size: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _MEMORY_RE.fullmatch(value.strip())):
+        number, unit = match[1], _MEMORY_UNITS[(match[2] or "").lower()]
+        # Whole numbers stay exact; Docker's units are binary (1k = 1024).
+        size = int(number) * unit if "." not in number else int(float(number) * unit)
+    if size is None:
+        raise ComposeError(
+            f"{value!r} is not a memory size like '512m' or '1g'", service=service, key=key
+        )
+    if size > MAX_MEMORY_BYTES:
+        raise ComposeError(f"{value!r} is too large", service=service, key=key)
+    return size
+
+
+def parse_memory(value: Any, *, service: str | None, key: str) -> int:
+    """Parse a memory limit the way Docker does, into bytes.
+
+    Accepts an integer (bytes) or a number with a binary unit ``b``, ``k``, ``m``, ``g``, ``t``
+    (case-insensitive, optionally followed by ``b`` or ``ib``: ``512m``, ``512MB``, ``512MiB``).
+
+    Args:
+        value: the value from the Compose file or a setting.
+        service: the service it belongs to (None for a setting).
+        key: the key it was given under, for the error.
+
+    Returns:
+        The size in bytes, at least :data:`MIN_MEMORY_BYTES`.
+
+    Raises:
+        ComposeError: not a memory size, or below Docker's 6 MiB minimum.
+    """
+    size = _memory_bytes(value, service=service, key=key)
+    if size < MIN_MEMORY_BYTES:
+        raise ComposeError(
+            f"{value!r} is below Docker's minimum of 6 MiB ('6m')", service=service, key=key
+        )
+    return size
+
+
+def _str_list(value: Any, *, service: str, key: str) -> list[str] | str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return [str(v) for v in value]
+    raise ComposeError("must be a string or a list of strings", service=service, key=key)
+
+
+def _mapping(value: Any, *, service: str | None, key: str) -> dict[str, str]:
+    """Compose mapping-or-list (``environment``, ``labels``) → dict of strings."""
+    result: dict[str, str] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if v is None:
+                raise ComposeError(
+                    f"{k!r} has no value; Moorage does not read the server's environment",
+                    service=service,
+                    key=f"{key}.{k}",
+                )
+            if isinstance(v, dict | list):
+                raise ComposeError("values must be strings", service=service, key=f"{key}.{k}")
+            result[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
+        return result
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str) or "=" not in item or item.startswith("="):
+                bare_name = isinstance(item, str) and item and "=" not in item
+                raise ComposeError(
+                    f"entry {item!r} must look like NAME=value; Moorage does not read the "
+                    "server's environment",
+                    service=service,
+                    key=f"{key}.{item}" if bare_name else key,
+                )
+            k, v = item.split("=", 1)
+            result[k] = v
+        return result
+    raise ComposeError("must be a mapping or a list of NAME=value", service=service, key=key)
+
+
+def _cpus(value: Any, *, service: str, key: str) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or not 0.01 <= number <= MAX_CPUS:
+        raise ComposeError(
+            f"must be a number of CPUs from 0.01 to {MAX_CPUS:g}", service=service, key=key
+        )
+    return number
+
+
+def _pids(value: Any, *, service: str, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_PIDS:
+        raise ComposeError(f"must be an integer from 1 to {MAX_PIDS}", service=service, key=key)
+    return value
+
+
+def _parse_resources(raw: dict[str, Any], spec: ServiceSpec) -> None:
+    """``mem_limit``, ``cpus``, ``pids_limit`` and ``deploy.resources.limits``."""
+    name = spec.name
+    if raw.get("mem_limit") is not None:
+        spec.mem_limit_bytes = parse_memory(raw["mem_limit"], service=name, key="mem_limit")
+    if raw.get("cpus") is not None:
+        spec.cpus = _cpus(raw["cpus"], service=name, key="cpus")
+    if raw.get("pids_limit") is not None:
+        spec.pids_limit = _pids(raw["pids_limit"], service=name, key="pids_limit")
+    deploy = raw.get("deploy")
+    resources = deploy.get("resources") if isinstance(deploy, dict) else None
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise ComposeError("must be a mapping", service=name, key="deploy.resources")
+    for k in resources:
+        if k == "reservations":
+            raise ComposeError(
+                "is not supported: Moorage sets limits (deploy.resources.limits), not reservations",
+                service=name,
+                key="deploy.resources.reservations",
+            )
+        if k != "limits":
+            raise ComposeError(
+                "is not supported by Moorage", service=name, key=f"deploy.resources.{k}"
+            )
+    limits = resources.get("limits")
+    if limits is None:
+        return
+    if not isinstance(limits, dict):
+        raise ComposeError("must be a mapping", service=name, key="deploy.resources.limits")
+    parsers: tuple[tuple[str, str, str, Callable[..., float]], ...] = (
+        ("memory", "mem_limit", "mem_limit_bytes", parse_memory),
+        ("cpus", "cpus", "cpus", _cpus),
+        ("pids", "pids_limit", "pids_limit", _pids),
+    )
+    known = {p[0] for p in parsers}
+    for k in limits:
+        if k not in known:
+            raise ComposeError(
+                "is not supported by Moorage", service=name, key=f"deploy.resources.limits.{k}"
+            )
+    for limit, short_key, field, parse in parsers:
+        if limits.get(limit) is None:
+            continue
+        key = f"deploy.resources.limits.{limit}"
+        value = parse(limits[limit], service=name, key=key)
+        current = getattr(spec, field)
+        if current is not None and current != value:
+            raise ComposeError(
+                f"disagrees with {short_key!r}; give the limit once", service=name, key=key
+            )
+        setattr(spec, field, value)
