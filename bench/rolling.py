@@ -18,15 +18,20 @@ server, HAProxy and nginx).
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import docker
+import docker.errors
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -173,7 +178,13 @@ def floor_run(
             tenant=TENANT, project=project, service="web", revision=rev, slots=slots
         )
         executor.wait_healthy(
-            WaitHealthyInput(selector=sel, expected=len(slots), interval_s=INTERVAL, retries=200)
+            WaitHealthyInput(
+                selector=sel,
+                expected=len(slots),
+                interval_s=INTERVAL,
+                retries=200,
+                probe=spec.probe,
+            )
         )
         router.route_add(
             RouteServersInput(
@@ -181,12 +192,14 @@ def floor_run(
             )
         )
 
-    def down(rev: int, slots: list[int]) -> None:
+    def out(rev: int, slots: list[int]) -> None:
         router.route_remove(
             RouteServersInput(
                 tenant=TENANT, project=project, service="web", containers=names(rev, slots)
             )
         )
+
+    def dispose(rev: int, slots: list[int]) -> None:
         sel = ContainerSelector(
             tenant=TENANT, project=project, service="web", revision=rev, slots=slots
         )
@@ -200,7 +213,8 @@ def floor_run(
             t0 = time.monotonic()
             for slot in range(REPLICAS):
                 up(2, spec2, [slot])
-                down(1, [slot])
+                out(1, [slot])
+                dispose(1, [slot])
             wall = time.monotonic() - t0
             time.sleep(0.5)
         return wall, load.result.failed, load.result.ok
@@ -209,11 +223,69 @@ def floor_run(
         router.stop()
 
 
-def swarm_run(client: docker.DockerClient, health_interval: str | None = None) -> float | None:
+@contextmanager
+def swarm_engine(client: docker.DockerClient) -> Iterator[dict[str, str]]:
+    """An engine that can run swarm mode; yields the environment for the docker CLI.
+
+    Swarm mode refuses a dockerd with live-restore, which Moorage's engine runs with
+    (scripts/ensure-engine.sh). Then a second, isolated dockerd on this machine (its own data
+    root and socket, no bridge, no iptables, no live-restore) gets the same demo images.
+    """
+    if not client.info().get("LiveRestoreEnabled"):
+        yield dict(os.environ)
+        return
+    root = Path(tempfile.mkdtemp(prefix="moorage-bench-swarm-"))
+    (root / "daemon.json").write_text("{}")
+    sock = root / "docker.sock"
+    log = (root / "dockerd.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--config-file", str(root / "daemon.json"),
+            "--data-root", str(root / "data"),
+            "--exec-root", str(root / "exec"),
+            "--pidfile", str(root / "docker.pid"),
+            "-H", f"unix://{sock}",
+            "--bridge", "none",
+            "--iptables=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+    try:
+        second: docker.DockerClient | None = None
+        for _ in range(150):
+            try:
+                second = docker.DockerClient(base_url=f"unix://{sock}", timeout=120)
+                break
+            except docker.errors.DockerException:  # not up yet
+                time.sleep(0.2)
+        if second is None:
+            raise RuntimeError(f"the second dockerd did not start; see {root / 'dockerd.log'}")
+        images.build_all(second)
+        print("swarm: on a second, isolated dockerd (the main one runs live-restore)")
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def swarm_run(env: dict[str, str], health_interval: str | None = None) -> float | None:
     """Docker Swarm's start-first rolling update of the same images (None: no swarm mode)."""
     joined = False
-    if client.info().get("Swarm", {}).get("LocalNodeState") != "active":
-        result = subprocess.run(
+    run = functools.partial(subprocess.run, env=env)
+    info = run(
+        ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if info.stdout.strip() != "active":
+        result = run(
             ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
             capture_output=True,
             text=True,
@@ -225,7 +297,7 @@ def swarm_run(client: docker.DockerClient, health_interval: str | None = None) -
         joined = True
     name = f"benchswarm{uuid.uuid4().hex[:6]}"
     try:
-        subprocess.run(
+        run(
             [
                 "docker",
                 "service",
@@ -250,7 +322,7 @@ def swarm_run(client: docker.DockerClient, health_interval: str | None = None) -
             text=True,
         )
         t0 = time.monotonic()
-        subprocess.run(
+        run(
             [
                 "docker",
                 "service",
@@ -273,11 +345,9 @@ def swarm_run(client: docker.DockerClient, health_interval: str | None = None) -
         )
         return time.monotonic() - t0
     finally:
-        subprocess.run(["docker", "service", "rm", name], capture_output=True, check=False)
+        run(["docker", "service", "rm", name], capture_output=True, check=False)
         if joined:
-            subprocess.run(
-                ["docker", "swarm", "leave", "--force"], capture_output=True, check=False
-            )
+            run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
 
 
 async def main() -> None:
@@ -292,6 +362,8 @@ async def main() -> None:
         dev_server_log_level="error",
     )
     results: dict[str | None, tuple[list[tuple[str, float, int, int]], float | None]] = {}
+    stack = ExitStack()
+    swarm_env = stack.enter_context(swarm_engine(client))
     try:
         for interval in (None, "250ms", PROBE):
             rows: list[tuple[str, float, int, int]] = []
@@ -304,11 +376,12 @@ async def main() -> None:
                 rows.append((f"moorage {kind} ({mode})", wall, failed, ok))
             floor = await asyncio.to_thread(floor_run, workdir, client, interval)
             rows.append(("floor: same steps, direct calls, no Temporal (haproxy)", *floor))
-            swarm = await asyncio.to_thread(swarm_run, client, interval)
+            swarm = await asyncio.to_thread(swarm_run, swarm_env, interval)
             results[interval] = (rows, swarm)
     finally:
         await env.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
+        stack.close()
 
     for interval, (rows, swarm) in results.items():
         health = {
