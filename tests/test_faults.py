@@ -18,6 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.haproxy import HAProxyBackend
 from activities.router import TrafficRouter, route_key
+from moorage import naming
 from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from moorage.settings import Settings
@@ -310,3 +311,14 @@ async def test_dockerd_restarted_mid_rollout(
         c.name for c in containers
     }
     assert sum(e.event_type == EventType.SERVICE_UPDATED for e in state.events) == 1
+    # The engine really was gone under the rollout: some step failed and was retried (the
+    # Temporal UI shows the attempts; the deployment's own events show an ordinary rollout).
+    history = await service.client.get_workflow_handle(
+        naming.deployment_workflow_id(TENANT, dep.id)
+    ).fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert max(attempts) > 1, attempts
