@@ -223,13 +223,17 @@ def floor_run(
         router.stop()
 
 
+NETNS = "moorage-bench-swarm"
+
+
 @contextmanager
 def swarm_engine(client: docker.DockerClient) -> Iterator[dict[str, str]]:
     """An engine that can run swarm mode; yields the environment for the docker CLI.
 
     Swarm mode refuses a dockerd with live-restore, which Moorage's engine runs with
-    (scripts/ensure-engine.sh). Then a second, isolated dockerd on this machine (its own data
-    root and socket, no bridge, no iptables, no live-restore) gets the same demo images.
+    (scripts/ensure-engine.sh). Then a second dockerd on this machine, in a network namespace of
+    its own (its bridges and iptables never touch the host's) with its own data root and socket,
+    gets the same demo images.
     """
     if not client.info().get("LiveRestoreEnabled"):
         yield dict(os.environ)
@@ -237,17 +241,20 @@ def swarm_engine(client: docker.DockerClient) -> Iterator[dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="moorage-bench-swarm-"))
     (root / "daemon.json").write_text("{}")
     sock = root / "docker.sock"
+    subprocess.run(["ip", "netns", "delete", NETNS], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    subprocess.run(["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"], check=True)
     log = (root / "dockerd.log").open("wb")
     proc = subprocess.Popen(
         [
+            # nsenter, not `ip netns exec`: that remounts /sys and hides the cgroups dockerd needs.
+            "nsenter", f"--net=/run/netns/{NETNS}",
             "dockerd",
             "--config-file", str(root / "daemon.json"),
             "--data-root", str(root / "data"),
             "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "docker.pid"),
             "-H", f"unix://{sock}",
-            "--bridge", "none",
-            "--iptables=false",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -264,13 +271,16 @@ def swarm_engine(client: docker.DockerClient) -> Iterator[dict[str, str]]:
         if second is None:
             raise RuntimeError(f"the second dockerd did not start; see {root / 'dockerd.log'}")
         images.build_all(second)
-        print("swarm: on a second, isolated dockerd (the main one runs live-restore)")
+        print(
+            "swarm: on a second dockerd in its own network namespace (the main one: live-restore)"
+        )
         yield env
     finally:
         proc.terminate()
         proc.wait(60)
         log.close()
         subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "delete", NETNS], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -363,8 +373,8 @@ async def main() -> None:
     )
     results: dict[str | None, tuple[list[tuple[str, float, int, int]], float | None]] = {}
     stack = ExitStack()
-    swarm_env = stack.enter_context(swarm_engine(client))
     try:
+        swarm_env = stack.enter_context(swarm_engine(client))
         for interval in (None, "250ms", PROBE):
             rows: list[tuple[str, float, int, int]] = []
             runs = (("haproxy", True), ("haproxy", False), ("nginx", False), ("nginx", True))
