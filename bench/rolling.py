@@ -1,18 +1,18 @@
 """Rolling-update benchmark: Moorage vs the same steps done directly vs Docker Swarm.
 
-4 replicas of the demo image, v1 -> v2, max_surge 1, max_unavailable 0, under constant load
-(6 keep-alive connections, and 6 without keep-alive for nginx). Prints, in one run on this
-machine:
+4 replicas of the demo image, v1 -> v2, max_surge 1, max_unavailable 0, under constant load from
+wrk (6 connections, with and without keep-alive; a separate process, as an operator's clients
+would be). Prints, in one run on this machine:
 
 * Moorage's wall time and failed requests, per router backend (HAProxy, nginx);
 * the floor: the same steps (start, wait healthy, route, drain, stop, remove; one replica at a
   time) called directly in this process, no Temporal;
 * Docker Swarm's ``service update --update-order start-first --update-parallelism 1`` on the same
-  images (when the engine can run swarm mode);
+  images (on a second dockerd when the main one runs live-restore, which swarm mode refuses);
 * the ratios Moorage / floor and Moorage / Swarm.
 
-Usage: ``.venv/bin/python bench/rolling.py`` (needs a Docker engine; starts its own Temporal dev
-server, HAProxy and nginx).
+Usage: ``.venv/bin/python bench/rolling.py`` (needs a Docker engine and wrk, as root; starts its
+own Temporal dev server, HAProxy and nginx).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +56,6 @@ from moorage.compose import parse_compose  # noqa: E402
 from moorage.models import DeploymentStatus, DeployRequest, Strategy  # noqa: E402
 from moorage.service import DeploymentService  # noqa: E402
 from moorage.settings import Settings  # noqa: E402
-from tests.load import Load  # noqa: E402
 from worker import build_router, build_worker  # noqa: E402
 from workflows import search_attributes as sa  # noqa: E402
 
@@ -63,6 +64,41 @@ INTERVAL = 0.25  # health poll interval, the same for Moorage and the floor
 TENANT = "bench"
 PROBE = "probe"
 """Health gate of the third scenario: Moorage's own HTTP probe every 100 ms."""
+
+
+class Wrk:
+    """wrk as the load generator: a separate process, so it takes no GIL from the worker.
+
+    ``result`` once the block ends: requests and failures (non-2xx answers + socket errors).
+    """
+
+    def __init__(self, url: str, connections: int, keepalive: bool):
+        self.args = ["wrk", "-c", str(connections), "-t", "2", "-d", "600s", "--timeout", "10s"]
+        if not keepalive:
+            self.args += ["-H", "Connection: close"]
+        self.args.append(url.rstrip("/") + "/version")
+        self.requests = self.failed = 0
+
+    def __enter__(self) -> Wrk:
+        if shutil.which("wrk") is None:
+            raise RuntimeError("wrk is missing: apt-get install wrk")
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGINT)  # wrk prints its summary when interrupted
+        out, _ = self.proc.communicate(timeout=30)
+        found = re.search(r"(\d+) requests in", out)
+        if found is None:
+            raise RuntimeError(f"wrk printed no summary: {out}")
+        self.requests = int(found.group(1))
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sockets = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+        )
+        self.failed = (int(non_2xx.group(1)) if non_2xx else 0) + (
+            sum(int(n) for n in sockets.groups()) if sockets else 0
+        )
 
 
 def compose(image: str, health_interval: str | None = None) -> str:
@@ -122,7 +158,7 @@ async def moorage_run(
         assert await wait_done(svc, first.id) == DeploymentStatus.COMPLETED
         url = (await svc.get_project(TENANT, project)).routes["web"]
         await svc.apply_project(TENANT, project, compose("moorage-demo:v2", health_interval))
-        with Load(url, connections=6, keepalive=keepalive) as load:
+        with Wrk(url, connections=6, keepalive=keepalive) as load:
             await asyncio.sleep(0.5)
             t0 = time.monotonic()
             dep = await svc.deploy(
@@ -132,7 +168,7 @@ async def moorage_run(
             wall = time.monotonic() - t0
             await asyncio.sleep(0.5)
         assert status == DeploymentStatus.COMPLETED, status
-        return wall, load.result.failed, load.result.ok
+        return wall, load.failed, load.requests - load.failed
     finally:
         await worker.shutdown()
         await asyncio.gather(task, return_exceptions=True)
@@ -208,7 +244,7 @@ def floor_run(
 
     try:
         up(1, spec1, list(range(REPLICAS)))
-        with Load(info.url, connections=6, keepalive=True) as load:
+        with Wrk(info.url, connections=6, keepalive=True) as load:
             time.sleep(0.5)
             t0 = time.monotonic()
             for slot in range(REPLICAS):
@@ -217,7 +253,7 @@ def floor_run(
                 dispose(1, [slot])
             wall = time.monotonic() - t0
             time.sleep(0.5)
-        return wall, load.result.failed, load.result.ok
+        return wall, load.failed, load.requests - load.failed
     finally:
         cleanup(client, project)
         router.stop()
