@@ -47,9 +47,12 @@ def render_config(state: RouterState, directory: Path, bind: str) -> str:
         "    timeout client 60s",
         "    timeout server 60s",
         "    timeout http-keep-alive 10s",
-        # A connection refused by a server that just went away is retried on another one.
+        # A refused connection is retried on the same server after a 1 s turn-around: a dockerd
+        # restarting re-creates its port rules and every published port refuses for ~0.25 s.
+        # No `option redispatch`: with it HAProxy 2.6 retries round-robin backends at once (no
+        # turn-around) and answers 503 within that window. Servers leave a route drained, so
+        # only a container that dies while routed refuses connections for longer.
         "    retries 3",
-        "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout",
         "",
     ]

@@ -290,16 +290,15 @@ async def test_dockerd_restarted_mid_rollout(
         await asyncio.sleep(0.3)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
     # The replicas kept serving while dockerd was away (live-restore; port rules in iptables).
-    # Only while the new dockerd starts and rewrites its port rules (~0.25 s) do connections to
-    # every published port fail; HAProxy answers those requests 503. Nothing fails before it
-    # starts again, nor once it is up.
+    # While the new dockerd starts it rewrites its port rules and every published port refuses
+    # connections for ~0.25 s: HAProxy retries those on the same server after 1 s. No request
+    # fails.
     failures = [(round(t - t0, 2), e) for t, e in load.result.failures]
-    assert all(started - 0.1 <= t <= up + 1.0 for t, _ in load.result.failures), (
+    assert load.result.failed == 0, (
         f"dockerd down at 0, started at {started - t0:.2f}s, up at {up - t0:.2f}s",
         failures[:5],
         failures[-5:],
     )
-    print(f"dockerd restart: {len(failures)} requests failed while it started")
     assert load.result.ok > 50
     assert load.last_versions(20) == {"v2"}
     containers = labelled(docker_client, project)
