@@ -114,3 +114,29 @@ async def test_simultaneous_deploys_at_the_limit_admit_exactly_one(
     await limited.cancel(tenant, "alice", dep.id)
     state = await wait_terminal(limited, dep.id, tenant=tenant)
     assert state.deployment.status == DeploymentStatus.CANCELLED
+
+
+async def test_a_rollback_counts_against_the_limit_too(
+    limited: DeploymentService, tenant: str, projects: list[str]
+) -> None:
+    a, b, _ = projects
+    for image in ("moorage-demo:v1", "moorage-demo:v2"):
+        await limited.apply_project(tenant, a, compose(image, api_image=None))
+        dep = await limited.deploy(tenant, "alice", a, DeployRequest())
+        assert (await wait_terminal(limited, dep.id, tenant=tenant)).deployment.status == (
+            DeploymentStatus.COMPLETED
+        )
+    await limited.apply_project(tenant, b, compose(api_image=None))
+    holding = await limited.deploy(tenant, "alice", b, MANUAL)
+    await waiting_for_promotion(limited, tenant, holding.id)
+
+    with pytest.raises(LimitError, match="MOORAGE_MAX_ACTIVE_DEPLOYMENTS"):
+        await limited.rollback(tenant, "alice", dep.id)
+    assert len(await limited.list_deployments(tenant, a)) == 2  # nothing registered
+
+    await limited.cancel(tenant, "alice", holding.id)
+    await wait_terminal(limited, holding.id, tenant=tenant)
+    back = await limited.rollback(tenant, "alice", dep.id)
+    state = await wait_terminal(limited, back.id, tenant=tenant)
+    assert state.deployment.status == DeploymentStatus.COMPLETED
+    assert state.deployment.rollback_version == "r1"
