@@ -19,7 +19,7 @@ from moorage.compose.policy import (
     normalise_capability,
     normalise_host_path,
 )
-from moorage.compose.values import _memory_bytes
+from moorage.compose.values import _known_keys, _memory_bytes
 
 _ENGINE_SOCKETS = frozenset({"docker.sock", "containerd.sock", "podman.sock"})
 _SHORT_VOLUME_OPTIONS = frozenset({"ro", "rw", "nocopy", "cached", "delegated", "consistent"})
@@ -238,14 +238,13 @@ def _options(
     value = item.get(section)
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise ComposeError("must be a mapping", service=service, key=f"volumes.{section}")
-    for k in value:
-        if k not in allowed:
-            raise ComposeError(
-                "is not supported by Moorage", service=service, key=f"volumes.{section}.{k}"
-            )
-    return value
+    return _known_keys(
+        value,
+        allowed,
+        service=service,
+        key=f"volumes.{section}",
+        refusal="is not supported by Moorage",
+    )
 
 
 def _long_volume(

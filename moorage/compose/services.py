@@ -13,7 +13,13 @@ from moorage.compose.errors import MAX_REPLICAS, ComposeError
 from moorage.compose.models import HealthcheckSpec, PortSpec, ProbeSpec, ServiceSpec
 from moorage.compose.mounts import _parse_mounts, _parse_privileges
 from moorage.compose.policy import ComposePolicy
-from moorage.compose.values import _mapping, _parse_resources, _str_list, parse_duration
+from moorage.compose.values import (
+    _known_keys,
+    _mapping,
+    _parse_resources,
+    _str_list,
+    parse_duration,
+)
 
 _SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
@@ -102,11 +108,7 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
 
 
 def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
-    if not isinstance(value, dict):
-        raise ComposeError("must be a mapping", service=service, key="healthcheck")
-    for k in value:
-        if k not in HEALTHCHECK_KEYS:
-            raise ComposeError("is not supported", service=service, key=f"healthcheck.{k}")
+    _known_keys(value, HEALTHCHECK_KEYS, service=service, key="healthcheck")
     disable = value.get("disable", False)
     if not isinstance(disable, bool):
         raise ComposeError("must be true or false", service=service, key="healthcheck.disable")
@@ -218,12 +220,13 @@ def _parse_service(
     if raw.get("depends_on") is not None:
         spec.depends_on = _parse_depends_on(raw["depends_on"], service=name)
     if raw.get("deploy") is not None:
-        deploy = raw["deploy"]
-        if not isinstance(deploy, dict):
-            raise ComposeError("must be a mapping", service=name, key="deploy")
-        for k in deploy:
-            if k not in DEPLOY_KEYS:
-                raise ComposeError("is not supported by Moorage", service=name, key=f"deploy.{k}")
+        deploy = _known_keys(
+            raw["deploy"],
+            DEPLOY_KEYS,
+            service=name,
+            key="deploy",
+            refusal="is not supported by Moorage",
+        )
         if "replicas" in deploy:
             replicas = deploy["replicas"]
             if (
@@ -257,11 +260,7 @@ def _parse_service(
 def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
     """``x-moorage``: Moorage's per-service extension (readiness probe, min ready time)."""
     name = spec.name
-    if not isinstance(value, dict):
-        raise ComposeError("must be a mapping", service=name, key="x-moorage")
-    for k in value:
-        if k not in X_MOORAGE_KEYS:
-            raise ComposeError("is not supported", service=name, key=f"x-moorage.{k}")
+    _known_keys(value, X_MOORAGE_KEYS, service=name, key="x-moorage")
     if "min_ready_seconds" in value:
         spec.min_ready_seconds = parse_duration(
             value["min_ready_seconds"], service=name, key="x-moorage.min_ready_seconds"
@@ -269,11 +268,7 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
     probe = value.get("probe")
     if probe is None:
         return
-    if not isinstance(probe, dict):
-        raise ComposeError("must be a mapping", service=name, key="x-moorage.probe")
-    for k in probe:
-        if k not in PROBE_KEYS:
-            raise ComposeError("is not supported", service=name, key=f"x-moorage.probe.{k}")
+    _known_keys(probe, PROBE_KEYS, service=name, key="x-moorage.probe")
     kind = probe.get("type", "http")
     if kind not in ("http", "tcp"):
         raise ComposeError("must be 'http' or 'tcp'", service=name, key="x-moorage.probe.type")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from moorage.compose.errors import (
@@ -92,6 +92,27 @@ def parse_memory(value: Any, *, service: str | None, key: str) -> int:
             f"{value!r} is below Docker's minimum of 6 MiB ('6m')", service=service, key=key
         )
     return size
+
+
+def _known_keys(
+    value: Any,
+    allowed: Set[str],
+    *,
+    service: str | None,
+    key: str,
+    refusal: str = "is not supported",
+) -> dict[Any, Any]:
+    """``value`` as a mapping whose keys are all in ``allowed``.
+
+    Raises:
+        ComposeError: not a mapping (at ``key``), or a key it does not allow (at ``key.k``).
+    """
+    if not isinstance(value, dict):
+        raise ComposeError("must be a mapping", service=service, key=key)
+    for k in value:
+        if k not in allowed:
+            raise ComposeError(refusal, service=service, key=f"{key}.{k}")
+    return value
 
 
 def _str_list(value: Any, *, service: str, key: str) -> list[str] | str:
