@@ -430,10 +430,9 @@ def project_apply(
         raise CliError(f"project {name!r}: ids are 1-40 lowercase letters, digits and dashes")
     text = _read_compose(file)
     variables = _variables(env_file, var or [])
+    settings = _settings(ctx)
     # Refuse a bad file before connecting.
-    parse_compose(
-        resolve_compose(text, variables), policy=_settings(ctx).policy_for(_settings(ctx).tenant)
-    )
+    parse_compose(resolve_compose(text, variables), policy=settings.policy_for(settings.tenant))
     project = _with_service(
         ctx, lambda s, tenant, _user: s.apply_project(tenant, name, text, variables)
     )

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -127,14 +125,15 @@ class DeploymentService:
         )
         return (await self.client.count_workflows(query)).count
 
-    @asynccontextmanager
-    async def _admit(self, tenant: str) -> AsyncIterator[list[Deployment]]:
-        """Admit one more deployment of ``tenant`` within ``max_active_deployments``.
+    async def _start_deployment(
+        self, tenant: str, project: str, update: str, arg: DeployInput | RollbackInput
+    ) -> Deployment:
+        """Run the ``deploy`` / ``rollback`` update within ``max_active_deployments``.
 
-        The body starts the deployment and appends it to the yielded list. Admissions of one
-        tenant are serialised, and each holds on until the visibility store counts the deployment
-        it admitted (or that deployment ended), so the next admission sees it: exact within one
-        API process; API processes side by side may each admit one past the limit.
+        Admissions of one tenant are serialised, and each holds on until the visibility store
+        counts the deployment it admitted (or that deployment ended), so the next admission sees
+        it: exact within one API process; API processes side by side may each admit one past the
+        limit.
 
         Raises:
             LimitError: the tenant runs ``max_active_deployments`` deployments already.
@@ -147,10 +146,9 @@ class DeploymentService:
                     f"tenant {tenant!r} runs {running} deployments, its limit "
                     f"(MOORAGE_MAX_ACTIVE_DEPLOYMENTS) is {limit}: try again when one ends"
                 )
-            started: list[Deployment] = []
-            yield started
-            for dep in started:
-                await self._until_counted(tenant, dep)
+            dep: Deployment = await self._update(tenant, project, update, arg, Deployment)
+            await self._until_counted(tenant, dep)
+        return dep
 
     async def _until_counted(self, tenant: str, dep: Deployment) -> None:
         workflow_id = naming.deployment_workflow_id(tenant, dep.id)
@@ -285,21 +283,17 @@ class DeploymentService:
             )
             if known is not None:
                 return known
-        async with self._admit(tenant) as started:
-            result: Deployment = await self._update(
-                tenant,
-                project,
-                "deploy",
-                DeployInput(
-                    request=request,
-                    user_id=user,
-                    idempotency_key=idempotency_key,
-                    policy=self.policy(tenant),
-                ),
-                Deployment,
-            )
-            started.append(result)
-        return result
+        return await self._start_deployment(
+            tenant,
+            project,
+            "deploy",
+            DeployInput(
+                request=request,
+                user_id=user,
+                idempotency_key=idempotency_key,
+                policy=self.policy(tenant),
+            ),
+        )
 
     async def list_deployments(self, tenant: str, project: str) -> list[Deployment]:
         """A project's deployments, newest first.
@@ -409,21 +403,17 @@ class DeploymentService:
             LimitError: the tenant runs as many deployments as it may.
         """
         project = self._project_of(deployment_id)
-        async with self._admit(tenant) as started:
-            result: Deployment = await self._update(
-                tenant,
-                project,
-                "rollback",
-                RollbackInput(
-                    deployment_id=deployment_id,
-                    user_id=user,
-                    to_revision=to_revision,
-                    policy=self.policy(tenant),
-                ),
-                Deployment,
-            )
-            started.append(result)
-        return result
+        return await self._start_deployment(
+            tenant,
+            project,
+            "rollback",
+            RollbackInput(
+                deployment_id=deployment_id,
+                user_id=user,
+                to_revision=to_revision,
+                policy=self.policy(tenant),
+            ),
+        )
 
     async def steer(self, tenant: str, user: str, deployment_id: str, action: str) -> str:
         """``promote`` / ``pause`` / ``resume`` / ``abort`` a running deployment.
