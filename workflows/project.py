@@ -16,7 +16,13 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import ContainerSelector, RouteServersInput
     from moorage import naming
-    from moorage.compose import UNRESTRICTED, ComposeError, ComposePolicy, parse_compose
+    from moorage.compose import (
+        UNRESTRICTED,
+        ComposeError,
+        ComposePolicy,
+        ProjectSpec,
+        parse_compose,
+    )
     from moorage.models import (
         Deployment,
         DeploymentConfig,
@@ -65,10 +71,10 @@ def _refuse(message: str, kind: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
-def _check_policy(compose: str, policy: ComposePolicy, prefix: str) -> None:
-    """Refuse (``Invalid``) Compose text the policy does not allow."""
+def _checked(compose: str, policy: ComposePolicy, prefix: str) -> ProjectSpec:
+    """The project Compose text describes; refused (``Invalid``) if the policy does not allow it."""
     try:
-        parse_compose(compose, policy=policy)
+        return parse_compose(compose, policy=policy)
     except ComposeError as exc:
         raise _refuse(prefix + str(exc), "Invalid") from exc
 
@@ -172,7 +178,7 @@ class ProjectWorkflow:
 
     @apply.validator
     def _validate_apply(self, inp: ApplyInput) -> None:
-        _check_policy(inp.compose, inp.policy or ComposePolicy(), "")
+        _checked(inp.compose, inp.policy or ComposePolicy(), "")
 
     @workflow.update(name="deploy")
     def deploy(self, inp: DeployInput) -> Deployment:
@@ -204,8 +210,10 @@ class ProjectWorkflow:
             return
         if s.compose is None:
             raise _refuse("the project has no Compose file yet: PUT it first", "Invalid")
-        if inp.policy is not None:
-            _check_policy(s.compose, inp.policy, "the stored Compose file no longer passes: ")
+        # No policy: the stored text passed its tenant's when it was applied.
+        spec = _checked(
+            s.compose, inp.policy or UNRESTRICTED, "the stored Compose file no longer passes: "
+        )
         if inp.request.strategy not in STRATEGY_WORKFLOWS:
             raise _refuse(
                 f"strategy {inp.request.strategy.value!r} is not available yet "
@@ -213,11 +221,13 @@ class ProjectWorkflow:
                 "Invalid",
             )
         if inp.request.strategy == Strategy.ROLLING_UPDATE:
-            for spec in parse_compose(s.compose, policy=UNRESTRICTED).services:
+            for service in spec.services:
                 try:
-                    resolve_surge(inp.request.max_surge, inp.request.max_unavailable, spec.replicas)
+                    resolve_surge(
+                        inp.request.max_surge, inp.request.max_unavailable, service.replicas
+                    )
                 except SurgeError as exc:
-                    raise _refuse(f"service {spec.name!r}: {exc}", "Invalid") from exc
+                    raise _refuse(f"service {service.name!r}: {exc}", "Invalid") from exc
         self._refuse_if_active()
 
     @workflow.update(name="rollback")
@@ -250,7 +260,7 @@ class ProjectWorkflow:
         self._refuse_if_active()
         target = self._rollback_target(inp)
         if inp.policy is not None:
-            _check_policy(
+            _checked(
                 target.compose,
                 inp.policy,
                 f"revision {target.revision} no longer passes the tenant's policy: ",
