@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,56 @@ def _label_filters(sel: ContainerSelector) -> list[str]:
     if sel.revision is not None:
         labels.append(f"{naming.LABEL_REVISION}={sel.revision}")
     return labels
+
+
+class _StateChanges:
+    """A wake-up for health waits: the engine's events about the selected containers.
+
+    Subscribed on entry, before the first check, so a change between a check and the next wait is
+    not missed. ``wait(timeout)`` sleeps up to ``timeout`` and returns early when a container
+    started, died, was removed or changed its Docker health status. Without a subscription (the
+    engine refused it) it just sleeps.
+    """
+
+    EVENTS = ("start", "die", "destroy", "oom", "health_status")
+
+    def __init__(self, api: docker.APIClient, sel: ContainerSelector):
+        self._api = api
+        self._filters = {
+            "type": "container",
+            "label": _label_filters(sel),
+            "event": list(self.EVENTS),
+        }
+        self._changed = threading.Event()
+        self._stream: Any = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> _StateChanges:
+        try:
+            self._stream = self._api.events(filters=self._filters, decode=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return self  # plain sleeping: slower to notice, never wrong
+        self._reader = threading.Thread(target=self._read, name="moorage-events", daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        with suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+            for _ in self._stream:
+                self._changed.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a change or ``timeout``; True when a change woke it."""
+        woke = self._changed.wait(timeout)
+        self._changed.clear()
+        return woke
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stream is not None:
+            with suppress(Exception):  # closing a stream the engine already closed
+                self._stream.close()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
 
 
 def _instance(info: dict[str, Any]) -> ServiceInstance:
@@ -356,8 +407,10 @@ class DockerExecutor:
     def wait_healthy(self, inp: WaitHealthyInput) -> list[ServiceInstance]:
         """Wait until every selected container is healthy (Docker HEALTHCHECK) or running.
 
-        Checks ``retries`` times, ``interval_s`` apart, after ``delay_s``; heartbeats all along,
-        so a cancel reaches it and a dead worker is noticed.
+        Checks ``retries`` times, ``interval_s`` apart, after ``delay_s``; a check comes sooner
+        when the engine reports that a selected container started, died or changed its health
+        status, so a replica counts the moment Docker marks it healthy. Heartbeats all along, so a
+        cancel reaches it and a dead worker is noticed.
 
         Raises:
             ApplicationError: ``HealthCheckFailed`` (non-retryable) when a container exits, turns
@@ -368,6 +421,15 @@ class DockerExecutor:
         while time.monotonic() < deadline:
             _heartbeat("delay")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        # Moorage's own probe may ask to be polled more often than the deployment's interval.
+        pause = min(inp.interval_s, inp.probe.interval_s) if inp.probe else inp.interval_s
+        with _StateChanges(self.api, inp.selector) as changes:
+            return self._checks(inp, changes, pause)
+
+    def _checks(
+        self, inp: WaitHealthyInput, changes: _StateChanges, pause: float
+    ) -> list[ServiceInstance]:
+        """The checks of :meth:`wait_healthy`, ``pause`` apart (sooner on a state change)."""
         last: dict[str, str] = {}
         ready_since: dict[str, float] = {}
         # A replica must stay ready min_ready_s before it counts: allow the checks that takes.
@@ -396,8 +458,7 @@ class DockerExecutor:
                     last[name] = seen
                 if counted == len(infos):
                     return [_instance(i) for i in infos]
-            # Moorage's own probe may ask to be polled more often than the deployment's interval.
-            time.sleep(min(inp.interval_s, inp.probe.interval_s) if inp.probe else inp.interval_s)
+            changes.wait(pause)
         waiting = ", ".join(f"{n}: {s}" for n, s in last.items() if s not in ("healthy", "running"))
         infos = self._find(inp.selector)
         self._fail_health(

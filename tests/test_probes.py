@@ -1,10 +1,17 @@
-"""x-moorage probes (HTTP, TCP), min_ready_seconds and the progress deadline, on the real parts."""
+"""x-moorage probes (HTTP, TCP), min_ready_seconds, the progress deadline and how the health wait
+wakes on the engine's events, on the real parts."""
 
 from __future__ import annotations
 
+import time
+
 import docker
 import pytest
+from temporalio.exceptions import ApplicationError
 
+from activities.docker_executor import DockerExecutor
+from activities.inputs import ContainerSelector, StartServiceInput, WaitHealthyInput
+from moorage.compose import parse_compose
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from tests.helpers import TENANT, USER, labelled, wait_terminal
@@ -86,3 +93,47 @@ async def test_progress_deadline_fails_and_rolls_back(
     failed = next(e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED)
     assert failed.details["error_type"] == "ProgressDeadlineExceeded"
     assert labelled(docker_client, project) == []
+
+
+def _start_one(client: docker.DockerClient, project: str, compose: str) -> WaitHealthyInput:
+    """Start slot 0 of ``web`` straight through the executor; the wait for it, 30 s apart."""
+    executor = DockerExecutor(client)
+    spec = parse_compose(compose).service("web")
+    executor.start_service(
+        StartServiceInput(
+            tenant=TENANT,
+            project=project,
+            deployment_id="d",
+            revision=1,
+            version="v1",
+            service=spec,
+            slots=[0],
+        )
+    )
+    selector = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
+    return WaitHealthyInput(selector=selector, expected=1, interval_s=30, retries=2)
+
+
+def test_health_wait_counts_a_replica_when_docker_marks_it_healthy(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """The wait wakes on the engine's health_status event, not at the next 30 s check."""
+    inp = _start_one(docker_client, project, probed())
+    t0 = time.monotonic()
+    [instance] = DockerExecutor(docker_client).wait_healthy(inp)
+    assert instance.health == "healthy"
+    assert time.monotonic() - t0 < 15  # the image's HEALTHCHECK passes after ~1 s
+
+
+def test_health_wait_fails_when_a_replica_dies_without_waiting_out_the_interval(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    inp = _start_one(
+        docker_client, project, probed() + "    command: ['sh', '-c', 'sleep 2; exit 3']\n"
+    )
+    t0 = time.monotonic()
+    with pytest.raises(ApplicationError) as failed:
+        DockerExecutor(docker_client).wait_healthy(inp)
+    assert failed.value.type == "HealthCheckFailed"
+    assert "exit code 3" in str(failed.value)
+    assert time.monotonic() - t0 < 15
