@@ -9,7 +9,7 @@ import docker
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.docker_executor import DockerExecutor
+from activities.docker_executor import DockerExecutor, _StateChanges
 from activities.inputs import ContainerSelector, StartServiceInput, WaitHealthyInput
 from moorage.compose import parse_compose
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
@@ -137,3 +137,22 @@ def test_health_wait_fails_when_a_replica_dies_without_waiting_out_the_interval(
     assert failed.value.type == "HealthCheckFailed"
     assert "exit code 3" in str(failed.value)
     assert time.monotonic() - t0 < 15
+
+
+def test_state_changes_wake_on_a_start_and_let_go_of_the_stream(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    with _StateChanges(docker_client.api, ContainerSelector(tenant=TENANT, project=project)) as ch:
+        assert not ch.wait(0.2)  # nothing of this project happened
+        _start_one(docker_client, project, probed())
+        assert ch.wait(10)  # the container's start event
+    assert ch._reader is not None  # it did subscribe
+    assert not ch._reader.is_alive()  # and closing the stream ended its reader
+
+
+def test_state_changes_without_an_engine_just_sleep() -> None:
+    api = docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    with _StateChanges(api, ContainerSelector(tenant=TENANT, project="p")) as changes:
+        t0 = time.monotonic()
+        assert not changes.wait(0.2)
+        assert time.monotonic() - t0 >= 0.2
