@@ -29,6 +29,11 @@ from activities.router import (
 
 HAPROXY = "haproxy"
 
+SERVER_CHECK = "check inter 1s fall 3 rise 1"
+"""Every server gets a TCP check: a replica that dies while routed is marked DOWN after three
+failed checks (~3 s) and gets no more requests until it answers again. Three, so the ~0.25 s in
+which a restarting dockerd refuses every published port never marks anything down."""
+
 
 def render_config(state: RouterState, directory: Path, bind: str) -> str:
     """The HAProxy config serving ``state``."""
@@ -51,7 +56,8 @@ def render_config(state: RouterState, directory: Path, bind: str) -> str:
         # restarting re-creates its port rules and every published port refuses for ~0.25 s.
         # No `option redispatch`: with it HAProxy 2.6 retries round-robin backends at once (no
         # turn-around) and answers 503 within that window. Servers leave a route drained, so
-        # only a container that dies while routed refuses connections for longer.
+        # only a container that dies while routed refuses connections for longer, until its
+        # check marks it DOWN (SERVER_CHECK).
         "    retries 3",
         "    retry-on conn-failure empty-response response-timeout",
         "",
@@ -66,7 +72,9 @@ def render_config(state: RouterState, directory: Path, bind: str) -> str:
             "    balance roundrobin",
         ]
         for name, server in sorted(route.servers.items()):
-            lines.append(f"    server {name} {server.address} weight {server.weight}")
+            lines.append(
+                f"    server {name} {server.address} weight {server.weight} {SERVER_CHECK}"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -193,12 +201,15 @@ class HAProxyBackend(ProxyBackend):
         return {r["svname"]: r for r in rows if r.get("pxname") == backend}
 
     def live_servers(self, route: RouteState) -> dict[str, int]:
-        """Servers HAProxy routes to for ``route`` (name → weight; draining ones weigh 0)."""
+        """Servers HAProxy routes to for ``route`` (name → weight; draining ones weigh 0).
+
+        A server its check marked DOWN is left out: HAProxy sends it nothing.
+        """
         result = {}
         for name, row in self._stats(route.backend).items():
             if name in ("FRONTEND", "BACKEND"):
                 continue
-            if row.get("status", "").startswith("MAINT"):
+            if row.get("status", "").startswith(("MAINT", "DOWN")):
                 continue
             weight = 0 if row.get("status") == "DRAIN" else int(row.get("weight") or 0)
             result[name] = weight
@@ -224,13 +235,18 @@ class HAProxyBackend(ProxyBackend):
                 if prev is None:
                     host, port = server.address.rsplit(":", 1)
                     answer = self.command(
-                        f"add server {be}/{name} {server.address} weight {server.weight}"
+                        f"add server {be}/{name} {server.address} weight {server.weight} "
+                        f"{SERVER_CHECK}"
                     ).strip()
                     if "already exists" in answer:
                         self._ok(f"set server {be}/{name} addr {host} port {port}", "")
                         self._ok(f"set weight {be}/{name} {server.weight}")
                     elif answer and "New server registered" not in answer:
                         raise RouterError(f"add server {be}/{name}: {answer}")
+                    # A server added at runtime starts with its check off (and in maintenance).
+                    # One that already existed without a check (a config from before checks)
+                    # stays unchecked until HAProxy next starts from the config file.
+                    self._ok(f"enable health {be}/{name}", "not configured")
                     self._ok(f"set server {be}/{name} state ready")
                 elif prev.weight != server.weight or prev.address != server.address:
                     if prev.address != server.address:

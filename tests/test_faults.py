@@ -321,3 +321,27 @@ async def test_dockerd_restarted_mid_rollout(
         if e.HasField("activity_task_started_event_attributes")
     ]
     assert max(attempts) > 1, attempts
+
+
+async def test_a_routed_replica_that_dies_between_deployments_is_taken_out(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """HAProxy's check marks a dead replica DOWN; the others take every request after that."""
+    url = await serve_v1(service, project)
+    key = route_key(TENANT, project, "web")
+    replicas = {c.name: c for c in labelled(docker_client, project)}
+    assert set(router.backend.live_servers(router.load().routes[key])) == set(replicas)
+    victim = sorted(replicas)[1]
+    replicas[victim].kill()
+    deadline = time.monotonic() + 15
+    while victim in router.backend.live_servers(router.load().routes[key]):
+        assert time.monotonic() < deadline, "HAProxy still routes to the dead replica after 15 s"
+        await asyncio.sleep(0.2)
+    assert set(router.backend.live_servers(router.load().routes[key])) == set(replicas) - {victim}
+    with Load(url, connections=4, keepalive=False) as load:
+        await asyncio.sleep(2)
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.ok > 50
