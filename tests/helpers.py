@@ -10,6 +10,7 @@ from typing import Any
 
 import docker
 
+from activities.router import TrafficRouter, route_key
 from moorage import naming
 from moorage.models import DeploymentState
 from moorage.service import DeploymentService
@@ -92,3 +93,9 @@ def serving_version(client: docker.DockerClient, project: str, service: str) -> 
         with urllib.request.urlopen(url, timeout=5) as resp:
             versions.add(resp.read().decode().strip())
     return versions
+
+
+def routed(router: TrafficRouter, project: str, service: str = "web") -> set[str]:
+    """The servers the running proxy sends a route's requests to (draining ones included)."""
+    route = router.load().routes[route_key(TENANT, project, service)]
+    return set(router.backend.live_servers(route))

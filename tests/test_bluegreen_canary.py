@@ -8,10 +8,10 @@ import urllib.request
 import docker
 import pytest
 
-from activities.router import TrafficRouter, route_key
+from activities.router import TrafficRouter
 from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import ConflictError, DeploymentService
-from tests.helpers import TENANT, USER, labelled, wait_status, wait_terminal
+from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
 from tests.load import Load
 
 pytestmark = pytest.mark.integration
@@ -32,11 +32,6 @@ async def serve_v1(service: DeploymentService, project: str) -> str:
     )
     assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
     return (await service.get_project(TENANT, project)).routes["web"]
-
-
-def routed(router: TrafficRouter, project: str) -> set[str]:
-    route = router.load().routes[route_key(TENANT, project, "web")]
-    return set(router.backend.live_servers(route))
 
 
 BG = DeployRequest(

@@ -23,7 +23,7 @@ from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventTyp
 from moorage.service import DeploymentService
 from moorage.settings import Settings
 from tests.conftest import temporal_binary
-from tests.helpers import TENANT, USER, labelled, wait_status, wait_terminal
+from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
 from tests.load import Load
 from tests.test_worker_crash import start_worker
 from worker import build_router
@@ -102,7 +102,7 @@ async def test_cancel_in_each_phase_leaves_the_project_as_it_was(
     after = router.load().routes[key].servers
     assert set(after) == set(routes_before)
     assert {s.weight for s in after.values()} == {100}
-    assert set(router.backend.live_servers(router.load().routes[key])) == before
+    assert routed(router, project) == before
     assert any(
         e.event_type == EventType.DEPLOYMENT_CANCELLED and "erin" in e.message for e in state.events
     )
@@ -305,10 +305,7 @@ async def test_dockerd_restarted_mid_rollout(
     assert len(containers) == 4
     assert all(c.status == "running" for c in containers)
     assert {c.labels["moorage.revision"] for c in containers} == {str(dep.revision)}
-    key = route_key(TENANT, project, "web")
-    assert set(router.backend.live_servers(router.load().routes[key])) == {
-        c.name for c in containers
-    }
+    assert routed(router, project) == {c.name for c in containers}
     assert sum(e.event_type == EventType.SERVICE_UPDATED for e in state.events) == 1
     # The engine really was gone under the rollout: some step failed and was retried (the
     # Temporal UI shows the attempts; the deployment's own events show an ordinary rollout).
@@ -331,16 +328,15 @@ async def test_a_routed_replica_that_dies_between_deployments_is_taken_out(
 ) -> None:
     """HAProxy's check marks a dead replica DOWN; the others take every request after that."""
     url = await serve_v1(service, project)
-    key = route_key(TENANT, project, "web")
     replicas = {c.name: c for c in labelled(docker_client, project)}
-    assert set(router.backend.live_servers(router.load().routes[key])) == set(replicas)
+    assert routed(router, project) == set(replicas)
     victim = sorted(replicas)[1]
     replicas[victim].kill()
     deadline = time.monotonic() + 15
-    while victim in router.backend.live_servers(router.load().routes[key]):
+    while victim in routed(router, project):
         assert time.monotonic() < deadline, "HAProxy still routes to the dead replica after 15 s"
         await asyncio.sleep(0.2)
-    assert set(router.backend.live_servers(router.load().routes[key])) == set(replicas) - {victim}
+    assert routed(router, project) == set(replicas) - {victim}
     with Load(url, connections=4, keepalive=False) as load:
         await asyncio.sleep(2)
     assert load.result.failed == 0, load.result.errors

@@ -14,7 +14,7 @@ from activities.nginx import NginxBackend
 from activities.router import TrafficRouter, route_key
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
-from tests.helpers import TENANT, USER, labelled, wait_status, wait_terminal
+from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
 from tests.load import Load
 
 pytestmark = pytest.mark.integration
@@ -89,11 +89,6 @@ def nginx_config(router: TrafficRouter) -> Path:
     return router.backend.config
 
 
-def routed(router: TrafficRouter, project: str) -> dict[str, int]:
-    route = router.load().routes[route_key(TENANT, project, "web")]
-    return router.backend.live_servers(route)
-
-
 @pytest.mark.parametrize(("keepalive", "surge", "unavailable"), [(True, 1, 0), (False, 2, 1)])
 async def test_rolling_update_under_load_drops_nothing(
     service: DeploymentService,
@@ -139,7 +134,7 @@ async def test_rolling_update_under_load_drops_nothing(
     assert all(
         c.labels["moorage.revision"] == str(dep.revision) for c in labelled(docker_client, project)
     )
-    assert set(routed(router, project)) == new
+    assert routed(router, project) == new
     events = [e.event_type for e in state.events]
     assert events.count(EventType.SERVICE_UPDATING) == 1
     assert events.count(EventType.SERVICE_UPDATED) == 1
@@ -171,7 +166,7 @@ async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_
     assert "will never get healthy" in failed[0].details["logs"]
     assert labelled(docker_client, project, revision=str(d.revision)) == []
     assert {c.name for c in labelled(docker_client, project)} == old
-    assert set(routed(router, project)) == old
+    assert routed(router, project) == old
 
 
 async def test_nginx_rolling_update_without_keepalive_drops_nothing(
@@ -192,7 +187,7 @@ async def test_nginx_rolling_update_without_keepalive_drops_nothing(
     assert load.result.failed == 0, load.result.errors
     assert load.result.versions["v1"] > 0
     assert load.last_versions(30) == {"v2"}
-    assert set(routed(nginx_router, project)) == {c.name for c in labelled(docker_client, project)}
+    assert routed(nginx_router, project) == {c.name for c in labelled(docker_client, project)}
 
 
 async def test_invalid_nginx_config_keeps_the_old_one_serving(
@@ -252,7 +247,7 @@ async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
         "1",
         str(dep.revision),
     }
-    assert set(routed(router, project)) == set_by_deployment
+    assert routed(router, project) == set_by_deployment
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
-    assert set(routed(router, project)) == {c.name for c in labelled(docker_client, project)}
+    assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
