@@ -233,7 +233,7 @@ class DirectStack:
         cleanup(self.executor.client, self.project)
         self.router.stop()
 
-    def _names(self, rev: int, slots: list[int]) -> RouteServersInput:
+    def _route_input(self, rev: int, slots: list[int]) -> RouteServersInput:
         names = [naming.container_name(TENANT, self.project, "web", rev, s) for s in slots]
         return RouteServersInput(
             tenant=TENANT, project=self.project, service="web", containers=names
@@ -267,11 +267,11 @@ class DirectStack:
                 probe=spec.probe,
             )
         )
-        self.router.route_add(self._names(rev, slots))
+        self.router.route_add(self._route_input(rev, slots))
 
     def out(self, rev: int, slots: list[int]) -> None:
         """Drain replicas out of the route, stop them, remove them."""
-        self.router.route_remove(self._names(rev, slots))
+        self.router.route_remove(self._route_input(rev, slots))
         self.executor.stop_containers(
             StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5)
         )
