@@ -238,7 +238,9 @@ class HAProxyBackend(ProxyBackend):
                         f"add server {be}/{name} {server.address} weight {server.weight} "
                         f"{SERVER_CHECK}"
                     ).strip()
-                    if "already exists" in answer:
+                    # HAProxy 2.6 answers "Already exists a server with the same name in
+                    # backend." when a retry finds the server a killed attempt registered.
+                    if "already exists" in answer.lower():
                         self._ok(f"set server {be}/{name} addr {host} port {port}", "")
                         self._ok(f"set weight {be}/{name} {server.weight}")
                     elif answer and "New server registered" not in answer:
