@@ -22,9 +22,11 @@ from pathlib import Path
 from activities.router import (
     ProxyBackend,
     ProxyUnavailable,
+    RouterBusy,
     RouterError,
     RouterState,
     RouteState,
+    ServerState,
 )
 
 HAPROXY = "haproxy"
@@ -195,10 +197,21 @@ class HAProxyBackend(ProxyBackend):
             raise RouterError(f"{cmd!r}: {answer}")
         return answer
 
-    def _stats(self, backend: str) -> dict[str, dict[str, str]]:
+    def _all_stats(self) -> dict[str, dict[str, dict[str, str]]]:
+        """``show stat``: backend → server name → row (FRONTEND and BACKEND rows left out)."""
         text = self.command("show stat").lstrip("# ")
-        rows = csv.DictReader(io.StringIO(text))
-        return {r["svname"]: r for r in rows if r.get("pxname") == backend}
+        result: dict[str, dict[str, dict[str, str]]] = {}
+        for row in csv.DictReader(io.StringIO(text)):
+            if row.get("svname") not in ("FRONTEND", "BACKEND"):
+                result.setdefault(row.get("pxname") or "", {})[row["svname"]] = row
+        return result
+
+    def _stats(self, backend: str) -> dict[str, dict[str, str]]:
+        return self._all_stats().get(backend, {})
+
+    def known_servers(self, route: RouteState) -> set[str]:
+        """Every server of the route's backend, whatever its state."""
+        return set(self._stats(route.backend))
 
     def live_servers(self, route: RouteState) -> dict[str, int]:
         """Servers HAProxy routes to for ``route`` (name → weight; draining ones weigh 0).
@@ -207,16 +220,21 @@ class HAProxyBackend(ProxyBackend):
         """
         result = {}
         for name, row in self._stats(route.backend).items():
-            if name in ("FRONTEND", "BACKEND"):
-                continue
             if row.get("status", "").startswith(("MAINT", "DOWN")):
                 continue
-            weight = 0 if row.get("status") == "DRAIN" else int(row.get("weight") or 0)
+            weight = 0 if row.get("status", "").startswith("DRAIN") else int(row.get("weight") or 0)
             result[name] = weight
         return result
 
     def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
         """Runtime changes for servers; a graceful reload only when routes come or go.
+
+        Servers are compared with what HAProxy runs, not with ``old``: an attempt killed between
+        its runtime commands and the save of the state leaves HAProxy ahead of (or, for a drain,
+        apart from) the state on disk, and the next change sets it right. A wanted server that
+        is missing is added, one left drained or in maintenance is made ready again, and one
+        HAProxy has but ``new`` does not is drained and deleted. New servers go in before old
+        ones go out.
 
         Raises:
             RouterError: HAProxy refused a change or the config.
@@ -227,38 +245,50 @@ class HAProxyBackend(ProxyBackend):
             self._write(new)
             self.reload(new)
             return
+        stats = self._all_stats()
         for key, route in new.routes.items():
-            before = old.routes[key].servers
             be = route.backend
+            live = stats.get(be, {})
             for name, server in route.servers.items():
-                prev = before.get(name)
-                if prev is None:
-                    host, port = server.address.rsplit(":", 1)
-                    answer = self.command(
-                        f"add server {be}/{name} {server.address} weight {server.weight} "
-                        f"{SERVER_CHECK}"
-                    ).strip()
-                    # HAProxy 2.6 answers "Already exists a server with the same name in
-                    # backend." when a retry finds the server a killed attempt registered.
-                    if "already exists" in answer.lower():
-                        self._ok(f"set server {be}/{name} addr {host} port {port}", "")
-                        self._ok(f"set weight {be}/{name} {server.weight}")
-                    elif answer and "New server registered" not in answer:
-                        raise RouterError(f"add server {be}/{name}: {answer}")
-                    # A server added at runtime starts with its check off (and in maintenance).
-                    # One that already existed without a check (a config from before checks)
-                    # stays unchecked until HAProxy next starts from the config file.
-                    self._ok(f"enable health {be}/{name}", "not configured")
-                    self._ok(f"set server {be}/{name} state ready")
-                elif prev.weight != server.weight or prev.address != server.address:
-                    if prev.address != server.address:
-                        host, port = server.address.rsplit(":", 1)
-                        self._ok(f"set server {be}/{name} addr {host} port {port}", "")
-                    self._ok(f"set weight {be}/{name} {server.weight}")
-            gone = [n for n in before if n not in route.servers]
-            for name in sorted(set(gone) | set(draining.get(key, []))):
+                row = live.get(name)
+                if row is None:
+                    row = self._add(be, name, server)
+                self._converge(be, name, server, row)
+            extra = [n for n in live if n not in route.servers]
+            for name in sorted(set(extra) | set(draining.get(key, []))):
                 self._drain_and_delete(be, name)
         self._write(new, check=False)
+
+    def _add(self, be: str, name: str, server: ServerState) -> dict[str, str]:
+        """Register a server (it starts in maintenance); returns its stats row."""
+        answer = self.command(
+            f"add server {be}/{name} {server.address} weight {server.weight} {SERVER_CHECK}"
+        ).strip()
+        # "Already exists a server with the same name in backend.": another attempt got there.
+        if (
+            answer
+            and "New server registered" not in answer
+            and "already exists" not in answer.lower()
+        ):
+            raise RouterError(f"add server {be}/{name}: {answer}")
+        row = self._stats(be).get(name)
+        if row is None:
+            raise RouterError(f"add server {be}/{name}: HAProxy does not list it afterwards")
+        return row
+
+    def _converge(self, be: str, name: str, server: ServerState, row: dict[str, str]) -> None:
+        """Bring one running server to ``server``: address, weight, checked and ready."""
+        if row.get("addr") != server.address:
+            host, port = server.address.rsplit(":", 1)
+            self._ok(f"set server {be}/{name} addr {host} port {port}", "")
+        if row.get("uweight") != str(server.weight):
+            self._ok(f"set weight {be}/{name} {server.weight}")
+        if row.get("status", "").startswith(("MAINT", "DRAIN")):
+            # A server added at runtime starts with its check off and in maintenance; one a
+            # killed attempt drained is in DRAIN or MAINT. A server from a config written before
+            # checks existed answers "not configured" and stays unchecked until HAProxy restarts.
+            self._ok(f"enable health {be}/{name}", "not configured")
+            self._ok(f"set server {be}/{name} state ready")
 
     def _drain_and_delete(self, be: str, name: str) -> None:
         if name not in self._stats(be):
@@ -277,4 +307,5 @@ class HAProxyBackend(ProxyBackend):
             if "Server deleted" in answer or "No such server" in answer or not answer:
                 return
             time.sleep(0.05)
-        raise RouterError(f"del server {be}/{name}: {answer}")
+        # "Server still has connections attached to it": it may yet let go, so retry later.
+        raise RouterBusy(f"del server {be}/{name}: {answer}")

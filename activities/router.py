@@ -75,6 +75,10 @@ class ProxyUnavailable(RouterError):
     """The proxy did not answer (stopped or restarting): worth retrying."""
 
 
+class RouterBusy(RouterError):
+    """The proxy cannot take the change yet (a server still has connections): worth retrying."""
+
+
 class ProxyBackend(ABC):
     """A proxy that serves the router's state: HAProxy or nginx."""
 
@@ -134,6 +138,10 @@ class ProxyBackend(ABC):
     @abstractmethod
     def live_servers(self, route: RouteState) -> dict[str, int]:
         """Servers the running proxy routes to for ``route``: name → weight (0 = draining)."""
+
+    def known_servers(self, route: RouteState) -> set[str]:
+        """Every server the proxy has for ``route``, whatever its state (down, in maintenance)."""
+        return set(self.live_servers(route))
 
 
 class TrafficRouter:
@@ -210,6 +218,8 @@ class TrafficRouter:
                 raise ApplicationError(
                     f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
                 ) from exc
+            except RouterBusy as exc:
+                raise ApplicationError(str(exc), type="RouterBusy") from exc
             except RouterError as exc:
                 raise ApplicationError(
                     f"{self.backend.name} refused the change; "
@@ -334,7 +344,12 @@ class TrafficRouter:
         route = self.load().routes.get(key)
         if route is None:
             return []
-        present = [n for n in inp.containers if n in route.servers]
+        # The proxy may have a server the state on disk lacks: an add killed before its save.
+        try:
+            known = self.backend.known_servers(route)
+        except RouterError:
+            known = set()  # not running: it starts from the state on disk, without them
+        present = [n for n in inp.containers if n in route.servers or n in known]
         if not present:
             return []
 

@@ -17,7 +17,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.haproxy import HAProxyBackend
-from activities.router import RouterState, RouteState, ServerState, TrafficRouter, route_key
+from activities.router import TrafficRouter, route_key
 from moorage import naming
 from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
@@ -228,36 +228,6 @@ async def test_worker_killed_while_switching_traffic(
             worker.terminate()
             await worker.wait()
         HAProxyBackend(router_dir).stop()
-
-
-def test_a_server_add_retried_after_haproxy_took_it_is_accepted(tmp_path: Path) -> None:
-    """The worker died after HAProxy registered the server but before the state was saved: the
-    retry finds the server there (HAProxy answers "Already exists ...") and takes it as done."""
-    backend = HAProxyBackend(tmp_path)
-    with socket.socket() as listener, socket.socket() as moved:
-        for s in (listener, moved):
-            s.bind(("127.0.0.1", 0))
-            s.listen()
-        key = route_key(TENANT, "retry", "web")
-        old = RouterState(
-            routes={key: RouteState(key=key, port=free_port(), container_port="80/tcp")}
-        )
-        new = old.model_copy(deep=True)
-        address = f"127.0.0.1:{listener.getsockname()[1]}"
-        new.routes[key].servers["r1"] = ServerState(address=address, weight=100)
-        backend.start(old)
-        try:
-            backend.apply(old, new, {})
-            # The retry: same change against the same (unsaved) state, now with the replica's
-            # port changed (a restarted container gets a new host port).
-            new.routes[key].servers["r1"].address = f"127.0.0.1:{moved.getsockname()[1]}"
-            backend.apply(old, new, {})
-            assert backend.live_servers(new.routes[key]) == {"r1": 100}
-            row = backend._stats(new.routes[key].backend)["r1"]
-            assert row["status"].startswith("UP"), row
-            assert f"{row['addr']}" == new.routes[key].servers["r1"].address
-        finally:
-            backend.stop()
 
 
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")

@@ -1,0 +1,176 @@
+"""The router after a killed attempt: the proxy is ahead of, or apart from, the state on disk.
+
+A worker killed between a proxy's runtime commands and the save of ``state.json`` leaves them out
+of step. The retry, or the compensation that undoes the step, must bring the proxy to what the
+state says. Real HAProxy and nginx; the servers are plain TCP listeners on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.haproxy import HAProxyBackend
+from activities.inputs import RouteInput, RouteServersInput
+from activities.nginx import NginxBackend
+from activities.router import (
+    ProxyBackend,
+    RouterBusy,
+    RouterState,
+    RouteState,
+    ServerState,
+    TrafficRouter,
+    route_key,
+)
+from tests.conftest import ROUTE_PORTS
+from tests.helpers import TENANT
+
+pytestmark = pytest.mark.integration
+
+KEY = route_key(TENANT, "recovery", "web")
+
+
+@pytest.fixture
+def listeners() -> Iterator[list[str]]:
+    """Two addresses that accept TCP connections (HAProxy's checks pass on them)."""
+    socks = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        socks.append(s)
+    yield [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    for s in socks:
+        s.close()
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[HAProxyBackend]:
+    backend = HAProxyBackend(tmp_path)
+    yield backend
+    backend.stop()
+
+
+def one_route(port: int, **servers: str) -> RouterState:
+    route = RouteState(key=KEY, port=port, container_port="80/tcp")
+    route.servers = {name: ServerState(address=addr) for name, addr in servers.items()}
+    return RouterState(routes={KEY: route})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_server_add_retried_after_haproxy_took_it_is_accepted(
+    haproxy: HAProxyBackend, listeners: list[str]
+) -> None:
+    """HAProxy registered the server, the state was not saved: the retry adds it again, HAProxy
+    answers "Already exists ...", and the retry takes that as done (and takes the new address
+    a restarted container got)."""
+    old = one_route(free_port())
+    haproxy.start(old)
+    new = one_route(old.routes[KEY].port, r1=listeners[0])
+    haproxy.apply(old, new, {})
+    moved = one_route(old.routes[KEY].port, r1=listeners[1])
+    haproxy.apply(old, moved, {})
+    assert haproxy.live_servers(moved.routes[KEY]) == {"r1": 100}
+    row = haproxy._stats(moved.routes[KEY].backend)["r1"]
+    assert row["status"].startswith("UP"), row
+    assert row["addr"] == listeners[1]
+
+
+@pytest.mark.parametrize(
+    "left_by_the_kill",
+    ["state drain", "state maint", "deleted"],
+)
+def test_a_server_a_killed_remove_left_behind_is_routed_again_by_the_undo(
+    haproxy: HAProxyBackend, listeners: list[str], left_by_the_kill: str
+) -> None:
+    """route_remove drained (or put in maintenance, or deleted) the server and was killed before
+    its save; the deployment then rolled back, and the undo re-adds the server. The state on disk
+    still lists it, so only HAProxy's own view shows that it takes no requests."""
+    state = one_route(free_port(), r1=listeners[0], r2=listeners[1])
+    haproxy.start(state)
+    be = state.routes[KEY].backend
+    assert haproxy.live_servers(state.routes[KEY]) == {"r1": 100, "r2": 100}
+    if left_by_the_kill == "deleted":
+        haproxy._ok(f"set server {be}/r2 state maint")
+        haproxy._ok(f"del server {be}/r2", "Server deleted")
+    else:
+        haproxy._ok(f"set server {be}/r2 {left_by_the_kill}")
+    assert haproxy.live_servers(state.routes[KEY]).get("r2", 0) == 0
+
+    haproxy.apply(state, state.model_copy(deep=True), {})
+
+    assert haproxy.live_servers(state.routes[KEY]) == {"r1": 100, "r2": 100}
+    assert haproxy._stats(be)["r2"]["status"].startswith("UP")
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_server_a_killed_add_registered_is_taken_out_by_the_undo(
+    tmp_path: Path, listeners: list[str], kind: str
+) -> None:
+    """route_add got the server into the proxy and was killed before its save; the compensation
+    (route_remove) must take it out although the state on disk never listed it."""
+    backend: ProxyBackend = (HAProxyBackend if kind == "haproxy" else NginxBackend)(tmp_path)
+    router = TrafficRouter(backend, port_range=ROUTE_PORTS[kind], drain_timeout_s=2)
+    try:
+        router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+        )
+        saved = router.load()
+        ahead = saved.model_copy(deep=True)
+        ahead.routes[KEY].servers["r1"] = ServerState(address=listeners[0])
+        backend.apply(saved, ahead, {})  # what the killed attempt did; state.json unchanged
+        assert "r1" in backend.known_servers(saved.routes[KEY])
+
+        removed = router.route_remove(
+            RouteServersInput(tenant=TENANT, project="recovery", service="web", containers=["r1"])
+        )
+
+        assert removed == ["r1"]
+        assert backend.known_servers(router.load().routes[KEY]) == set()
+    finally:
+        router.stop()
+
+
+class _HeldConnections(HAProxyBackend):
+    """HAProxy whose ``del server`` answers as it does while a server still has connections."""
+
+    def command(self, cmd: str) -> str:
+        if cmd.startswith("del server"):
+            return "Server still has connections attached to it, cannot remove it.\n"
+        return super().command(cmd)
+
+
+def test_a_server_that_keeps_its_connections_is_a_retryable_failure(
+    tmp_path: Path, listeners: list[str]
+) -> None:
+    backend = _HeldConnections(tmp_path, drain_timeout_s=0.2)
+    router = TrafficRouter(backend, port_range=ROUTE_PORTS["haproxy"], drain_timeout_s=0.2)
+    try:
+        router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+        )
+        state = router.load()
+        state.routes[KEY].servers["r1"] = ServerState(address=listeners[0])
+        backend.apply(router.load(), state, {})
+        router._save(state)
+        with pytest.raises(ApplicationError) as failed:
+            router.route_remove(
+                RouteServersInput(
+                    tenant=TENANT, project="recovery", service="web", containers=["r1"]
+                )
+            )
+        assert failed.value.type == "RouterBusy"
+        assert not failed.value.non_retryable
+        assert isinstance(failed.value.__cause__, RouterBusy)
+        assert "r1" in router.load().routes[KEY].servers  # nothing saved: the retry does it
+    finally:
+        router.stop()
