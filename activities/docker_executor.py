@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -45,6 +45,8 @@ from moorage.settings import get_settings
 T = TypeVar("T")
 
 LOG_TAIL_LINES = 20
+HEARTBEAT_EVERY_S = 2.0
+"""How often a long engine call heartbeats (the workflows' heartbeat timeout is 10 s)."""
 """Lines of a failed container's log carried into the failure and its event."""
 
 NANOS = 1_000_000_000
@@ -234,12 +236,22 @@ class DockerExecutor:
             ) from exc
 
     def _parallel(self, fn: Callable[[T], None], items: list[T]) -> None:
-        if len(items) <= 1:
-            for item in items:
-                fn(item)
+        """``fn`` on every item, up to 8 at a time; the activity heartbeats while they run.
+
+        A stop waits out the grace period (Compose's default is 10 s, as long as the heartbeat
+        timeout), so the calling thread heartbeats every ``HEARTBEAT_EVERY_S`` until all are done:
+        the pool's threads carry no activity context and cannot.
+        """
+        if not items:
             return
         with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
-            for future in [pool.submit(fn, item) for item in items]:
+            futures = [pool.submit(fn, item) for item in items]
+            pending: set[Future[None]] = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=HEARTBEAT_EVERY_S)
+                if pending:
+                    _heartbeat(f"{len(items) - len(pending)} of {len(items)} done")
+            for future in futures:
                 future.result()
 
     # --- activities --------------------------------------------------------------------------
@@ -253,7 +265,9 @@ class DockerExecutor:
         """
         name = naming.network_name(inp.tenant, inp.project)
         with _classified(f"network {name}"):
-            if self.api.networks(names=[name]):
+            # The engine matches ``names`` as a substring: "moorage-t-shop" also finds
+            # "moorage-t-shop2". Only the exact name counts.
+            if any(n["Name"] == name for n in self.api.networks(names=[name])):
                 return name
             try:
                 self.api.create_network(
@@ -359,7 +373,6 @@ class DockerExecutor:
             infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
 
             def stop(info: dict[str, Any]) -> None:
-                _heartbeat(info["Name"])
                 with suppress(docker.errors.NotFound):
                     self.api.stop(info["Id"], timeout=max(0, int(inp.grace_period_s)))
 
@@ -380,7 +393,6 @@ class DockerExecutor:
             infos = self._find(sel)
 
             def remove(info: dict[str, Any]) -> None:
-                _heartbeat(info["Name"])
                 try:
                     self.api.remove_container(info["Id"], force=True, v=True)
                 except docker.errors.NotFound:
