@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -208,6 +209,12 @@ class HAProxyBackend(ProxyBackend):
 
     def _stats(self, backend: str) -> dict[str, dict[str, str]]:
         return self._all_stats().get(backend, {})
+
+    def configured_port(self, backend: str) -> int | None:
+        """The ``bind`` port of the route's frontend in the config file."""
+        text = self.config.read_text() if self.config.exists() else ""
+        found = re.search(rf"^frontend fe_{re.escape(backend[3:])}\n\s+bind \S+:(\d+)$", text, re.M)
+        return int(found.group(1)) if found else None
 
     def known_servers(self, route: RouteState) -> set[str]:
         """Every server of the route's backend, whatever its state."""

@@ -9,6 +9,7 @@ per reload; clients without keep-alive see none.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -155,6 +156,12 @@ class NginxBackend(ProxyBackend):
             if current and not (current & before):
                 return
             time.sleep(0.05)
+
+    def configured_port(self, backend: str) -> int | None:
+        """The ``listen`` port of the server block that follows the route's upstream."""
+        text = self.config.read_text() if self.config.exists() else ""
+        found = re.search(rf"upstream {re.escape(backend)} {{.*?listen \S+:(\d+);", text, re.S)
+        return int(found.group(1)) if found else None
 
     def live_servers(self, route: RouteState) -> dict[str, int]:
         """Servers in the config nginx runs (nginx has no runtime API to ask)."""

@@ -53,13 +53,18 @@ class RouteState(BaseModel):
     @property
     def backend(self) -> str:
         """Backend (upstream) name in the proxy's config."""
-        return "be_" + self.key.replace("/", "_")
+        return backend_name(self.key)
 
 
 class RouterState(BaseModel):
     """Every route on this router."""
 
     routes: dict[str, RouteState] = Field(default_factory=dict)
+
+
+def backend_name(key: str) -> str:
+    """The backend (upstream) name of the route ``key`` in the proxy's config."""
+    return "be_" + key.replace("/", "_")
 
 
 def route_key(tenant: str, project: str, service: str) -> str:
@@ -138,6 +143,14 @@ class ProxyBackend(ABC):
     @abstractmethod
     def live_servers(self, route: RouteState) -> dict[str, int]:
         """Servers the running proxy routes to for ``route``: name → weight (0 = draining)."""
+
+    @abstractmethod
+    def configured_port(self, backend: str) -> int | None:
+        """The port the proxy's config on disk listens on for the route of ``backend``, if any.
+
+        The config is written before the proxy reloads and the state is saved after: a worker
+        killed in between leaves a route the proxy serves but the state lacks.
+        """
 
     def known_servers(self, route: RouteState) -> set[str]:
         """Every server the proxy has for ``route``, whatever its state (down, in maintenance)."""
@@ -231,8 +244,12 @@ class TrafficRouter:
             self._save(new)
             return new
 
-    def _free_port(self, state: RouterState, wanted: int | None) -> int:
+    def _free_port(self, state: RouterState, key: str, wanted: int | None) -> int:
         taken = {r.port for r in state.routes.values()}
+        # A killed attempt may have got the route into the proxy already: its port is ours.
+        ours = self.backend.configured_port(backend_name(key))
+        if ours is not None and ours not in taken and wanted in (None, ours):
+            return ours
         candidates: list[int] = (
             [wanted] if wanted else list(range(self.port_range[0], self.port_range[1] + 1))
         )
@@ -285,7 +302,7 @@ class TrafficRouter:
 
             def mutate(s: RouterState) -> dict[str, list[str]]:
                 existing = s.routes.get(key)
-                port = existing.port if existing else self._free_port(s, inp.published_port)
+                port = existing.port if existing else self._free_port(s, key, inp.published_port)
                 s.routes[key] = RouteState(key=key, port=port, container_port=inp.container_port)
                 return {}
 

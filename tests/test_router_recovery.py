@@ -174,3 +174,39 @@ def test_a_server_that_keeps_its_connections_is_a_retryable_failure(
         assert "r1" in router.load().routes[KEY].servers  # nothing saved: the retry does it
     finally:
         router.stop()
+
+
+@pytest.mark.parametrize("published", [True, False], ids=["published-port", "port-from-range"])
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_route_a_killed_ensure_got_into_the_proxy_keeps_its_port(
+    tmp_path: Path, kind: str, published: bool
+) -> None:
+    """ensure_route reloaded the proxy with the new route and was killed before its save. The
+    retry finds the port held, by the proxy itself for this very route: it is the route's port,
+    not a "port taken" failure (published) or a second port (from the range)."""
+    backend: ProxyBackend = (HAProxyBackend if kind == "haproxy" else NginxBackend)(tmp_path)
+    router = TrafficRouter(backend, port_range=ROUTE_PORTS[kind])
+    try:
+        router.ensure_running()
+        empty = router.load()
+        port = free_port() if published else router._free_port(empty, KEY, None)
+        ahead = one_route(port)
+        backend.apply(empty, ahead, {})  # what the killed attempt did; state.json unchanged
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # the proxy listens there
+
+        info = router.ensure_route(
+            RouteInput(
+                tenant=TENANT,
+                project="recovery",
+                service="web",
+                container_port="80/tcp",
+                published_port=port if published else None,
+            )
+        )
+
+        assert info.port == port
+        assert router.load().routes[KEY].port == port
+        assert backend.configured_port(ahead.routes[KEY].backend) == port
+    finally:
+        router.stop()
