@@ -134,6 +134,10 @@ class HAProxyBackend(ProxyBackend):
             RouterError: HAProxy did not start.
         """
         self._write(state)
+        # A master may live on whose admin socket does not answer (its socket file removed, or
+        # its worker stuck): it is soft-stopped once the new one serves, or it would keep
+        # serving stale routes on the same ports (SO_REUSEPORT) beside the new one.
+        stale = self._pid()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         result = subprocess.run(
@@ -145,6 +149,10 @@ class HAProxyBackend(ProxyBackend):
         if result.returncode != 0:
             raise RouterError(f"haproxy did not start: {(result.stderr or result.stdout).strip()}")
         self._wait_ready(state)
+        if stale is not None and stale != self._pid():
+            # SIGUSR1: stop listening, let the connections it has finish, exit.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stale, signal.SIGUSR1)
 
     def _wait_ready(self, state: RouterState, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

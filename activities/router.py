@@ -98,13 +98,13 @@ class ProxyBackend(ABC):
         self.pidfile = directory / self.pidfile_name
 
     def _pid(self) -> int | None:
-        """The master's pid when it is alive."""
+        """The master's pid when it is alive (and still the proxy: pids get reused)."""
         try:
             pid = int(self.pidfile.read_text().split()[0])
-            os.kill(pid, 0)
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             return None
-        return pid
+        return pid if comm.startswith(self.name) else None
 
     def stop(self) -> None:
         """Stop the proxy: SIGTERM to the master, SIGKILL if it is still there after 5 s."""

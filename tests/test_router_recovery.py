@@ -7,7 +7,10 @@ state says. Real HAProxy and nginx; the servers are plain TCP listeners on 127.0
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +213,60 @@ def test_a_route_a_killed_ensure_got_into_the_proxy_keeps_its_port(
         assert backend.configured_port(ahead.routes[KEY].backend) == port
     finally:
         router.stop()
+
+
+def test_haproxy_whose_admin_socket_is_gone_is_replaced_not_doubled(tmp_path: Path) -> None:
+    """The master lives on but its admin socket does not answer. A new HAProxy starts, and the
+    old one is soft-stopped: otherwise both would listen on the route's port (SO_REUSEPORT) and
+    the old one would go on serving stale routes."""
+    backend = HAProxyBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=ROUTE_PORTS["haproxy"])
+    try:
+        info = router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+        )
+        stale = backend._pid()
+        assert stale is not None
+        backend.socket.unlink()
+        assert not backend.running()
+
+        router.ensure_running()
+
+        assert backend.running()
+        deadline = time.monotonic() + 10
+        while _alive(stale) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(stale), "the old master still runs beside the new one"
+        procs = subprocess.run(
+            ["pgrep", "-f", f"haproxy -W -D -f {backend.config}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        parents = {
+            p: Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1] for p in procs
+        }
+        masters = [p for p, parent in parents.items() if parent not in procs]  # not a worker
+        assert masters == [str(backend._pid())]
+        with socket.create_connection(("127.0.0.1", info.port), timeout=2):
+            pass  # the route still listens
+    finally:
+        router.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_pid_file_naming_another_process_is_not_the_proxy(tmp_path: Path) -> None:
+    """Pids get reused: a stale pid file must neither keep the proxy from starting nor get some
+    other process signalled by stop()."""
+    backend = HAProxyBackend(tmp_path)
+    backend.pidfile.write_text(f"{os.getpid()}\n")  # this test's own process: alive, not haproxy
+    assert backend._pid() is None
+    assert not backend.running()
+    backend.stop()  # would SIGTERM pytest itself if it trusted the file
