@@ -26,6 +26,7 @@ import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import HEARTBEAT_EVERY_S, heartbeat
 from activities.container_config import ResourceDefaults, ensure_volumes, host_options
 from activities.inputs import (
     ContainerSelector,
@@ -45,17 +46,9 @@ from moorage.settings import get_settings
 T = TypeVar("T")
 
 LOG_TAIL_LINES = 20
-HEARTBEAT_EVERY_S = 2.0
-"""How often a long engine call heartbeats (the workflows' heartbeat timeout is 10 s)."""
 """Lines of a failed container's log carried into the failure and its event."""
 
 NANOS = 1_000_000_000
-
-
-def _heartbeat(*details: Any) -> None:
-    # The executor also runs outside activities (benchmarks, test cleanup).
-    if activity.in_activity():
-        activity.heartbeat(*details)
 
 
 @contextmanager
@@ -250,7 +243,7 @@ class DockerExecutor:
             while pending:
                 _, pending = wait(pending, timeout=HEARTBEAT_EVERY_S)
                 if pending:
-                    _heartbeat(f"{len(items) - len(pending)} of {len(items)} done")
+                    heartbeat(f"{len(items) - len(pending)} of {len(items)} done")
             for future in futures:
                 future.result()
 
@@ -297,7 +290,7 @@ class DockerExecutor:
             instances = []
             for slot in inp.slots:
                 name = naming.container_name(inp.tenant, inp.project, spec.name, inp.revision, slot)
-                _heartbeat(name)
+                heartbeat(name)
                 container_id = self._create(inp, slot, name, net)
                 info = self.api.inspect_container(container_id)
                 if not info["State"]["Running"]:
@@ -431,7 +424,7 @@ class DockerExecutor:
         """
         deadline = time.monotonic() + inp.delay_s
         while time.monotonic() < deadline:
-            _heartbeat("delay")
+            heartbeat("delay")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         # Moorage's own probe may ask to be polled more often than the deployment's interval.
         pause = min(inp.interval_s, inp.probe.interval_s) if inp.probe else inp.interval_s
@@ -447,7 +440,7 @@ class DockerExecutor:
         # A replica must stay ready min_ready_s before it counts: allow the checks that takes.
         extra = math.ceil(inp.min_ready_s / inp.interval_s) if inp.min_ready_s else 0
         for attempt in range(1, inp.retries + extra + 1):
-            _heartbeat(attempt)
+            heartbeat(attempt)
             with _classified("health check"):
                 infos = self._find(inp.selector)
                 if len(infos) < inp.expected:

@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from activities import HEARTBEAT_EVERY_S, heartbeat
 from activities.router import (
     ProxyBackend,
     ProxyUnavailable,
@@ -151,10 +152,14 @@ class NginxBackend(ProxyBackend):
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         # The old workers finish their in-flight requests, then exit: that is the drain.
         deadline = time.monotonic() + self.drain_timeout_s
+        beat = time.monotonic()
         while time.monotonic() < deadline:
             current = set(self._workers(master))
             if current and not (current & before):
                 return
+            if time.monotonic() - beat >= HEARTBEAT_EVERY_S:  # the drain may outlast 10 s
+                heartbeat("draining: old nginx workers still finish requests")
+                beat = time.monotonic()
             time.sleep(0.05)
 
     def configured_port(self, backend: str) -> int | None:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import heartbeat
 from activities.inputs import RouteInput, RouteServersInput, RouteWeightsInput
 from moorage.models import RouteInfo
 
@@ -78,10 +79,6 @@ class RouterError(Exception):
 
 class ProxyUnavailable(RouterError):
     """The proxy did not answer (stopped or restarting): worth retrying."""
-
-
-class RouterBusy(RouterError):
-    """The proxy cannot take the change yet (a server still has connections): worth retrying."""
 
 
 class ProxyBackend(ABC):
@@ -231,8 +228,6 @@ class TrafficRouter:
                 raise ApplicationError(
                     f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
                 ) from exc
-            except RouterBusy as exc:
-                raise ApplicationError(str(exc), type="RouterBusy") from exc
             except RouterError as exc:
                 raise ApplicationError(
                     f"{self.backend.name} refused the change; "
@@ -376,8 +371,7 @@ class TrafficRouter:
                 r.servers.pop(name, None)
             return {key: present}
 
-        if activity.in_activity():
-            activity.heartbeat("draining")
+        heartbeat("draining")
         self._change(mutate)
         return present
 

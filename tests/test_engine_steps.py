@@ -9,7 +9,8 @@ import docker
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from activities.docker_executor import HEARTBEAT_EVERY_S, DockerExecutor
+from activities import HEARTBEAT_EVERY_S
+from activities.docker_executor import DockerExecutor
 from activities.inputs import (
     ContainerSelector,
     NetworkInput,
