@@ -213,6 +213,29 @@ class DockerExecutor:
             return ""
         return raw.decode(errors="replace").strip() if isinstance(raw, bytes) else str(raw)
 
+    def _remove(self, container_id: str, timeout_s: float = 60.0) -> None:
+        """Remove a container and return once the engine no longer has it.
+
+        A 409 ("removal of container … is already in progress", e.g. from an attempt that timed
+        out and still runs) is not success yet: that removal may fail and leave a Dead container.
+
+        Raises:
+            ApplicationError: still there after ``timeout_s`` (retryable).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.api.remove_container(container_id, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+            if time.monotonic() > deadline:
+                raise ApplicationError(f"container {container_id[:12]} is still being removed")
+            time.sleep(0.1)  # the other removal runs; the next try ends with NotFound or redoes it
+
     def _ensure_image(self, image: str) -> None:
         try:
             self.api.inspect_image(image)
@@ -302,7 +325,11 @@ class DockerExecutor:
     def _create(self, inp: StartServiceInput, slot: int, name: str, net: str) -> str:
         """Create one replica's container, or return the id of the one already there."""
         try:
-            return str(self.api.inspect_container(name)["Id"])
+            found = self.api.inspect_container(name)
+            if found["State"]["Status"] not in ("removing", "dead"):
+                return str(found["Id"])
+            # Going or gone (a removal still running, or one that failed): not adoptable.
+            self._remove(str(found["Id"]))
         except docker.errors.NotFound:
             pass
         spec = inp.service
@@ -385,17 +412,7 @@ class DockerExecutor:
         with _classified("remove"):
             infos = self._find(sel)
 
-            def remove(info: dict[str, Any]) -> None:
-                try:
-                    self.api.remove_container(info["Id"], force=True, v=True)
-                except docker.errors.NotFound:
-                    pass
-                except docker.errors.APIError as exc:
-                    # "removal already in progress" is success for an idempotent remove.
-                    if exc.status_code != 409:
-                        raise
-
-            self._parallel(remove, infos)
+            self._parallel(lambda info: self._remove(str(info["Id"])), infos)
             return [str(i["Name"]).lstrip("/") for i in infos]
 
     @activity.defn(name="list_containers")

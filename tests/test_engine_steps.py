@@ -3,9 +3,11 @@ while they wait, and names the engine matches loosely."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import docker
+import docker.errors
 import pytest
 from temporalio.testing import ActivityEnvironment
 
@@ -75,3 +77,85 @@ def test_a_network_whose_name_extends_this_one_is_not_taken_for_it(
         assert sorted(found) == sorted([name, naming.network_name(TENANT, longer)])
     finally:
         remove_labelled(docker_client, longer)
+
+
+# 30,000 files in the container's layer: the engine takes ~0.4 s to remove it, a window in which
+# a second removal gets 409 "removal of container … is already in progress".
+SLOW_TO_REMOVE = (
+    "services:\n  web:\n    image: moorage-demo:v1\n"
+    "    command: ['sh', '-c', 'mkdir /d && cd /d && seq 1 30000 | xargs touch && echo filled"
+    " && sleep 600']\n"
+)
+
+
+def _slow_to_remove(client: docker.DockerClient, project: str) -> str:
+    """Start slot 0 with a heavy layer; returns its id once the layer is filled."""
+    executor = DockerExecutor(client)
+    [instance] = executor.start_service(
+        StartServiceInput(
+            tenant=TENANT,
+            project=project,
+            deployment_id="d",
+            revision=1,
+            version="v1",
+            service=parse_compose(SLOW_TO_REMOVE).service("web"),
+            slots=[0],
+        )
+    )
+    deadline = time.monotonic() + 60
+    while b"filled" not in client.api.logs(instance.container_id):
+        assert time.monotonic() < deadline, "the layer was not filled in 60 s"
+        time.sleep(0.2)
+    client.api.kill(instance.container_id)
+    return instance.container_id
+
+
+def _removal_running(client: docker.DockerClient, container_id: str) -> threading.Thread:
+    """Another removal of the container (e.g. an attempt that timed out and still runs)."""
+    other = threading.Thread(target=client.api.remove_container, args=(container_id,))
+    other.start()
+    deadline = time.monotonic() + 5
+    while client.api.inspect_container(container_id)["State"]["Status"] != "removing":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return other
+
+
+def test_a_remove_that_meets_a_removal_in_progress_returns_once_it_is_gone(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    container_id = _slow_to_remove(docker_client, project)
+    other = _removal_running(docker_client, container_id)
+    selector = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
+    removed = DockerExecutor(docker_client).remove_containers(selector)
+    gone = False
+    try:
+        docker_client.api.inspect_container(container_id)
+    except docker.errors.NotFound:
+        gone = True
+    other.join()
+    assert len(removed) == 1
+    assert gone, "remove_containers returned while the engine still had the container"
+
+
+def test_a_start_does_not_adopt_a_container_being_removed(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """A retried start finds its replica's name on a container an undo is removing: it waits
+    for it to go and makes a new one, instead of starting one that cannot start."""
+    container_id = _slow_to_remove(docker_client, project)
+    other = _removal_running(docker_client, container_id)
+    [instance] = DockerExecutor(docker_client).start_service(
+        StartServiceInput(
+            tenant=TENANT,
+            project=project,
+            deployment_id="d",
+            revision=1,
+            version="v1",
+            service=parse_compose(DEAF).service("web"),
+            slots=[0],
+        )
+    )
+    other.join()
+    assert instance.container_id != container_id
+    assert docker_client.api.inspect_container(instance.container_id)["State"]["Running"]
