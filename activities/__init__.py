@@ -1,5 +1,7 @@
 """Activities: every side effect of Moorage (Docker engine, health probes, traffic router)."""
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
@@ -12,3 +14,16 @@ def heartbeat(*details: Any) -> None:
     """Heartbeat when running as an activity; a no-op in direct calls (benchmarks, test cleanup)."""
     if activity.in_activity():
         activity.heartbeat(*details)
+
+
+def paced_heartbeat(every_s: float = HEARTBEAT_EVERY_S) -> Callable[[str], None]:
+    """A heartbeat for a polling loop: sends at most one every ``every_s`` however often called."""
+    last = time.monotonic()
+
+    def beat(detail: str) -> None:
+        nonlocal last
+        if time.monotonic() - last >= every_s:
+            heartbeat(detail)
+            last = time.monotonic()
+
+    return beat

@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from activities import HEARTBEAT_EVERY_S, heartbeat
+from activities import heartbeat, paced_heartbeat
 from activities.router import (
     ProxyBackend,
     ProxyUnavailable,
@@ -310,14 +310,12 @@ class HAProxyBackend(ProxyBackend):
             return
         self._ok(f"set server {be}/{name} state drain")
         deadline = time.monotonic() + self.drain_timeout_s
-        beat = time.monotonic()
+        beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
         while time.monotonic() < deadline:
             row = self._stats(be).get(name)
             if row is None or int(row.get("scur") or 0) == 0:
                 break
-            if time.monotonic() - beat >= HEARTBEAT_EVERY_S:  # the drain may outlast 10 s
-                heartbeat(f"draining {name}: {row.get('scur')} connections")
-                beat = time.monotonic()
+            beat(f"draining {name}: {row.get('scur')} connections")
             time.sleep(0.05)
         heartbeat(f"deleting {name}")
         self._ok(f"set server {be}/{name} state maint")

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from activities import HEARTBEAT_EVERY_S, heartbeat
+from activities import paced_heartbeat
 from activities.router import (
     ProxyBackend,
     ProxyUnavailable,
@@ -152,14 +152,12 @@ class NginxBackend(ProxyBackend):
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         # The old workers finish their in-flight requests, then exit: that is the drain.
         deadline = time.monotonic() + self.drain_timeout_s
-        beat = time.monotonic()
+        beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
         while time.monotonic() < deadline:
             current = set(self._workers(master))
             if current and not (current & before):
                 return
-            if time.monotonic() - beat >= HEARTBEAT_EVERY_S:  # the drain may outlast 10 s
-                heartbeat("draining: old nginx workers still finish requests")
-                beat = time.monotonic()
+            beat("draining: old nginx workers still finish requests")
             time.sleep(0.05)
 
     def configured_port(self, backend: str) -> int | None:

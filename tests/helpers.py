@@ -10,9 +10,12 @@ from typing import Any
 
 import docker
 
+from activities.docker_executor import DockerExecutor
+from activities.inputs import StartServiceInput
 from activities.router import TrafficRouter, route_key
 from moorage import naming
-from moorage.models import DeploymentState
+from moorage.compose import parse_compose
+from moorage.models import DeploymentState, ServiceInstance
 from moorage.service import DeploymentService
 
 TENANT = "acme"
@@ -99,3 +102,20 @@ def routed(router: TrafficRouter, project: str, service: str = "web") -> set[str
     """The servers the running proxy sends a route's requests to (draining ones included)."""
     route = router.load().routes[route_key(TENANT, project, service)]
     return set(router.backend.live_servers(route))
+
+
+def start_web(
+    client: docker.DockerClient, project: str, compose_text: str, slots: list[int] | None = None
+) -> list[ServiceInstance]:
+    """Start replicas (default: slot 0) of revision 1 of ``web`` straight through the executor."""
+    return DockerExecutor(client).start_service(
+        StartServiceInput(
+            tenant=TENANT,
+            project=project,
+            deployment_id="d",
+            revision=1,
+            version="v1",
+            service=parse_compose(compose_text).service("web"),
+            slots=slots or [0],
+        )
+    )

@@ -16,13 +16,11 @@ from activities.docker_executor import DockerExecutor
 from activities.inputs import (
     ContainerSelector,
     NetworkInput,
-    StartServiceInput,
     StopContainersInput,
 )
 from moorage import naming
-from moorage.compose import parse_compose
 from tests.conftest import remove_labelled
-from tests.helpers import TENANT, labelled
+from tests.helpers import TENANT, labelled, start_web
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +34,7 @@ def test_a_stop_that_waits_out_the_grace_period_keeps_heartbeating(
     """Compose's default grace (10 s) equals the workflows' heartbeat timeout: a stop silent for
     that long would be timed out and run again while the first attempt is still stopping."""
     executor = DockerExecutor(docker_client)
-    executor.start_service(
-        StartServiceInput(
-            tenant=TENANT,
-            project=project,
-            deployment_id="d",
-            revision=1,
-            version="v1",
-            service=parse_compose(DEAF).service("web"),
-            slots=[0, 1],
-        )
-    )
+    start_web(docker_client, project, DEAF, slots=[0, 1])
     env = ActivityEnvironment()
     beats: list[float] = []
     env.on_heartbeat = lambda *details: beats.append(time.monotonic())
@@ -90,18 +78,7 @@ SLOW_TO_REMOVE = (
 
 def _slow_to_remove(client: docker.DockerClient, project: str) -> str:
     """Start slot 0 with a heavy layer; returns its id once the layer is filled."""
-    executor = DockerExecutor(client)
-    [instance] = executor.start_service(
-        StartServiceInput(
-            tenant=TENANT,
-            project=project,
-            deployment_id="d",
-            revision=1,
-            version="v1",
-            service=parse_compose(SLOW_TO_REMOVE).service("web"),
-            slots=[0],
-        )
-    )
+    [instance] = start_web(client, project, SLOW_TO_REMOVE)
     deadline = time.monotonic() + 60
     while b"filled" not in client.api.logs(instance.container_id):
         assert time.monotonic() < deadline, "the layer was not filled in 60 s"
@@ -145,17 +122,7 @@ def test_a_start_does_not_adopt_a_container_being_removed(
     for it to go and makes a new one, instead of starting one that cannot start."""
     container_id = _slow_to_remove(docker_client, project)
     other = _removal_running(docker_client, container_id)
-    [instance] = DockerExecutor(docker_client).start_service(
-        StartServiceInput(
-            tenant=TENANT,
-            project=project,
-            deployment_id="d",
-            revision=1,
-            version="v1",
-            service=parse_compose(DEAF).service("web"),
-            slots=[0],
-        )
-    )
+    [instance] = start_web(docker_client, project, DEAF)
     other.join()
     assert instance.container_id != container_id
     assert docker_client.api.inspect_container(instance.container_id)["State"]["Running"]

@@ -10,11 +10,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.docker_executor import DockerExecutor, _StateChanges
-from activities.inputs import ContainerSelector, StartServiceInput, WaitHealthyInput
-from moorage.compose import parse_compose
+from activities.inputs import ContainerSelector, WaitHealthyInput
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
-from tests.helpers import TENANT, USER, labelled, wait_terminal
+from tests.helpers import TENANT, USER, labelled, start_web, wait_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -97,19 +96,7 @@ async def test_progress_deadline_fails_and_rolls_back(
 
 def _start_one(client: docker.DockerClient, project: str, compose: str) -> WaitHealthyInput:
     """Start slot 0 of ``web`` straight through the executor; the wait for it, 30 s apart."""
-    executor = DockerExecutor(client)
-    spec = parse_compose(compose).service("web")
-    executor.start_service(
-        StartServiceInput(
-            tenant=TENANT,
-            project=project,
-            deployment_id="d",
-            revision=1,
-            version="v1",
-            service=spec,
-            slots=[0],
-        )
-    )
+    start_web(client, project, compose)
     selector = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
     return WaitHealthyInput(selector=selector, expected=1, interval_s=30, retries=2)
 
