@@ -84,6 +84,19 @@ class RouteServersInput(BaseModel):
     weight: int = Field(default=100, ge=0, le=256)
 
 
+class RouteSwitchInput(BaseModel):
+    """Switch traffic in one change: route ``add`` (ready), then drain ``remove`` out."""
+
+    tenant: str
+    project: str
+    service: str
+    add: list[str]
+    """Containers to route to (names; also the server names)."""
+    remove: list[str]
+    """Servers to drain and take out once the new ones are in."""
+    weight: int = Field(default=100, ge=0, le=256)
+
+
 class RouteWeightsInput(BaseModel):
     """Set the weights of a route's servers."""
 

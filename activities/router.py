@@ -31,7 +31,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import heartbeat
-from activities.inputs import RouteInput, RouteServersInput, RouteWeightsInput
+from activities.inputs import RouteInput, RouteServersInput, RouteSwitchInput, RouteWeightsInput
 from moorage.models import RouteInfo
 
 
@@ -309,6 +309,72 @@ class TrafficRouter:
             service=inp.service, url=f"http://{self.backend.bind}:{route.port}/", port=route.port
         )
 
+    def _addresses(self, route: RouteState, containers: list[str]) -> dict[str, str]:
+        """Each container's address on the route.
+
+        Raises:
+            ApplicationError: a container is not running with the route's port published
+                (retryable: it may be restarting).
+        """
+        addresses = {}
+        for name in containers:
+            addr = self._address(name, route.container_port)
+            if addr is None:
+                raise ApplicationError(
+                    f"container {name} is not running with {route.container_port} published"
+                )
+            addresses[name] = addr
+        return addresses
+
+    def _routed(self, route: RouteState, servers: list[str]) -> list[str]:
+        """The servers of ``servers`` the route has, in the state or only in the proxy.
+
+        The proxy may have a server the state on disk lacks: an add killed before its save.
+        """
+        try:
+            known = self.backend.known_servers(route)
+        except RouterError:
+            known = set()  # not running: it starts from the state on disk, without them
+        return [n for n in servers if n in route.servers or n in known]
+
+    def _serving(self, route: RouteState, add: dict[str, str], weight: int) -> bool:
+        """True when the state and the running proxy both route ``add`` already, at ``weight``.
+
+        Then an add changes nothing, and touches nothing: a rollback re-adding replicas a failed
+        switch never took out must not need the proxy to take a new config (nginx reloads cut
+        keep-alive connections, and a refused config would fail the rollback too).
+        """
+        wanted = {n: ServerState(address=a, weight=weight) for n, a in add.items()}
+        if any(route.servers.get(n) != server for n, server in wanted.items()):
+            return False
+        try:
+            live = self.backend.live_servers(route)
+        except RouterError:
+            return False  # not running: the change starts it
+        return all(live.get(n) == weight for n in wanted)
+
+    def _switch(self, key: str, add: dict[str, str], remove: list[str], weight: int) -> None:
+        """One change of a route: ``add`` servers go in (ready) before ``remove`` drain out."""
+        route = self.load().routes.get(key)
+        if not remove and route is not None and self._serving(route, add, weight):
+            return
+
+        def mutate(s: RouterState) -> dict[str, list[str]]:
+            r = s.routes[key]
+            for name, addr in add.items():
+                r.servers[name] = ServerState(address=addr, weight=weight)
+            for name in remove:
+                r.servers.pop(name, None)
+            return {key: remove} if remove else {}
+
+        if remove:
+            heartbeat("draining")
+        self._change(mutate)
+
+    def _route(self, tenant: str, project: str, service: str) -> tuple[str, RouteState | None]:
+        key = route_key(tenant, project, service)
+        return key, self.load().routes.get(key)
+
     @activity.defn(name="route_add")
     def route_add(self, inp: RouteServersInput) -> list[str]:
         """Add running containers to a route (ready to take requests). Idempotent.
@@ -320,26 +386,11 @@ class TrafficRouter:
             ApplicationError: the route does not exist, a container is not running (retryable:
                 it may be restarting), or the proxy refused the change.
         """
-        key = route_key(inp.tenant, inp.project, inp.service)
-        route = self.load().routes.get(key)
+        key, route = self._route(inp.tenant, inp.project, inp.service)
         if route is None:
             raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
-        addresses = {}
-        for name in inp.containers:
-            addr = self._address(name, route.container_port)
-            if addr is None:
-                raise ApplicationError(
-                    f"container {name} is not running with {route.container_port} published"
-                )
-            addresses[name] = addr
-
-        def mutate(s: RouterState) -> dict[str, list[str]]:
-            r = s.routes[key]
-            for name, addr in addresses.items():
-                r.servers[name] = ServerState(address=addr, weight=inp.weight)
-            return {}
-
-        self._change(mutate)
+        addresses = self._addresses(route, inp.containers)
+        self._switch(key, addresses, [], inp.weight)
         return list(addresses)
 
     @activity.defn(name="route_remove")
@@ -352,28 +403,35 @@ class TrafficRouter:
         Raises:
             ApplicationError: the proxy refused the change.
         """
-        key = route_key(inp.tenant, inp.project, inp.service)
-        route = self.load().routes.get(key)
+        key, route = self._route(inp.tenant, inp.project, inp.service)
         if route is None:
             return []
-        # The proxy may have a server the state on disk lacks: an add killed before its save.
-        try:
-            known = self.backend.known_servers(route)
-        except RouterError:
-            known = set()  # not running: it starts from the state on disk, without them
-        present = [n for n in inp.containers if n in route.servers or n in known]
-        if not present:
-            return []
-
-        def mutate(s: RouterState) -> dict[str, list[str]]:
-            r = s.routes[key]
-            for name in present:
-                r.servers.pop(name, None)
-            return {key: present}
-
-        heartbeat("draining")
-        self._change(mutate)
+        present = self._routed(route, inp.containers)
+        if present:
+            self._switch(key, {}, present, inp.weight)
         return present
+
+    @activity.defn(name="route_switch")
+    def route_switch(self, inp: RouteSwitchInput) -> list[str]:
+        """Switch traffic in one change: route ``add`` (ready), then drain ``remove`` out.
+
+        HAProxy readies the new servers before it drains the old ones; nginx reloads once, not
+        twice (each reload cuts some keep-alive connections). Idempotent: a retry after a partial
+        change converges on the same routes.
+
+        Returns:
+            The server names routed afterwards (``add``).
+
+        Raises:
+            ApplicationError: the route does not exist, a container to add is not running
+                (retryable), or the proxy refused the change.
+        """
+        key, route = self._route(inp.tenant, inp.project, inp.service)
+        if route is None:
+            raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
+        addresses = self._addresses(route, inp.add)
+        self._switch(key, addresses, self._routed(route, inp.remove), inp.weight)
+        return list(addresses)
 
     @activity.defn(name="route_weights")
     def route_weights(self, inp: RouteWeightsInput) -> dict[str, int]:
@@ -401,4 +459,10 @@ class TrafficRouter:
 
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of the router, for the worker."""
-        return [self.ensure_route, self.route_add, self.route_remove, self.route_weights]
+        return [
+            self.ensure_route,
+            self.route_add,
+            self.route_remove,
+            self.route_switch,
+            self.route_weights,
+        ]

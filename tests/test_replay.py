@@ -25,6 +25,10 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "recreate-completed",
         "rolling-completed",
         "rolling-rolled-back",
+        # Rolling updates started before the traffic switch became one step (patch
+        # "rolling-switch-traffic") must still replay.
+        "rolling-completed-before-switch",
+        "rolling-rolled-back-before-switch",
         "recreate-cancelled",
         "bluegreen-completed",
         "canary-completed",

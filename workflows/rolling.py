@@ -2,11 +2,14 @@
 
 Services one at a time in depends_on order. Within a service, batches follow ``max_surge`` /
 ``max_unavailable`` (see ``workflows.planning``). Each batch: take out old replicas the
-unavailability budget allows → start new replicas → wait healthy → add them to the route → drain
-old replicas out of the route → stop them within their grace period → remove them.
+unavailability budget allows → start new replicas → wait healthy → switch traffic (the new ones
+go into the route, then the old ones drain out, in one router change) → stop the old ones within
+their grace period → remove them.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -62,10 +65,17 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         plans = {spec.name: plan_service(inp, spec) for spec in inp.target.services}
         total = max(1, sum(len(b) for b in plans.values()))
         done = 0
-        await steps.call(
-            "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
-        )
-        await steps.ensure_routes(t, inp.target)
+        network = NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
+        # Deployments started before this change ran these steps one after the other, and routed
+        # new replicas with a step of their own (route_add) before the old ones drained.
+        switch = workflow.patched("rolling-switch-traffic")
+        if switch:
+            await asyncio.gather(
+                steps.call("ensure_network", network), steps.ensure_routes(t, inp.target)
+            )
+        else:
+            await steps.call("ensure_network", network)
+            await steps.ensure_routes(t, inp.target)
         t.progress(5, "routes ready")
 
         for spec in inp.target.services:
@@ -78,6 +88,18 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                 batches=[b.model_dump() for b in batches],
             )
             for number, batch in enumerate(batches, start=1):
+                # New replicas that replace old ones on the same route take the traffic in the
+                # drain of the old ones: one router change per batch.
+                routed_in = (
+                    steps.route_servers(dep, spec, new, batch.start)
+                    if switch
+                    and batch.start
+                    and batch.stop_after
+                    and old is not None
+                    and old.route_port() is not None
+                    and spec.route_port() is not None
+                    else None
+                )
                 if old is not None and prev is not None:
                     await steps.take_out(
                         t,
@@ -89,7 +111,9 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                         batch.stop_first,
                     )
                 if batch.start:
-                    await steps.bring_up(t, self.undo, spec, new, batch.start)
+                    await steps.bring_up(
+                        t, self.undo, spec, new, batch.start, route=routed_in is None
+                    )
                 if old is not None and prev is not None:
                     await steps.take_out(
                         t,
@@ -99,6 +123,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                         prev.version,
                         prev.deployment_id,
                         batch.stop_after,
+                        routed_in,
                     )
                 done += 1
                 t.progress(

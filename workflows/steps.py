@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         ContainerSelector,
         RouteInput,
         RouteServersInput,
+        RouteSwitchInput,
         StartServiceInput,
         StopContainersInput,
         WaitHealthyInput,
@@ -354,14 +355,39 @@ async def route_remove(dep: Deployment, spec: ServiceSpec, revision: int, slots:
         )
 
 
+async def switch_traffic(
+    dep: Deployment, old: ServiceSpec, revision: int, slots: list[int], routed_in: RouteServersInput
+) -> None:
+    """One route change: ``routed_in`` takes requests, then these old replicas drain out."""
+    await call(
+        "route_switch",
+        RouteSwitchInput(
+            tenant=routed_in.tenant,
+            project=routed_in.project,
+            service=routed_in.service,
+            add=routed_in.containers,
+            remove=route_servers(dep, old, revision, slots).containers,
+            weight=routed_in.weight,
+        ),
+        start_to_close=timedelta(minutes=2),
+        result_type=list[str],
+    )
+
+
 # --- replica groups: bring up, take out, each with its undo -----------------------------------
 
 
 async def bring_up(
-    t: Tracker, undo: CompensationStack, spec: ServiceSpec, revision: int, slots: list[int]
+    t: Tracker,
+    undo: CompensationStack,
+    spec: ServiceSpec,
+    revision: int,
+    slots: list[int],
+    route: bool = True,
 ) -> list[ServiceInstance]:
     """Start replicas of the deployment's revision, gate them healthy, route traffic to them.
 
+    ``route=False`` leaves the routing to the ``take_out`` that follows (one traffic switch).
     Undo (pushed first): take them out of the route, then remove them.
     """
     dep = t.deployment
@@ -385,7 +411,8 @@ async def bring_up(
         containers=[i.container_name for i in started],
     )
     instances = await gate_healthy(t, revision, spec, slots)
-    await route_add(dep, spec, revision, slots)
+    if route:
+        await route_add(dep, spec, revision, slots)
     return instances
 
 
@@ -397,9 +424,12 @@ async def take_out(
     ref_version: str,
     ref_deployment: str,
     slots: list[int],
+    routed_in: RouteServersInput | None = None,
 ) -> None:
     """Drain replicas of an old revision out of the route, stop them, remove them.
 
+    ``routed_in``: new replicas (healthy, same route) that take the traffic in the same route
+    change, before the old ones drain: the "switch traffic" step.
     Undo (pushed first, runs start -> healthy -> routed): bring them back as they were.
     """
     if not slots:
@@ -422,7 +452,10 @@ async def take_out(
         "start_service",
         start_input(dep, ref_revision, ref_version, ref_deployment, old, slots),
     )
-    await route_remove(dep, old, ref_revision, slots)
+    if routed_in is not None:
+        await switch_traffic(dep, old, ref_revision, slots, routed_in)
+    else:
+        await route_remove(dep, old, ref_revision, slots)
     stopped = await stop_containers(
         selector(dep, ref_revision, old.name, slots), old.stop_grace_period_s
     )

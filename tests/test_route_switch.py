@@ -1,0 +1,104 @@
+"""The traffic switch of a rolling update: new replicas in, old ones drained out, one change.
+
+Real HAProxy and nginx in front of real demo containers.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from activities.inputs import RouteInput, RouteServersInput, RouteSwitchInput
+from activities.nginx import NginxBackend
+from activities.router import TrafficRouter
+from tests.conftest import make_router
+from tests.helpers import TENANT, start_web
+
+pytestmark = pytest.mark.integration
+
+WEB = "services:\n  web:\n    image: moorage-demo:v1\n    ports: ['80']\n"
+
+
+def count_applies(router: TrafficRouter) -> list[Any]:
+    """Record every change the router hands to its proxy."""
+    calls: list[Any] = []
+    apply = router.backend.apply
+
+    def counted(*args: Any) -> None:
+        calls.append(args)
+        apply(*args)
+
+    router.backend.apply = counted  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_switch_routes_the_new_replica_and_drains_the_old_in_one_change(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
+) -> None:
+    old, new = (i.container_name for i in start_web(docker_client, project, WEB, slots=[0, 1]))
+    router = make_router(kind, tmp_path, docker_client)
+    try:
+        url = router.ensure_route(
+            RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
+        ).url
+        router.route_add(
+            RouteServersInput(tenant=TENANT, project=project, service="web", containers=[old])
+        )
+        route = next(iter(router.load().routes.values()))
+        assert router.backend.live_servers(route) == {old: 100}
+        changes = count_applies(router)
+
+        routed = router.route_switch(
+            RouteSwitchInput(tenant=TENANT, project=project, service="web", add=[new], remove=[old])
+        )
+
+        assert routed == [new]
+        assert len(changes) == 1, "one proxy change (nginx: one reload, not two)"
+        route = next(iter(router.load().routes.values()))
+        assert set(route.servers) == {new}
+        assert router.backend.live_servers(route) == {new: 100}
+        with urllib.request.urlopen(url + "version", timeout=5) as answer:
+            assert answer.status == 200
+        # A retry after the switch went through changes nothing.
+        router.route_switch(
+            RouteSwitchInput(tenant=TENANT, project=project, service="web", add=[new], remove=[old])
+        )
+        assert len(changes) == 1
+    finally:
+        router.stop()
+
+
+def test_re_adding_servers_nginx_already_routes_does_not_reload_it(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """The undo of a switch nginx refused re-adds the old replicas, which never left: that must
+    neither reload nginx nor need it to accept a new config."""
+    (web,) = (i.container_name for i in start_web(docker_client, project, WEB))
+    router = make_router("nginx", tmp_path, docker_client)
+    backend = router.backend
+    assert isinstance(backend, NginxBackend)
+    try:
+        router.ensure_route(
+            RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
+        )
+        servers = RouteServersInput(tenant=TENANT, project=project, service="web", containers=[web])
+        router.route_add(servers)
+        config = backend.config.read_text()
+        backend.extra_http = "this_is_not_a_directive on;"
+        changes = count_applies(router)
+
+        assert router.route_add(servers) == [web]
+
+        assert changes == []
+        assert backend.config.read_text() == config
+        # A real change still goes to nginx, which refuses it.
+        with pytest.raises(Exception, match="this_is_not_a_directive"):
+            router.route_add(servers.model_copy(update={"weight": 50}))
+    finally:
+        backend.extra_http = ""
+        router.stop()
