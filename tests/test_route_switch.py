@@ -5,6 +5,7 @@ Real HAProxy and nginx in front of real demo containers.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -101,4 +102,46 @@ def test_re_adding_servers_nginx_already_routes_does_not_reload_it(
             router.route_add(servers.model_copy(update={"weight": 50}))
     finally:
         backend.extra_http = ""
+        router.stop()
+
+
+def get_all(url: str, times: int) -> list[int]:
+    """Status of ``times`` requests without keep-alive (each picks a server afresh)."""
+    statuses = []
+    for _ in range(times):
+        request = urllib.request.Request(url + "version", headers={"Connection": "close"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            statuses.append(answer.status)
+    return statuses
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_replica_that_dies_while_routed(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
+) -> None:
+    """A routed replica is killed (its port now refuses connections) and no step has taken it
+    out of the route. nginx passes each request on to the live replica at once
+    (``proxy_next_upstream error``). HAProxy retries on the same server (no ``option
+    redispatch``: it would fail requests while a restarting dockerd rewrites its port rules, see
+    test_faults) until its check marks the server DOWN, within ~3 s; from then on, none fails."""
+    live, dead = (i.container_name for i in start_web(docker_client, project, WEB, slots=[0, 1]))
+    router = make_router(kind, tmp_path, docker_client)
+    try:
+        url = router.ensure_route(
+            RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
+        ).url
+        router.route_add(
+            RouteServersInput(
+                tenant=TENANT, project=project, service="web", containers=[live, dead]
+            )
+        )
+        route = next(iter(router.load().routes.values()))
+        docker_client.containers.get(dead).kill()
+        if kind == "haproxy":
+            deadline = time.monotonic() + 6
+            while dead in router.backend.live_servers(route) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert router.backend.live_servers(route) == {live: 100}
+        assert get_all(url, 40) == [200] * 40
+    finally:
         router.stop()
