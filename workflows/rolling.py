@@ -9,8 +9,6 @@ their grace period → remove them.
 
 from __future__ import annotations
 
-import asyncio
-
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
@@ -70,7 +68,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         # new replicas with a step of their own (route_add) before the old ones drained.
         switch = workflow.patched("rolling-switch-traffic")
         if switch:
-            await asyncio.gather(
+            await steps.side_by_side(
                 steps.call("ensure_network", network), steps.ensure_routes(t, inp.target)
             )
         else:

@@ -6,6 +6,8 @@ activities to a per-host queue (``moorage-host-<name>``) is a change in one plac
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -84,6 +86,19 @@ async def call(
         cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         result_type=result_type,
     )
+
+
+async def side_by_side(*steps: Awaitable[Any]) -> list[Any]:
+    """Run independent steps at the same time; once every one has ended, raise the first failure.
+
+    Unlike a bare ``asyncio.gather``, a failure does not leave the other steps running while the
+    compensation starts. A cancel still reaches all of them.
+    """
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def selector(
