@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -109,6 +109,41 @@ class Wrk:
         )
 
 
+class CpuMeter:
+    """CPU seconds spent by the Temporal dev server and by this process (worker or floor calls).
+
+    On 2 cores that wrk keeps busy, the CPU the orchestration needs is taken from dockerd and the
+    containers: it shows up in wall time, not only in these figures.
+    """
+
+    def __init__(self, server_port: str):
+        self.server_pid: int | None = None
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"start-dev" in args and server_port.encode() in args:
+                    self.server_pid = int(entry.name)
+                    break
+        if self.server_pid is None:
+            print(f"cpu: no Temporal dev server process on port {server_port} found; shows 0")
+
+    def _server(self) -> float:
+        if self.server_pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @contextmanager
+    def measure(self) -> Iterator[list[float]]:
+        """Yields a list that holds [server CPU s, own CPU s] once the block ends."""
+        result: list[float] = []
+        server, own = self._server(), time.process_time()
+        yield result
+        result += [self._server() - server, time.process_time() - own]
+
+
 def compose(image: str, health_interval: str | None = None) -> str:
     text = (
         f"services:\n  web:\n    image: {image}\n    ports: ['80']\n"
@@ -157,8 +192,9 @@ async def moorage_run(
     workdir: Path,
     client: docker.DockerClient,
     keepalive: bool,
+    meter: CpuMeter,
     health_interval: str | None = None,
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, list[float]]:
     queue = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     settings = Settings(
         task_queue=queue, router=kind, router_dir=workdir / kind, route_ports="24000-24999"
@@ -183,16 +219,17 @@ async def moorage_run(
         await svc.apply_project(TENANT, project, compose("moorage-demo:v2", health_interval))
         with Wrk(url, connections=6, keepalive=keepalive) as load:
             await asyncio.sleep(0.5)
-            t0 = time.monotonic()
-            dep = await svc.deploy(
-                TENANT, "bench", project, cfg.model_copy(update={"version": "v2"})
-            )
-            await wait_released(svc, project, dep.id)
-            wall = time.monotonic() - t0
+            with meter.measure() as cpu:
+                t0 = time.monotonic()
+                dep = await svc.deploy(
+                    TENANT, "bench", project, cfg.model_copy(update={"version": "v2"})
+                )
+                await wait_released(svc, project, dep.id)
+                wall = time.monotonic() - t0
             await asyncio.sleep(0.5)
         status = (await svc.get_state(TENANT, dep.id)).deployment.status
         assert status == DeploymentStatus.COMPLETED, status
-        return wall, load.failed, load.requests - load.failed
+        return wall, load.failed, load.requests - load.failed, cpu
     finally:
         await worker.shutdown()
         await asyncio.gather(task, return_exceptions=True)
@@ -305,8 +342,8 @@ class DirectStack:
 
 
 def floor_run(
-    workdir: Path, client: docker.DockerClient, health_interval: str | None = None
-) -> tuple[float, int, int]:
+    workdir: Path, client: docker.DockerClient, meter: CpuMeter, health_interval: str | None = None
+) -> tuple[float, int, int, list[float]]:
     """The same steps as Moorage's rolling update, called directly: no Temporal, no workflow.
 
     Network and route (they exist), then per replica: start, wait healthy, switch traffic, stop,
@@ -315,16 +352,17 @@ def floor_run(
     with DirectStack(workdir, client, health_interval) as stack:
         with Wrk(stack.url, connections=6, keepalive=True) as load:
             time.sleep(0.5)
-            t0 = time.monotonic()
-            stack.prepare()
-            for slot in range(REPLICAS):
-                stack.up(2, [slot], route=False)
-                stack.switch((2, [slot]), (1, [slot]))
-                stack.retire(1, [slot])
-            stack.executor.list_containers(stack._selector(2, list(range(REPLICAS))))
-            wall = time.monotonic() - t0
+            with meter.measure() as cpu:
+                t0 = time.monotonic()
+                stack.prepare()
+                for slot in range(REPLICAS):
+                    stack.up(2, [slot], route=False)
+                    stack.switch((2, [slot]), (1, [slot]))
+                    stack.retire(1, [slot])
+                stack.executor.list_containers(stack._selector(2, list(range(REPLICAS))))
+                wall = time.monotonic() - t0
             time.sleep(0.5)
-        return wall, load.failed, load.requests - load.failed
+        return wall, load.failed, load.requests - load.failed, cpu
 
 
 def swarm_loaded_run(
@@ -493,11 +531,22 @@ class Row:
     walls: list[float]
     failed: int = 0
     requests: int = 0
+    cpus: list[list[float]] = field(default_factory=list)
 
-    def add(self, wall: float, failed: int, ok: int) -> None:
+    def add(self, wall: float, failed: int, ok: int, cpu: list[float] | None = None) -> None:
         self.walls.append(wall)
         self.failed += failed
         self.requests += failed + ok
+        if cpu:
+            self.cpus.append(cpu)
+
+    def cpu(self) -> str:
+        """Median CPU seconds of the Temporal server and of this process, per run."""
+        if not self.cpus:
+            return ""
+        server = statistics.median(c[0] for c in self.cpus)
+        own = statistics.median(c[1] for c in self.cpus)
+        return f"{server:.2f} / {own:.2f}"
 
     @property
     def median(self) -> float:
@@ -522,6 +571,7 @@ async def main(scenarios: list[str], repeat: int) -> None:
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
     )
+    meter = CpuMeter(env.client.service_client.config.target_host.rsplit(":", 1)[1])
     results: dict[str, dict[str, Row]] = {}
     stack = ExitStack()
     try:
@@ -536,10 +586,10 @@ async def main(scenarios: list[str], repeat: int) -> None:
                 for kind, keepalive in runs if interval is None else runs[:1]:
                     mode = "keep-alive" if keepalive else "no keep-alive"
                     row(f"{kind}-{mode}", f"moorage {kind} ({mode})").add(
-                        *await moorage_run(env, kind, workdir, client, keepalive, interval)
+                        *await moorage_run(env, kind, workdir, client, keepalive, meter, interval)
                     )
                 row("floor", "floor: same steps, direct calls, no Temporal (haproxy)").add(
-                    *await asyncio.to_thread(floor_run, workdir, client, interval)
+                    *await asyncio.to_thread(floor_run, workdir, client, meter, interval)
                 )
                 loaded = await asyncio.to_thread(
                     swarm_loaded_run, workdir, client, swarm_env, interval
@@ -564,10 +614,13 @@ async def main(scenarios: list[str], repeat: int) -> None:
             f"\nrolling update, {REPLICAS} replicas, max_surge 1, max_unavailable 0, v1 -> v2, "
             f"6 connections of load; health gate: {health}; median of {repeat} run(s)"
         )
-        print(f"{'run':58} {'wall s':>7} {'min-max':>11} {'failed':>7} {'requests':>9}")
+        print(
+            f"{'run':58} {'wall s':>7} {'min-max':>11} {'failed':>7} {'requests':>9}"
+            f" {'cpu s: temporal / bench process':>32}"
+        )
         for key, r in rows.items():
             load = "" if key.startswith("swarm") else f"{r.failed:7d} {r.requests:9d}"
-            print(f"{r.name:58} {r.median:7.2f} {r.spread():>11} {load}")
+            print(f"{r.name:58} {r.median:7.2f} {r.spread():>11} {load} {r.cpu():>32}")
         moorage = rows["haproxy-keep-alive"].median
         floor = rows["floor"].median
         print(f"ratio moorage(haproxy) / floor: {moorage / floor:.2f}  (target <= 1.15)")

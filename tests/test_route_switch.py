@@ -33,7 +33,7 @@ def count_applies(router: TrafficRouter) -> list[Any]:
         calls.append(args)
         apply(*args)
 
-    router.backend.apply = counted  # type: ignore[method-assign]
+    router.backend.apply = counted  # type: ignore[method-assign,assignment]
     return calls
 
 
