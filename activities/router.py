@@ -353,11 +353,13 @@ class TrafficRouter:
             return False  # not running: the change starts it
         return all(live.get(n) == weight for n in wanted)
 
-    def _switch(self, key: str, add: dict[str, str], remove: list[str], weight: int) -> None:
+    def _switch(
+        self, route: RouteState, add: dict[str, str], remove: list[str], weight: int
+    ) -> None:
         """One change of a route: ``add`` servers go in (ready) before ``remove`` drain out."""
-        route = self.load().routes.get(key)
-        if not remove and route is not None and self._serving(route, add, weight):
+        if not remove and self._serving(route, add, weight):
             return
+        key = route.key
 
         def mutate(s: RouterState) -> dict[str, list[str]]:
             r = s.routes[key]
@@ -390,7 +392,7 @@ class TrafficRouter:
         if route is None:
             raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
         addresses = self._addresses(route, inp.containers)
-        self._switch(key, addresses, [], inp.weight)
+        self._switch(route, addresses, [], inp.weight)
         return list(addresses)
 
     @activity.defn(name="route_remove")
@@ -403,12 +405,12 @@ class TrafficRouter:
         Raises:
             ApplicationError: the proxy refused the change.
         """
-        key, route = self._route(inp.tenant, inp.project, inp.service)
+        _, route = self._route(inp.tenant, inp.project, inp.service)
         if route is None:
             return []
         present = self._routed(route, inp.containers)
         if present:
-            self._switch(key, {}, present, inp.weight)
+            self._switch(route, {}, present, inp.weight)
         return present
 
     @activity.defn(name="route_switch")
@@ -430,7 +432,7 @@ class TrafficRouter:
         if route is None:
             raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
         addresses = self._addresses(route, inp.add)
-        self._switch(key, addresses, self._routed(route, inp.remove), inp.weight)
+        self._switch(route, addresses, self._routed(route, inp.remove), inp.weight)
         return list(addresses)
 
     @activity.defn(name="route_weights")

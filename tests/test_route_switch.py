@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,29 @@ from tests.helpers import TENANT, start_web
 pytestmark = pytest.mark.integration
 
 WEB = "services:\n  web:\n    image: moorage-demo:v1\n    ports: ['80']\n"
+
+
+@contextmanager
+def web_route(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str, slots: list[int]
+) -> Iterator[tuple[TrafficRouter, str, list[str]]]:
+    """Replicas ``slots`` of the demo web service and a real proxy of ``kind`` with its route
+    (no server yet): yields the router, the route's URL and the container names."""
+    names = [i.container_name for i in start_web(docker_client, project, WEB, slots=slots)]
+    router = make_router(kind, tmp_path, docker_client)
+    try:
+        url = router.ensure_route(
+            RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
+        ).url
+        yield router, url, names
+    finally:
+        router.stop()
+
+
+def servers(project: str, *containers: str) -> RouteServersInput:
+    return RouteServersInput(
+        tenant=TENANT, project=project, service="web", containers=list(containers)
+    )
 
 
 def count_applies(router: TrafficRouter) -> list[Any]:
@@ -41,22 +66,16 @@ def count_applies(router: TrafficRouter) -> list[Any]:
 def test_a_switch_routes_the_new_replica_and_drains_the_old_in_one_change(
     docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
 ) -> None:
-    old, new = (i.container_name for i in start_web(docker_client, project, WEB, slots=[0, 1]))
-    router = make_router(kind, tmp_path, docker_client)
-    try:
-        url = router.ensure_route(
-            RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
-        ).url
-        router.route_add(
-            RouteServersInput(tenant=TENANT, project=project, service="web", containers=[old])
-        )
+    with web_route(docker_client, project, tmp_path, kind, [0, 1]) as (router, url, (old, new)):
+        router.route_add(servers(project, old))
         route = next(iter(router.load().routes.values()))
         assert router.backend.live_servers(route) == {old: 100}
         changes = count_applies(router)
-
-        routed = router.route_switch(
-            RouteSwitchInput(tenant=TENANT, project=project, service="web", add=[new], remove=[old])
+        switch = RouteSwitchInput(
+            tenant=TENANT, project=project, service="web", add=[new], remove=[old]
         )
+
+        routed = router.route_switch(switch)
 
         assert routed == [new]
         assert len(changes) == 1, "one proxy change (nginx: one reload, not two)"
@@ -66,12 +85,8 @@ def test_a_switch_routes_the_new_replica_and_drains_the_old_in_one_change(
         with urllib.request.urlopen(url + "version", timeout=5) as answer:
             assert answer.status == 200
         # A retry after the switch went through changes nothing.
-        router.route_switch(
-            RouteSwitchInput(tenant=TENANT, project=project, service="web", add=[new], remove=[old])
-        )
+        router.route_switch(switch)
         assert len(changes) == 1
-    finally:
-        router.stop()
 
 
 def test_re_adding_servers_nginx_already_routes_does_not_reload_it(
@@ -79,30 +94,22 @@ def test_re_adding_servers_nginx_already_routes_does_not_reload_it(
 ) -> None:
     """The undo of a switch nginx refused re-adds the old replicas, which never left: that must
     neither reload nginx nor need it to accept a new config."""
-    (web,) = (i.container_name for i in start_web(docker_client, project, WEB))
-    router = make_router("nginx", tmp_path, docker_client)
-    backend = router.backend
-    assert isinstance(backend, NginxBackend)
-    try:
-        router.ensure_route(
-            RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
-        )
-        servers = RouteServersInput(tenant=TENANT, project=project, service="web", containers=[web])
-        router.route_add(servers)
+    with web_route(docker_client, project, tmp_path, "nginx", [0]) as (router, _, (web,)):
+        backend = router.backend
+        assert isinstance(backend, NginxBackend)
+        routed = servers(project, web)
+        router.route_add(routed)
         config = backend.config.read_text()
         backend.extra_http = "this_is_not_a_directive on;"
         changes = count_applies(router)
 
-        assert router.route_add(servers) == [web]
+        assert router.route_add(routed) == [web]
 
         assert changes == []
         assert backend.config.read_text() == config
         # A real change still goes to nginx, which refuses it.
         with pytest.raises(Exception, match="this_is_not_a_directive"):
-            router.route_add(servers.model_copy(update={"weight": 50}))
-    finally:
-        backend.extra_http = ""
-        router.stop()
+            router.route_add(routed.model_copy(update={"weight": 50}))
 
 
 def get_all(url: str, times: int) -> list[int]:
@@ -124,17 +131,8 @@ def test_a_replica_that_dies_while_routed(
     (``proxy_next_upstream error``). HAProxy retries on the same server (no ``option
     redispatch``: it would fail requests while a restarting dockerd rewrites its port rules, see
     test_faults) until its check marks the server DOWN, within ~3 s; from then on, none fails."""
-    live, dead = (i.container_name for i in start_web(docker_client, project, WEB, slots=[0, 1]))
-    router = make_router(kind, tmp_path, docker_client)
-    try:
-        url = router.ensure_route(
-            RouteInput(tenant=TENANT, project=project, service="web", container_port="80/tcp")
-        ).url
-        router.route_add(
-            RouteServersInput(
-                tenant=TENANT, project=project, service="web", containers=[live, dead]
-            )
-        )
+    with web_route(docker_client, project, tmp_path, kind, [0, 1]) as (router, url, (live, dead)):
+        router.route_add(servers(project, live, dead))
         route = next(iter(router.load().routes.values()))
         docker_client.containers.get(dead).kill()
         if kind == "haproxy":
@@ -143,5 +141,3 @@ def test_a_replica_that_dies_while_routed(
                 time.sleep(0.1)
             assert router.backend.live_servers(route) == {live: 100}
         assert get_all(url, 40) == [200] * 40
-    finally:
-        router.stop()
