@@ -11,8 +11,12 @@ HEARTBEAT_EVERY_S = 2.0
 
 
 def heartbeat(*details: Any) -> None:
-    """Heartbeat when running as an activity; a no-op in direct calls (benchmarks, test cleanup)."""
-    if activity.in_activity():
+    """Heartbeat when running as an activity.
+
+    A no-op in direct calls (benchmarks, test cleanup) and in a local activity, which has no
+    heartbeat: it runs inside a workflow task that the worker keeps alive while it runs.
+    """
+    if activity.in_activity() and not activity.info().is_local:
         activity.heartbeat(*details)
 
 

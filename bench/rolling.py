@@ -80,10 +80,20 @@ class Wrk:
     ``result`` once the block ends: requests and failures (non-2xx answers + socket errors).
     """
 
+    rate: int | None = None
+    """Requests per second of all connections together (``--rate``); None: as many as wrk can."""
+
     def __init__(self, url: str, connections: int, keepalive: bool):
         self.args = ["wrk", "-c", str(connections), "-t", "2", "-d", "600s", "--timeout", "10s"]
         if not keepalive:
             self.args += ["-H", "Connection: close"]
+        self.script: tempfile._TemporaryFileWrapper[str] | None = None
+        if self.rate is not None:
+            # Each connection waits this long before each request: a steady rate, not a flood.
+            self.script = tempfile.NamedTemporaryFile("w", suffix=".lua")  # noqa: SIM115
+            self.script.write(f"function delay() return {1000 * connections // self.rate} end\n")
+            self.script.flush()
+            self.args += ["-s", self.script.name]
         self.args.append(url.rstrip("/") + "/version")
         self.requests = self.failed = 0
 
@@ -100,6 +110,8 @@ class Wrk:
         if found is None:
             raise RuntimeError(f"wrk printed no summary: {out}")
         self.requests = int(found.group(1))
+        if self.script is not None:
+            self.script.close()
         non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         sockets = re.search(
             r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
@@ -610,9 +622,10 @@ async def main(scenarios: list[str], repeat: int) -> None:
             "1s": "the image's HEALTHCHECK (every 1s)",
             "probe": "Moorage's HTTP probe every 100ms (Swarm: HEALTHCHECK every 100ms)",
         }.get(scenario, f"HEALTHCHECK every {scenario}")
+        pace = f"{Wrk.rate} requests/s" if Wrk.rate else "as fast as wrk can"
         print(
             f"\nrolling update, {REPLICAS} replicas, max_surge 1, max_unavailable 0, v1 -> v2, "
-            f"6 connections of load; health gate: {health}; median of {repeat} run(s)"
+            f"6 connections of load ({pace}); health gate: {health}; median of {repeat} run(s)"
         )
         print(
             f"{'run':58} {'wall s':>7} {'min-max':>11} {'failed':>7} {'requests':>9}"
@@ -643,7 +656,16 @@ if __name__ == "__main__":
         choices=sorted(SCENARIOS),
         help="health gate(s) to run (default: all)",
     )
+    parser.add_argument(
+        "--rate",
+        type=int,
+        help="requests per second of the load, all connections together (default: as many as "
+        "wrk can send, which keeps both cores busy)",
+    )
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat: at least 1")
+    if args.rate is not None and not 6 <= args.rate <= 6000:
+        parser.error("--rate: between 6 and 6000 requests per second")
+    Wrk.rate = args.rate
     asyncio.run(main(args.scenario or list(SCENARIOS), args.repeat))

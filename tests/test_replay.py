@@ -29,6 +29,15 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         # "rolling-switch-traffic") must still replay.
         "rolling-completed-before-switch",
         "rolling-rolled-back-before-switch",
+        # Every workflow started before quick steps ran as local activities (patch
+        # "local-quick-steps") must still replay.
+        "project-before-local",
+        "recreate-completed-before-local",
+        "recreate-cancelled-before-local",
+        "rolling-completed-before-local",
+        "rolling-rolled-back-before-local",
+        "bluegreen-completed-before-local",
+        "canary-completed-before-local",
         "recreate-cancelled",
         "bluegreen-completed",
         "canary-completed",

@@ -61,6 +61,32 @@ def activity_queue(activity_name: str) -> str | None:
     return None
 
 
+QUICK_STEPS = frozenset({"ensure_network", "ensure_route", "list_containers", "remove_containers"})
+"""Steps that only ask the engine or the proxy for one thing and never wait for a container.
+
+They run as local activities (see :func:`runs_local`): inside the workflow task, on the worker that
+runs the workflow, with no round trip through the Temporal server. A step that waits (start with an
+image pull, health, switch with its drain, stop with its grace period) stays an ordinary activity:
+it heartbeats, and a cancel, query or update is never held up behind it.
+"""
+
+LOCAL_QUICK_STEPS = "local-quick-steps"
+"""Patch: workflows that started before quick steps ran locally keep running them as activities."""
+
+
+def runs_local(activity_name: str) -> bool:
+    """Whether a step runs as a local activity.
+
+    Only a quick step, and only while it runs on the workflow's own task queue: once such a step
+    goes to a host's queue (:func:`activity_queue`), it is an ordinary activity again.
+    """
+    return (
+        activity_name in QUICK_STEPS
+        and activity_queue(activity_name) is None
+        and workflow.patched(LOCAL_QUICK_STEPS)
+    )
+
+
 async def call(
     activity_name: str,
     arg: BaseModel,
@@ -71,9 +97,23 @@ async def call(
 ) -> Any:
     """Run one activity by its pinned name, with Moorage's standard options.
 
+    A quick step runs as a local activity (:func:`runs_local`), with the same timeout and retries.
+
     Raises:
         ActivityError: the activity failed for good (its cause says why).
     """
+    # Cancel waits until the activity has stopped, so compensation never races a step that is
+    # still creating containers.
+    cancellation = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+    if runs_local(activity_name):
+        return await workflow.execute_local_activity(
+            activity_name,
+            arg,
+            start_to_close_timeout=start_to_close,
+            retry_policy=retry,
+            cancellation_type=cancellation,
+            result_type=result_type,
+        )
     return await workflow.execute_activity(
         activity_name,
         arg,
