@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,10 +13,13 @@ import pytest
 
 from activities.nginx import NginxBackend
 from activities.router import TrafficRouter, route_key
+from moorage import naming
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
 from tests.load import Load
+from workflows import steps
+from workflows.steps import QUICK_STEPS, runs_local
 
 pytestmark = pytest.mark.integration
 
@@ -251,3 +255,53 @@ async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
     assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
+
+
+async def test_quick_steps_run_as_local_activities_and_waiting_steps_do_not(
+    service: DeploymentService, project: str
+) -> None:
+    """Network, route, remove and list need no server round trip; the steps that wait do."""
+    await service.apply_project(TENANT, project, web("moorage-demo:v1", replicas=2))
+    first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
+    assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
+    await service.apply_project(TENANT, project, web("moorage-demo:v2", replicas=2))
+    dep = await service.deploy(TENANT, USER, project, ROLL)
+    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
+
+    history = await service.client.get_workflow_handle(
+        naming.deployment_workflow_id(TENANT, dep.id)
+    ).fetch_history()
+    remote = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    local = [
+        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
+            "activity_type"
+        ]
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    # Per replica: start, health, switch, stop as activities; its removal locally.
+    assert sorted(remote) == sorted(
+        ["start_service", "wait_healthy", "route_switch", "stop_containers"] * 2
+    )
+    assert sorted(local) == sorted(
+        [
+            "ensure_network",
+            "ensure_route",
+            "remove_containers",
+            "remove_containers",
+            "list_containers",
+        ]
+    )
+    assert set(local) == QUICK_STEPS
+
+
+def test_a_quick_step_sent_to_a_host_queue_is_an_ordinary_activity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not runs_local("start_service")  # it waits: never local
+    monkeypatch.setattr(steps, "activity_queue", lambda name: "moorage-host-b")
+    assert not any(runs_local(name) for name in QUICK_STEPS)
