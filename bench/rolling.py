@@ -634,15 +634,33 @@ async def main(scenarios: list[str], repeat: int) -> None:
         for key, r in rows.items():
             load = "" if key.startswith("swarm") else f"{r.failed:7d} {r.requests:9d}"
             print(f"{r.name:58} {r.median:7.2f} {r.spread():>11} {load} {r.cpu():>32}")
-        moorage = rows["haproxy-keep-alive"].median
-        floor = rows["floor"].median
-        print(f"ratio moorage(haproxy) / floor: {moorage / floor:.2f}  (target <= 1.15)")
+        moorage = rows["haproxy-keep-alive"]
+        print(
+            f"ratio moorage(haproxy) / floor: {moorage.median / rows['floor'].median:.2f}"
+            f"{paired(moorage, rows['floor'])}  (target <= 1.15)"
+        )
         for key, label in (("swarm-loaded", "same load"), ("swarm-idle", "idle machine")):
             if key in rows:
                 print(
                     f"ratio moorage(haproxy) / swarm ({label}): "
-                    f"{moorage / rows[key].median:.2f}  (target <= 0.5)"
+                    f"{moorage.median / rows[key].median:.2f}{paired(moorage, rows[key])}"
+                    "  (target <= 0.5)"
                 )
+
+
+def paired(a: Row, b: Row) -> str:
+    """The ratio a / b run by run (each repeat runs both minutes apart), as median and range.
+
+    This machine's speed drifts by ~15% over minutes; a ratio of runs made side by side is steadier
+    than a ratio of medians taken over the whole pass.
+    """
+    if len(a.walls) < 2 or len(a.walls) != len(b.walls):
+        return ""
+    ratios = [x / y for x, y in zip(a.walls, b.walls, strict=True)]
+    return (
+        f"; run by run: median {statistics.median(ratios):.2f}"
+        f" ({min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":
