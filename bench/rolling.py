@@ -649,7 +649,7 @@ async def main(scenarios: list[str], repeat: int) -> None:
 
 
 def paired(a: Row, b: Row) -> str:
-    """The ratio a / b run by run (each repeat runs both minutes apart), as median and range.
+    """The ratio a / b run by run (each repeat runs both within a minute), as median and range.
 
     This machine's speed drifts by ~15% over minutes; a ratio of runs made side by side is steadier
     than a ratio of medians taken over the whole pass.
