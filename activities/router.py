@@ -373,9 +373,20 @@ class TrafficRouter:
             heartbeat("draining")
         self._change(mutate)
 
-    def _route(self, tenant: str, project: str, service: str) -> tuple[str, RouteState | None]:
-        key = route_key(tenant, project, service)
-        return key, self.load().routes.get(key)
+    def _route(self, tenant: str, project: str, service: str) -> RouteState | None:
+        return self.load().routes.get(route_key(tenant, project, service))
+
+    def _existing_route(self, tenant: str, project: str, service: str) -> RouteState:
+        """The route, which must exist.
+
+        Raises:
+            ApplicationError: ``RouteMissing`` (non-retryable).
+        """
+        route = self._route(tenant, project, service)
+        if route is None:
+            key = route_key(tenant, project, service)
+            raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
+        return route
 
     @activity.defn(name="route_add")
     def route_add(self, inp: RouteServersInput) -> list[str]:
@@ -388,9 +399,7 @@ class TrafficRouter:
             ApplicationError: the route does not exist, a container is not running (retryable:
                 it may be restarting), or the proxy refused the change.
         """
-        key, route = self._route(inp.tenant, inp.project, inp.service)
-        if route is None:
-            raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
+        route = self._existing_route(inp.tenant, inp.project, inp.service)
         addresses = self._addresses(route, inp.containers)
         self._switch(route, addresses, [], inp.weight)
         return list(addresses)
@@ -405,7 +414,7 @@ class TrafficRouter:
         Raises:
             ApplicationError: the proxy refused the change.
         """
-        _, route = self._route(inp.tenant, inp.project, inp.service)
+        route = self._route(inp.tenant, inp.project, inp.service)
         if route is None:
             return []
         present = self._routed(route, inp.containers)
@@ -428,9 +437,7 @@ class TrafficRouter:
             ApplicationError: the route does not exist, a container to add is not running
                 (retryable), or the proxy refused the change.
         """
-        key, route = self._route(inp.tenant, inp.project, inp.service)
-        if route is None:
-            raise ApplicationError(f"no route {key}", type="RouteMissing", non_retryable=True)
+        route = self._existing_route(inp.tenant, inp.project, inp.service)
         addresses = self._addresses(route, inp.add)
         self._switch(route, addresses, self._routed(route, inp.remove), inp.weight)
         return list(addresses)

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import docker
 import docker.errors
@@ -87,7 +88,7 @@ class Wrk:
         self.args = ["wrk", "-c", str(connections), "-t", "2", "-d", "600s", "--timeout", "10s"]
         if not keepalive:
             self.args += ["-H", "Connection: close"]
-        self.script: tempfile._TemporaryFileWrapper[str] | None = None
+        self.script: IO[str] | None = None
         if self.rate is not None:
             # Each connection waits this long before each request: a steady rate, not a flood.
             self.script = tempfile.NamedTemporaryFile("w", suffix=".lua")  # noqa: SIM115
