@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from activities import heartbeat, paced_heartbeat
+from activities import heartbeat, paced_heartbeat, poll_pauses
 from activities.router import (
     ProxyBackend,
     ProxyUnavailable,
@@ -311,12 +311,13 @@ class HAProxyBackend(ProxyBackend):
         self._ok(f"set server {be}/{name} state drain")
         deadline = time.monotonic() + self.drain_timeout_s
         beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
+        pauses = poll_pauses()
         while time.monotonic() < deadline:
             row = self._stats(be).get(name)
             if row is None or int(row.get("scur") or 0) == 0:
                 break
             beat(f"draining {name}: {row.get('scur')} connections")
-            time.sleep(0.05)
+            time.sleep(next(pauses))
         heartbeat(f"deleting {name}")
         self._ok(f"set server {be}/{name} state maint")
         for _ in range(20):

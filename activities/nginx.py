@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from activities import paced_heartbeat
+from activities import paced_heartbeat, poll_pauses
 from activities.router import (
     ProxyBackend,
     ProxyUnavailable,
@@ -153,12 +153,13 @@ class NginxBackend(ProxyBackend):
         # The old workers finish their in-flight requests, then exit: that is the drain.
         deadline = time.monotonic() + self.drain_timeout_s
         beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
+        pauses = poll_pauses()
         while time.monotonic() < deadline:
             current = set(self._workers(master))
             if current and not (current & before):
                 return
             beat("draining: old nginx workers still finish requests")
-            time.sleep(0.05)
+            time.sleep(next(pauses))
 
     def configured_port(self, backend: str) -> int | None:
         """The ``listen`` port of the server block that follows the route's upstream."""
