@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import docker
+from temporalio.client import WorkflowHistory
 
 from activities.docker_executor import DockerExecutor
 from activities.inputs import StartServiceInput
@@ -119,3 +121,16 @@ def start_web(
             slots=slots or [0],
         )
     )
+
+
+def local_activity_markers(history: WorkflowHistory) -> list[dict[str, Any]]:
+    """What a history's local-activity markers record, in order (``activity_type``, ``attempt``…).
+
+    A local activity has no events of its own: the workflow task that ran it records a
+    ``core_local_activity`` marker with its result once the task completes.
+    """
+    return [
+        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]

@@ -4,7 +4,6 @@ mid-rollout, the worker killed while it switches traffic."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -24,7 +23,15 @@ from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventTyp
 from moorage.service import DeploymentService
 from moorage.settings import Settings
 from tests.conftest import temporal_binary
-from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
+from tests.helpers import (
+    TENANT,
+    USER,
+    labelled,
+    local_activity_markers,
+    routed,
+    wait_status,
+    wait_terminal,
+)
 from tests.load import Load
 from tests.test_worker_crash import start_worker
 from worker import build_router
@@ -231,6 +238,113 @@ async def test_worker_killed_while_switching_traffic(
         HAProxyBackend(router_dir).stop()
 
 
+class HoldingEngineProxy:
+    """The engine's API socket passed through a socket of the test's own, which can hold a request.
+
+    Armed, it holds the first ``DELETE /…/containers/…`` it sees: never forwarded, never answered,
+    its connection kept open. The caller in the worker waits for the answer as long as it lives.
+    """
+
+    def __init__(self, path: Path):
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if not host.startswith("unix://"):
+            pytest.fail(f"this test proxies the engine's unix socket; DOCKER_HOST={host}")
+        self.upstream = host.removeprefix("unix://")
+        self.path = path
+        self.armed = False
+        self.held = asyncio.Event()
+        self.held_request = b""
+
+    async def __aenter__(self) -> HoldingEngineProxy:
+        self.server = await asyncio.start_unix_server(self._connection, path=str(self.path))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _connection(
+        self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter
+    ) -> None:
+        engine, to_engine = await asyncio.open_unix_connection(self.upstream)
+
+        async def requests() -> None:
+            while data := await client.read(65536):
+                line = data.split(b"\r\n", 1)[0]
+                if self.armed and line.startswith(b"DELETE /") and b"/containers/" in line:
+                    self.armed = False
+                    self.held_request = line
+                    self.held.set()
+                    while await client.read(65536):  # hold it until the caller is gone
+                        pass
+                    break
+                to_engine.write(data)
+                await to_engine.drain()
+            to_engine.close()
+
+        async def answers() -> None:
+            while data := await engine.read(65536):
+                to_client.write(data)
+                await to_client.drain()
+            to_client.close()
+
+        await asyncio.gather(requests(), answers(), return_exceptions=True)
+
+
+async def test_worker_killed_inside_a_local_step(
+    temporal_client: Client, docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """A quick step runs as a local activity inside a workflow task: a worker killed while it
+    runs loses that task. Temporal gives the task to the next worker after its timeout, which
+    runs the step again (the removal of the first old replica, held at the engine's socket
+    until the kill: the step was in the middle of its engine call)."""
+    queue = f"moorage-kill-la-{uuid.uuid4().hex[:6]}"
+    router_dir = tmp_path / "router"
+    address = temporal_client.service_client.config.target_host
+    service = DeploymentService(temporal_client, Settings(task_queue=queue))
+    async with HoldingEngineProxy(tmp_path / "engine.sock") as proxy:
+        worker = await start_worker(address, queue, router_dir, docker_host=f"unix://{proxy.path}")
+        try:
+            await serve_v1(service, project)
+            old = {c.id: c.name for c in labelled(docker_client, project)}
+            await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+            proxy.armed = True
+            dep = await service.deploy(
+                TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE)
+            )
+            await asyncio.wait_for(proxy.held.wait(), 60)
+            held = [cid for cid in old if cid.encode() in proxy.held_request]
+            assert len(held) == 1, (proxy.held_request, old)  # the removal of an old replica
+            worker.send_signal(signal.SIGKILL)
+            assert await worker.wait() == -signal.SIGKILL
+            assert old[held[0]] in {c.name for c in labelled(docker_client, project)}
+            worker = await start_worker(address, queue, router_dir)
+            state = await wait_terminal(service, dep.id, timeout=120)
+            assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+            containers = labelled(docker_client, project)
+            assert len(containers) == 3
+            assert {c.labels["moorage.revision"] for c in containers} == {str(dep.revision)}
+            assert not set(old) & {c.id for c in containers}  # the held one too is gone
+            router = build_router(
+                Settings(router_dir=router_dir, route_ports="22000-22999"), docker_client
+            )
+            assert routed(router, project) == {c.name for c in containers}
+        finally:
+            if worker.returncode is None:
+                worker.terminate()
+                await worker.wait()
+            HAProxyBackend(router_dir).stop()
+    history = await service.client.get_workflow_handle(
+        naming.deployment_workflow_id(TENANT, dep.id)
+    ).fetch_history()
+    # The killed worker's task left no marker (its removal ran again in the next worker's task):
+    # one removal per replica, and the lost task timed out.
+    removals = [
+        m for m in local_activity_markers(history) if m["activity_type"] == "remove_containers"
+    ]
+    assert len(removals) == 3, removals
+    assert any(e.HasField("workflow_task_timed_out_event_attributes") for e in history.events)
+
+
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")
 ENSURE_ENGINE = Path(__file__).resolve().parent.parent / "scripts" / "ensure-engine.sh"
 
@@ -318,9 +432,7 @@ async def test_dockerd_restarted_mid_rollout(
         for e in history.events
         if e.HasField("activity_task_started_event_attributes")
     ] + [  # quick steps run as local activities: their attempts are in their markers
-        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)["attempt"]
-        for e in history.events
-        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+        m["attempt"] for m in local_activity_markers(history)
     ]
     assert max(attempts) > 1, attempts
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,15 @@ from activities.router import TrafficRouter, route_key
 from moorage import naming
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
-from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
+from tests.helpers import (
+    TENANT,
+    USER,
+    labelled,
+    local_activity_markers,
+    routed,
+    wait_status,
+    wait_terminal,
+)
 from tests.load import Load
 from workflows import steps
 from workflows.steps import QUICK_STEPS, runs_local
@@ -276,13 +283,7 @@ async def test_quick_steps_run_as_local_activities_and_waiting_steps_do_not(
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    local = [
-        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
-            "activity_type"
-        ]
-        for e in history.events
-        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
-    ]
+    local = [m["activity_type"] for m in local_activity_markers(history)]
     # Per replica: start, health, switch, stop as activities; its removal locally.
     assert sorted(remote) == sorted(
         ["start_service", "wait_healthy", "route_switch", "stop_containers"] * 2

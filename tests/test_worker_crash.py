@@ -32,7 +32,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def start_worker(address: str, queue: str, router_dir: Path) -> asyncio.subprocess.Process:
+async def start_worker(
+    address: str, queue: str, router_dir: Path, docker_host: str | None = None
+) -> asyncio.subprocess.Process:
+    """``worker.py`` in a process of its own; ``docker_host``: its engine (default: the tests')."""
     env = {
         **os.environ,
         "MOORAGE_TEMPORAL_ADDRESS": address,
@@ -42,6 +45,8 @@ async def start_worker(address: str, queue: str, router_dir: Path) -> asyncio.su
         # No ReconcileAll schedule from throwaway workers on the shared test server.
         "MOORAGE_RECONCILE_EVERY": "0",
     }
+    if docker_host is not None:
+        env["DOCKER_HOST"] = docker_host
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "worker.py"),
