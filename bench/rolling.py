@@ -380,25 +380,25 @@ def floor_run(
         return wall, load.failed, load.requests - load.failed, cpu
 
 
-def swarm_loaded_run(
+def swarm_loaded_runs(
     workdir: Path,
     client: docker.DockerClient,
     env: dict[str, str],
     health_interval: str | None,
-    monitor: str | None = None,
-) -> float | None:
-    """Swarm's rolling update while the same wrk load runs on this machine.
+    monitors: tuple[str | None, ...],
+) -> list[float | None]:
+    """Swarm's rolling update, once per ``--update-monitor`` value, while the same wrk load runs.
 
     Swarm's routing mesh does not work on this kernel, so the load cannot go through Swarm: it
     goes to a v1 stack behind HAProxy on the main engine instead (the floor's), which keeps the
-    machine as busy as during Moorage's run.
+    machine as busy as during Moorage's run. One stack and one load serve every run.
     """
     with (
         DirectStack(workdir, client, health_interval) as stack,
         Wrk(stack.url, connections=6, keepalive=True),
     ):
         time.sleep(0.5)
-        return swarm_run(env, health_interval, monitor)
+        return [swarm_run(env, health_interval, monitor) for monitor in monitors]
 
 
 NETNS = "moorage-bench-swarm"
@@ -626,13 +626,15 @@ async def main(scenarios: list[str], repeat: int) -> None:
                 row("floor", "floor: same steps, direct calls, no Temporal (haproxy)").add(
                     *await asyncio.to_thread(floor_run, workdir, client, meter, interval)
                 )
-                loaded = await asyncio.to_thread(
-                    swarm_loaded_run, workdir, client, swarm_env, interval
+                loaded, short = await asyncio.to_thread(
+                    swarm_loaded_runs,
+                    workdir,
+                    client,
+                    swarm_env,
+                    interval,
+                    (None, SWARM_SHORT_MONITOR),
                 )
                 idle = await asyncio.to_thread(swarm_run, swarm_env, interval)
-                short = await asyncio.to_thread(
-                    swarm_loaded_run, workdir, client, swarm_env, interval, SWARM_SHORT_MONITOR
-                )
                 if loaded is not None and idle is not None and short is not None:
                     row(
                         "swarm-loaded", "docker swarm service update, same load on the machine"
