@@ -30,6 +30,7 @@ from activities import HEARTBEAT_EVERY_S, heartbeat
 from activities.container_config import ResourceDefaults, ensure_volumes, host_options
 from activities.inputs import (
     ContainerSelector,
+    HealthWait,
     LabelledContainer,
     ListLabelledInput,
     NetworkInput,
@@ -439,19 +440,54 @@ class DockerExecutor:
                 unhealthy, is missing, or is not healthy in time; the last lines of its log are in
                 the message and the details.
         """
-        deadline = time.monotonic() + inp.delay_s
+        instances, _ = self._wait(inp.model_copy(update={"budget_s": None}))
+        assert instances is not None  # with no budget the wait ends healthy or raises
+        return instances
+
+    @activity.defn(name="wait_healthy_briefly")
+    def wait_healthy_briefly(self, inp: WaitHealthyInput) -> HealthWait:
+        """The first ``budget_s`` of :meth:`wait_healthy`: the same checks, then no verdict.
+
+        The health gate runs it as a local activity, inside the workflow task: most replicas are
+        ready within a second or two, and then no round trip through the Temporal server is
+        needed. Those that are not get the full wait, an ordinary activity, for the checks left.
+
+        Raises:
+            ApplicationError: as :meth:`wait_healthy`, when a container fails within the budget.
+        """
+        if inp.budget_s is None:
+            raise ApplicationError(
+                "wait_healthy_briefly needs budget_s", type="Invalid", non_retryable=True
+            )
+        instances, checks = self._wait(inp)
+        return HealthWait(instances=instances, checks=checks)
+
+    def _wait(self, inp: WaitHealthyInput) -> tuple[list[ServiceInstance] | None, int]:
+        """The delay, then the checks; (None, checks made) once ``budget_s`` is spent."""
+        start = time.monotonic()
+        until = None if inp.budget_s is None else start + inp.budget_s
+        deadline = start + inp.delay_s
         while time.monotonic() < deadline:
             heartbeat("delay")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         # Moorage's own probe may ask to be polled more often than the deployment's interval.
         pause = min(inp.interval_s, inp.probe.interval_s) if inp.probe else inp.interval_s
         with _StateChanges(self.api, inp.selector) as changes:
-            return self._checks(inp, changes, pause)
+            return self._checks(inp, changes, pause, until)
 
     def _checks(
-        self, inp: WaitHealthyInput, changes: _StateChanges, pause: float
-    ) -> list[ServiceInstance]:
-        """The checks of :meth:`wait_healthy`, ``pause`` apart (sooner on a state change)."""
+        self,
+        inp: WaitHealthyInput,
+        changes: _StateChanges,
+        pause: float,
+        until: float | None = None,
+    ) -> tuple[list[ServiceInstance] | None, int]:
+        """The checks of :meth:`wait_healthy`, ``pause`` apart (sooner on a state change).
+
+        Returns:
+            The instances once all count, with the number of checks made; (None, checks) when
+            ``until`` (a monotonic time) comes first.
+        """
         last: dict[str, str] = {}
         ready_since: dict[str, float] = {}
         # A replica must stay ready min_ready_s before it counts: allow the checks that takes.
@@ -479,8 +515,14 @@ class DockerExecutor:
                         ready_since.pop(name, None)
                     last[name] = seen
                 if counted == len(infos):
-                    return [_instance(i) for i in infos]
-            changes.wait(pause)
+                    return [_instance(i) for i in infos], attempt
+            if until is not None:
+                left = until - time.monotonic()
+                if left <= 0 or attempt == inp.retries + extra:
+                    return None, attempt
+                changes.wait(min(pause, left))
+            else:
+                changes.wait(pause)
         waiting = ", ".join(f"{n}: {s}" for n, s in last.items() if s not in ("healthy", "running"))
         infos = self._find(inp.selector)
         self._fail_health(
@@ -597,4 +639,5 @@ class DockerExecutor:
             self.remove_containers,
             self.list_containers,
             self.wait_healthy,
+            self.wait_healthy_briefly,
         ]

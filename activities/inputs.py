@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from moorage.compose import ProbeSpec, ServiceSpec
+from moorage.models import ServiceInstance
 
 
 class ContainerSelector(BaseModel):
@@ -59,6 +60,17 @@ class WaitHealthyInput(BaseModel):
     """Moorage's own probe; when set it decides readiness instead of Docker's health status."""
     min_ready_s: float = 0.0
     """A container counts only once it has been ready this long."""
+    budget_s: float | None = None
+    """``wait_healthy_briefly`` only: give up without a verdict after this long."""
+
+
+class HealthWait(BaseModel):
+    """What a brief health wait found within its budget."""
+
+    instances: list[ServiceInstance] | None
+    """The containers, all ready; None: not all ready yet (none failed either)."""
+    checks: int = Field(ge=0)
+    """How many checks it made (the full wait that follows makes the rest)."""
 
 
 class RouteInput(BaseModel):

@@ -143,3 +143,38 @@ def test_state_changes_without_an_engine_just_sleep() -> None:
         t0 = time.monotonic()
         assert not changes.wait(0.2)
         assert time.monotonic() - t0 >= 0.2
+
+
+def test_a_brief_health_wait_ends_without_a_verdict_when_its_budget_is_spent(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """The image's HEALTHCHECK first passes ~1 s after the start: not within a 0.3 s budget."""
+    inp = _start_one(docker_client, project, probed())
+    executor = DockerExecutor(docker_client)
+    t0 = time.monotonic()
+    brief = executor.wait_healthy_briefly(inp.model_copy(update={"budget_s": 0.3}))
+    assert brief.instances is None
+    assert brief.checks >= 1
+    assert time.monotonic() - t0 < 5  # the 30 s pause between checks was cut to the budget
+    later = executor.wait_healthy_briefly(inp.model_copy(update={"budget_s": 15}))
+    assert later.instances is not None
+    assert [i.health for i in later.instances] == ["healthy"]
+
+
+def test_a_brief_health_wait_fails_a_replica_that_dies_within_it(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    inp = _start_one(
+        docker_client, project, probed() + "    command: ['sh', '-c', 'sleep 1; exit 3']\n"
+    )
+    with pytest.raises(ApplicationError) as failed:
+        DockerExecutor(docker_client).wait_healthy_briefly(inp.model_copy(update={"budget_s": 10}))
+    assert failed.value.type == "HealthCheckFailed"
+    assert "exit code 3" in str(failed.value)
+
+
+def test_a_brief_health_wait_needs_a_budget(docker_client: docker.DockerClient) -> None:
+    inp = WaitHealthyInput(selector=ContainerSelector(tenant=TENANT, project="p"), expected=0)
+    with pytest.raises(ApplicationError) as refused:
+        DockerExecutor(docker_client).wait_healthy_briefly(inp)
+    assert refused.value.non_retryable

@@ -38,6 +38,14 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "rolling-rolled-back-before-local",
         "bluegreen-completed-before-local",
         "canary-completed-before-local",
+        # Every strategy's workflow started before the first seconds of the health gate and the
+        # router changes ran as local activities (patch "local-brief-steps") must still replay.
+        "recreate-completed-before-brief",
+        "recreate-cancelled-before-brief",
+        "rolling-completed-before-brief",
+        "rolling-rolled-back-before-brief",
+        "bluegreen-completed-before-brief",
+        "canary-completed-before-brief",
         "recreate-cancelled",
         "bluegreen-completed",
         "canary-completed",

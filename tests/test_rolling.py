@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.nginx import NginxBackend
 from activities.router import TrafficRouter, route_key
@@ -26,7 +30,7 @@ from tests.helpers import (
 )
 from tests.load import Load
 from workflows import steps
-from workflows.steps import QUICK_STEPS, runs_local
+from workflows.steps import BRIEF_STEPS, QUICK_STEPS, runs_local
 
 pytestmark = pytest.mark.integration
 
@@ -264,45 +268,99 @@ async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
     assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
 
 
-async def test_quick_steps_run_as_local_activities_and_waiting_steps_do_not(
-    service: DeploymentService, project: str
-) -> None:
-    """Network, route, remove and list need no server round trip; the steps that wait do."""
-    await service.apply_project(TENANT, project, web("moorage-demo:v1", replicas=2))
+async def roll_history(
+    service: DeploymentService, project: str, v1: str, v2: str
+) -> WorkflowHistory:
+    """Deploy ``v1``, roll to ``v2`` (both must complete); the roll's history."""
+    await service.apply_project(TENANT, project, v1)
     first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
     assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
-    await service.apply_project(TENANT, project, web("moorage-demo:v2", replicas=2))
+    await service.apply_project(TENANT, project, v2)
     dep = await service.deploy(TENANT, USER, project, ROLL)
-    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
-
-    history = await service.client.get_workflow_handle(
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    return await service.client.get_workflow_handle(
         naming.deployment_workflow_id(TENANT, dep.id)
     ).fetch_history()
-    remote = [
+
+
+def scheduled(history: WorkflowHistory) -> list[str]:
+    """The ordinary activities a history scheduled, in order."""
+    return [
         e.activity_task_scheduled_event_attributes.activity_type.name
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    local = [m["activity_type"] for m in local_activity_markers(history)]
-    # Per replica: start, health, switch, stop as activities; its removal locally.
-    assert sorted(remote) == sorted(
-        ["start_service", "wait_healthy", "route_switch", "stop_containers"] * 2
-    )
-    assert sorted(local) == sorted(
-        [
-            "ensure_network",
-            "ensure_route",
-            "remove_containers",
-            "remove_containers",
-            "list_containers",
+
+
+def brief_results(history: WorkflowHistory) -> list[dict[str, Any]]:
+    """What each ``wait_healthy_briefly`` (a local activity) returned."""
+    return [
+        pydantic_data_converter.payload_converter.from_payloads(
+            e.marker_recorded_event_attributes.details["result"].payloads, [dict]
+        )[0]
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+        and json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
+            "activity_type"
         ]
+        == "wait_healthy_briefly"
+    ]
+
+
+async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_do_not(
+    service: DeploymentService, project: str
+) -> None:
+    """Network, route, the first seconds of health, the switch, remove and list need no server
+    round trip; start and stop do (and the full health wait, for a replica not ready by then)."""
+    probe = "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 100ms}\n"
+    history = await roll_history(
+        service,
+        project,
+        web("moorage-demo:v1", replicas=2) + probe,
+        web("moorage-demo:v2", replicas=2) + probe,
     )
-    assert set(local) == QUICK_STEPS
+    remote = scheduled(history)
+    local = [m["activity_type"] for m in local_activity_markers(history)]
+    # Per replica: the health gate's first 2 s, the switch and the removal locally.
+    assert sorted(local) == sorted(
+        ["ensure_network", "ensure_route", "list_containers"]
+        + ["wait_healthy_briefly", "route_switch", "remove_containers"] * 2
+    )
+    assert set(local) == QUICK_STEPS | {"wait_healthy_briefly", "route_switch"}
+    # Start and stop as activities; a full health wait only after a brief one without a verdict.
+    briefs = brief_results(history)
+    assert len(briefs) == 2
+    assert all(b["checks"] >= 1 for b in briefs)
+    unready = sum(b["instances"] is None for b in briefs)
+    assert sorted(remote) == sorted(
+        ["start_service", "stop_containers"] * 2 + ["wait_healthy"] * unready
+    )
 
 
-def test_a_quick_step_sent_to_a_host_queue_is_an_ordinary_activity(
+async def test_a_replica_not_ready_within_the_brief_wait_gets_the_full_wait(
+    service: DeploymentService, project: str
+) -> None:
+    """The image's HEALTHCHECK first runs 3 s after the start: past the local wait's 2 s."""
+    slow = "    healthcheck:\n      interval: 3s\n"
+    history = await roll_history(
+        service,
+        project,
+        web("moorage-demo:v1", replicas=1) + slow,
+        web("moorage-demo:v2", replicas=1) + slow,
+    )
+    [brief] = brief_results(history)
+    assert brief["instances"] is None
+    assert brief["checks"] >= 1
+    remote = scheduled(history)
+    assert sorted(remote) == ["start_service", "stop_containers", "wait_healthy"]
+    # The full wait comes after the brief one and before the switch.
+    assert remote.index("wait_healthy") == 1
+
+
+def test_a_quick_or_brief_step_sent_to_a_host_queue_is_an_ordinary_activity(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert not runs_local("start_service")  # it waits: never local
     monkeypatch.setattr(steps, "activity_queue", lambda name: "moorage-host-b")
-    assert not any(runs_local(name) for name in QUICK_STEPS)
+    assert not any(runs_local(name) for name in QUICK_STEPS | BRIEF_STEPS)

@@ -20,6 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import (
         ContainerSelector,
+        HealthWait,
         RouteInput,
         RouteServersInput,
         RouteSwitchInput,
@@ -73,18 +74,39 @@ it heartbeats, and a cancel, query or update is never held up behind it.
 LOCAL_QUICK_STEPS = "local-quick-steps"
 """Patch: workflows that started before quick steps ran locally keep running them as activities."""
 
+BRIEF_STEPS = frozenset(
+    {"route_add", "route_remove", "route_switch", "route_weights", "wait_healthy_briefly"}
+)
+"""Steps that may wait, but only briefly and with a bound, so they also run as local activities.
+
+A router change waits for its drain: in-flight requests end, usually within milliseconds, and the
+router gives up after its drain timeout (10 s). ``wait_healthy_briefly`` is the first
+:data:`BRIEF_HEALTH_S` of a health gate. Run locally they save a round trip through the Temporal
+server each (a workflow task and an activity task): two per replica in a rolling update. While one
+runs, the workflow task waits for it: a query, a cancel or an update is answered after it, at
+worst ~10 s later (a drain held by a long request).
+"""
+
+LOCAL_BRIEF_STEPS = "local-brief-steps"
+"""Patch: workflows that started before brief steps ran locally keep running them as activities."""
+
+BRIEF_HEALTH_S = 2.0
+"""How long the health gate waits locally before it hands over to the full wait (an activity)."""
+
 
 def runs_local(activity_name: str) -> bool:
     """Whether a step runs as a local activity.
 
-    Only a quick step, and only while it runs on the workflow's own task queue: once such a step
-    goes to a host's queue (:func:`activity_queue`), it is an ordinary activity again.
+    Only a quick or a brief step, and only while it runs on the workflow's own task queue: once
+    such a step goes to a host's queue (:func:`activity_queue`), it is an ordinary activity again.
     """
-    return (
-        activity_name in QUICK_STEPS
-        and activity_queue(activity_name) is None
-        and workflow.patched(LOCAL_QUICK_STEPS)
-    )
+    if activity_queue(activity_name) is not None:
+        return False
+    if activity_name in QUICK_STEPS:
+        return workflow.patched(LOCAL_QUICK_STEPS)
+    if activity_name in BRIEF_STEPS:
+        return workflow.patched(LOCAL_BRIEF_STEPS)
+    return False
 
 
 async def call(
@@ -100,7 +122,8 @@ async def call(
     A quick step runs as a local activity (:func:`runs_local`), with the same timeout and retries.
 
     Raises:
-        ActivityError: the activity failed for good (its cause says why).
+        ActivityError: the activity failed for good (its cause says why). A local activity's
+            failure is raised as its cause itself (an ``ApplicationError``, unwrapped).
     """
     # Cancel waits until the activity has stopped, so compensation never races a step that is
     # still creating containers.
@@ -208,7 +231,23 @@ def health_timeout(inp: WaitHealthyInput) -> timedelta:
 
 
 async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
-    """Wait until the selected containers are healthy."""
+    """Wait until the selected containers are healthy.
+
+    When the wait may end within :data:`BRIEF_HEALTH_S` (its delay and ``min_ready_s`` are
+    shorter), its first :data:`BRIEF_HEALTH_S` run as a local activity; the full wait, an
+    ordinary activity, follows only if the containers are not ready by then, with the checks that
+    are left (a ``min_ready_s`` starts again there: stricter, never looser).
+    """
+    if inp.delay_s + inp.min_ready_s < BRIEF_HEALTH_S and runs_local("wait_healthy_briefly"):
+        brief: HealthWait = await call(
+            "wait_healthy_briefly",
+            inp.model_copy(update={"budget_s": BRIEF_HEALTH_S}),
+            start_to_close=timedelta(seconds=BRIEF_HEALTH_S + 60),
+            result_type=HealthWait,
+        )
+        if brief.instances is not None:
+            return brief.instances
+        inp = inp.model_copy(update={"delay_s": 0.0, "retries": max(1, inp.retries - brief.checks)})
     result: list[ServiceInstance] = await call(
         "wait_healthy", inp, start_to_close=health_timeout(inp), result_type=list[ServiceInstance]
     )
@@ -311,14 +350,16 @@ async def gate_healthy(
     """The health gate: wait until the service's replicas are healthy, with events either way.
 
     Raises:
-        ActivityError: the replicas did not get healthy (the event carries the container's log).
+        ActivityError: the replicas did not get healthy (the event carries the container's log);
+            an ``ApplicationError`` when the brief wait (a local activity) found that out.
     """
     dep = t.deployment
     expected = len(slots) if slots is not None else spec.replicas
     inp = health_input(dep.config, selector(dep, revision, spec.name, slots), expected, spec)
     try:
         instances = await wait_healthy(inp)
-    except ActivityError as err:
+    # A local activity's failure arrives as its cause, not wrapped in an ActivityError.
+    except (ActivityError, ApplicationError) as err:
         reason, details = failure_reason(err)
         t.event(
             EventType.HEALTH_CHECK_FAILED, reason, service=spec.name, revision=revision, **details
