@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from temporalio.client import WorkflowHistory
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities.docker_executor import DockerExecutor
 from activities.nginx import NginxBackend
 from activities.router import TrafficRouter, route_key
 from moorage import naming
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
+from moorage.settings import Settings
 from tests.helpers import (
     TENANT,
     USER,
@@ -29,6 +33,7 @@ from tests.helpers import (
     wait_terminal,
 )
 from tests.load import Load
+from worker import build_router, build_worker
 from workflows import steps
 from workflows.steps import BRIEF_STEPS, QUICK_STEPS, runs_local
 
@@ -364,3 +369,79 @@ def test_a_quick_or_brief_step_sent_to_a_host_queue_is_an_ordinary_activity(
     assert not runs_local("start_service")  # it waits: never local
     monkeypatch.setattr(steps, "activity_queue", lambda name: "moorage-host-b")
     assert not any(runs_local(name) for name in QUICK_STEPS | BRIEF_STEPS)
+
+
+async def test_a_drain_held_past_the_workflow_task_timeout_completes_and_answers_queries(
+    temporal_client: Client, docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """A client that stops reading a large answer holds the old replica's session, so the
+    switch's drain (a local activity) waits out a 14 s drain timeout: longer than the 10 s
+    workflow task timeout. The worker keeps its task alive meanwhile (no task times out, the
+    switch runs once), a query made during the drain is answered, the deployment completes."""
+    blob = tmp_path / "blob"
+    blob.mkdir()
+    (blob / "big.bin").write_bytes(b"\0" * (64 << 20))
+    queue = f"moorage-drain-{uuid.uuid4().hex[:6]}"
+    router = build_router(
+        Settings(router_dir=tmp_path / "router", route_ports="22600-22699", drain_timeout=14),
+        docker_client,
+    )
+    router.ensure_running()
+    service = DeploymentService(
+        temporal_client,
+        Settings(
+            task_queue=queue,
+            api_keys="",
+            tenant_policies=json.dumps({TENANT: {"bind_paths": [str(blob)]}}),
+        ),
+    )
+
+    def one(image: str) -> str:
+        return (
+            f"services:\n  web:\n    image: {image}\n    ports: ['80']\n"
+            f"    volumes: ['{blob}:/www/blob:ro']\n"
+            "    deploy:\n      replicas: 1\n    stop_grace_period: 1s\n"
+        )
+
+    try:
+        async with build_worker(temporal_client, queue, DockerExecutor(docker_client), router):
+            await service.apply_project(TENANT, project, one("moorage-demo:v1"))
+            first = await service.deploy(
+                TENANT, USER, project, ROLL.model_copy(update={"version": "v1"})
+            )
+            assert (await wait_terminal(service, first.id)).deployment.status == (
+                DeploymentStatus.COMPLETED
+            )
+            port = (await service.get_project(TENANT, project)).routes["web"].rsplit(":", 1)[1]
+            await service.apply_project(TENANT, project, one("moorage-demo:v2"))
+            with socket.create_connection(("127.0.0.1", int(port.strip("/"))), timeout=5) as held:
+                held.sendall(b"GET /blob/big.bin HTTP/1.0\r\n\r\n")
+                assert held.recv(1024).startswith(b"HTTP/1.")  # in flight; read no more
+                t0 = time.monotonic()
+                dep = await service.deploy(TENANT, USER, project, ROLL)
+                await wait_status(
+                    service,
+                    dep.id,
+                    lambda s: any(e.event_type == EventType.HEALTH_CHECK_PASSED for e in s.events),
+                    timeout=30,
+                )
+                await asyncio.sleep(3)  # the switch is draining by now
+                q0 = time.monotonic()
+                during = await service.get_state(TENANT, dep.id)
+                query_s = time.monotonic() - q0
+                state = await wait_terminal(service, dep.id, timeout=90)
+                took = time.monotonic() - t0
+    finally:
+        router.stop()
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert took >= 12, f"the held request should hold the drain for ~14 s; took {took:.1f} s"
+    assert during.deployment.status == DeploymentStatus.IN_PROGRESS
+    assert query_s < 10, f"a query during the drain waited {query_s:.1f} s"
+    history = await temporal_client.get_workflow_handle(
+        naming.deployment_workflow_id(TENANT, dep.id)
+    ).fetch_history()
+    kinds = {e.WhichOneof("attributes") for e in history.events}
+    assert "workflow_task_timed_out_event_attributes" not in kinds
+    assert "workflow_task_failed_event_attributes" not in kinds
+    switches = [m for m in local_activity_markers(history) if m["activity_type"] == "route_switch"]
+    assert [m["attempt"] for m in switches] == [1]
