@@ -66,9 +66,10 @@ QUICK_STEPS = frozenset({"ensure_network", "ensure_route", "list_containers", "r
 """Steps that only ask the engine or the proxy for one thing and never wait for a container.
 
 They run as local activities (see :func:`runs_local`): inside the workflow task, on the worker that
-runs the workflow, with no round trip through the Temporal server. A step that waits (start with an
-image pull, health, switch with its drain, stop with its grace period) stays an ordinary activity:
-it heartbeats, and a cancel, query or update is never held up behind it.
+runs the workflow, with no round trip through the Temporal server. A step that may wait long (start
+with an image pull, the full health wait, stop with its grace period) stays an ordinary activity:
+it heartbeats, and a cancel, query or update is never held up behind it. Brief steps
+(:data:`BRIEF_STEPS`) wait, but briefly and with a bound.
 """
 
 LOCAL_QUICK_STEPS = "local-quick-steps"
@@ -83,8 +84,9 @@ A router change waits for its drain: in-flight requests end, usually within mill
 router gives up after its drain timeout (10 s). ``wait_healthy_briefly`` is the first
 :data:`BRIEF_HEALTH_S` of a health gate. Run locally they save a round trip through the Temporal
 server each (a workflow task and an activity task): two per replica in a rolling update. While one
-runs, the workflow task waits for it: a query, a cancel or an update is answered after it, at
-worst ~10 s later (a drain held by a long request).
+runs, the workflow task waits for it, and so does a query, a cancel or an update: up to 2 s behind
+the health wait, as long as the drain behind a router change. A drain that outlasts the workflow
+task timeout (10 s) keeps the task alive: the worker answers queries at its heartbeats (~8 s).
 """
 
 LOCAL_BRIEF_STEPS = "local-brief-steps"
@@ -119,7 +121,8 @@ async def call(
 ) -> Any:
     """Run one activity by its pinned name, with Moorage's standard options.
 
-    A quick step runs as a local activity (:func:`runs_local`), with the same timeout and retries.
+    A quick or brief step runs as a local activity (:func:`runs_local`), with the same timeout and
+    retries.
 
     Raises:
         ActivityError: the activity failed for good (its cause says why). A local activity's
