@@ -440,7 +440,7 @@ class DockerExecutor:
                 unhealthy, is missing, or is not healthy in time; the last lines of its log are in
                 the message and the details.
         """
-        instances, _ = self._wait(inp.model_copy(update={"budget_s": None}))
+        instances, _ = self._wait(inp, None)
         assert instances is not None  # with no budget the wait ends healthy or raises
         return instances
 
@@ -459,13 +459,15 @@ class DockerExecutor:
             raise ApplicationError(
                 "wait_healthy_briefly needs budget_s", type="Invalid", non_retryable=True
             )
-        instances, checks = self._wait(inp)
+        instances, checks = self._wait(inp, inp.budget_s)
         return HealthWait(instances=instances, checks=checks)
 
-    def _wait(self, inp: WaitHealthyInput) -> tuple[list[ServiceInstance] | None, int]:
+    def _wait(
+        self, inp: WaitHealthyInput, budget_s: float | None
+    ) -> tuple[list[ServiceInstance] | None, int]:
         """The delay, then the checks; (None, checks made) once ``budget_s`` is spent."""
         start = time.monotonic()
-        until = None if inp.budget_s is None else start + inp.budget_s
+        until = None if budget_s is None else start + budget_s
         deadline = start + inp.delay_s
         while time.monotonic() < deadline:
             heartbeat("delay")

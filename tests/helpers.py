@@ -124,13 +124,19 @@ def start_web(
 
 
 def local_activity_markers(history: WorkflowHistory) -> list[dict[str, Any]]:
-    """What a history's local-activity markers record, in order (``activity_type``, ``attempt``…).
+    """What a history's local-activity markers record, in order (``activity_type``, ``attempt``…,
+    and ``result``: what it returned, as JSON, None when it failed).
 
     A local activity has no events of its own: the workflow task that ran it records a
     ``core_local_activity`` marker with its result once the task completes.
     """
-    return [
-        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)
-        for e in history.events
-        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
-    ]
+    markers = []
+    for e in history.events:
+        marker = e.marker_recorded_event_attributes
+        if marker.marker_name != "core_local_activity":
+            continue
+        found = json.loads(marker.details["data"].payloads[0].data)
+        result = marker.details["result"].payloads if "result" in marker.details else []
+        found["result"] = json.loads(result[0].data) if result else None
+        markers.append(found)
+    return markers

@@ -14,7 +14,6 @@ from typing import Any
 import docker
 import pytest
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.docker_executor import DockerExecutor
 from activities.nginx import NginxBackend
@@ -274,13 +273,14 @@ async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
 
 
 async def roll_history(
-    service: DeploymentService, project: str, v1: str, v2: str
+    service: DeploymentService, project: str, replicas: int, extra: str
 ) -> WorkflowHistory:
-    """Deploy ``v1``, roll to ``v2`` (both must complete); the roll's history."""
-    await service.apply_project(TENANT, project, v1)
+    """Deploy v1, roll to v2 (``replicas`` of each, ``extra`` Compose lines for the service; both
+    must complete); the roll's history."""
+    await service.apply_project(TENANT, project, web("moorage-demo:v1", replicas) + extra)
     first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
     assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
-    await service.apply_project(TENANT, project, v2)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2", replicas) + extra)
     dep = await service.deploy(TENANT, USER, project, ROLL)
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
@@ -301,15 +301,9 @@ def scheduled(history: WorkflowHistory) -> list[str]:
 def brief_results(history: WorkflowHistory) -> list[dict[str, Any]]:
     """What each ``wait_healthy_briefly`` (a local activity) returned."""
     return [
-        pydantic_data_converter.payload_converter.from_payloads(
-            e.marker_recorded_event_attributes.details["result"].payloads, [dict]
-        )[0]
-        for e in history.events
-        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
-        and json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
-            "activity_type"
-        ]
-        == "wait_healthy_briefly"
+        m["result"]
+        for m in local_activity_markers(history)
+        if m["activity_type"] == "wait_healthy_briefly"
     ]
 
 
@@ -319,12 +313,7 @@ async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_d
     """Network, route, the first seconds of health, the switch, remove and list need no server
     round trip; start and stop do (and the full health wait, for a replica not ready by then)."""
     probe = "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 100ms}\n"
-    history = await roll_history(
-        service,
-        project,
-        web("moorage-demo:v1", replicas=2) + probe,
-        web("moorage-demo:v2", replicas=2) + probe,
-    )
+    history = await roll_history(service, project, 2, probe)
     remote = scheduled(history)
     local = [m["activity_type"] for m in local_activity_markers(history)]
     # Per replica: the health gate's first 2 s, the switch and the removal locally.
@@ -348,12 +337,7 @@ async def test_a_replica_not_ready_within_the_brief_wait_gets_the_full_wait(
 ) -> None:
     """The image's HEALTHCHECK first runs 3 s after the start: past the local wait's 2 s."""
     slow = "    healthcheck:\n      interval: 3s\n"
-    history = await roll_history(
-        service,
-        project,
-        web("moorage-demo:v1", replicas=1) + slow,
-        web("moorage-demo:v2", replicas=1) + slow,
-    )
+    history = await roll_history(service, project, 1, slow)
     [brief] = brief_results(history)
     assert brief["instances"] is None
     assert brief["checks"] >= 1
