@@ -349,11 +349,10 @@ class DirectStack:
         )
 
     def retire(self, rev: int, slots: list[int]) -> None:
-        """Stop drained replicas, remove them."""
+        """Stop drained replicas and remove them: one step, as the workflow's."""
         self.executor.stop_containers(
-            StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5)
+            StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5, remove=True)
         )
-        self.executor.remove_containers(self._selector(rev, slots))
 
 
 def floor_run(
