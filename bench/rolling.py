@@ -349,10 +349,11 @@ class DirectStack:
         )
 
     def retire(self, rev: int, slots: list[int]) -> None:
-        """Stop drained replicas and remove them: one step, as the workflow's."""
+        """Stop drained replicas, remove them."""
         self.executor.stop_containers(
-            StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5, remove=True)
+            StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5)
         )
+        self.executor.remove_containers(self._selector(rev, slots))
 
 
 def floor_run(
