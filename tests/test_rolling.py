@@ -358,7 +358,7 @@ def after_first_stop(history: WorkflowHistory) -> list[str]:
     )
     kinds = []
     for e in events[first + 1 :]:
-        kind = str(e.WhichOneof("attributes")).removesuffix("_event_attributes")
+        kind = e.WhichOneof("attributes").removesuffix("_event_attributes")
         if kind in ("workflow_task_scheduled", "workflow_task_started"):
             continue
         kinds.append(kind)
