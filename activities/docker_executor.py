@@ -384,9 +384,6 @@ class DockerExecutor:
     def stop_containers(self, inp: StopContainersInput) -> list[str]:
         """Stop the selected containers (in parallel), each within the grace period.
 
-        With ``remove``, each is removed once it has stopped, and so is every selected container
-        that had already exited.
-
         Returns:
             The names of the containers that were running and are now stopped.
 
@@ -394,17 +391,13 @@ class DockerExecutor:
             ApplicationError: a retryable engine error.
         """
         with _classified("stop"):
-            found = self._find(inp.selector)
-            infos = [i for i in found if i["State"]["Running"]]
+            infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
 
             def stop(info: dict[str, Any]) -> None:
-                if info["State"]["Running"]:
-                    with suppress(docker.errors.NotFound):
-                        self.api.stop(info["Id"], timeout=max(0, int(inp.grace_period_s)))
-                if inp.remove:
-                    self._remove(str(info["Id"]))
+                with suppress(docker.errors.NotFound):
+                    self.api.stop(info["Id"], timeout=max(0, int(inp.grace_period_s)))
 
-            self._parallel(stop, found if inp.remove else infos)
+            self._parallel(stop, infos)
             return [str(i["Name"]).lstrip("/") for i in infos]
 
     @activity.defn(name="remove_containers")

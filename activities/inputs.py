@@ -45,8 +45,6 @@ class StopContainersInput(BaseModel):
 
     selector: ContainerSelector
     grace_period_s: float = 10.0
-    remove: bool = False
-    """Then remove them, and any selected container that had already exited: one step for both."""
 
 
 class WaitHealthyInput(BaseModel):

@@ -51,30 +51,6 @@ def test_a_stop_that_waits_out_the_grace_period_keeps_heartbeating(
     assert max(gaps) <= HEARTBEAT_EVERY_S + 1, gaps
 
 
-def test_a_stop_with_remove_removes_the_stopped_and_the_already_exited(
-    docker_client: docker.DockerClient, project: str
-) -> None:
-    """A roll retires an old replica in one step: stop within the grace, then remove. A replica
-    that had already exited is removed too, but it was not running, so it is not named stopped."""
-    web = "services:\n  web:\n    image: moorage-demo:v1\n"
-    running, exited = start_web(docker_client, project, web, slots=[0, 1])
-    docker_client.api.kill(exited.container_id)
-    docker_client.api.wait(exited.container_id, timeout=10)
-    selector = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
-    stopped = ActivityEnvironment().run(
-        DockerExecutor(docker_client).stop_containers,
-        StopContainersInput(selector=selector, grace_period_s=5, remove=True),
-    )
-    assert stopped == [running.container_name]
-    assert labelled(docker_client, project) == []
-    # Run again (a retried attempt): nothing is left to stop or remove, and that is no error.
-    again = ActivityEnvironment().run(
-        DockerExecutor(docker_client).stop_containers,
-        StopContainersInput(selector=selector, grace_period_s=5, remove=True),
-    )
-    assert again == []
-
-
 def test_a_network_whose_name_extends_this_one_is_not_taken_for_it(
     docker_client: docker.DockerClient, project: str
 ) -> None:

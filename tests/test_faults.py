@@ -295,8 +295,8 @@ async def test_worker_killed_inside_a_local_step(
 ) -> None:
     """A quick step runs as a local activity inside a workflow task: a worker killed while it
     runs loses that task. Temporal gives the task to the next worker after its timeout, which
-    runs the step again (a recreate's removal of the old replicas, one of them held at the
-    engine's socket until the kill: the step was in the middle of its engine calls)."""
+    runs the step again (the removal of the first old replica, held at the engine's socket
+    until the kill: the step was in the middle of its engine call)."""
     queue = f"moorage-kill-la-{uuid.uuid4().hex[:6]}"
     router_dir = tmp_path / "router"
     address = temporal_client.service_client.config.target_host
@@ -309,7 +309,7 @@ async def test_worker_killed_inside_a_local_step(
             await service.apply_project(TENANT, project, web("moorage-demo:v2"))
             proxy.armed = True
             dep = await service.deploy(
-                TENANT, USER, project, DeployRequest(strategy=Strategy.RECREATE)
+                TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE)
             )
             await asyncio.wait_for(proxy.held.wait(), 60)
             held = [cid for cid in old if cid.encode() in proxy.held_request]
@@ -337,11 +337,11 @@ async def test_worker_killed_inside_a_local_step(
         naming.deployment_workflow_id(TENANT, dep.id)
     ).fetch_history()
     # The killed worker's task left no marker (its removal ran again in the next worker's task):
-    # one removal step, and the lost task timed out.
+    # one removal per replica, and the lost task timed out.
     removals = [
         m for m in local_activity_markers(history) if m["activity_type"] == "remove_containers"
     ]
-    assert len(removals) == 1, removals
+    assert len(removals) == 3, removals
     assert any(e.HasField("workflow_task_timed_out_event_attributes") for e in history.events)
 
 

@@ -46,11 +46,6 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "rolling-rolled-back-before-brief",
         "bluegreen-completed-before-brief",
         "canary-completed-before-brief",
-        # Rolls (and canaries) started before an old replica's stop also removed it (patch
-        # "retire-in-one-step") must still replay.
-        "rolling-completed-before-retire",
-        "rolling-rolled-back-before-retire",
-        "canary-completed-before-retire",
         "recreate-cancelled",
         "bluegreen-completed",
         "canary-completed",

@@ -308,25 +308,20 @@ def brief_results(history: WorkflowHistory) -> list[dict[str, Any]]:
 
 
 async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_do_not(
-    service: DeploymentService, docker_client: docker.DockerClient, project: str
+    service: DeploymentService, project: str
 ) -> None:
-    """Network, route, the first seconds of health, the switch and list need no server round
-    trip; start and stop do (and the full health wait, for a replica not ready by then). The stop
-    also removes the old replica: no step of its own, no workflow task between it and the next
-    start."""
+    """Network, route, the first seconds of health, the switch, remove and list need no server
+    round trip; start and stop do (and the full health wait, for a replica not ready by then)."""
     probe = "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 100ms}\n"
     history = await roll_history(service, project, 2, probe)
     remote = scheduled(history)
     local = [m["activity_type"] for m in local_activity_markers(history)]
-    # Per replica: the health gate's first 2 s and the switch locally.
+    # Per replica: the health gate's first 2 s, the switch and the removal locally.
     assert sorted(local) == sorted(
         ["ensure_network", "ensure_route", "list_containers"]
-        + ["wait_healthy_briefly", "route_switch"] * 2
+        + ["wait_healthy_briefly", "route_switch", "remove_containers"] * 2
     )
-    assert set(local) == QUICK_STEPS - {"remove_containers"} | {
-        "wait_healthy_briefly",
-        "route_switch",
-    }
+    assert set(local) == QUICK_STEPS | {"wait_healthy_briefly", "route_switch"}
     # Start and stop as activities; a full health wait only after a brief one without a verdict.
     briefs = brief_results(history)
     assert len(briefs) == 2
@@ -335,37 +330,6 @@ async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_d
     assert sorted(remote) == sorted(
         ["start_service", "stop_containers"] * 2 + ["wait_healthy"] * unready
     )
-    # The first old replica's stop is answered by the workflow task that starts the next replica.
-    assert after_first_stop(history) == ["workflow_task_completed", "activity_task_scheduled"]
-    containers = labelled(docker_client, project)
-    assert len(containers) == 2
-    assert {c.labels["moorage.revision"] for c in containers} == {"2"}
-
-
-def after_first_stop(history: WorkflowHistory) -> list[str]:
-    """The events from the first stop's completion up to the next activity scheduled (that one
-    included, a start), leaving out the task's scheduled and started events."""
-    events = list(history.events)
-    stops = {
-        e.event_id
-        for e in events
-        if e.activity_task_scheduled_event_attributes.activity_type.name == "stop_containers"
-    }
-    first = next(
-        i
-        for i, e in enumerate(events)
-        if e.activity_task_completed_event_attributes.scheduled_event_id in stops
-    )
-    kinds = []
-    for e in events[first + 1 :]:
-        kind = e.WhichOneof("attributes").removesuffix("_event_attributes")
-        if kind in ("workflow_task_scheduled", "workflow_task_started"):
-            continue
-        kinds.append(kind)
-        if kind == "activity_task_scheduled":
-            assert e.activity_task_scheduled_event_attributes.activity_type.name == "start_service"
-            return kinds
-    raise AssertionError("no activity after the first stop")
 
 
 async def test_a_replica_not_ready_within_the_brief_wait_gets_the_full_wait(

@@ -92,13 +92,6 @@ task timeout (10 s) keeps the task alive: the worker answers queries at its hear
 LOCAL_BRIEF_STEPS = "local-brief-steps"
 """Patch: workflows that started before brief steps ran locally keep running them as activities."""
 
-RETIRE_IN_ONE_STEP = "retire-in-one-step"
-"""Patch: old replicas taken out of a roll are stopped and removed by one activity.
-
-Before, the removal was a step of its own (a local activity) after the stop: a workflow task
-between a replica's stop and the next batch's start, 25-40 ms more than the removal itself.
-"""
-
 BRIEF_HEALTH_S = 2.0
 """How long the health gate waits locally before it hands over to the full wait (an activity)."""
 
@@ -264,13 +257,11 @@ async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
     return result
 
 
-async def stop_containers(
-    sel: ContainerSelector, grace_s: float, remove: bool = False
-) -> list[str]:
-    """Stop the selected containers within ``grace_s``; with ``remove``, remove them too."""
+async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
+    """Stop the selected containers within ``grace_s``."""
     result: list[str] = await call(
         "stop_containers",
-        StopContainersInput(selector=sel, grace_period_s=grace_s, remove=remove),
+        StopContainersInput(selector=sel, grace_period_s=grace_s),
         start_to_close=timedelta(seconds=grace_s + 120),
         result_type=list[str],
     )
@@ -564,12 +555,10 @@ async def take_out(
         await switch_traffic(dep, old, ref_revision, slots, routed_in)
     else:
         await route_remove(dep, old, ref_revision, slots)
-    retiring = selector(dep, ref_revision, old.name, slots)
-    if workflow.patched(RETIRE_IN_ONE_STEP):
-        stopped = await stop_containers(retiring, old.stop_grace_period_s, remove=True)
-    else:
-        stopped = await stop_containers(retiring, old.stop_grace_period_s)
-        await remove_containers(retiring)
+    stopped = await stop_containers(
+        selector(dep, ref_revision, old.name, slots), old.stop_grace_period_s
+    )
+    await remove_containers(selector(dep, ref_revision, old.name, slots))
     t.event(
         EventType.SERVICE_STOPPED,
         f"{old.name} replicas {slots} (revision {ref_revision}) drained, stopped and removed",
