@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import operator
 import os
 import re
 import shutil
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -671,6 +672,7 @@ async def main(scenarios: list[str], repeat: int) -> None:
             f"ratio moorage(haproxy) / floor: {moorage.median / rows['floor'].median:.2f}"
             f"{paired(moorage, rows['floor'])}  (target <= 1.15)"
         )
+        print(f"moorage(haproxy) - floor: {overhead(moorage, rows['floor'])}  (no target)")
         for key, label, target in (
             ("swarm-loaded", "same load", "  (target <= 0.5)"),
             ("swarm-idle", "idle machine", "  (target <= 0.5)"),
@@ -689,15 +691,38 @@ async def main(scenarios: list[str], repeat: int) -> None:
             )
 
 
+def run_by_run(a: Row, b: Row, op: Callable[[float, float], float]) -> list[float]:
+    """``op`` of each repeat's two runs (a's, b's); none unless both have the same repeats (2+)."""
+    if len(a.walls) < 2 or len(a.walls) != len(b.walls):
+        return []
+    return [op(x, y) for x, y in zip(a.walls, b.walls, strict=True)]
+
+
+def overhead(a: Row, b: Row) -> str:
+    """What ``a`` adds to ``b`` in seconds: the medians' difference, and run by run.
+
+    The time an orchestrator adds is mostly fixed per roll, so under a light load, where the floor
+    is short, it weighs more in the ratio than under a heavy one: the difference shows it whole.
+    """
+    diffs = run_by_run(a, b, operator.sub)
+    text = f"{a.median - b.median:+.2f} s"
+    if diffs:
+        text += (
+            f"; run by run: median {statistics.median(diffs):+.2f} s"
+            f" ({min(diffs):+.2f} to {max(diffs):+.2f})"
+        )
+    return text
+
+
 def paired(a: Row, b: Row) -> str:
     """The ratio a / b run by run (each repeat runs both within a minute), as median and range.
 
     This machine's speed drifts by ~15% over minutes; a ratio of runs made side by side is steadier
     than a ratio of medians taken over the whole pass.
     """
-    if len(a.walls) < 2 or len(a.walls) != len(b.walls):
+    ratios = run_by_run(a, b, operator.truediv)
+    if not ratios:
         return ""
-    ratios = [x / y for x, y in zip(a.walls, b.walls, strict=True)]
     return (
         f"; run by run: median {statistics.median(ratios):.2f}"
         f" ({min(ratios):.2f}-{max(ratios):.2f})"
