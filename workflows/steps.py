@@ -147,9 +147,7 @@ async def call(
         start_to_close_timeout=start_to_close,
         heartbeat_timeout=HEARTBEAT,
         retry_policy=retry,
-        # Cancel waits until the activity has stopped, so compensation never races a step that
-        # is still creating containers.
-        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        cancellation_type=cancellation,
         result_type=result_type,
     )
 
