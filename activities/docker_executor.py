@@ -36,6 +36,7 @@ from activities.inputs import (
     NetworkInput,
     StartServiceInput,
     StopContainersInput,
+    StopWait,
     WaitHealthyInput,
 )
 from activities.probes import probe
@@ -50,6 +51,14 @@ LOG_TAIL_LINES = 20
 """Lines of a failed container's log carried into the failure and its event."""
 
 NANOS = 1_000_000_000
+
+KILL_WAIT_S = 30.0
+"""How long a stop waits for a container to exit after SIGKILL before it fails (retryable)."""
+
+
+def _name(info: dict[str, Any]) -> str:
+    """A container's name from its inspect result."""
+    return str(info["Name"]).lstrip("/")
 
 
 @contextmanager
@@ -147,7 +156,7 @@ def _instance(info: dict[str, Any]) -> ServiceInstance:
     health = state.get("Health")
     return ServiceInstance(
         container_id=info["Id"][:12],
-        container_name=info["Name"].lstrip("/"),
+        container_name=_name(info),
         service_name=labels.get(naming.LABEL_SERVICE, ""),
         revision=int(labels.get(naming.LABEL_REVISION, "0")),
         slot=int(labels.get(naming.LABEL_SLOT, "0")),
@@ -384,21 +393,101 @@ class DockerExecutor:
     def stop_containers(self, inp: StopContainersInput) -> list[str]:
         """Stop the selected containers (in parallel), each within the grace period.
 
+        As ``docker stop``: the stop signal, the grace period, then SIGKILL. With ``signalled``
+        (after :meth:`stop_containers_briefly`), no second signal: the rest of the grace period,
+        then SIGKILL.
+
         Returns:
             The names of the containers that were running and are now stopped.
 
         Raises:
-            ApplicationError: a retryable engine error.
+            ApplicationError: a retryable engine error, or a container still running after
+                SIGKILL (retryable).
         """
+        grace = max(0.0, inp.grace_period_s)
         with _classified("stop"):
             infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
 
             def stop(info: dict[str, Any]) -> None:
                 with suppress(docker.errors.NotFound):
-                    self.api.stop(info["Id"], timeout=max(0, int(inp.grace_period_s)))
+                    if not inp.signalled:
+                        self.api.stop(info["Id"], timeout=int(grace))
+                    elif not self._exited_within(info["Id"], grace):
+                        self._kill(info["Id"], "SIGKILL")
+                        if not self._exited_within(info["Id"], KILL_WAIT_S):
+                            raise ApplicationError(
+                                f"container {_name(info)} still runs {KILL_WAIT_S:g} s after "
+                                "SIGKILL"
+                            )
 
             self._parallel(stop, infos)
-            return [str(i["Name"]).lstrip("/") for i in infos]
+            return [_name(i) for i in infos]
+
+    @activity.defn(name="stop_containers_briefly")
+    def stop_containers_briefly(self, inp: StopContainersInput) -> StopWait:
+        """The first ``budget_s`` of :meth:`stop_containers`: the stop signal, then a bounded wait.
+
+        A stop runs it as a local activity, inside the workflow task: most programs exit within
+        milliseconds of their stop signal, and then no round trip through the Temporal server is
+        needed. A container still running when the budget runs out is left as it is (signalled,
+        never killed here): the full stop, an ordinary activity with ``signalled``, waits out the
+        rest of the grace period. A retried attempt signals again.
+
+        Raises:
+            ApplicationError: a retryable engine error.
+        """
+        if inp.budget_s is None:
+            raise ApplicationError(
+                "stop_containers_briefly needs budget_s", type="Invalid", non_retryable=True
+            )
+        budget = inp.budget_s
+        with _classified("stop"):
+            infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
+            start = time.monotonic()
+            exited: dict[str, bool] = {}
+
+            def stop(info: dict[str, Any]) -> None:
+                signal = (info["Config"] or {}).get("StopSignal") or "SIGTERM"
+                signalled = self._kill(info["Id"], signal)
+                left = start + budget - time.monotonic()
+                exited[info["Id"]] = not signalled or self._exited_within(info["Id"], left)
+
+            self._parallel(stop, infos)
+            return StopWait(
+                stopped=[_name(i) for i in infos if exited[i["Id"]]],
+                running=[_name(i) for i in infos if not exited[i["Id"]]],
+                elapsed_s=time.monotonic() - start,
+            )
+
+    def _kill(self, container_id: str, signal: str) -> bool:
+        """Send ``signal``; False when the container is gone or no longer running."""
+        try:
+            self.api.kill(container_id, signal=signal)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # "is not running"
+                return False
+            raise
+
+    def _exited_within(self, container_id: str, timeout_s: float) -> bool:
+        """Whether the container is not running (or gone) within ``timeout_s``.
+
+        The engine's wait answers the moment the container exits; no polling.
+        """
+        if timeout_s > 0:
+            try:
+                self.api.wait(container_id, timeout=timeout_s)
+                return True
+            except docker.errors.NotFound:
+                return True
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                pass  # the wait ran out (docker-py reports a read timeout either way)
+        try:
+            return not self.api.inspect_container(container_id)["State"]["Running"]
+        except docker.errors.NotFound:
+            return True
 
     @activity.defn(name="remove_containers")
     def remove_containers(self, sel: ContainerSelector) -> list[str]:
@@ -414,7 +503,7 @@ class DockerExecutor:
             infos = self._find(sel)
 
             self._parallel(lambda info: self._remove(str(info["Id"])), infos)
-            return [str(i["Name"]).lstrip("/") for i in infos]
+            return [_name(i) for i in infos]
 
     @activity.defn(name="list_containers")
     def list_containers(self, sel: ContainerSelector) -> list[ServiceInstance]:
@@ -505,7 +594,7 @@ class DockerExecutor:
                 counted = 0
                 now = time.monotonic()
                 for info in infos:
-                    name = str(info["Name"]).lstrip("/")
+                    name = _name(info)
                     ok, seen = self._ready(info, inp, attempt, infos)
                     if ok:
                         since = ready_since.setdefault(name, now)
@@ -543,7 +632,7 @@ class DockerExecutor:
         """Is one container ready now? Fails the wait at once when it exited or is unhealthy."""
         state = info["State"]
         health = state.get("Health")
-        name = str(info["Name"]).lstrip("/")
+        name = _name(info)
         if state["Status"] in ("exited", "dead") or (not state["Running"] and attempt > 1):
             self._fail_health(
                 f"container {name} is {state['Status']} (exit code {state.get('ExitCode')})",
@@ -564,7 +653,7 @@ class DockerExecutor:
         self, reason: str, info: dict[str, Any] | None, infos: list[dict[str, Any]]
     ) -> None:
         logs = self._logs_tail(info["Id"]) if info else ""
-        container = str(info["Name"]).lstrip("/") if info else None
+        container = _name(info) if info else None
         health_log = ""
         if info and info["State"].get("Health"):
             entries = info["State"]["Health"].get("Log") or []
@@ -638,6 +727,7 @@ class DockerExecutor:
             self.ensure_network,
             self.start_service,
             self.stop_containers,
+            self.stop_containers_briefly,
             self.remove_containers,
             self.list_containers,
             self.wait_healthy,

@@ -45,6 +45,22 @@ class StopContainersInput(BaseModel):
 
     selector: ContainerSelector
     grace_period_s: float = 10.0
+    signalled: bool = False
+    """A brief stop sent the stop signal already: wait out the grace period, then kill. The
+    container is not signalled twice (many programs take a second SIGTERM as "quit now")."""
+    budget_s: float | None = Field(default=None, ge=0)
+    """``stop_containers_briefly`` only: give up waiting after this long, stopped or not."""
+
+
+class StopWait(BaseModel):
+    """What a brief stop found within its budget."""
+
+    stopped: list[str]
+    """The containers that were running and have exited."""
+    running: list[str]
+    """The containers still running when the budget ran out (signalled, not killed)."""
+    elapsed_s: float = Field(ge=0)
+    """How long after the signal it gave up: the full stop has the rest of the grace period."""
 
 
 class WaitHealthyInput(BaseModel):

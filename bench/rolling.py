@@ -69,6 +69,7 @@ from moorage.service import DeploymentService  # noqa: E402
 from moorage.settings import Settings  # noqa: E402
 from worker import build_router, build_worker  # noqa: E402
 from workflows import search_attributes as sa  # noqa: E402
+from workflows.steps import BRIEF_STOP_S  # noqa: E402
 
 REPLICAS = 4
 INTERVAL = DeployRequest.model_fields["health_check_interval"].default
@@ -350,10 +351,16 @@ class DirectStack:
         )
 
     def retire(self, rev: int, slots: list[int]) -> None:
-        """Stop drained replicas, remove them."""
-        self.executor.stop_containers(
-            StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5)
+        """Stop drained replicas as the workflow does (the signal and a brief wait; the full stop
+        only for one still running), remove them."""
+        stop = StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5)
+        brief = self.executor.stop_containers_briefly(
+            stop.model_copy(update={"budget_s": BRIEF_STOP_S})
         )
+        if brief.running:
+            self.executor.stop_containers(
+                stop.model_copy(update={"grace_period_s": 5 - brief.elapsed_s, "signalled": True})
+            )
         self.executor.remove_containers(self._selector(rev, slots))
 
 

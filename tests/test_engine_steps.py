@@ -51,6 +51,82 @@ def test_a_stop_that_waits_out_the_grace_period_keeps_heartbeating(
     assert max(gaps) <= HEARTBEAT_EVERY_S + 1, gaps
 
 
+# Shuts down gracefully in 1.5 s on SIGTERM and logs every SIGTERM it gets: a second one (which
+# many programs take as "quit now") shows in the log.
+GRACEFUL = (
+    "services:\n  web:\n    image: moorage-demo:v1\n"
+    "    command: ['sh', '-c', \"n=0; trap 'n=1; echo TERM' TERM; while :; do"
+    ' if [ $$n = 1 ]; then sleep 1.5; echo done; exit 0; fi; sleep 0.1; done"]\n'
+)
+
+
+def _stop_input(project: str, grace_s: float, budget_s: float | None = None) -> StopContainersInput:
+    selector = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
+    return StopContainersInput(selector=selector, grace_period_s=grace_s, budget_s=budget_s)
+
+
+def test_a_brief_stop_of_a_container_that_exits_on_its_stop_signal_stops_it(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """The demo image exits on SIGTERM; a service's own ``stop_signal`` is the one sent."""
+    executor = DockerExecutor(docker_client)
+    [demo] = start_web(docker_client, project, "services:\n  web:\n    image: moorage-demo:v1\n")
+    result = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=5))
+    assert result.stopped == [demo.container_name]
+    assert result.running == []
+    assert result.elapsed_s < 2, "it returns when the container exits, not at the budget"
+    executor.remove_containers(_stop_input(project, 0).selector)
+    # PID 1 ignores SIGTERM without a handler; this one handles only SIGUSR1, its stop signal.
+    usr1 = (
+        "services:\n  web:\n    image: moorage-demo:v1\n    stop_signal: SIGUSR1\n"
+        "    command: ['sh', '-c', \"trap 'exit 0' USR1; while :; do sleep 0.1; done\"]\n"
+    )
+    [own] = start_web(docker_client, project, usr1)
+    result = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=5))
+    assert result.stopped == [own.container_name]
+    assert result.elapsed_s < 2
+    assert docker_client.api.inspect_container(own.container_id)["State"]["ExitCode"] == 0
+
+
+def test_a_brief_stop_leaves_a_deaf_container_running_and_the_full_stop_kills_it_after_the_grace(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    executor = DockerExecutor(docker_client)
+    [deaf] = start_web(docker_client, project, DEAF)
+    result = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=0.5))
+    assert result.stopped == []
+    assert result.running == [deaf.container_name]
+    assert 0.5 <= result.elapsed_s < 1.5
+    assert docker_client.api.inspect_container(deaf.container_id)["State"]["Running"]
+    rest = _stop_input(project, 1.5).model_copy(update={"signalled": True})
+    t0 = time.monotonic()
+    assert executor.stop_containers(rest) == [deaf.container_name]
+    took = time.monotonic() - t0
+    assert 1.4 <= took < 5, took
+    state = docker_client.api.inspect_container(deaf.container_id)["State"]
+    assert not state["Running"], state
+    assert state["ExitCode"] == 137, state  # SIGKILL
+
+
+def test_the_full_stop_after_a_brief_one_does_not_signal_again(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """The brief stop gives up while the container shuts down gracefully; the full stop lets it
+    finish (exit 0) and sends no second SIGTERM, where ``docker stop`` would."""
+    executor = DockerExecutor(docker_client)
+    [c] = start_web(docker_client, project, GRACEFUL)
+    brief = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=0.5))
+    assert brief.running == [c.container_name]
+    rest = _stop_input(project, 10 - brief.elapsed_s).model_copy(update={"signalled": True})
+    t0 = time.monotonic()
+    assert executor.stop_containers(rest) == [c.container_name]
+    assert time.monotonic() - t0 < 3, "it returned when the container exited, not at the grace"
+    state = docker_client.api.inspect_container(c.container_id)["State"]
+    assert state["ExitCode"] == 0, state
+    log = docker_client.api.logs(c.container_id).decode().split()
+    assert log == ["TERM", "done"], log
+
+
 def test_a_network_whose_name_extends_this_one_is_not_taken_for_it(
     docker_client: docker.DockerClient, project: str
 ) -> None:

@@ -46,6 +46,14 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "rolling-rolled-back-before-brief",
         "bluegreen-completed-before-brief",
         "canary-completed-before-brief",
+        # ... and before a stop's signal and its first seconds ran as a local activity (patch
+        # "local-brief-stop").
+        "recreate-completed-before-stop",
+        "recreate-cancelled-before-stop",
+        "rolling-completed-before-stop",
+        "rolling-rolled-back-before-stop",
+        "bluegreen-completed-before-stop",
+        "canary-completed-before-stop",
         "recreate-cancelled",
         "bluegreen-completed",
         "canary-completed",

@@ -310,26 +310,78 @@ def brief_results(history: WorkflowHistory) -> list[dict[str, Any]]:
 async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_do_not(
     service: DeploymentService, project: str
 ) -> None:
-    """Network, route, the first seconds of health, the switch, remove and list need no server
-    round trip; start and stop do (and the full health wait, for a replica not ready by then)."""
+    """Network, route, the first seconds of health, the switch, the first seconds of a stop,
+    remove and list need no server round trip; start does (and the full health wait or the full
+    stop, for a replica not ready or not stopped by then)."""
     probe = "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 100ms}\n"
     history = await roll_history(service, project, 2, probe)
     remote = scheduled(history)
     local = [m["activity_type"] for m in local_activity_markers(history)]
-    # Per replica: the health gate's first 2 s, the switch and the removal locally.
+    # Per replica: the health gate's first 2 s, the switch, the stop's first 2 s and the removal.
+    per_replica = ["wait_healthy_briefly", "route_switch", "stop_containers_briefly"]
     assert sorted(local) == sorted(
         ["ensure_network", "ensure_route", "list_containers"]
-        + ["wait_healthy_briefly", "route_switch", "remove_containers"] * 2
+        + [*per_replica, "remove_containers"] * 2
     )
-    assert set(local) == QUICK_STEPS | {"wait_healthy_briefly", "route_switch"}
-    # Start and stop as activities; a full health wait only after a brief one without a verdict.
+    assert set(local) == QUICK_STEPS | set(per_replica)
+    # Start as an activity; a full health wait only after a brief one without a verdict.
     briefs = brief_results(history)
     assert len(briefs) == 2
     assert all(b["checks"] >= 1 for b in briefs)
     unready = sum(b["instances"] is None for b in briefs)
-    assert sorted(remote) == sorted(
-        ["start_service", "stop_containers"] * 2 + ["wait_healthy"] * unready
-    )
+    # The demo image exits on SIGTERM within the brief stop: no full stop.
+    stops = [
+        m["result"]
+        for m in local_activity_markers(history)
+        if m["activity_type"] == "stop_containers_briefly"
+    ]
+    assert [len(s["stopped"]) for s in stops] == [1, 1]
+    assert all(s["running"] == [] for s in stops)
+    assert sorted(remote) == sorted(["start_service"] * 2 + ["wait_healthy"] * unready)
+
+
+async def test_a_replica_still_running_after_the_brief_stop_gets_the_rest_of_its_grace_then_sigkill(
+    service: DeploymentService, project: str, docker_client: docker.DockerClient
+) -> None:
+    """The demo image's init handles TERM and INT only; PID 1 ignores a SIGUSR2 it has no handler
+    for. The brief stop sends it and gives up after 2 s; the full stop (an activity) sends nothing
+    more, waits out the 3 s left of the 5 s grace, then kills."""
+    deaf = "    stop_signal: SIGUSR2\n"
+    deaths: list[dict[str, Any]] = []
+    since = int(time.time())
+    history = await roll_history(service, project, 1, deaf)
+    [brief] = [
+        m["result"]
+        for m in local_activity_markers(history)
+        if m["activity_type"] == "stop_containers_briefly"
+    ]
+    old = naming.container_name(TENANT, project, "web", 1, 0)
+    assert brief["stopped"] == []
+    assert brief["running"] == [old]
+    assert 2 <= brief["elapsed_s"] < 3
+    assert scheduled(history) == ["start_service", "stop_containers"]
+    [full] = [
+        json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data)
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "stop_containers"
+    ]
+    assert full["signalled"] is True
+    assert full["grace_period_s"] == pytest.approx(5 - brief["elapsed_s"])
+    for event in docker_client.api.events(
+        since=since,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"container": old, "event": ["kill", "die"]},
+    ):
+        deaths.append({"status": event["status"], **event["Actor"]["Attributes"]})
+    # One SIGUSR2 from the brief stop, one SIGKILL at the end of the grace: nothing between.
+    assert [(d["status"], d.get("signal")) for d in deaths] == [
+        ("kill", "12"),
+        ("kill", "9"),
+        ("die", None),
+    ], deaths
+    assert deaths[-1]["exitCode"] == "137"
 
 
 async def test_a_replica_not_ready_within_the_brief_wait_gets_the_full_wait(
@@ -342,9 +394,8 @@ async def test_a_replica_not_ready_within_the_brief_wait_gets_the_full_wait(
     assert brief["instances"] is None
     assert brief["checks"] >= 1
     remote = scheduled(history)
-    assert sorted(remote) == ["start_service", "stop_containers", "wait_healthy"]
-    # The full wait comes after the brief one and before the switch.
-    assert remote.index("wait_healthy") == 1
+    # The full wait follows the start (and the brief wait); the old replica stops briefly.
+    assert remote == ["start_service", "wait_healthy"]
 
 
 def test_a_quick_or_brief_step_sent_to_a_host_queue_is_an_ordinary_activity(
@@ -359,15 +410,17 @@ async def test_a_drain_held_past_the_workflow_task_timeout_completes_and_answers
     temporal_client: Client, docker_client: docker.DockerClient, project: str, tmp_path: Path
 ) -> None:
     """A client that stops reading a large answer holds the old replica's session, so the
-    switch's drain (a local activity) waits out a 14 s drain timeout: longer than the 10 s
+    switch's drain (a local activity) waits out a 20 s drain timeout: longer than the 10 s
     workflow task timeout. The worker keeps its task alive meanwhile (no task times out, the
-    switch runs once), a query made during the drain is answered, the deployment completes."""
+    switch runs once), a query made during the drain is answered at its next heartbeat (~16 s,
+    while the drain still runs: the stop, removal and record that follow are local too, so the
+    task that ends the drain ends the deployment), the deployment completes."""
     blob = tmp_path / "blob"
     blob.mkdir()
     (blob / "big.bin").write_bytes(b"\0" * (64 << 20))
     queue = f"moorage-drain-{uuid.uuid4().hex[:6]}"
     router = build_router(
-        Settings(router_dir=tmp_path / "router", route_ports="22600-22699", drain_timeout=14),
+        Settings(router_dir=tmp_path / "router", route_ports="22600-22699", drain_timeout=20),
         docker_client,
     )
     router.ensure_running()
@@ -418,8 +471,8 @@ async def test_a_drain_held_past_the_workflow_task_timeout_completes_and_answers
     finally:
         router.stop()
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
-    assert took >= 12, f"the held request should hold the drain for ~14 s; took {took:.1f} s"
-    assert during.deployment.status == DeploymentStatus.IN_PROGRESS
+    assert took >= 18, f"the held request should hold the drain for ~20 s; took {took:.1f} s"
+    assert during.deployment.status == DeploymentStatus.IN_PROGRESS, (query_s, took)
     assert query_s < 10, f"a query during the drain waited {query_s:.1f} s"
     history = await temporal_client.get_workflow_handle(
         naming.deployment_workflow_id(TENANT, dep.id)

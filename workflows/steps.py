@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         RouteSwitchInput,
         StartServiceInput,
         StopContainersInput,
+        StopWait,
         WaitHealthyInput,
     )
     from moorage import naming
@@ -76,17 +77,26 @@ LOCAL_QUICK_STEPS = "local-quick-steps"
 """Patch: workflows that started before quick steps ran locally keep running them as activities."""
 
 BRIEF_STEPS = frozenset(
-    {"route_add", "route_remove", "route_switch", "route_weights", "wait_healthy_briefly"}
+    {
+        "route_add",
+        "route_remove",
+        "route_switch",
+        "route_weights",
+        "wait_healthy_briefly",
+        "stop_containers_briefly",
+    }
 )
 """Steps that may wait, but only briefly and with a bound, so they also run as local activities.
 
 A router change waits for its drain: in-flight requests end, usually within milliseconds, and the
 router gives up after its drain timeout (10 s). ``wait_healthy_briefly`` is the first
-:data:`BRIEF_HEALTH_S` of a health gate. Run locally they save a round trip through the Temporal
-server each (a workflow task and an activity task): two per replica in a rolling update. While one
+:data:`BRIEF_HEALTH_S` of a health gate, ``stop_containers_briefly`` a stop's signal and the first
+:data:`BRIEF_STOP_S` of its wait. Run locally they save a round trip through the Temporal server
+each (a workflow task and an activity task): three per replica in a rolling update. While one
 runs, the workflow task waits for it, and so does a query, a cancel or an update: up to 2 s behind
-the health wait, as long as the drain behind a router change. A drain that outlasts the workflow
-task timeout (10 s) keeps the task alive: the worker answers queries at its heartbeats (~8 s).
+the health wait or a stop, as long as the drain behind a router change. A drain that outlasts the
+workflow task timeout (10 s) keeps the task alive: the worker answers queries at its heartbeats
+(~8 s).
 """
 
 LOCAL_BRIEF_STEPS = "local-brief-steps"
@@ -94,6 +104,12 @@ LOCAL_BRIEF_STEPS = "local-brief-steps"
 
 BRIEF_HEALTH_S = 2.0
 """How long the health gate waits locally before it hands over to the full wait (an activity)."""
+
+BRIEF_STOP_S = 2.0
+"""How long a stop waits locally for its signal to work before the full stop (an activity)."""
+
+LOCAL_BRIEF_STOP = "local-brief-stop"
+"""Patch: workflows that started before a stop's first seconds ran locally stop by activity only."""
 
 
 def runs_local(activity_name: str) -> bool:
@@ -256,14 +272,35 @@ async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
 
 
 async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
-    """Stop the selected containers within ``grace_s``."""
+    """Stop the selected containers within ``grace_s``; returns the names of those stopped.
+
+    The stop signal and the first :data:`BRIEF_STOP_S` of the wait for it run as a local activity
+    (``stop_containers_briefly``): most programs exit within milliseconds of it. A container still
+    running then gets the full stop, an ordinary activity, for the rest of its grace period and
+    SIGKILL after it, with no second signal.
+    """
+    inp = StopContainersInput(selector=sel, grace_period_s=grace_s)
+    stopped: list[str] = []
+    if runs_local("stop_containers_briefly") and workflow.patched(LOCAL_BRIEF_STOP):
+        brief: StopWait = await call(
+            "stop_containers_briefly",
+            inp.model_copy(update={"budget_s": max(0.0, min(BRIEF_STOP_S, grace_s))}),
+            start_to_close=timedelta(seconds=BRIEF_STOP_S + 60),
+            result_type=StopWait,
+        )
+        if not brief.running:
+            return brief.stopped
+        stopped = brief.stopped
+        inp = inp.model_copy(
+            update={"grace_period_s": max(0.0, grace_s - brief.elapsed_s), "signalled": True}
+        )
     result: list[str] = await call(
         "stop_containers",
-        StopContainersInput(selector=sel, grace_period_s=grace_s),
+        inp,
         start_to_close=timedelta(seconds=grace_s + 120),
         result_type=list[str],
     )
-    return result
+    return stopped + result
 
 
 async def remove_containers(sel: ContainerSelector) -> list[str]:
