@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -140,3 +142,29 @@ def local_activity_markers(history: WorkflowHistory) -> list[dict[str, Any]]:
         found["result"] = json.loads(result[0].data) if result else None
         markers.append(found)
     return markers
+
+
+FREE_PORTS = range(26000, 32000)
+"""Where :func:`free_port` looks: below the kernel's ephemeral range (32768 and up here), clear of
+every route range the tests use (21000-24999)."""
+
+
+def free_port() -> int:
+    """A port nothing listens on at 127.0.0.1, for a server a test starts.
+
+    Not one the kernel hands out (a bind to port 0): the kernel may hand it out again before the
+    server binds it, to another bind to port 0 (the Temporal dev server picks its internal ports
+    so) or as the local port of an outgoing connection. In CI (session 10) the Temporal Web UI of
+    ``moorage dev`` failed to start: the port the test had picked that way was taken.
+
+    Raises:
+        RuntimeError: no free port in :data:`FREE_PORTS`.
+    """
+    for port in random.sample(FREE_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {FREE_PORTS}")

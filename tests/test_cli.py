@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from moorage.dev import dev_api_key
 from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, EventType, ServiceInstance
 from tests.conftest import TASK_QUEUE
-from tests.helpers import compose
+from tests.helpers import compose, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "cli-tests"
@@ -53,12 +52,6 @@ async def moorage(*args: str, env: dict[str, str] | None = None) -> Result:
         raise
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_refused(result: Result, *words: str) -> None:

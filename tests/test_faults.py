@@ -26,6 +26,7 @@ from tests.conftest import temporal_binary
 from tests.helpers import (
     TENANT,
     USER,
+    free_port,
     labelled,
     local_activity_markers,
     routed,
@@ -114,12 +115,6 @@ async def test_cancel_in_each_phase_leaves_the_project_as_it_was(
     assert any(
         e.event_type == EventType.DEPLOYMENT_CANCELLED and "erin" in e.message for e in state.events
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_temporal(db: Path, port: int) -> asyncio.subprocess.Process:

@@ -30,7 +30,7 @@ from activities.router import (
     route_key,
 )
 from tests.conftest import ROUTE_PORTS
-from tests.helpers import TENANT
+from tests.helpers import TENANT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +62,6 @@ def one_route(port: int, **servers: str) -> RouterState:
     route = RouteState(key=KEY, port=port, container_port="80/tcp")
     route.servers = {name: ServerState(address=addr) for name, addr in servers.items()}
     return RouterState(routes={KEY: route})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_server_add_retried_after_haproxy_took_it_is_accepted(

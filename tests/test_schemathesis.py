@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
-from tests.test_cli import ROOT, free_port
+from tests.helpers import free_port
+from tests.test_cli import ROOT
 
 pytestmark = pytest.mark.integration
 
