@@ -431,10 +431,11 @@ class DockerExecutor:
         milliseconds of their stop signal, and then no round trip through the Temporal server is
         needed. A container still running when the budget runs out is left as it is (signalled,
         never killed here): the full stop, an ordinary activity with ``signalled``, waits out the
-        rest of the grace period. A retried attempt signals again.
+        rest of the grace period. The workflow runs it once (a retry would signal again); when it
+        fails, the full stop does all of it, as ``docker stop``.
 
         Raises:
-            ApplicationError: a retryable engine error.
+            ApplicationError: an engine error.
         """
         if inp.budget_s is None:
             raise ApplicationError(
@@ -444,15 +445,18 @@ class DockerExecutor:
         with _classified("stop"):
             infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
             start = time.monotonic()
-            exited: dict[str, bool] = {}
+            # Every signal first (each takes milliseconds), so every container gets its whole
+            # grace period counted from ``start``, however many wait side by side after.
+            exited = {
+                i["Id"]: not self._kill(i["Id"], (i["Config"] or {}).get("StopSignal") or "SIGTERM")
+                for i in infos
+            }
 
-            def stop(info: dict[str, Any]) -> None:
-                signal = (info["Config"] or {}).get("StopSignal") or "SIGTERM"
-                signalled = self._kill(info["Id"], signal)
+            def wait_for(info: dict[str, Any]) -> None:
                 left = start + budget - time.monotonic()
-                exited[info["Id"]] = not signalled or self._exited_within(info["Id"], left)
+                exited[info["Id"]] = exited[info["Id"]] or self._exited_within(info["Id"], left)
 
-            self._parallel(stop, infos)
+            self._parallel(wait_for, infos)
             return StopWait(
                 stopped=[_name(i) for i in infos if exited[i["Id"]]],
                 running=[_name(i) for i in infos if not exited[i["Id"]]],

@@ -51,7 +51,7 @@ async def main() -> None:
     worker = build_worker(env.client, "record", DockerExecutor(client), router)
     task = asyncio.create_task(worker.run())
     svc = DeploymentService(env.client, settings)
-    project = "replay"
+    project, quiet = "replay", "replay-unrouted"
     try:
         await svc.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1"))
         d1 = await svc.deploy(TENANT, "u", project, DeployRequest(version="v1"))
@@ -92,6 +92,14 @@ async def main() -> None:
         )
         await wait_terminal(svc, d6.id, tenant=TENANT)
         await svc.reconcile(TENANT, "u", project)
+        # A service without a port has no route: a recreate stops it before any router change.
+        unrouted = "services:\n  worker:\n    image: moorage-demo:{}\n"
+        await svc.apply_project(TENANT, quiet, unrouted.format("v1"))
+        d7_first = await svc.deploy(TENANT, "u", quiet, DeployRequest())
+        await wait_terminal(svc, d7_first.id, tenant=TENANT)
+        await svc.apply_project(TENANT, quiet, unrouted.format("v2"))
+        d7 = await svc.deploy(TENANT, "u", quiet, DeployRequest(version="v2"))
+        await wait_terminal(svc, d7.id, tenant=TENANT)
         OUT.mkdir(parents=True, exist_ok=True)
         names = {
             naming.project_workflow_id(TENANT, project): "project",
@@ -101,6 +109,7 @@ async def main() -> None:
             naming.deployment_workflow_id(TENANT, d4.id): "recreate-cancelled",
             naming.deployment_workflow_id(TENANT, d5.id): "bluegreen-completed",
             naming.deployment_workflow_id(TENANT, d6.id): "canary-completed",
+            naming.deployment_workflow_id(TENANT, d7.id): "recreate-unrouted-completed",
         }
         for wf_id, name in names.items():
             history = await env.client.get_workflow_handle(wf_id).fetch_history()
@@ -110,6 +119,7 @@ async def main() -> None:
         await worker.shutdown()
         await asyncio.gather(task, return_exceptions=True)
         DockerExecutor(client).purge_project(project)
+        DockerExecutor(client).purge_project(quiet)
         router.stop()
         await env.shutdown()
         shutil.rmtree(work, ignore_errors=True)

@@ -150,7 +150,12 @@ every route range the tests use (21000-24999)."""
 
 
 def free_port() -> int:
-    """A port nothing listens on at 127.0.0.1, for a server a test starts.
+    """One port as :func:`free_ports`."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different ports nothing listens on at 127.0.0.1, for servers a test starts.
 
     Not one the kernel hands out (a bind to port 0): the kernel may hand it out again before the
     server binds it, to another bind to port 0 (the Temporal dev server picks its internal ports
@@ -158,13 +163,16 @@ def free_port() -> int:
     ``moorage dev`` failed to start: the port the test had picked that way was taken.
 
     Raises:
-        RuntimeError: no free port in :data:`FREE_PORTS`.
+        RuntimeError: not ``n`` free ports in :data:`FREE_PORTS`.
     """
+    found: list[int] = []
     for port in random.sample(FREE_PORTS, 200):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError(f"no free port in {FREE_PORTS}")
+        found.append(port)
+        if len(found) == n:
+            return found
+    raise RuntimeError(f"not {n} free ports in {FREE_PORTS}")

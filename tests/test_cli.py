@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from moorage.dev import dev_api_key
 from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, EventType, ServiceInstance
 from tests.conftest import TASK_QUEUE
-from tests.helpers import compose, free_port
+from tests.helpers import compose, free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "cli-tests"
@@ -346,7 +346,7 @@ def alive(pid: int) -> bool:
 async def test_dev_starts_the_stack_and_stops_it_on_sigint(
     tmp_path: Path, docker_client: object
 ) -> None:
-    temporal_port, ui_port, api_port = free_port(), free_port(), free_port()
+    temporal_port, ui_port, api_port = free_ports(3)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moorage.cli", "dev",
         "--data-dir", str(tmp_path / "dev"),

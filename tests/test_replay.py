@@ -54,6 +54,10 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "rolling-rolled-back-before-stop",
         "bluegreen-completed-before-stop",
         "canary-completed-before-stop",
+        # A recreate whose service has no route stops it before any brief step has asked for
+        # its patch: asking for "local-brief-steps" at the stop would break its replay.
+        "recreate-unrouted-completed-before-stop",
+        "recreate-unrouted-completed",
         "recreate-cancelled",
         "bluegreen-completed",
         "canary-completed",

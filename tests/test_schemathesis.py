@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
-from tests.helpers import free_port
+from tests.helpers import free_ports
 from tests.test_cli import ROOT
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def dev_api(
 ) -> Iterator[dict[str, str]]:
     """``moorage dev`` on free ports; yields its URL and the dev key; stops it afterwards."""
     data = tmp_path_factory.mktemp("fuzz")
-    api_port = free_port()
+    api_port, temporal_port, ui_port = free_ports(3)
     env = {
         **os.environ,
         "MOORAGE_ROUTE_PORTS": "24000-24099",
@@ -47,8 +47,8 @@ def dev_api(
         [
             sys.executable, "-m", "moorage.cli", "dev",
             "--data-dir", str(data / "dev"),
-            "--temporal-port", str(free_port()),
-            "--ui-port", str(free_port()),
+            "--temporal-port", str(temporal_port),
+            "--ui-port", str(ui_port),
             "--api-port", str(api_port),
         ],
         stdout=log,

@@ -7,6 +7,7 @@ activities to a per-host queue (``moorage-host-<name>``) is a change in one plac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +16,12 @@ from typing import Any
 from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import (
@@ -41,6 +47,9 @@ STEP_RETRY = RetryPolicy(
     maximum_attempts=5,
 )
 """Engine hiccups are retried a bounded number of times; refusals are never retried."""
+
+ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+"""For a step whose retry would repeat what must happen once (a stop signal)."""
 
 UNDO_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -277,30 +286,56 @@ async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
     The stop signal and the first :data:`BRIEF_STOP_S` of the wait for it run as a local activity
     (``stop_containers_briefly``): most programs exit within milliseconds of it. A container still
     running then gets the full stop, an ordinary activity, for the rest of its grace period and
-    SIGKILL after it, with no second signal.
+    SIGKILL after it, with no second signal. A cancel waits until the stop has ended, as it waits
+    for any step: it never leaves a container signalled and running for the undo to adopt.
     """
     inp = StopContainersInput(selector=sel, grace_period_s=grace_s)
-    stopped: list[str] = []
-    if runs_local("stop_containers_briefly") and workflow.patched(LOCAL_BRIEF_STOP):
+    # The patch is asked first: a workflow that started before it must not ask "local-brief-steps"
+    # here, earlier than it did then (a patch's first answer sticks, and replay would diverge).
+    if workflow.patched(LOCAL_BRIEF_STOP) and runs_local("stop_containers_briefly"):
+        stop = asyncio.create_task(_stop_briefly_first(inp))
+        try:
+            return await asyncio.shield(stop)
+        except asyncio.CancelledError:
+            while not stop.done():  # a second cancel (abort, deadline) waits as well
+                with contextlib.suppress(asyncio.CancelledError):
+                    await workflow.wait([stop])
+            raise
+    return await _stop_fully(inp)
+
+
+async def _stop_briefly_first(inp: StopContainersInput) -> list[str]:
+    """The brief stop, then the full stop for the containers still running."""
+    try:
         brief: StopWait = await call(
             "stop_containers_briefly",
-            inp.model_copy(update={"budget_s": max(0.0, min(BRIEF_STOP_S, grace_s))}),
+            inp.model_copy(update={"budget_s": max(0.0, min(BRIEF_STOP_S, inp.grace_period_s))}),
             start_to_close=timedelta(seconds=BRIEF_STOP_S + 60),
+            retry=ONE_ATTEMPT,
             result_type=StopWait,
         )
-        if not brief.running:
-            return brief.stopped
-        stopped = brief.stopped
-        inp = inp.model_copy(
-            update={"grace_period_s": max(0.0, grace_s - brief.elapsed_s), "signalled": True}
-        )
+    except FailureError:
+        # Not retried (a retry would signal again): the full stop does it all, as `docker stop`.
+        return await _stop_fully(inp)
+    if not brief.running:
+        return brief.stopped
+    rest = inp.model_copy(
+        update={
+            "grace_period_s": max(0.0, inp.grace_period_s - brief.elapsed_s),
+            "signalled": True,
+        }
+    )
+    return brief.stopped + await _stop_fully(rest)
+
+
+async def _stop_fully(inp: StopContainersInput) -> list[str]:
     result: list[str] = await call(
         "stop_containers",
         inp,
-        start_to_close=timedelta(seconds=grace_s + 120),
+        start_to_close=timedelta(seconds=inp.grace_period_s + 120),
         result_type=list[str],
     )
-    return stopped + result
+    return result
 
 
 async def remove_containers(sel: ContainerSelector) -> list[str]:
