@@ -300,6 +300,8 @@ async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
             while not stop.done():  # a second cancel (abort, deadline) waits as well
                 with contextlib.suppress(asyncio.CancelledError):
                     await workflow.wait([stop])
+            if not stop.cancelled():
+                stop.exception()  # looked at: the cancel goes on, whatever the stop's outcome
             raise
     return await _stop_fully(inp)
 
