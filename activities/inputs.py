@@ -51,6 +51,15 @@ class StopContainersInput(BaseModel):
     budget_s: float | None = Field(default=None, ge=0)
     """``stop_containers_briefly`` only: give up waiting after this long, stopped or not."""
 
+    def briefly(self, budget_s: float) -> StopContainersInput:
+        """The brief stop's input: it waits ``budget_s`` at most, and never past the grace."""
+        return self.model_copy(update={"budget_s": max(0.0, min(budget_s, self.grace_period_s))})
+
+    def after(self, brief: StopWait) -> StopContainersInput:
+        """The full stop's input after ``brief``: the rest of the grace period, no second signal."""
+        rest = max(0.0, self.grace_period_s - brief.elapsed_s)
+        return self.model_copy(update={"grace_period_s": rest, "signalled": True})
+
 
 class StopWait(BaseModel):
     """What a brief stop found within its budget."""

@@ -354,13 +354,9 @@ class DirectStack:
         """Stop drained replicas as the workflow does (the signal and a brief wait; the full stop
         only for one still running), remove them."""
         stop = StopContainersInput(selector=self._selector(rev, slots), grace_period_s=5)
-        brief = self.executor.stop_containers_briefly(
-            stop.model_copy(update={"budget_s": BRIEF_STOP_S})
-        )
+        brief = self.executor.stop_containers_briefly(stop.briefly(BRIEF_STOP_S))
         if brief.running:
-            self.executor.stop_containers(
-                stop.model_copy(update={"grace_period_s": 5 - brief.elapsed_s, "signalled": True})
-            )
+            self.executor.stop_containers(stop.after(brief))
         self.executor.remove_containers(self._selector(rev, slots))
 
 

@@ -117,7 +117,7 @@ def test_the_full_stop_after_a_brief_one_does_not_signal_again(
     [c] = start_web(docker_client, project, GRACEFUL)
     brief = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=0.5))
     assert brief.running == [c.container_name]
-    rest = _stop_input(project, 10 - brief.elapsed_s).model_copy(update={"signalled": True})
+    rest = _stop_input(project, 10).after(brief)
     t0 = time.monotonic()
     assert executor.stop_containers(rest) == [c.container_name]
     assert time.monotonic() - t0 < 3, "it returned when the container exited, not at the grace"

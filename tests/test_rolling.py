@@ -298,12 +298,12 @@ def scheduled(history: WorkflowHistory) -> list[str]:
     ]
 
 
-def brief_results(history: WorkflowHistory) -> list[dict[str, Any]]:
-    """What each ``wait_healthy_briefly`` (a local activity) returned."""
+def brief_results(
+    history: WorkflowHistory, activity_type: str = "wait_healthy_briefly"
+) -> list[dict[str, Any]]:
+    """What each run of a brief step (a local activity) returned."""
     return [
-        m["result"]
-        for m in local_activity_markers(history)
-        if m["activity_type"] == "wait_healthy_briefly"
+        m["result"] for m in local_activity_markers(history) if m["activity_type"] == activity_type
     ]
 
 
@@ -330,11 +330,7 @@ async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_d
     assert all(b["checks"] >= 1 for b in briefs)
     unready = sum(b["instances"] is None for b in briefs)
     # The demo image exits on SIGTERM within the brief stop: no full stop.
-    stops = [
-        m["result"]
-        for m in local_activity_markers(history)
-        if m["activity_type"] == "stop_containers_briefly"
-    ]
+    stops = brief_results(history, "stop_containers_briefly")
     assert [len(s["stopped"]) for s in stops] == [1, 1]
     assert all(s["running"] == [] for s in stops)
     assert sorted(remote) == sorted(["start_service"] * 2 + ["wait_healthy"] * unready)
@@ -350,11 +346,7 @@ async def test_a_replica_still_running_after_the_brief_stop_gets_the_rest_of_its
     deaths: list[dict[str, Any]] = []
     since = int(time.time())
     history = await roll_history(service, project, 1, deaf)
-    [brief] = [
-        m["result"]
-        for m in local_activity_markers(history)
-        if m["activity_type"] == "stop_containers_briefly"
-    ]
+    [brief] = brief_results(history, "stop_containers_briefly")
     old = naming.container_name(TENANT, project, "web", 1, 0)
     assert brief["stopped"] == []
     assert brief["running"] == [old]

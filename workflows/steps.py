@@ -311,7 +311,7 @@ async def _stop_briefly_first(inp: StopContainersInput) -> list[str]:
     try:
         brief: StopWait = await call(
             "stop_containers_briefly",
-            inp.model_copy(update={"budget_s": max(0.0, min(BRIEF_STOP_S, inp.grace_period_s))}),
+            inp.briefly(BRIEF_STOP_S),
             start_to_close=timedelta(seconds=BRIEF_STOP_S + 60),
             retry=ONE_ATTEMPT,
             result_type=StopWait,
@@ -321,13 +321,7 @@ async def _stop_briefly_first(inp: StopContainersInput) -> list[str]:
         return await _stop_fully(inp)
     if not brief.running:
         return brief.stopped
-    rest = inp.model_copy(
-        update={
-            "grace_period_s": max(0.0, inp.grace_period_s - brief.elapsed_s),
-            "signalled": True,
-        }
-    )
-    return brief.stopped + await _stop_fully(rest)
+    return brief.stopped + await _stop_fully(inp.after(brief))
 
 
 async def _stop_fully(inp: StopContainersInput) -> list[str]:
