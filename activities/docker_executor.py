@@ -12,7 +12,6 @@ non-retryable ``ApplicationError``; an engine or network hiccup is left retryabl
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -523,7 +522,8 @@ class DockerExecutor:
     def wait_healthy(self, inp: WaitHealthyInput) -> list[ServiceInstance]:
         """Wait until every selected container is healthy (Docker HEALTHCHECK) or running.
 
-        Checks ``retries`` times, ``interval_s`` apart, after ``delay_s``; a check comes sooner
+        After ``delay_s``, checks for ``retries`` x ``interval_s`` seconds (plus ``min_ready_s``),
+        ``interval_s`` apart (a shorter probe interval: that far apart); a check comes sooner
         when the engine reports that a selected container started, died or changed its health
         status, so a replica counts the moment Docker marks it healthy. Heartbeats all along, so a
         cancel reaches it and a dead worker is noticed.
@@ -533,7 +533,7 @@ class DockerExecutor:
                 unhealthy, is missing, or is not healthy in time; the last lines of its log are in
                 the message and the details.
         """
-        instances, _ = self._wait(inp, None)
+        instances, _, _ = self._wait(inp, None)
         assert instances is not None  # with no budget the wait ends healthy or raises
         return instances
 
@@ -552,13 +552,13 @@ class DockerExecutor:
             raise ApplicationError(
                 "wait_healthy_briefly needs budget_s", type="Invalid", non_retryable=True
             )
-        instances, checks = self._wait(inp, inp.budget_s)
-        return HealthWait(instances=instances, checks=checks)
+        instances, checks, used = self._wait(inp, inp.budget_s)
+        return HealthWait(instances=instances, checks=checks, used_s=used)
 
     def _wait(
         self, inp: WaitHealthyInput, budget_s: float | None
-    ) -> tuple[list[ServiceInstance] | None, int]:
-        """The delay, then the checks; (None, checks made) once ``budget_s`` is spent."""
+    ) -> tuple[list[ServiceInstance] | None, int, float]:
+        """The delay, then the checks (:meth:`_checks`); no verdict once ``budget_s`` is spent."""
         start = time.monotonic()
         until = None if budget_s is None else start + budget_s
         deadline = start + inp.delay_s
@@ -576,19 +576,26 @@ class DockerExecutor:
         changes: _StateChanges,
         pause: float,
         until: float | None = None,
-    ) -> tuple[list[ServiceInstance] | None, int]:
+    ) -> tuple[list[ServiceInstance] | None, int, float]:
         """The checks of :meth:`wait_healthy`, ``pause`` apart (sooner on a state change).
 
+        A replica has ``retries`` x ``interval_s`` seconds to get ready, plus ``min_ready_s`` to
+        stay ready: a window of time, however often the checks run (a probe's shorter interval,
+        or the engine's events, make more of them, not a shorter wait).
+
         Returns:
-            The instances once all count, with the number of checks made; (None, checks) when
-            ``until`` (a monotonic time) comes first.
+            The instances once all count, the number of checks made and the seconds of the window
+            used; (None, checks, seconds) when ``until`` (a monotonic time) comes first.
         """
         last: dict[str, str] = {}
         ready_since: dict[str, float] = {}
-        # A replica must stay ready min_ready_s before it counts: allow the checks that takes.
-        extra = math.ceil(inp.min_ready_s / inp.interval_s) if inp.min_ready_s else 0
-        for attempt in range(1, inp.retries + extra + 1):
-            heartbeat(attempt)
+        window = inp.retries * inp.interval_s + inp.min_ready_s
+        began = time.monotonic()
+        give_up = began + window
+        checks = 0
+        while True:
+            checks += 1
+            heartbeat(checks)
             with _classified("health check"):
                 infos = self._find(inp.selector)
                 if len(infos) < inp.expected:
@@ -599,7 +606,7 @@ class DockerExecutor:
                 now = time.monotonic()
                 for info in infos:
                     name = _name(info)
-                    ok, seen = self._ready(info, inp, attempt, infos)
+                    ok, seen = self._ready(info, inp, checks, infos)
                     if ok:
                         since = ready_since.setdefault(name, now)
                         if now - since >= inp.min_ready_s:
@@ -610,18 +617,18 @@ class DockerExecutor:
                         ready_since.pop(name, None)
                     last[name] = seen
                 if counted == len(infos):
-                    return [_instance(i) for i in infos], attempt
-            if until is not None:
-                left = until - time.monotonic()
-                if left <= 0 or attempt == inp.retries + extra:
-                    return None, attempt
-                changes.wait(min(pause, left))
-            else:
-                changes.wait(pause)
+                    return [_instance(i) for i in infos], checks, now - began
+            now = time.monotonic()
+            if now >= give_up:
+                break
+            if until is not None and now >= until:
+                return None, checks, now - began
+            changes.wait(min(pause, give_up - now, (until - now) if until is not None else pause))
         waiting = ", ".join(f"{n}: {s}" for n, s in last.items() if s not in ("healthy", "running"))
         infos = self._find(inp.selector)
         self._fail_health(
-            f"not healthy after {inp.retries} checks {inp.interval_s:g}s apart ({waiting})",
+            f"not healthy within {window:g}s ({checks} checks, {pause:g}s apart at most) "
+            f"({waiting})",
             next(
                 (i for i in infos if (i["State"].get("Health") or {}).get("Status") != "healthy"),
                 None,

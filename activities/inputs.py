@@ -81,6 +81,8 @@ class WaitHealthyInput(BaseModel):
     delay_s: float = 0.0
     retries: int = 60
     interval_s: float = 1.0
+    """A replica has ``retries`` x ``interval_s`` seconds (plus ``min_ready_s``) to get ready,
+    checked this often (or as often as the probe asks, when that is sooner)."""
     probe: ProbeSpec | None = None
     """Moorage's own probe; when set it decides readiness instead of Docker's health status."""
     min_ready_s: float = 0.0
@@ -95,7 +97,10 @@ class HealthWait(BaseModel):
     instances: list[ServiceInstance] | None
     """The containers, all ready; None: not all ready yet (none failed either)."""
     checks: int = Field(ge=0)
-    """How many checks it made (the full wait that follows makes the rest)."""
+    """How many checks it made."""
+    used_s: float = Field(default=0.0, ge=0)
+    """How much of the wait's window it used (the full wait that follows has the rest); 0.0 in
+    results recorded before the window was one of time."""
 
 
 class RouteInput(BaseModel):

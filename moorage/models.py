@@ -146,7 +146,8 @@ class DeploymentConfig(BaseModel):
     health_check_delay: float = Field(default=0.0, ge=0, le=3600)
     """Seconds to wait after a container starts before its health is first checked."""
     health_check_retries: int = Field(default=60, ge=1, le=10_000)
-    """How many times health is checked (``health_check_interval`` apart) before giving up."""
+    """A replica has this many ``health_check_interval``s to get ready (checked that often, or as
+    often as its probe asks)."""
     health_check_interval: float = Field(default=1.0, gt=0, le=600)
     """Seconds between two health checks."""
     rollback_on_failure: bool = True

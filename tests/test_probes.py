@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.docker_executor import DockerExecutor, _StateChanges
 from activities.inputs import ContainerSelector, WaitHealthyInput
+from moorage.compose import parse_compose
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from tests.helpers import TENANT, USER, labelled, start_web, wait_terminal
@@ -124,6 +125,54 @@ def test_health_wait_fails_when_a_replica_dies_without_waiting_out_the_interval(
     assert failed.value.type == "HealthCheckFailed"
     assert "exit code 3" in str(failed.value)
     assert time.monotonic() - t0 < 15
+
+
+def _probed_wait(client: docker.DockerClient, project: str, probe: str) -> WaitHealthyInput:
+    """Slot 0 behind ``probe``; 3 checks' time at 1 s (the probe may look more often)."""
+    compose = probed(probe)
+    inp = _start_one(client, project, compose)
+    spec = parse_compose(compose).service("web").probe
+    return inp.model_copy(update={"probe": spec, "interval_s": 1.0, "retries": 3})
+
+
+def test_a_probe_more_frequent_than_the_interval_does_not_shorten_the_wait(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """Checks every 100 ms, but the replica still has 3 x 1 s to get ready (not 3 x 100 ms)."""
+    inp = _probed_wait(docker_client, project, "{type: http, path: /missing, interval: 100ms}")
+    t0 = time.monotonic()
+    with pytest.raises(ApplicationError) as failed:
+        DockerExecutor(docker_client).wait_healthy(inp)
+    took = time.monotonic() - t0
+    assert failed.value.type == "HealthCheckFailed"
+    assert "not healthy within 3s" in str(failed.value)
+    assert 2.9 <= took < 10
+    checks = int(str(failed.value).split("within 3s (")[1].split(" checks")[0])
+    assert checks >= 10  # it did look every ~100 ms
+
+
+def test_min_ready_seconds_longer_than_the_checks_at_the_probe_pace_passes(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """min_ready 2 s at a 100 ms probe: ready from ~0.1 s, counts at ~2.1 s (within 3 s + 2 s)."""
+    inp = _probed_wait(docker_client, project, "{type: http, path: /, interval: 100ms}")
+    inp = inp.model_copy(update={"min_ready_s": 2.0})
+    t0 = time.monotonic()
+    [instance] = DockerExecutor(docker_client).wait_healthy(inp)
+    assert instance.slot == 0
+    assert 2.0 <= time.monotonic() - t0 < 10
+
+
+def test_a_brief_health_wait_reports_the_time_it_used(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    inp = _probed_wait(docker_client, project, "{type: http, path: /missing, interval: 100ms}")
+    brief = DockerExecutor(docker_client).wait_healthy_briefly(
+        inp.model_copy(update={"budget_s": 0.5})
+    )
+    assert brief.instances is None
+    assert 0.5 <= brief.used_s < 3  # the full wait has the rest of the 3 s
+    assert brief.checks >= 3
 
 
 def test_state_changes_wake_on_a_start_and_let_go_of_the_stream(

@@ -261,8 +261,8 @@ async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
 
     When the wait may end within :data:`BRIEF_HEALTH_S` (its delay and ``min_ready_s`` are
     shorter), its first :data:`BRIEF_HEALTH_S` run as a local activity; the full wait, an
-    ordinary activity, follows only if the containers are not ready by then, with the checks that
-    are left (a ``min_ready_s`` starts again there: stricter, never looser).
+    ordinary activity, follows only if the containers are not ready by then, with the time that
+    is left (a ``min_ready_s`` starts again there: stricter, never looser).
     """
     if inp.delay_s + inp.min_ready_s < BRIEF_HEALTH_S and runs_local("wait_healthy_briefly"):
         brief: HealthWait = await call(
@@ -273,7 +273,14 @@ async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
         )
         if brief.instances is not None:
             return brief.instances
-        inp = inp.model_copy(update={"delay_s": 0.0, "retries": max(1, inp.retries - brief.checks)})
+        # The window's time it used, in intervals (a result recorded before the window was one
+        # of time has only its checks).
+        used = (
+            int(brief.used_s // inp.interval_s)
+            if "used_s" in brief.model_fields_set
+            else brief.checks
+        )
+        inp = inp.model_copy(update={"delay_s": 0.0, "retries": max(1, inp.retries - used)})
     result: list[ServiceInstance] = await call(
         "wait_healthy", inp, start_to_close=health_timeout(inp), result_type=list[ServiceInstance]
     )
