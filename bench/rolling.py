@@ -312,8 +312,10 @@ class DirectStack:
             RouteInput(tenant=TENANT, project=self.project, service="web", container_port="80/tcp")
         )
 
-    def up(self, rev: int, slots: list[int], route: bool = True) -> None:
-        """Start replicas of revision ``rev``, wait until they are healthy, route them."""
+    def up(
+        self, rev: int, slots: list[int], route: bool = True, serving: tuple[int, ...] = ()
+    ) -> None:
+        """Start replicas of revision ``rev``; gate them (and ``serving``) healthy; route them."""
         spec = self.specs[rev]
         self.executor.start_service(
             StartServiceInput(
@@ -326,17 +328,21 @@ class DirectStack:
                 slots=slots,
             )
         )
+        self.gate(rev, [*serving, *slots])
+        if route:
+            self.router.route_add(self._route_input(rev, slots))
+
+    def gate(self, rev: int, slots: list[int]) -> None:
+        """The health gate of replicas of revision ``rev``."""
         self.executor.wait_healthy(
             WaitHealthyInput(
                 selector=self._selector(rev, slots),
                 expected=len(slots),
                 interval_s=INTERVAL,
                 retries=200,
-                probe=spec.probe,
+                probe=self.specs[rev].probe,
             )
         )
-        if route:
-            self.router.route_add(self._route_input(rev, slots))
 
     def switch(self, new: tuple[int, list[int]], old: tuple[int, list[int]]) -> None:
         """Route the new replicas and drain the old ones out, in one change (as the workflow)."""
@@ -365,8 +371,9 @@ def floor_run(
 ) -> tuple[float, int, int, list[float]]:
     """The same steps as Moorage's rolling update, called directly: no Temporal, no workflow.
 
-    Network and route (they exist), then per replica: start, wait healthy, switch traffic, stop,
-    remove; then the new revision's containers are listed (the workflow records them).
+    Network and route (they exist), then per replica: start, wait healthy (it and the new replicas
+    before it), switch traffic, stop, remove; then all the new replicas' last health gate, and
+    the new revision's containers are listed (the workflow records them).
     """
     with DirectStack(workdir, client, health_interval) as stack:
         with Wrk(stack.url, connections=6, keepalive=True) as load:
@@ -375,9 +382,10 @@ def floor_run(
                 t0 = time.monotonic()
                 stack.prepare()
                 for slot in range(REPLICAS):
-                    stack.up(2, [slot], route=False)
+                    stack.up(2, [slot], route=False, serving=tuple(range(slot)))
                     stack.switch((2, [slot]), (1, [slot]))
                     stack.retire(1, [slot])
+                stack.gate(2, list(range(REPLICAS)))  # the service's last gate
                 stack.executor.list_containers(stack._selector(2, list(range(REPLICAS))))
                 wall = time.monotonic() - t0
             time.sleep(0.5)

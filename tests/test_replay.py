@@ -57,6 +57,10 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         # A recreate whose service has no route stops it before any brief step has asked for
         # its patch: asking for "local-brief-steps" at the stop would break its replay.
         "recreate-unrouted-completed-before-stop",
+        # Rolling updates started before every batch's gate and a last one per service checked
+        # all the new replicas so far (patch "rolling-gate-all-new").
+        "rolling-completed-before-gate",
+        "rolling-rolled-back-before-gate",
         "recreate-unrouted-completed",
         "recreate-cancelled",
         "bluegreen-completed",

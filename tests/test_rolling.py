@@ -188,6 +188,54 @@ async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_
     assert routed(router, project) == old
 
 
+CRASH_AFTER_HEALTHY = """    command:
+      - sh
+      - -c
+      - |
+        trap 'exit 0' TERM
+        httpd -p 80 -h /www
+        if [ "$$(hostname)" = web-0 ]; then
+          sleep 3; echo 'demo: crashing after it got healthy' >&2; exit 3
+        fi
+        sleep 1000000 & wait
+"""
+"""v2 whose first replica serves, passes its gate (the image's HEALTHCHECK, ~1 s), is switched
+in, then dies 3 s after its start: while later batches roll."""
+
+
+async def test_a_new_replica_that_dies_after_its_gate_fails_the_roll_and_it_rolls_back(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(service, project)
+    old = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, web("moorage-demo:v2") + CRASH_AFTER_HEALTHY)
+    dep = await service.deploy(TENANT, USER, project, ROLL)
+    state = await wait_terminal(service, dep.id)
+    d = state.deployment
+    assert d.status == DeploymentStatus.ROLLED_BACK, d.message
+    events = [e.event_type for e in state.events]
+    passed = [e for e in state.events if e.event_type == EventType.HEALTH_CHECK_PASSED]
+    assert passed[0].details["containers"] == [naming.container_name(TENANT, project, "web", 2, 0)]
+    # Slot 0 passed its gate, then a later gate (a batch's, or the service's last) found it dead.
+    failed = [e for e in state.events if e.event_type == EventType.HEALTH_CHECK_FAILED]
+    assert len(failed) == 1, [e.message for e in state.events]
+    assert events.index(EventType.HEALTH_CHECK_FAILED) > events.index(EventType.HEALTH_CHECK_PASSED)
+    assert failed[0].details["container"] == naming.container_name(TENANT, project, "web", 2, 0)
+    assert "exit code 3" in failed[0].message
+    assert "crashing after it got healthy" in failed[0].details["logs"]
+    assert EventType.SERVICE_UPDATED not in events
+    assert labelled(docker_client, project, revision=str(d.revision)) == []
+    assert {c.name for c in labelled(docker_client, project)} == old
+    assert routed(router, project) == old
+    with Load(url, connections=2, keepalive=False) as load:
+        await asyncio.sleep(1)
+    assert load.result.failed == 0
+    assert set(load.result.versions) == {"v1"}
+
+
 async def test_nginx_rolling_update_without_keepalive_drops_nothing(
     nginx_service: DeploymentService,
     docker_client: docker.DockerClient,
@@ -317,17 +365,22 @@ async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_d
     history = await roll_history(service, project, 2, probe)
     remote = scheduled(history)
     local = [m["activity_type"] for m in local_activity_markers(history)]
-    # Per replica: the health gate's first 2 s, the switch, the stop's first 2 s and the removal.
+    # Per replica: the health gate's first 2 s, the switch, the stop's first 2 s and the removal;
+    # per service, a last gate of all its new replicas.
     per_replica = ["wait_healthy_briefly", "route_switch", "stop_containers_briefly"]
     assert sorted(local) == sorted(
-        ["ensure_network", "ensure_route", "list_containers"]
+        ["ensure_network", "ensure_route", "list_containers", "wait_healthy_briefly"]
         + [*per_replica, "remove_containers"] * 2
     )
     assert set(local) == QUICK_STEPS | set(per_replica)
     # Start as an activity; a full health wait only after a brief one without a verdict.
     briefs = brief_results(history)
-    assert len(briefs) == 2
+    assert len(briefs) == 3
     assert all(b["checks"] >= 1 for b in briefs)
+    # Each gate checks the new replicas so far: 1, then 2, then both again.
+    assert [len(b["instances"] or []) for b in briefs if b["instances"] is not None] == [
+        n for n, b in zip([1, 2, 2], briefs, strict=True) if b["instances"] is not None
+    ]
     unready = sum(b["instances"] is None for b in briefs)
     # The demo image exits on SIGTERM within the brief stop: no full stop.
     stops = brief_results(history, "stop_containers_briefly")
@@ -389,9 +442,11 @@ async def test_a_replica_not_ready_within_the_brief_wait_gets_the_full_wait(
     """The image's HEALTHCHECK first runs 3 s after the start: past the local wait's 2 s."""
     slow = "    healthcheck:\n      interval: 3s\n"
     history = await roll_history(service, project, 1, slow)
-    [brief] = brief_results(history)
+    brief, last = brief_results(history)
     assert brief["instances"] is None
     assert brief["checks"] >= 1
+    assert 1.5 <= brief["used_s"] < 3  # the full wait got the rest of the window
+    assert last["instances"] is not None  # the service's last gate: still healthy
     remote = scheduled(history)
     # The full wait follows the start (and the brief wait); the old replica stops briefly.
     assert remote == ["start_service", "wait_healthy"]

@@ -67,6 +67,9 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         # Deployments started before this change ran these steps one after the other, and routed
         # new replicas with a step of their own (route_add) before the old ones drained.
         switch = workflow.patched("rolling-switch-traffic")
+        # Deployments started before this change gated each batch's new replicas only, and not
+        # all of them again at the end of the service.
+        gate_all = workflow.patched("rolling-gate-all-new")
         if switch:
             await steps.side_by_side(
                 steps.call("ensure_network", network), steps.ensure_routes(t, inp.target)
@@ -85,6 +88,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                 service=spec.name,
                 batches=[b.model_dump() for b in batches],
             )
+            started: list[int] = []
             for number, batch in enumerate(batches, start=1):
                 # New replicas that replace old ones on the same route take the traffic in the
                 # drain of the old ones: one router change per batch.
@@ -110,8 +114,15 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                     )
                 if batch.start:
                     await steps.bring_up(
-                        t, self.undo, spec, new, batch.start, route=routed_in is None
+                        t,
+                        self.undo,
+                        spec,
+                        new,
+                        batch.start,
+                        route=routed_in is None,
+                        serving=started if gate_all else None,
                     )
+                    started += batch.start
                 if old is not None and prev is not None:
                     await steps.take_out(
                         t,
@@ -129,6 +140,10 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                     f"{spec.name}: batch {number}/{len(batches)} done "
                     f"(new {batch.start}, old out {batch.stop_first + batch.stop_after})",
                 )
+            if gate_all and started:
+                # A new replica that died after its own gate (in a later batch's switch, or the
+                # last batch's stop of the old one) fails the deployment here, not after it.
+                await steps.gate_healthy(t, new, spec, started)
             t.event(EventType.SERVICE_UPDATED, f"{spec.name} updated", service=spec.name)
 
         # Services the new revision no longer has go last, once everything new serves.

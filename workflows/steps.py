@@ -556,10 +556,13 @@ async def bring_up(
     revision: int,
     slots: list[int],
     route: bool = True,
+    serving: list[int] | None = None,
 ) -> list[ServiceInstance]:
     """Start replicas of the deployment's revision, gate them healthy, route traffic to them.
 
     ``route=False`` leaves the routing to the ``take_out`` that follows (one traffic switch).
+    ``serving``: replicas of the same revision started before; the gate checks them again, so one
+    that died since fails the deployment before more old replicas go.
     Undo (pushed first): take them out of the route, then remove them.
     """
     dep = t.deployment
@@ -582,10 +585,10 @@ async def bring_up(
         service=spec.name,
         containers=[i.container_name for i in started],
     )
-    instances = await gate_healthy(t, revision, spec, slots)
+    instances = await gate_healthy(t, revision, spec, (serving or []) + slots)
     if route:
         await route_add(dep, spec, revision, slots)
-    return instances
+    return [i for i in instances if i.slot in slots]
 
 
 async def take_out(
