@@ -6,6 +6,7 @@ Docker SDK calls block, so activities run on a thread pool. Scale out by startin
 from __future__ import annotations
 
 import asyncio
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -26,7 +27,7 @@ from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAProxyBackend
 from activities.inputs import ListLabelledInput
 from activities.nginx import NginxBackend
-from activities.router import ProxyBackend, TrafficRouter
+from activities.router import ProxyBackend, ProxyUnavailable, TrafficRouter
 from moorage.settings import Settings, get_settings
 from moorage.temporal import connect
 from workflows.bluegreen import BlueGreenWorkflow
@@ -55,7 +56,9 @@ def build_router(
     if settings.router == "nginx":
         backend = NginxBackend(directory, settings.router_bind, settings.drain_timeout)
     else:
-        backend = HAProxyBackend(directory, settings.router_bind, settings.drain_timeout)
+        backend = HAProxyBackend(
+            directory, settings.router_bind, settings.drain_timeout, settings.router_managed
+        )
     return TrafficRouter(backend, docker_client, settings.port_range(), settings.drain_timeout)
 
 
@@ -121,7 +124,10 @@ async def run_worker(settings: Settings | None = None) -> None:
     executor = DockerExecutor()
     router = build_router(settings, executor.client)
     # The proxy serves the routes even before the first deployment touches them.
-    router.ensure_running()
+    try:
+        router.ensure_running()
+    except ProxyUnavailable as exc:  # run outside Moorage, not up yet: router steps retry
+        print(f"moorage worker: {exc}", file=sys.stderr, flush=True)
     worker = build_worker(client, settings.task_queue, executor, router)
     await ensure_reconcile_schedule(client, settings)
     print(

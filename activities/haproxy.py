@@ -88,16 +88,24 @@ class HAProxyBackend(ProxyBackend):
     name = "haproxy"
     pidfile_name = "haproxy.pid"
 
-    def __init__(self, directory: Path, bind: str = "127.0.0.1", drain_timeout_s: float = 10.0):
-        super().__init__(directory, bind, drain_timeout_s)
+    def __init__(
+        self,
+        directory: Path,
+        bind: str = "127.0.0.1",
+        drain_timeout_s: float = 10.0,
+        managed: bool = True,
+    ):
+        super().__init__(directory, bind, drain_timeout_s, managed)
         self.config = directory / "haproxy.cfg"
         self.socket = directory / "admin.sock"
+        self.master_socket = directory / "master.sock"
+        """The master CLI of an HAProxy run outside Moorage (``-S``): reloads go through it."""
 
     # --- process -------------------------------------------------------------------------------
 
     def running(self) -> bool:
-        """True when the master process is alive and the admin socket answers."""
-        if self._pid() is None:
+        """True when the admin socket answers (and, for Moorage's own HAProxy, its master lives)."""
+        if self.managed and self._pid() is None:
             return False
         try:
             self.command("show info")
@@ -154,6 +162,10 @@ class HAProxyBackend(ProxyBackend):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stale, signal.SIGUSR1)
 
+    def publish(self, state: RouterState) -> None:
+        """Write the (checked) config an HAProxy run outside Moorage starts from."""
+        self._write(state)
+
     def _wait_ready(self, state: RouterState, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         wanted = {r.backend for r in state.routes.values()}
@@ -169,7 +181,18 @@ class HAProxyBackend(ProxyBackend):
             time.sleep(0.05)
 
     def reload(self, state: RouterState) -> None:
-        """Graceful reload (master-worker): listening sockets handed over, old worker drains."""
+        """Graceful reload (master-worker): listening sockets handed over, old worker drains.
+
+        Moorage's own HAProxy gets SIGUSR2; one run outside Moorage gets ``reload`` on its master
+        CLI (it may live in another pid namespace, a container's).
+
+        Raises:
+            ProxyUnavailable: the master CLI of an HAProxy run outside Moorage does not answer.
+        """
+        if not self.managed:
+            self._talk(self.master_socket, "reload")
+            self._wait_ready(state)
+            return
         pid = self._pid()
         if pid is None:
             self.start(state)
@@ -185,10 +208,19 @@ class HAProxyBackend(ProxyBackend):
         Raises:
             RouterError: the socket does not answer.
         """
+        return self._talk(self.socket, cmd)
+
+    @staticmethod
+    def _talk(path: Path, cmd: str) -> str:
+        """One command on one of HAProxy's sockets (admin, or the master CLI); its answer.
+
+        Raises:
+            ProxyUnavailable: the socket does not answer.
+        """
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(5)
-                s.connect(str(self.socket))
+                s.connect(str(path))
                 s.sendall(cmd.encode() + b"\n")
                 chunks = []
                 while True:
@@ -197,7 +229,7 @@ class HAProxyBackend(ProxyBackend):
                         break
                     chunks.append(chunk)
         except OSError as exc:
-            raise ProxyUnavailable(f"haproxy admin socket: {exc}") from exc
+            raise ProxyUnavailable(f"haproxy socket {path.name}: {exc}") from exc
         return b"".join(chunks).decode(errors="replace")
 
     def _ok(self, cmd: str, *accept: str) -> str:

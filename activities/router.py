@@ -88,10 +88,14 @@ class ProxyBackend(ABC):
     pidfile_name: str
     """The proxy's pid file in the router directory (its master process)."""
 
-    def __init__(self, directory: Path, bind: str, drain_timeout_s: float = 10.0):
+    def __init__(
+        self, directory: Path, bind: str, drain_timeout_s: float = 10.0, managed: bool = True
+    ):
         self.dir = directory
         self.bind = bind
         self.drain_timeout_s = drain_timeout_s
+        self.managed = managed
+        """False: the proxy runs outside Moorage; it is never started or stopped from here."""
         self.pidfile = directory / self.pidfile_name
 
     def _pid(self) -> int | None:
@@ -104,8 +108,8 @@ class ProxyBackend(ABC):
         return pid if comm.startswith(self.name) else None
 
     def stop(self) -> None:
-        """Stop the proxy: SIGTERM to the master, SIGKILL if it is still there after 5 s."""
-        pid = self._pid()
+        """Stop Moorage's own proxy: SIGTERM to the master, SIGKILL after 5 s."""
+        pid = self._pid() if self.managed else None
         if pid is None:
             return
         os.kill(pid, signal.SIGTERM)
@@ -125,6 +129,31 @@ class ProxyBackend(ABC):
     @abstractmethod
     def start(self, state: RouterState) -> None:
         """Write the config for ``state`` and start the proxy."""
+
+    def publish(self, state: RouterState) -> None:
+        """Write the config for ``state`` for a proxy run outside Moorage to start from.
+
+        Raises:
+            RouterError: the proxy would refuse the config.
+        """
+        raise NotImplementedError(f"{self.name} is always run by Moorage")
+
+    def come_up(self, state: RouterState) -> None:
+        """Start the proxy when it is down (one run outside Moorage: write its config).
+
+        Raises:
+            ProxyUnavailable: the proxy is run outside Moorage and does not answer.
+        """
+        if self.running():
+            return
+        if self.managed:
+            self.start(state)
+            return
+        self.publish(state)
+        raise ProxyUnavailable(
+            f"{self.name} runs outside Moorage (MOORAGE_ROUTER_MANAGED=false) and does not answer "
+            f"in {self.dir}; its config is written there: start it"
+        )
 
     @abstractmethod
     def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
@@ -204,20 +233,30 @@ class TrafficRouter:
         os.replace(tmp, self.state_file)
 
     def ensure_running(self) -> None:
-        """Start the proxy from the state on disk when it is not running."""
+        """Start the proxy from the state on disk when it is not running.
+
+        Raises:
+            ProxyUnavailable: the proxy runs outside Moorage and does not answer (its config is
+                written for it to start from).
+        """
         with self._locked():
-            if not self.backend.running():
-                self.backend.start(self.load())
+            self.backend.come_up(self.load())
 
     def stop(self) -> None:
         """Stop the proxy (its state stays on disk)."""
         self.backend.stop()
 
+    def _up(self) -> None:
+        """:meth:`ProxyBackend.come_up`, in an activity: a proxy down is worth retrying."""
+        try:
+            self.backend.come_up(self.load())
+        except ProxyUnavailable as exc:
+            raise ApplicationError(str(exc), type="RouterUnavailable") from exc
+
     def _change(self, mutate: Callable[[RouterState], dict[str, list[str]]]) -> RouterState:
         """Apply ``mutate`` to the state, then to the proxy; saves only what the proxy took."""
         with self._locked():
-            if not self.backend.running():
-                self.backend.start(self.load())
+            self._up()
             old = self.load()
             new = old.model_copy(deep=True)
             draining = mutate(new)
@@ -304,7 +343,8 @@ class TrafficRouter:
             state = self._change(mutate)
             route = state.routes[key]
         else:
-            self.ensure_running()
+            with self._locked():
+                self._up()
         return RouteInfo(
             service=inp.service, url=f"http://{self.backend.bind}:{route.port}/", port=route.port
         )

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     """The traffic router backend the worker drives."""
     router_dir: Path | None = None
     """Router state, proxy config and sockets (default: ``<data_dir>/router-<router>``)."""
+    router_managed: bool = True
+    """The worker starts the proxy when it finds it down, and ``moorage dev`` stops it. False: the
+    proxy runs outside Moorage (a container, see the README; HAProxy only): the worker writes its
+    config, drives it through its sockets, and waits for it to come back when it is down."""
     router_bind: str = "127.0.0.1"
     """Address the routes listen on."""
     route_ports: str = "21000-21999"
@@ -87,6 +91,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_policies(self) -> Settings:
         self.tenant_policy_map()  # a bad MOORAGE_TENANT_POLICIES stops the process at start
+        if not self.router_managed and self.router != "haproxy":
+            raise ValueError(
+                "MOORAGE_ROUTER_MANAGED=false is supported with MOORAGE_ROUTER=haproxy only"
+            )
         return self
 
     def default_memory_bytes(self) -> int:
