@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from temporalio.client import Client, WorkflowHistory
 
 from activities.docker_executor import DockerExecutor
+from activities.haproxy import HAPROXY, HAProxyBackend
 from activities.nginx import NginxBackend
 from activities.router import TrafficRouter, route_key
 from moorage import naming
@@ -287,13 +290,45 @@ async def test_invalid_nginx_config_keeps_the_old_one_serving(
     assert {c.name for c in labelled(docker_client, project)} == old
 
 
+def get_version(url: str) -> str:
+    with urllib.request.urlopen(url + "version", timeout=5) as answer:
+        return str(answer.read().decode().strip())
+
+
+def restart_from_the_config_file(router: TrafficRouter, project: str) -> set[str]:
+    """Stop HAProxy and start it from its config file alone, as a supervisor would (not Moorage's
+    start, which writes the config from state.json first), with no router step in between.
+
+    Returns:
+        The servers the state had for the project's route; the restarted HAProxy has them.
+    """
+    backend = router.backend
+    assert isinstance(backend, HAProxyBackend)
+    with router._locked():
+        router.stop()
+        assert not backend.running()
+        wanted = set(router.load().routes[route_key(TENANT, project, "web")].servers)
+        subprocess.run(
+            [HAPROXY, "-W", "-D", "-f", str(backend.config), "-p", str(backend.pidfile)],
+            check=True,
+        )
+        deadline = time.monotonic() + 10
+        while not backend.running():
+            assert time.monotonic() < deadline, "haproxy did not come up from its config file"
+            time.sleep(0.05)
+        assert routed(router, project) == wanted
+    return wanted
+
+
 async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
     service: DeploymentService,
     docker_client: docker.DockerClient,
     router: TrafficRouter,
     project: str,
 ) -> None:
-    await serve_v1(service, project)
+    """Restarted from the config file on disk alone (as a supervisor would): the routes the
+    deployment had set, live; the roll completes through it."""
+    url = await serve_v1(service, project)
     await service.apply_project(TENANT, project, web("moorage-demo:v2"))
     dep = await service.deploy(
         TENANT, USER, project, ROLL.model_copy(update={"health_check_delay": 1.5})
@@ -304,20 +339,40 @@ async def test_haproxy_restarted_mid_deployment_comes_back_with_its_routes(
         dep.id,
         lambda s: sum(e.event_type == EventType.HEALTH_CHECK_PASSED for e in s.events) >= 2,
     )
-    key = route_key(TENANT, project, "web")
-    router.stop()
-    assert not router.backend.running()
-    router.ensure_running()  # what a supervisor (or the next router activity) does
-    set_by_deployment = set(router.load().routes[key].servers)
+    set_by_deployment = await asyncio.to_thread(restart_from_the_config_file, router, project)
     assert len(set_by_deployment) >= REPLICAS
     assert {n.rsplit("-r", 1)[1].split("-")[0] for n in set_by_deployment} == {
         "1",
         str(dep.revision),
     }
-    assert routed(router, project) == set_by_deployment
+    assert await asyncio.to_thread(get_version, url) in ("v1", "v2")
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
     assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
+
+
+async def test_a_router_step_that_finds_haproxy_down_starts_it(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    url = await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2", replicas=2))
+    dep = await service.deploy(
+        TENANT, USER, project, ROLL.model_copy(update={"health_check_delay": 1.5})
+    )
+    await wait_status(
+        service,
+        dep.id,
+        lambda s: any(e.event_type == EventType.SERVICE_STARTED for e in s.events),
+    )
+    router.stop()  # down before the batch's switch: the switch starts it
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert router.backend.running()
+    assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
+    assert await asyncio.to_thread(get_version, url) == "v2"
 
 
 async def roll_history(
