@@ -123,6 +123,15 @@ async def test_project_lifecycle_and_deployment_reads(
     assert types[0] == "deployment_requested"
     assert "deployment_completed" in types
 
+    # The project answers where each routed service is served, and it does serve there.
+    routed_project = await http.get(f"/api/projects/{project}", headers=A)
+    routes = routed_project.json()["routes"]
+    assert list(routes) == ["web"]
+    assert routes["web"].startswith("http://127.0.0.1:")
+    async with httpx.AsyncClient() as direct:
+        served = await direct.get(routes["web"] + "version")
+    assert (served.status_code, served.text.strip()) == (200, "v1")
+
     inst = await http.get(f"/api/deployments/{dep_id}/instances", headers=A)
     assert inst.status_code == 200
     names = {i["container_name"] for i in inst.json()}
@@ -241,6 +250,22 @@ async def test_invalid_input_is_422_naming_the_field(
         else:
             assert "max_surge" in resp.text
             assert "max_unavailable" in resp.text
+    # Per service: 10% of 4 replicas rounds down to 0, with no surge: refused, naming the service.
+    four = await http.put(
+        f"/api/projects/{project}",
+        json={"compose": compose(api_image=None, web_replicas=4)},
+        headers=A,
+    )
+    assert four.status_code == 200, four.text
+    resp = await http.post(
+        f"/api/projects/{project}/deploy",
+        json={"strategy": "rolling_update", "max_surge": 0, "max_unavailable": "10%"},
+        headers=A,
+    )
+    assert resp.status_code == 422, resp.text
+    assert "service 'web'" in resp.text
+    assert "max_surge" in resp.text
+    assert "max_unavailable" in resp.text
     resp = await http.put(f"/api/projects/{project}", json={}, headers=A)
     assert resp.status_code == 422
     assert "compose" in loc_names(resp)

@@ -210,6 +210,11 @@ async def test_apply_deploy_watch_and_inspect(
     dep_id = f"{project}.1"
     assert f"{dep_id} completed" in deployed.out
     assert "deployment_completed" in deployed.out  # the final events
+    [route] = [line.split() for line in deployed.out.splitlines() if "route" in line.split()]
+    assert route[:2] == ["route", "web"]
+    assert route[2].startswith("http://127.0.0.1:")
+    shown_after = await moorage("project", "show", project, env=cli_env)
+    assert f"route     web  {route[2]}" in shown_after.out
 
     status = await moorage("status", dep_id, "--json", env=cli_env)
     assert status.code == 0, status
