@@ -25,6 +25,10 @@ from activities.router import (
 )
 
 NGINX = "nginx"
+RELOAD_S = 10.0
+"""How long nginx may take to start the workers of a new config after SIGHUP."""
+BIND_RETRIES_S = 3.0
+"""nginx retries a bind() that fails for ~2.5 s before it gives the reload up."""
 
 
 def render_config(state: RouterState, directory: Path, bind: str, extra_http: str = "") -> str:
@@ -138,7 +142,8 @@ class NginxBackend(ProxyBackend):
         """Check and write the new config, reload, and wait for old workers to finish (drain).
 
         Raises:
-            RouterError: ``nginx -t`` refused the config (the old one keeps serving).
+            RouterError: ``nginx -t`` refused the config, or nginx gave the reload up (the old
+                config keeps serving).
         """
         self._write_checked(new)
         master = self._pid()
@@ -146,10 +151,13 @@ class NginxBackend(ProxyBackend):
             self.start(new)
             return
         before = set(self._workers(master))
+        log = self.dir / "error.log"
+        offset = log.stat().st_size if log.exists() else 0
         try:
             os.kill(master, signal.SIGHUP)
         except ProcessLookupError as exc:
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
+        self._wait_reloaded(master, before, log, offset, old)
         # The old workers finish their in-flight requests, then exit: that is the drain.
         deadline = time.monotonic() + self.drain_timeout_s
         beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
@@ -160,6 +168,39 @@ class NginxBackend(ProxyBackend):
                 return
             beat("draining: old nginx workers still finish requests")
             time.sleep(next(pauses))
+
+    def _wait_reloaded(
+        self, master: int, before: set[int], log: Path, offset: int, old: RouterState
+    ) -> None:
+        """Wait until nginx runs workers of the new config.
+
+        ``nginx -t`` cannot catch everything: a listen port another process took since is found
+        only by the reload, which nginx then gives up, keeping the old workers and config. That
+        is a refusal: the config file is put back to what nginx runs.
+
+        Raises:
+            RouterError: nginx gave the reload up (its error log says why).
+            ProxyUnavailable: no worker of the new config within :data:`RELOAD_S`.
+        """
+        sent = time.monotonic()
+        pauses = poll_pauses()
+        while time.monotonic() - sent < RELOAD_S:
+            if set(self._workers(master)) - before:
+                return
+            failure = _emerg_since(log, offset)
+            if failure and (
+                "still could not" in failure or time.monotonic() - sent > BIND_RETRIES_S
+            ):
+                self._put_back(old)
+                raise RouterError(f"nginx gave the reload up: {failure}")
+            time.sleep(next(pauses))
+        raise ProxyUnavailable(f"nginx started no worker of the new config in {RELOAD_S:g}s")
+
+    def _put_back(self, state: RouterState) -> None:
+        """Write the config of ``state`` (what nginx still runs) unchecked: it ran before."""
+        tmp = self.dir / "nginx.conf.back"
+        tmp.write_text(render_config(state, self.dir, self.bind, self.extra_http))
+        os.replace(tmp, self.config)
 
     def configured_port(self, backend: str) -> int | None:
         """The ``listen`` port of the server block that follows the route's upstream."""
@@ -186,3 +227,20 @@ class NginxBackend(ProxyBackend):
                 )
                 result[name] = weight
         return result
+
+
+def _emerg_since(log: Path, offset: int) -> str | None:
+    """What nginx wrote to ``log`` as ``[emerg]`` past ``offset`` (each message once), if any."""
+    try:
+        with log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # "2026/11/26 16:17:53 [emerg] 9324#9324: bind() to 127.0.0.1:1 failed (98: ...)"
+    said = [
+        line.split("[emerg]", 1)[1].split(": ", 1)[-1].strip()
+        for line in text.splitlines()
+        if "[emerg]" in line
+    ]
+    return "; ".join(dict.fromkeys(said)) or None

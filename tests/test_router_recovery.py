@@ -23,6 +23,7 @@ from activities.inputs import RouteInput, RouteServersInput
 from activities.nginx import NginxBackend
 from activities.router import (
     ProxyBackend,
+    RouterError,
     RouterState,
     RouteState,
     ServerState,
@@ -280,3 +281,39 @@ def test_a_long_drain_keeps_heartbeating(tmp_path: Path, kind: str) -> None:
     finally:
         router.stop()
         silent.close()
+
+
+def test_an_nginx_reload_that_nginx_gives_up_is_refused_and_the_old_config_serves(
+    tmp_path: Path, listeners: list[str]
+) -> None:
+    """``nginx -t`` passes a listen port another process holds; only the reload finds it taken.
+    Moorage must not take that reload for applied."""
+    backend = NginxBackend(tmp_path, drain_timeout_s=5)
+    first, taken = free_port(), free_port()
+    while taken == first:
+        taken = free_port()
+    old = one_route(first, a=listeners[0])
+    backend.start(old)
+    try:
+        config = backend.config.read_text()
+        master = backend._pid()
+        assert master is not None
+        workers = set(backend._workers(master))
+        other = RouteState(
+            key=route_key(TENANT, "recovery", "api"), port=taken, container_port="80/tcp"
+        )
+        new = old.model_copy(deep=True)
+        new.routes[other.key] = other
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", taken))
+            holder.listen()
+            t0 = time.monotonic()
+            with pytest.raises(RouterError, match="Address already in use"):
+                backend.apply(old, new, {})
+            assert time.monotonic() - t0 < 10
+        assert backend.config.read_text() == config  # the file says what nginx runs
+        assert set(backend._workers(master)) == workers  # the old workers serve on
+        with socket.create_connection(("127.0.0.1", first), timeout=5):
+            pass
+    finally:
+        backend.stop()
