@@ -76,15 +76,17 @@ async def serve_v1(service: DeploymentService, project: str) -> str:
 
 
 class Sampler:
-    """Samples the engine while a roll runs: containers of the service, and how many are ready."""
+    """Samples the engine while a roll runs: containers of the service, and how many are ready;
+    and the router: how many servers of the route take new requests (up, not draining)."""
 
-    def __init__(self, client: docker.DockerClient, project: str):
-        self.client, self.project = client, project
-        self.max_total, self.min_ready, self.samples = 0, 10**6, 0
+    def __init__(self, client: docker.DockerClient, project: str, router: TrafficRouter):
+        self.client, self.project, self.router = client, project, router
+        self.max_total, self.min_ready, self.min_serving, self.samples = 0, 10**6, 10**6, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        route = self.router.load().routes[route_key(TENANT, self.project, "web")]
         while not self._stop.is_set():
             cs = self.client.api.containers(
                 all=True,
@@ -92,10 +94,12 @@ class Sampler:
             )
             running = [c for c in cs if c["State"] == "running"]
             ready = [c for c in running if "(healthy)" in c["Status"]]
+            serving = [w for w in self.router.backend.live_servers(route).values() if w > 0]
             self.max_total = max(self.max_total, len(cs))
             self.min_ready = min(self.min_ready, len(ready))
+            self.min_serving = min(self.min_serving, len(serving))
             self.samples += 1
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -125,7 +129,7 @@ async def test_rolling_update_under_load_drops_nothing(
     await service.apply_project(TENANT, project, web("moorage-demo:v2"))
     with (
         Load(url, connections=6, keepalive=keepalive) as load,
-        Sampler(docker_client, project) as sampler,
+        Sampler(docker_client, project, router) as sampler,
     ):
         await asyncio.sleep(0.5)
         dep = await service.deploy(
@@ -150,6 +154,7 @@ async def test_rolling_update_under_load_drops_nothing(
     assert sampler.samples > 10
     assert sampler.max_total <= REPLICAS + surge
     assert sampler.min_ready >= REPLICAS - unavailable
+    assert sampler.min_serving >= REPLICAS - unavailable  # and routed, not draining
     # Exactly the new replicas are routed.
     new = {c.name for c in labelled(docker_client, project)}
     assert len(new) == REPLICAS
