@@ -163,7 +163,9 @@ class DeploymentConfig(BaseModel):
     canary_steps: list[CanaryStep] | None = Field(default=None, max_length=50)
     """Canary: the steps (default: 10%, pause 30 s, 50%, 100%)."""
     progress_deadline: float = Field(default=900, ge=1, le=86_400)
-    """Seconds the whole deployment may take; past it, it fails (and rolls back)."""
+    """Seconds a deployment may go without progress (no step done, no event), as Kubernetes'
+    ``progressDeadlineSeconds``; past it, it fails (and rolls back). Pauses, a wait for
+    promotion and a scale-down delay do not count."""
 
     @field_validator("max_surge", "max_unavailable", mode="before")
     @classmethod

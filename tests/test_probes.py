@@ -94,7 +94,28 @@ async def test_progress_deadline_fails_and_rolls_back(
     assert "progress deadline exceeded" in state.deployment.message
     failed = next(e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED)
     assert failed.details["error_type"] == "ProgressDeadlineExceeded"
+    assert "no progress for 3s" in failed.message
     assert labelled(docker_client, project) == []
+
+
+async def test_a_roll_longer_than_its_progress_deadline_that_keeps_moving_completes(
+    service: DeploymentService, project: str
+) -> None:
+    """3 replicas, 1.5 s of health delay each: longer than 3 s in all, never 3 s without a step
+    done (the deadline used to bound the whole run, and failed it)."""
+    await service.apply_project(TENANT, project, probed().replace("replicas: 2", "replicas: 3"))
+    dep = await service.deploy(
+        TENANT,
+        USER,
+        project,
+        ROLL.model_copy(update={"health_check_delay": 1.5, "progress_deadline": 3}),
+    )
+    state = await wait_terminal(service, dep.id, timeout=60)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    d = state.deployment
+    assert d.started_at is not None
+    assert d.completed_at is not None
+    assert (d.completed_at - d.started_at).total_seconds() > 3.3
 
 
 def _start_one(client: docker.DockerClient, project: str, compose: str) -> WaitHealthyInput:

@@ -61,6 +61,15 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         # all the new replicas so far (patch "rolling-gate-all-new").
         "rolling-completed-before-gate",
         "rolling-rolled-back-before-gate",
+        # Every strategy's workflow started before the progress deadline counted time without
+        # progress (patch "progress-deadline-idle").
+        "recreate-completed-before-deadline",
+        "recreate-cancelled-before-deadline",
+        "recreate-unrouted-completed-before-deadline",
+        "rolling-completed-before-deadline",
+        "rolling-rolled-back-before-deadline",
+        "bluegreen-completed-before-deadline",
+        "canary-completed-before-deadline",
         "recreate-unrouted-completed",
         "recreate-cancelled",
         "bluegreen-completed",

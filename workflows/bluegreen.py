@@ -33,6 +33,12 @@ class BlueGreenWorkflow(StrategyWorkflow):
         super().__init__()
         self._waiting_promotion = False
         self._promoted_by: str | None = None
+        self._keeping_blue = False
+
+    @property
+    def holding(self) -> bool:
+        """Waiting for an operator's promotion, or keeping blue for the scale-down delay."""
+        return (self._waiting_promotion and self._promoted_by is None) or self._keeping_blue
 
     @workflow.run
     async def run(self, inp: StrategyInput) -> DeploymentState:
@@ -143,7 +149,11 @@ class BlueGreenWorkflow(StrategyWorkflow):
         if prev is not None:
             if cfg.scale_down_delay > 0:
                 t.progress(70, f"keeping blue for {cfg.scale_down_delay:g}s (scale-down delay)")
-                await asyncio.sleep(cfg.scale_down_delay)
+                self._keeping_blue = True
+                try:
+                    await asyncio.sleep(cfg.scale_down_delay)
+                finally:
+                    self._keeping_blue = False
             for old in reversed(prev.spec.services):
                 old_slots = list(range(old.replicas))
                 self.undo.push_wait_healthy(

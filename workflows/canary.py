@@ -121,6 +121,11 @@ class CanaryWorkflow(StrategyWorkflow):
 
     _in_pause_step = False
 
+    @property
+    def holding(self) -> bool:
+        """Paused by an operator, or in a pause step."""
+        return self._paused_by is not None or self._in_pause_step
+
     async def flow(self, inp: StrategyInput, t: Tracker) -> None:
         """The canary steps."""
         dep, prev, new = t.deployment, inp.previous, t.deployment.revision

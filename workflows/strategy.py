@@ -34,7 +34,8 @@ class StrategyWorkflow:
         self.undo = steps.CompensationStack()
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested_by: str | None = None
-        self._deadline_hit = False
+        self._deadline_hit: str | None = None
+        """Why the progress deadline stopped the steps, once it has."""
         self._aborted_by: str | None = None
 
     # --- the steps, written by each strategy ----------------------------------------------------
@@ -105,7 +106,13 @@ class StrategyWorkflow:
         )
         t.in_flow = True
         self._task = asyncio.create_task(self.flow(inp, t))
-        deadline = asyncio.create_task(self._watch_deadline(t, dep.config.progress_deadline))
+        # Deployments started before this change had the deadline bound their whole run.
+        watch = (
+            self._watch_progress
+            if workflow.patched("progress-deadline-idle")
+            else self._watch_deadline
+        )
+        deadline = asyncio.create_task(watch(t, dep.config.progress_deadline))
         try:
             try:
                 await self._task
@@ -118,10 +125,9 @@ class StrategyWorkflow:
                         type="Aborted",
                         non_retryable=True,
                     ) from None
-                if self._deadline_hit and self._cancel_requested_by is None:
+                if self._deadline_hit is not None and self._cancel_requested_by is None:
                     raise ApplicationError(
-                        f"progress deadline exceeded: not done {dep.config.progress_deadline:g}s "
-                        f"after it started ({dep.message})",
+                        f"progress deadline exceeded: {self._deadline_hit} ({dep.message})",
                         {"reason": "progress deadline exceeded"},
                         type="ProgressDeadlineExceeded",
                         non_retryable=True,
@@ -174,11 +180,38 @@ class StrategyWorkflow:
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
+    @property
+    def holding(self) -> bool:
+        """True while the deployment waits on purpose (the progress deadline does not count it).
+
+        A pause, an operator's promotion, a declared delay.
+        """
+        return False
+
+    async def _watch_progress(self, t: Tracker, seconds: float) -> None:
+        """Stop the steps once the deployment has not moved for ``seconds``, holds not counted.
+
+        Moved: progress or an event, as Kubernetes' ``progressDeadlineSeconds``; ``execute`` turns
+        the stop into a failure. One timer at a time: it is set again only when it fires.
+        """
+        while True:
+            if self.holding:
+                await workflow.wait_condition(lambda: not self.holding)
+                t.moved_at = workflow.now()  # the clock starts again after a hold
+            left = seconds - (workflow.now() - t.moved_at).total_seconds()
+            if left <= 0:
+                break
+            await asyncio.sleep(left)
+        self._stop_at_deadline(t, f"no progress for {seconds:g}s")
+
     async def _watch_deadline(self, t: Tracker, seconds: float) -> None:
-        """Stop the steps once the progress deadline passes; ``execute`` turns it into a failure."""
+        """Before the patch "progress-deadline-idle": the deadline bounds the whole run."""
         await asyncio.sleep(seconds)
+        self._stop_at_deadline(t, f"not done {seconds:g}s after it started")
+
+    def _stop_at_deadline(self, t: Tracker, why: str) -> None:
         if self._task is not None and not self._task.done():
-            self._deadline_hit = True
+            self._deadline_hit = why
             t.cancel_requested = True  # so the steps stop even if the cancel meets a finishing step
             self._task.cancel()
 

@@ -33,6 +33,8 @@ class Tracker:
         lost by asyncio (the step's result wins), so every recorded step also checks this."""
         self.in_flow = False
         """True while the strategy's steps run (and not while undoing them)."""
+        self.moved_at = workflow.now()
+        """When the deployment last moved: progress or an event (the progress deadline's clock)."""
 
     def checkpoint(self) -> None:
         """Stop the flow here if a cancel was requested.
@@ -65,6 +67,7 @@ class Tracker:
                 created_at=workflow.now(),
             )
         )
+        self.moved_at = workflow.now()
         self._details()
         self.checkpoint()
 
@@ -72,6 +75,7 @@ class Tracker:
         """Move progress forward (it never goes back) and set the message."""
         self.deployment.progress = max(self.deployment.progress, min(100, value))
         self.deployment.message = message
+        self.moved_at = workflow.now()
         self._details()
         self.checkpoint()
 
