@@ -1757,3 +1757,48 @@ def test_a_named_volume_mount_carries_its_driver_options() -> None:
     )
     (mount,) = parse_compose(text).service("web").mounts
     assert mount.driver_opts == {"type": "tmpfs", "device": "tmpfs", "o": "size=10m"}
+
+
+# --- x-moorage -----------------------------------------------------------------------------------
+
+
+def test_x_moorage_probe_min_ready_and_the_service_s_own_health_delay_and_retries() -> None:
+    spec = one(
+        """
+        ports: ["8080"]
+        x-moorage:
+          probe: {path: /healthz, interval: 250ms}
+          min_ready_seconds: 5s
+          health_check_delay: 1m
+          health_check_retries: 7
+        """
+    )
+    assert spec.probe is not None
+    assert (spec.probe.type, spec.probe.port, spec.probe.path) == ("http", 8080, "/healthz")
+    assert (spec.probe.status, spec.probe.interval_s) == (200, 0.25)
+    assert spec.min_ready_seconds == 5
+    assert (spec.health_check_delay, spec.health_check_retries) == (60, 7)
+    # Without them the deployment's settings apply.
+    plain = one("")
+    assert (plain.health_check_delay, plain.health_check_retries, plain.probe) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("x-moorage: {health_check_retries: 0}", "x-moorage.health_check_retries"),
+        ("x-moorage: {health_check_retries: '3'}", "x-moorage.health_check_retries"),
+        ("x-moorage: {health_check_retries: true}", "x-moorage.health_check_retries"),
+        ("x-moorage: {health_check_delay: soon}", "x-moorage.health_check_delay"),
+        ("x-moorage: {min_ready_seconds: -1}", "x-moorage.min_ready_seconds"),
+        ("x-moorage: {health_check_interval: 1}", "x-moorage.health_check_interval"),
+        ("x-moorage: {probe: {type: grpc}}", "x-moorage.probe.type"),
+        ("x-moorage: {probe: {port: 81}}", "x-moorage.probe.port"),
+        ("x-moorage: {probe: {path: healthz}}", "x-moorage.probe.path"),
+        ("x-moorage: {probe: {status: 700}}", "x-moorage.probe.status"),
+    ],
+)
+def test_x_moorage_refusals_name_the_key(body: str, key: str) -> None:
+    err = refused('ports: ["80"]\n' + body)
+    assert err.service == "web"
+    assert err.key == key, str(err)

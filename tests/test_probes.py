@@ -79,6 +79,37 @@ async def test_min_ready_seconds_holds_the_gate(service: DeploymentService, proj
         assert (p - s).total_seconds() >= 3
 
 
+async def test_a_service_s_own_health_delay_comes_before_the_deployment_s(
+    service: DeploymentService, project: str
+) -> None:
+    await service.apply_project(
+        TENANT, project, probed("{type: http, path: /}", "health_check_delay: 2s")
+    )
+    dep = await service.deploy(TENANT, USER, project, ROLL)  # the deployment's delay: 0
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    started = [e.created_at for e in state.events if e.event_type == EventType.SERVICE_STARTED]
+    passed = [e.created_at for e in state.events if e.event_type == EventType.HEALTH_CHECK_PASSED]
+    for s, p in zip(started, passed, strict=False):
+        assert (p - s).total_seconds() >= 2
+
+
+async def test_a_service_s_own_health_retries_come_before_the_deployment_s(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    await service.apply_project(
+        TENANT,
+        project,
+        probed("{type: http, path: /missing, interval: 100ms}", "health_check_retries: 1"),
+    )
+    dep = await service.deploy(TENANT, USER, project, ROLL)  # 8 retries 0.5 s apart: 4 s
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK
+    failed = next(e for e in state.events if e.event_type == EventType.HEALTH_CHECK_FAILED)
+    assert "not healthy within 0.5s" in failed.message
+    assert labelled(docker_client, project) == []
+
+
 async def test_progress_deadline_fails_and_rolls_back(
     service: DeploymentService, docker_client: docker.DockerClient, project: str
 ) -> None:

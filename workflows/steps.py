@@ -224,12 +224,17 @@ async def start_service(
 def health_input(
     cfg: DeploymentConfig, sel: ContainerSelector, expected: int, spec: ServiceSpec | None = None
 ) -> WaitHealthyInput:
-    """The health wait for ``expected`` containers under the deployment's health settings."""
+    """The health wait for ``expected`` containers under the deployment's health settings.
+
+    The service's own ``x-moorage`` delay and retries come first.
+    """
+    delay = spec.health_check_delay if spec else None
+    retries = spec.health_check_retries if spec else None
     return WaitHealthyInput(
         selector=sel,
         expected=expected,
-        delay_s=cfg.health_check_delay,
-        retries=cfg.health_check_retries,
+        delay_s=cfg.health_check_delay if delay is None else delay,
+        retries=cfg.health_check_retries if retries is None else retries,
         interval_s=cfg.health_check_interval,
         probe=spec.probe if spec else None,
         min_ready_s=spec.min_ready_seconds if spec else 0.0,

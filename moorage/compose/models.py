@@ -110,6 +110,12 @@ class ServiceSpec(BaseModel):
     """Moorage's own readiness probe (``x-moorage.probe``), used instead of Docker's health."""
     min_ready_seconds: float = 0.0
     """How long a replica must stay ready before it counts (``x-moorage.min_ready_seconds``)."""
+    health_check_delay: float | None = None
+    """``x-moorage.health_check_delay``: this service's delay before its first health check
+    (None: the deployment's ``health_check_delay``)."""
+    health_check_retries: int | None = None
+    """``x-moorage.health_check_retries``: this service's health checks' worth of time (None: the
+    deployment's ``health_check_retries``)."""
     privileged: bool = False
     cap_add: list[str] = Field(default_factory=list)
     """Capabilities to add, upper-case without ``CAP_``."""

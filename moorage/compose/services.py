@@ -53,7 +53,9 @@ SERVICE_KEYS = frozenset(
 DEPLOY_KEYS = frozenset({"replicas", "resources"})
 HEALTHCHECK_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
 
-X_MOORAGE_KEYS = frozenset({"probe", "min_ready_seconds"})
+X_MOORAGE_KEYS = frozenset(
+    {"probe", "min_ready_seconds", "health_check_delay", "health_check_retries"}
+)
 PROBE_KEYS = frozenset({"type", "port", "path", "status", "interval", "timeout"})
 
 
@@ -258,13 +260,30 @@ def _parse_service(
 
 
 def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
-    """``x-moorage``: Moorage's per-service extension (readiness probe, min ready time)."""
+    """``x-moorage``: Moorage's per-service extension.
+
+    A readiness probe, a min ready time, and the deployment's health delay and retries for this
+    service.
+    """
     name = spec.name
     _known_keys(value, X_MOORAGE_KEYS, service=name, key="x-moorage")
     if "min_ready_seconds" in value:
         spec.min_ready_seconds = parse_duration(
             value["min_ready_seconds"], service=name, key="x-moorage.min_ready_seconds"
         )
+    if "health_check_delay" in value:
+        spec.health_check_delay = parse_duration(
+            value["health_check_delay"], service=name, key="x-moorage.health_check_delay"
+        )
+    if "health_check_retries" in value:
+        retries = value["health_check_retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 1 <= retries <= 10_000:
+            raise ComposeError(
+                "must be a whole number from 1 to 10000",
+                service=name,
+                key="x-moorage.health_check_retries",
+            )
+        spec.health_check_retries = retries
     probe = value.get("probe")
     if probe is None:
         return
