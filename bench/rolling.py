@@ -417,8 +417,9 @@ NETNS = "moorage-bench-swarm"
 
 
 @contextmanager
-def swarm_engine(client: docker.DockerClient) -> Iterator[dict[str, str]]:
-    """An engine that can run swarm mode; yields the environment for the docker CLI.
+def swarm_engine(client: docker.DockerClient) -> Iterator[dict[str, str] | None]:
+    """An engine that can run swarm mode; yields the environment for the docker CLI (None: no
+    engine for Swarm here; the bench goes on without it).
 
     Swarm mode refuses a dockerd with live-restore, which Moorage's engine runs with
     (scripts/ensure-engine.sh). Then a second dockerd on this machine, in a network namespace of
@@ -459,7 +460,10 @@ def swarm_engine(client: docker.DockerClient) -> Iterator[dict[str, str]]:
             except docker.errors.DockerException:  # not up yet
                 time.sleep(0.2)
         if second is None:
-            raise RuntimeError(f"the second dockerd did not start; see {root / 'dockerd.log'}")
+            # The issue asks for Swarm "where the engine can run swarm mode": go on without it.
+            print(f"swarm: skipped, the second dockerd did not start (see {root / 'dockerd.log'})")
+            yield None
+            return
         images.build_all(second)
         print(
             "swarm: on a second dockerd in its own network namespace (the main one: live-restore)"
@@ -638,6 +642,8 @@ async def main(scenarios: list[str], repeat: int) -> None:
                 row("floor", "floor: same steps, direct calls, no Temporal (haproxy)").add(
                     *await asyncio.to_thread(floor_run, workdir, client, meter, interval)
                 )
+                if swarm_env is None:
+                    continue
                 loaded, short = await asyncio.to_thread(
                     swarm_loaded_runs,
                     workdir,
