@@ -104,7 +104,9 @@ def parse_surge(value: object, field: str) -> int | str:
     match = _PERCENT_RE.match(value.strip())
     if not match:
         raise ValueError(f"{field} must be an integer or a percentage like '25%', not {value!r}")
-    if int(match.group(1)) > 100:
+    # As Kubernetes: a surge may be more than 100% (all new replicas at once, at most), an
+    # unavailability may not (there is nothing beyond all of them).
+    if field == "max_unavailable" and int(match.group(1)) > 100:
         raise ValueError(f"{field} must be at most 100%")
     return f"{int(match.group(1))}%"
 

@@ -240,7 +240,7 @@ async def test_invalid_input_is_422_naming_the_field(
         ({"health_check_retries": -1}, "health_check_retries"),
         ({"health_check_delay": -5}, "health_check_delay"),
         ({"strategy": "yolo"}, "strategy"),
-        ({"max_surge": "150%"}, "max_surge"),
+        ({"max_unavailable": "150%"}, "max_unavailable"),
         ({"unknown_field": 1}, "unknown_field"),
     ]:
         resp = await http.post(f"/api/projects/{project}/deploy", json=body, headers=A)

@@ -91,14 +91,21 @@ def test_max_surge_integers_and_percentages_are_accepted_and_normalised(
     assert DeploymentConfig(max_surge=1, max_unavailable=value).max_unavailable == normalised
 
 
-@pytest.mark.parametrize(
-    "value", ["150%", "101%", "1000%", "-1", "-1%", "abc", "1", "%", "2.5%", -1]
-)
+@pytest.mark.parametrize("value", ["-1", "-1%", "abc", "1", "%", "2.5%", -1, "1000%"])
 @pytest.mark.parametrize("field", ["max_surge", "max_unavailable"])
 def test_bad_surge_values_are_refused(field: str, value: int | str) -> None:
     with pytest.raises(ValidationError) as info:
         DeploymentConfig(**{field: value})
     assert info.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize("value", ["150%", "101%", "999%"])
+def test_a_surge_may_be_over_100_percent_an_unavailability_may_not(value: str) -> None:
+    """Kubernetes' rule: only maxUnavailable is capped at 100%."""
+    assert DeploymentConfig(max_surge=value).max_surge == value
+    with pytest.raises(ValidationError, match="at most 100%") as info:
+        DeploymentConfig(max_unavailable=value)
+    assert info.value.errors()[0]["loc"][0] == "max_unavailable"
 
 
 @pytest.mark.parametrize("value", [1.5, None, [1]])

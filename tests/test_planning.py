@@ -76,6 +76,15 @@ def test_surge_two_unavailable_one() -> None:
     assert len(starts) == 2  # three at a time: 3 + 1
 
 
+def test_a_surge_over_100_percent_starts_every_new_replica_at_once() -> None:
+    surge, unavailable = resolve_surge("150%", 0, 4)
+    assert (surge, unavailable) == (6, 0)
+    max_total, min_ready, starts = simulate(4, 4, surge, unavailable)
+    assert starts == [[0, 1, 2, 3]]
+    assert max_total == 8  # never more new replicas than wanted
+    assert min_ready == 4
+
+
 def test_unavailable_only() -> None:
     max_total, min_ready, starts = simulate(4, 4, 0, 1)
     assert max_total == 4
