@@ -26,9 +26,8 @@ from activities.router import (
 
 NGINX = "nginx"
 RELOAD_S = 10.0
-"""How long nginx may take to start the workers of a new config after SIGHUP."""
-BIND_RETRIES_S = 3.0
-"""nginx retries a bind() that fails for ~2.5 s before it gives the reload up."""
+"""How long nginx may take to start the workers of a new config after SIGHUP (a bind() that
+fails is retried for ~2.5 s first)."""
 
 
 def render_config(state: RouterState, directory: Path, bind: str, extra_http: str = "") -> str:
@@ -184,17 +183,20 @@ class NginxBackend(ProxyBackend):
         """
         sent = time.monotonic()
         pauses = poll_pauses()
-        while time.monotonic() - sent < RELOAD_S:
+        while True:
             if set(self._workers(master)) - before:
                 return
             failure = _emerg_since(log, offset)
-            if failure and (
-                "still could not" in failure or time.monotonic() - sent > BIND_RETRIES_S
-            ):
+            # A bind() nginx gave up ends "still could not bind()"; one it retried may succeed
+            # still, and so may anything else until the wait is over.
+            if failure and ("still could not" in failure or time.monotonic() - sent >= RELOAD_S):
                 self._put_back(old)
                 raise RouterError(f"nginx gave the reload up: {failure}")
+            if time.monotonic() - sent >= RELOAD_S:
+                raise ProxyUnavailable(
+                    f"nginx started no worker of the new config in {RELOAD_S:g}s"
+                )
             time.sleep(next(pauses))
-        raise ProxyUnavailable(f"nginx started no worker of the new config in {RELOAD_S:g}s")
 
     def _put_back(self, state: RouterState) -> None:
         """Write the config of ``state`` (what nginx still runs) unchecked: it ran before."""

@@ -212,7 +212,7 @@ async def test_canary_ten_percent_share_then_promote(
 async def test_a_canary_paused_longer_than_its_progress_deadline_goes_on_when_resumed(
     service: DeploymentService, project: str
 ) -> None:
-    """A pause is a hold, not a stall: the progress deadline (3 s) does not count it."""
+    """A pause is a hold, not a stall: the progress deadline (8 s) does not count it."""
     await serve_v1(service, project)
     await service.apply_project(TENANT, project, web("moorage-demo:v2"))
     steps = [CanaryStep(weight=50), CanaryStep(pause="manual"), CanaryStep(weight=100)]
@@ -220,10 +220,10 @@ async def test_a_canary_paused_longer_than_its_progress_deadline_goes_on_when_re
         TENANT,
         USER,
         project,
-        CANARY.model_copy(update={"canary_steps": steps, "progress_deadline": 3}),
+        CANARY.model_copy(update={"canary_steps": steps, "progress_deadline": 8}),
     )
     await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
-    await asyncio.sleep(5)
+    await asyncio.sleep(10)
     held = (await service.get_state(TENANT, dep.id)).deployment
     assert held.status == DeploymentStatus.IN_PROGRESS, held.message
     await service.steer(TENANT, USER, dep.id, "resume")
@@ -240,10 +240,10 @@ async def test_blue_green_waiting_for_promotion_past_its_progress_deadline_is_pr
         TENANT,
         USER,
         project,
-        BG.model_copy(update={"auto_promote": False, "progress_deadline": 3}),
+        BG.model_copy(update={"auto_promote": False, "progress_deadline": 8}),
     )
     await wait_status(service, dep.id, lambda s: "waiting for promotion" in s.deployment.message)
-    await asyncio.sleep(5)
+    await asyncio.sleep(10)
     await service.steer(TENANT, USER, dep.id, "promote")
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message

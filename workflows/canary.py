@@ -121,10 +121,13 @@ class CanaryWorkflow(StrategyWorkflow):
 
     _in_pause_step = False
 
+    _held = False
+    """Waiting in :meth:`_hold_while_paused` (a pause asked for takes hold at the next step)."""
+
     @property
     def holding(self) -> bool:
-        """Paused by an operator, or in a pause step."""
-        return self._paused_by is not None or self._in_pause_step
+        """Held by an operator's pause, or in a pause step."""
+        return self._held or self._in_pause_step
 
     async def flow(self, inp: StrategyInput, t: Tracker) -> None:
         """The canary steps."""
@@ -255,9 +258,13 @@ class CanaryWorkflow(StrategyWorkflow):
         if self._paused_by is None:
             return
         t.progress(t.deployment.progress, f"step {number}/{total}: paused by {self._paused_by}")
-        await workflow.wait_condition(
-            lambda: self._paused_by is None or self._promoted_by is not None
-        )
+        self._held = True
+        try:
+            await workflow.wait_condition(
+                lambda: self._paused_by is None or self._promoted_by is not None
+            )
+        finally:
+            self._held = False
 
     async def _pause_step(self, t: Tracker, step: CanaryStep, label: str, progress: int) -> None:
         self._resumed = False

@@ -143,7 +143,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
             if gate_all and started:
                 # A new replica that died after its own gate (in a later batch's switch, or the
                 # last batch's stop of the old one) fails the deployment here, not after it.
-                await steps.gate_healthy(t, new, spec, started)
+                await steps.gate_healthy(t, new, spec, started, again=True)
             t.event(EventType.SERVICE_UPDATED, f"{spec.name} updated", service=spec.name)
 
         # Services the new revision no longer has go last, once everything new serves.

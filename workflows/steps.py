@@ -258,7 +258,9 @@ def restore_health_input(
 
 def health_timeout(inp: WaitHealthyInput) -> timedelta:
     """A start-to-close timeout that outlasts every check the wait may make."""
-    return timedelta(seconds=inp.delay_s + inp.retries * (inp.interval_s + 5) + 60)
+    return timedelta(
+        seconds=inp.delay_s + inp.retries * (inp.interval_s + 5) + inp.min_ready_s + 60
+    )
 
 
 async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
@@ -426,9 +428,16 @@ class CompensationStack:
 
 
 async def gate_healthy(
-    t: Tracker, revision: int, spec: ServiceSpec, slots: list[int] | None = None
+    t: Tracker,
+    revision: int,
+    spec: ServiceSpec,
+    slots: list[int] | None = None,
+    again: bool = False,
 ) -> list[ServiceInstance]:
     """The health gate: wait until the service's replicas are healthy, with events either way.
+
+    ``again``: replicas that passed their gate already are checked once more (no health delay, no
+    ``min_ready_seconds`` a second time).
 
     Raises:
         ActivityError: the replicas did not get healthy (the event carries the container's log);
@@ -437,6 +446,8 @@ async def gate_healthy(
     dep = t.deployment
     expected = len(slots) if slots is not None else spec.replicas
     inp = health_input(dep.config, selector(dep, revision, spec.name, slots), expected, spec)
+    if again:
+        inp = inp.model_copy(update={"delay_s": 0.0, "min_ready_s": 0.0})
     try:
         instances = await wait_healthy(inp)
     # A local activity's failure arrives as its cause, not wrapped in an ActivityError.

@@ -8,6 +8,8 @@ compensation stack so the project ends as it was before the deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
@@ -201,7 +203,9 @@ class StrategyWorkflow:
             left = seconds - (workflow.now() - t.moved_at).total_seconds()
             if left <= 0:
                 break
-            await asyncio.sleep(left)
+            # The timer also ends when a hold begins, so a hold shorter than it still counts out.
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: self.holding, timeout=timedelta(seconds=left))
         self._stop_at_deadline(t, f"no progress for {seconds:g}s")
 
     async def _watch_deadline(self, t: Tracker, seconds: float) -> None:
