@@ -139,13 +139,11 @@ class ProxyBackend(ABC):
         raise NotImplementedError(f"{self.name} is always run by Moorage")
 
     def come_up(self, state: RouterState) -> None:
-        """Start the proxy when it is down (one run outside Moorage: write its config).
+        """The proxy is down: start it (one run outside Moorage: write its config).
 
         Raises:
             ProxyUnavailable: the proxy is run outside Moorage and does not answer.
         """
-        if self.running():
-            return
         if self.managed:
             self.start(state)
             return
@@ -240,6 +238,11 @@ class TrafficRouter:
                 written for it to start from).
         """
         with self._locked():
+            self._come_up_if_down()
+
+    def _come_up_if_down(self) -> None:
+        """:meth:`ProxyBackend.come_up` when the proxy is down (only then is the state read)."""
+        if not self.backend.running():
             self.backend.come_up(self.load())
 
     def stop(self) -> None:
@@ -247,9 +250,9 @@ class TrafficRouter:
         self.backend.stop()
 
     def _up(self) -> None:
-        """:meth:`ProxyBackend.come_up`, in an activity: a proxy down is worth retrying."""
+        """:meth:`_come_up_if_down` in an activity: a proxy down is worth retrying."""
         try:
-            self.backend.come_up(self.load())
+            self._come_up_if_down()
         except ProxyUnavailable as exc:
             raise ApplicationError(str(exc), type="RouterUnavailable") from exc
 

@@ -86,6 +86,20 @@ def labelled(client: docker.DockerClient, project: str, **labels: str) -> list[A
     return found
 
 
+def get_version(url: str) -> str:
+    """What a route (or a replica) at ``url`` answers for ``/version``."""
+    with urllib.request.urlopen(url + "version", timeout=5) as answer:
+        return str(answer.read().decode().strip())
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 15, what: str = "") -> None:
+    """Poll ``check`` until it is true; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what or check}"
+        time.sleep(0.05)
+
+
 def serving_version(client: docker.DockerClient, project: str, service: str) -> set[str]:
     """The versions the running containers of ``service`` answer with (via loopback ports)."""
     versions = set()

@@ -209,42 +209,45 @@ async def test_canary_ten_percent_share_then_promote(
     assert weights == [10, 100]  # promote skipped the 50% step
 
 
-async def test_a_canary_paused_longer_than_its_progress_deadline_goes_on_when_resumed(
-    service: DeploymentService, project: str
+@pytest.mark.parametrize(
+    ("request_", "held_at", "action"),
+    [
+        (
+            CANARY.model_copy(
+                update={
+                    "canary_steps": [
+                        CanaryStep(weight=50),
+                        CanaryStep(pause="manual"),
+                        CanaryStep(weight=100),
+                    ]
+                }
+            ),
+            "paused until resumed",
+            "resume",
+        ),
+        (BG.model_copy(update={"auto_promote": False}), "waiting for promotion", "promote"),
+    ],
+    ids=["canary-paused", "blue-green-waiting-for-promotion"],
+)
+async def test_a_hold_longer_than_the_progress_deadline_goes_on_when_released(
+    service: DeploymentService,
+    project: str,
+    request_: DeployRequest,
+    held_at: str,
+    action: str,
 ) -> None:
-    """A pause is a hold, not a stall: the progress deadline (8 s) does not count it."""
+    """A pause or a wait for promotion is a hold, not a stall: the progress deadline (8 s) does
+    not count it."""
     await serve_v1(service, project)
     await service.apply_project(TENANT, project, web("moorage-demo:v2"))
-    steps = [CanaryStep(weight=50), CanaryStep(pause="manual"), CanaryStep(weight=100)]
     dep = await service.deploy(
-        TENANT,
-        USER,
-        project,
-        CANARY.model_copy(update={"canary_steps": steps, "progress_deadline": 8}),
+        TENANT, USER, project, request_.model_copy(update={"progress_deadline": 8})
     )
-    await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
+    await wait_status(service, dep.id, lambda s: held_at in s.deployment.message)
     await asyncio.sleep(10)
     held = (await service.get_state(TENANT, dep.id)).deployment
     assert held.status == DeploymentStatus.IN_PROGRESS, held.message
-    await service.steer(TENANT, USER, dep.id, "resume")
-    state = await wait_terminal(service, dep.id)
-    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
-
-
-async def test_blue_green_waiting_for_promotion_past_its_progress_deadline_is_promoted(
-    service: DeploymentService, project: str
-) -> None:
-    await serve_v1(service, project)
-    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
-    dep = await service.deploy(
-        TENANT,
-        USER,
-        project,
-        BG.model_copy(update={"auto_promote": False, "progress_deadline": 8}),
-    )
-    await wait_status(service, dep.id, lambda s: "waiting for promotion" in s.deployment.message)
-    await asyncio.sleep(10)
-    await service.steer(TENANT, USER, dep.id, "promote")
+    await service.steer(TENANT, USER, dep.id, action)
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
 

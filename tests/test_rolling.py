@@ -8,7 +8,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,13 @@ from moorage.settings import Settings
 from tests.helpers import (
     TENANT,
     USER,
+    get_version,
     labelled,
     local_activity_markers,
     routed,
     wait_status,
     wait_terminal,
+    wait_until,
 )
 from tests.load import Load
 from worker import build_router, build_worker
@@ -295,11 +296,6 @@ async def test_invalid_nginx_config_keeps_the_old_one_serving(
     assert {c.name for c in labelled(docker_client, project)} == old
 
 
-def get_version(url: str) -> str:
-    with urllib.request.urlopen(url + "version", timeout=5) as answer:
-        return str(answer.read().decode().strip())
-
-
 def restart_from_the_config_file(router: TrafficRouter, project: str) -> set[str]:
     """Stop HAProxy and start it from its config file alone, as a supervisor would (not Moorage's
     start, which writes the config from state.json first), with no router step in between.
@@ -317,10 +313,7 @@ def restart_from_the_config_file(router: TrafficRouter, project: str) -> set[str
             [HAPROXY, "-W", "-D", "-f", str(backend.config), "-p", str(backend.pidfile)],
             check=True,
         )
-        deadline = time.monotonic() + 10
-        while not backend.running():
-            assert time.monotonic() < deadline, "haproxy did not come up from its config file"
-            time.sleep(0.05)
+        wait_until(backend.running, 10, "haproxy up from its config file")
         assert routed(router, project) == wanted
     return wanted
 

@@ -10,9 +10,7 @@ import io
 import shutil
 import subprocess
 import tarfile
-import time
 import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from activities.router import ProxyUnavailable, TrafficRouter
 from moorage.models import DeploymentStatus, DeployRequest, Strategy
 from moorage.service import DeploymentService
 from moorage.settings import Settings
-from tests.helpers import TENANT, USER, wait_terminal
+from tests.helpers import TENANT, USER, get_version, wait_terminal, wait_until
 from tests.load import Load
 from worker import build_router, build_worker
 
@@ -71,19 +69,6 @@ def haproxy_image(client: docker.DockerClient) -> str:
         buf.getvalue(), repository=IMAGE, tag=tag, changes=[f'CMD ["{binary}", "-v"]']
     )
     return ref
-
-
-def get(url: str) -> str:
-    with urllib.request.urlopen(url + "version", timeout=5) as answer:
-        return str(answer.read().decode().strip())
-
-
-def wait_until(check: object, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {check}")
-        time.sleep(0.1)
 
 
 class OutsideProxy:
@@ -161,7 +146,7 @@ async def test_haproxy_in_a_container_serves_routes_rolls_and_comes_back_after_a
         assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
         # The new route's listen port came through a reload on the master CLI.
         url = (await service.get_project(TENANT, project)).routes["web"]
-        assert await asyncio.to_thread(get, url) == "v1"
+        assert await asyncio.to_thread(get_version, url) == "v1"
 
         await service.apply_project(TENANT, project, compose.format(v="v2"))
         with Load(url, connections=4, keepalive=True) as load:
@@ -176,7 +161,7 @@ async def test_haproxy_in_a_container_serves_routes_rolls_and_comes_back_after_a
     assert proxy.container is not None
     proxy.container.restart(timeout=5)
     wait_until(router.backend.running)
-    assert get(url) == "v2"
+    assert get_version(url) == "v2"
 
     # Stopped: a router step fails, worth retrying, and Moorage starts no HAProxy of its own.
     proxy.container.stop(timeout=5)
@@ -189,4 +174,4 @@ async def test_haproxy_in_a_container_serves_routes_rolls_and_comes_back_after_a
     assert not router.backend.running()
     assert not (router.dir / "haproxy.pid").exists()  # never started by Moorage
     with pytest.raises(urllib.error.URLError, match="refused"):
-        get(url)
+        get_version(url)
