@@ -602,21 +602,21 @@ class DockerExecutor:
                     self._fail_health(
                         f"expected {inp.expected} containers, found {len(infos)}", None, infos
                     )
-                counted = 0
+                not_counted: list[str] = []
                 now = time.monotonic()
                 for info in infos:
                     name = _name(info)
                     ok, seen = self._ready(info, inp, checks, infos)
                     if ok:
                         since = ready_since.setdefault(name, now)
-                        if now - since >= inp.min_ready_s:
-                            counted += 1
-                        else:
+                        if now - since < inp.min_ready_s:
+                            not_counted.append(name)
                             seen = f"ready {now - since:.1f}s of {inp.min_ready_s:g}s"
                     else:
+                        not_counted.append(name)
                         ready_since.pop(name, None)
                     last[name] = seen
-                if counted == len(infos):
+                if not not_counted:
                     return [_instance(i) for i in infos], checks, now - began
             now = time.monotonic()
             if now >= give_up:
@@ -624,15 +624,15 @@ class DockerExecutor:
             if until is not None and now >= until:
                 return None, checks, now - began
             changes.wait(min(pause, give_up - now, (until - now) if until is not None else pause))
-        waiting = ", ".join(f"{n}: {s}" for n, s in last.items() if s not in ("healthy", "running"))
+        waiting = ", ".join(f"{n}: {last[n]}" for n in not_counted)
         infos = self._find(inp.selector)
+        # The replica named is the first one the last check did not count: its probe failed, it
+        # was not healthy yet, or it had not stayed ready for min_ready (Docker's own health may
+        # say healthy all along while Moorage's probe fails).
         self._fail_health(
             f"not healthy within {window:g}s ({checks} checks, {pause:g}s apart at most) "
             f"({waiting})",
-            next(
-                (i for i in infos if (i["State"].get("Health") or {}).get("Status") != "healthy"),
-                None,
-            ),
+            next((i for i in infos if _name(i) in not_counted), None),
             infos,
         )
         raise AssertionError("unreachable")  # _fail_health always raises

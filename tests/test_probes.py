@@ -58,6 +58,30 @@ async def test_http_probe_with_the_wrong_status_never_passes(
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK
     failed = next(e for e in state.events if e.event_type == EventType.HEALTH_CHECK_FAILED)
     assert "GET /missing: status 404, expected 200" in failed.message
+    # Docker's own HEALTHCHECK passes all along: the replica named is the one the probe failed,
+    # with its log.
+    assert failed.details["container"].startswith(f"moorage-{TENANT}-{project}-web-r1-"), (
+        failed.details
+    )
+    assert "demo: serving version v1" in failed.details["logs"]
+    assert labelled(docker_client, project) == []
+
+
+async def test_tcp_probe_of_a_port_nothing_listens_on_never_passes(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    text = probed("{type: tcp, port: 81}").replace("ports: ['80']", "ports: ['80', '81']")
+    await service.apply_project(TENANT, project, text)
+    dep = await service.deploy(
+        TENANT, USER, project, ROLL.model_copy(update={"health_check_retries": 4})
+    )
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    failed = next(e for e in state.events if e.event_type == EventType.HEALTH_CHECK_FAILED)
+    assert "tcp connect: " in failed.message
+    assert failed.details["container"].startswith(f"moorage-{TENANT}-{project}-web-r1-"), (
+        failed.details
+    )
     assert labelled(docker_client, project) == []
 
 
