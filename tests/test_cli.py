@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from moorage.dev import dev_api_key
 from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, EventType, ServiceInstance
 from tests.conftest import TASK_QUEUE
-from tests.helpers import compose, free_port, free_ports
+from tests.helpers import compose, free_port, free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "cli-tests"
@@ -386,6 +386,13 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
             )
             assert answer.status_code == 404, answer.text
 
+        # The worker starts the proxy (a daemon of its own, not a child of dev).
+        pidfile = tmp_path / "dev" / "router-haproxy" / "haproxy.pid"
+        wait_until(
+            lambda: pidfile.exists() and alive(int(pidfile.read_text().split()[0])),
+            what="the worker's HAProxy",
+        )
+        haproxy = int(pidfile.read_text().split()[0])
         children = children_of(proc.pid)
         assert len(children) == 3, children
         assert all(os.getpgid(c) == c for c in children)  # each its own group
@@ -403,5 +410,6 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
     assert key in text
     assert "Traceback" not in text
     assert [c for c in children if alive(c)] == []
+    assert not alive(haproxy)  # dev stopped the proxy too
     for name in ("temporal", "worker", "api"):
         assert (tmp_path / "dev" / "logs" / f"{name}.log").exists()

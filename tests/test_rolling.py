@@ -83,10 +83,17 @@ class Sampler:
     def __init__(self, client: docker.DockerClient, project: str, router: TrafficRouter):
         self.client, self.project, self.router = client, project, router
         self.max_total, self.min_ready, self.min_serving, self.samples = 0, 10**6, 10**6, 0
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        try:
+            self._sample()
+        except BaseException as exc:  # re-raised in the test by __exit__
+            self.error = exc
+
+    def _sample(self) -> None:
         route = self.router.load().routes[route_key(TENANT, self.project, "web")]
         while not self._stop.is_set():
             cs = self.client.api.containers(
@@ -109,6 +116,15 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        if self.error is not None:
+            raise AssertionError(f"the sampler failed: {self.error!r}") from self.error
+
+
+def haproxy_worker_pid(router: TrafficRouter) -> int:
+    """The pid of HAProxy's worker process: a reload starts a new one."""
+    assert isinstance(router.backend, HAProxyBackend)
+    info = router.backend.command("show info")
+    return int(next(line for line in info.splitlines() if line.startswith("Pid:")).split()[1])
 
 
 def nginx_config(router: TrafficRouter) -> Path:
@@ -128,6 +144,7 @@ async def test_rolling_update_under_load_drops_nothing(
 ) -> None:
     url = await serve_v1(service, project)
     await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    worker_pid = haproxy_worker_pid(router)
     with (
         Load(url, connections=6, keepalive=keepalive) as load,
         Sampler(docker_client, project, router) as sampler,
@@ -139,7 +156,9 @@ async def test_rolling_update_under_load_drops_nothing(
             project,
             ROLL.model_copy(update={"max_surge": surge, "max_unavailable": unavailable}),
         )
+        before = sampler.samples
         state = await wait_terminal(service, dep.id)
+        during = sampler.samples - before
         await asyncio.sleep(0.5)
     result = load.result
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
@@ -151,8 +170,11 @@ async def test_rolling_update_under_load_drops_nothing(
     # Nothing but v1 answers before the first v2 answer.
     first_v2 = next(i for i, (_, v) in enumerate(result.timeline) if v == "v2")
     assert all(v == "v1" for _, v in result.timeline[:first_v2])
-    # Surge arithmetic held on the engine.
-    assert sampler.samples > 10
+    # Every server change went through the runtime API: the worker that served v1 serves v2,
+    # no reload (one would start a new worker).
+    assert haproxy_worker_pid(router) == worker_pid
+    # Surge arithmetic held on the engine, sampled all through the roll.
+    assert during > 10, during
     assert sampler.max_total <= REPLICAS + surge
     assert sampler.min_ready >= REPLICAS - unavailable
     assert sampler.min_serving >= REPLICAS - unavailable  # and routed, not draining
@@ -166,6 +188,54 @@ async def test_rolling_update_under_load_drops_nothing(
     events = [e.event_type for e in state.events]
     assert events.count(EventType.SERVICE_UPDATING) == 1
     assert events.count(EventType.SERVICE_UPDATED) == 1
+
+
+def project_of(version: str, *, cache: bool) -> str:
+    """``web`` (2 replicas) written before the ``api`` it depends on; a ``cache`` when asked."""
+    text = (
+        f"services:\n  web:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
+        "    deploy:\n      replicas: 2\n    depends_on: [api]\n"
+        f"  api:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
+    )
+    if cache:
+        text += f"  cache:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
+    return text
+
+
+async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one_goes_last(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    await service.apply_project(TENANT, project, project_of("v1", cache=True))
+    first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
+    assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
+    await service.apply_project(TENANT, project, project_of("v2", cache=False))
+    dep = await service.deploy(TENANT, USER, project, ROLL)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    kinds = {
+        EventType.SERVICE_UPDATING: "updating",
+        EventType.SERVICE_UPDATED: "updated",
+        EventType.SERVICE_REMOVED: "removed",
+    }
+    steps_seen = [
+        (e.service_name, kinds[e.event_type]) for e in state.events if e.event_type in kinds
+    ]
+    assert steps_seen == [
+        ("api", "updating"),
+        ("api", "updated"),
+        ("web", "updating"),
+        ("web", "updated"),
+        ("cache", "removed"),
+    ]
+    # Every api replica was new and healthy before web's first new replica started.
+    started = [e for e in state.events if e.event_type == EventType.SERVICE_STARTED]
+    assert [e.service_name for e in started] == ["api", "web", "web"]
+    left = labelled(docker_client, project)
+    assert sorted(c.labels["moorage.service"] for c in left) == ["api", "web", "web"]
+    assert {c.labels["moorage.revision"] for c in left} == {str(dep.revision)}
+    routes = (await service.get_project(TENANT, project)).routes
+    assert set(routes) == {"api", "web"}
+    assert {get_version(url) for url in routes.values()} == {"v2"}
 
 
 async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_under_load(
