@@ -2,9 +2,13 @@
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import docker.errors
+import requests.exceptions
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 HEARTBEAT_EVERY_S = 2.0
 """How often a long wait inside an activity heartbeats (the heartbeat timeout is 10 s)."""
@@ -43,3 +47,28 @@ def poll_pauses(first_s: float = 0.005, cap_s: float = 0.05) -> Iterator[float]:
     while True:
         yield pause
         pause = min(cap_s, pause * 2)
+
+
+@contextmanager
+def classified(what: str) -> Iterator[None]:
+    """Turn Docker SDK errors into retryable or non-retryable failures."""
+    try:
+        yield
+    except ApplicationError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise ApplicationError(
+            f"{what}: image not found: {exc.explanation}", type="ImageNotFound", non_retryable=True
+        ) from exc
+    except docker.errors.APIError as exc:
+        if exc.is_client_error() and exc.status_code not in (404, 409):
+            raise ApplicationError(
+                f"{what}: the engine refused it: {exc.explanation}",
+                type="EngineRefused",
+                non_retryable=True,
+            ) from exc
+        raise ApplicationError(f"{what}: engine error: {exc}", type="EngineError") from exc
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise ApplicationError(
+            f"{what}: engine unreachable: {exc}", type="EngineUnreachable"
+        ) from exc

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import docker
@@ -25,7 +25,7 @@ import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import HEARTBEAT_EVERY_S, heartbeat
+from activities import HEARTBEAT_EVERY_S, classified, heartbeat
 from activities.container_config import ResourceDefaults, ensure_volumes, host_options
 from activities.inputs import (
     ContainerSelector,
@@ -58,31 +58,6 @@ KILL_WAIT_S = 30.0
 def _name(info: dict[str, Any]) -> str:
     """A container's name from its inspect result."""
     return str(info["Name"]).lstrip("/")
-
-
-@contextmanager
-def _classified(what: str) -> Iterator[None]:
-    """Turn Docker SDK errors into retryable or non-retryable failures."""
-    try:
-        yield
-    except ApplicationError:
-        raise
-    except docker.errors.ImageNotFound as exc:
-        raise ApplicationError(
-            f"{what}: image not found: {exc.explanation}", type="ImageNotFound", non_retryable=True
-        ) from exc
-    except docker.errors.APIError as exc:
-        if exc.is_client_error() and exc.status_code not in (404, 409):
-            raise ApplicationError(
-                f"{what}: the engine refused it: {exc.explanation}",
-                type="EngineRefused",
-                non_retryable=True,
-            ) from exc
-        raise ApplicationError(f"{what}: engine error: {exc}", type="EngineError") from exc
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise ApplicationError(
-            f"{what}: engine unreachable: {exc}", type="EngineUnreachable"
-        ) from exc
 
 
 def _label_filters(sel: ContainerSelector) -> list[str]:
@@ -289,7 +264,7 @@ class DockerExecutor:
             ApplicationError: the engine refused the network.
         """
         name = naming.network_name(inp.tenant, inp.project)
-        with _classified(f"network {name}"):
+        with classified(f"network {name}"):
             # The engine matches ``names`` as a substring: "moorage-t-shop" also finds
             # "moorage-t-shop2". Only the exact name counts.
             if any(n["Name"] == name for n in self.api.networks(names=[name])):
@@ -317,7 +292,7 @@ class DockerExecutor:
         spec = inp.service
         # The network may have been pruned since the deployment made sure of it.
         net = self.ensure_network(NetworkInput(tenant=inp.tenant, project=inp.project))
-        with _classified(f"service {spec.name}"):
+        with classified(f"service {spec.name}"):
             self._ensure_image(spec.image)
             instances = []
             for slot in inp.slots:
@@ -404,7 +379,7 @@ class DockerExecutor:
                 SIGKILL (retryable).
         """
         grace = max(0.0, inp.grace_period_s)
-        with _classified("stop"):
+        with classified("stop"):
             infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
 
             def stop(info: dict[str, Any]) -> None:
@@ -441,7 +416,7 @@ class DockerExecutor:
                 "stop_containers_briefly needs budget_s", type="Invalid", non_retryable=True
             )
         budget = inp.budget_s
-        with _classified("stop"):
+        with classified("stop"):
             infos = [i for i in self._find(inp.selector) if i["State"]["Running"]]
             start = time.monotonic()
             # Every signal first (each takes milliseconds), so every container gets its whole
@@ -502,7 +477,7 @@ class DockerExecutor:
         Raises:
             ApplicationError: a retryable engine error.
         """
-        with _classified("remove"):
+        with classified("remove"):
             infos = self._find(sel)
 
             self._parallel(lambda info: self._remove(str(info["Id"])), infos)
@@ -515,7 +490,7 @@ class DockerExecutor:
         Raises:
             ApplicationError: a retryable engine error.
         """
-        with _classified("list"):
+        with classified("list"):
             return [_instance(i) for i in self._find(sel)]
 
     @activity.defn(name="wait_healthy")
@@ -596,7 +571,7 @@ class DockerExecutor:
         while True:
             checks += 1
             heartbeat(checks)
-            with _classified("health check"):
+            with classified("health check"):
                 infos = self._find(inp.selector)
                 if len(infos) < inp.expected:
                     self._fail_health(
@@ -691,7 +666,7 @@ class DockerExecutor:
         """
         tenant = inp.tenant
         labels = [naming.LABEL_PROJECT] + ([f"{naming.LABEL_TENANT}={tenant}"] if tenant else [])
-        with _classified("list"):
+        with classified("list"):
             found = self.api.containers(all=True, filters={"label": labels})
         result = []
         for c in found:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import heartbeat
+from activities import classified, heartbeat
 from activities.inputs import RouteInput, RouteServersInput, RouteSwitchInput, RouteWeightsInput
 from moorage.models import RouteInfo
 
@@ -310,11 +310,16 @@ class TrafficRouter:
         )
 
     def _address(self, container: str, container_port: str) -> str | None:
-        """``127.0.0.1:<host port>`` of a running container's port; None if it is not running."""
-        try:
-            info = self.docker.api.inspect_container(container)
-        except docker.errors.NotFound:
-            return None
+        """``127.0.0.1:<host port>`` of a running container's port; None if it is not running.
+
+        Raises:
+            ApplicationError: the engine failed (retryable, or not, as :func:`classified` says).
+        """
+        with classified(f"inspect {container}"):
+            try:
+                info = self.docker.api.inspect_container(container)
+            except docker.errors.NotFound:
+                return None
         if not info["State"]["Running"]:
             return None
         bindings = (info["NetworkSettings"].get("Ports") or {}).get(container_port) or []
@@ -364,7 +369,8 @@ class TrafficRouter:
             addr = self._address(name, route.container_port)
             if addr is None:
                 raise ApplicationError(
-                    f"container {name} is not running with {route.container_port} published"
+                    f"container {name} is not running with {route.container_port} published",
+                    type="ContainerNotServing",
                 )
             addresses[name] = addr
         return addresses

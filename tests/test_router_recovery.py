@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import HEARTBEAT_EVERY_S
@@ -317,3 +319,29 @@ def test_an_nginx_reload_that_nginx_gives_up_is_refused_and_the_old_config_serve
             pass
     finally:
         backend.stop()
+
+
+def test_route_add_failures_are_classified(tmp_path: Path, haproxy: HAProxyBackend) -> None:
+    """A container that does not run is a retryable ``ContainerNotServing``; an engine that does
+    not answer a retryable ``EngineUnreachable``, not an unclassified error."""
+    router = TrafficRouter(haproxy, port_range=ROUTE_PORTS["haproxy"])
+    router.ensure_running()
+    router.ensure_route(
+        RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+    )
+    add = RouteServersInput(
+        tenant=TENANT, project="recovery", service="web", containers=["moorage-no-such-container"]
+    )
+    with pytest.raises(ApplicationError) as missing:
+        router.route_add(add)
+    assert missing.value.type == "ContainerNotServing"
+    assert not missing.value.non_retryable
+
+    router._docker = docker.DockerClient(
+        base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41", timeout=2
+    )
+    with pytest.raises(ApplicationError) as unreachable:
+        router.route_add(add)
+    assert unreachable.value.type == "EngineUnreachable"
+    assert not unreachable.value.non_retryable
+    assert router.load().routes[KEY].servers == {}
