@@ -1783,6 +1783,14 @@ def test_x_moorage_probe_min_ready_and_the_service_s_own_health_delay_and_retrie
     assert (plain.health_check_delay, plain.health_check_retries, plain.probe) == (None, None, None)
 
 
+def test_x_moorage_route_false_keeps_a_service_with_a_port_off_the_router() -> None:
+    assert one('ports: ["5432"]\nx-moorage: {route: false}').route_port() is None
+    routed = one('ports: ["5432"]\nx-moorage: {route: true}').route_port()
+    assert routed is not None
+    assert routed.target == 5432
+    assert one('ports: ["5432"]').route_port() == routed
+
+
 @pytest.mark.parametrize(
     ("body", "key"),
     [
@@ -1796,6 +1804,7 @@ def test_x_moorage_probe_min_ready_and_the_service_s_own_health_delay_and_retrie
         ("x-moorage: {probe: {port: 81}}", "x-moorage.probe.port"),
         ("x-moorage: {probe: {path: healthz}}", "x-moorage.probe.path"),
         ("x-moorage: {probe: {status: 700}}", "x-moorage.probe.status"),
+        ("x-moorage: {route: 'no'}", "x-moorage.route"),
     ],
 )
 def test_x_moorage_refusals_name_the_key(body: str, key: str) -> None:

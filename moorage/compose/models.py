@@ -116,6 +116,9 @@ class ServiceSpec(BaseModel):
     health_check_retries: int | None = None
     """``x-moorage.health_check_retries``: this service's health checks' worth of time (None: the
     deployment's ``health_check_retries``)."""
+    route: bool = True
+    """``x-moorage.route``: false keeps a service with a TCP port off the traffic router (one that
+    does not speak HTTP, e.g. a database, which the router's HTTP proxying would not serve)."""
     privileged: bool = False
     cap_add: list[str] = Field(default_factory=list)
     """Capabilities to add, upper-case without ``CAP_``."""
@@ -132,7 +135,12 @@ class ServiceSpec(BaseModel):
     """Process limit (``pids_limit`` or ``deploy.resources.limits.pids``); None: the default."""
 
     def route_port(self) -> PortSpec | None:
-        """The container port the traffic router sends requests to: the first TCP port."""
+        """The container port the traffic router sends requests to: the first TCP port.
+
+        None: the service has no route (no TCP port, or ``x-moorage.route: false``).
+        """
+        if not self.route:
+            return None
         return next((p for p in self.ports if p.protocol == "tcp"), None)
 
 

@@ -54,7 +54,7 @@ DEPLOY_KEYS = frozenset({"replicas", "resources"})
 HEALTHCHECK_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
 
 X_MOORAGE_KEYS = frozenset(
-    {"probe", "min_ready_seconds", "health_check_delay", "health_check_retries"}
+    {"probe", "min_ready_seconds", "health_check_delay", "health_check_retries", "route"}
 )
 PROBE_KEYS = frozenset({"type", "port", "path", "status", "interval", "timeout"})
 
@@ -262,8 +262,8 @@ def _parse_service(
 def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
     """``x-moorage``: Moorage's per-service extension.
 
-    A readiness probe, a min ready time, and the deployment's health delay and retries for this
-    service.
+    A readiness probe, a min ready time, the deployment's health delay and retries for this
+    service, and whether the traffic router routes it.
     """
     name = spec.name
     _known_keys(value, X_MOORAGE_KEYS, service=name, key="x-moorage")
@@ -284,6 +284,10 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
                 key="x-moorage.health_check_retries",
             )
         spec.health_check_retries = retries
+    if "route" in value:
+        if not isinstance(value["route"], bool):
+            raise ComposeError("must be true or false", service=name, key="x-moorage.route")
+        spec.route = value["route"]
     probe = value.get("probe")
     if probe is None:
         return
