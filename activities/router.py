@@ -495,9 +495,14 @@ class TrafficRouter:
     def route_weights(self, inp: RouteWeightsInput) -> dict[str, int]:
         """Set server weights on a route (canary steps). Idempotent.
 
+        No weights is nothing to change, whether the route exists or not (a canary's undo for a
+        service without a route).
+
         Raises:
             ApplicationError: the route or a server is missing, or the proxy refused the change.
         """
+        if not inp.weights:
+            return {}
         key = route_key(inp.tenant, inp.project, inp.service)
 
         def mutate(s: RouterState) -> dict[str, list[str]]:

@@ -280,3 +280,36 @@ async def test_canary_abort_at_fifty_percent(
     assert routed(router, project) == stable
     with pytest.raises(ConflictError):
         await service.steer(TENANT, USER, dep.id, "resume")
+
+
+async def test_canary_of_a_project_with_a_service_off_the_router_rolls_back(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """The undo "all traffic back to stable" is pushed for every service; for one without a
+    route (x-moorage route false) it changes nothing, and the rollback goes on to the end."""
+
+    def with_side(image: str) -> str:
+        side = f"  side:\n    image: {image}\n    ports: ['80']\n    x-moorage: {{route: false}}\n"
+        return web(image) + side
+
+    await service.apply_project(TENANT, project, with_side("moorage-demo:v1"))
+    first = await service.deploy(
+        TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v1")
+    )
+    assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
+    stable = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, with_side("moorage-demo:v2"))
+    steps = [CanaryStep(weight=50), CanaryStep(pause="manual"), CanaryStep(weight=100)]
+    dep = await service.deploy(
+        TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
+    )
+    await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
+    await service.steer(TENANT, USER, dep.id, "abort")
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    assert {c.name for c in labelled(docker_client, project)} == stable
+    assert routed(router, project) == {n for n in stable if "-web-" in n}
+    assert set((await service.get_project(TENANT, project)).routes) == {"web"}

@@ -227,8 +227,16 @@ class CanaryWorkflow(StrategyWorkflow):
     def _weights(
         self, inp: StrategyInput, spec: ServiceSpec, canary_weight: int
     ) -> RouteWeightsInput:
-        """Server weights giving the canary ``canary_weight`` % of the requests."""
+        """Server weights giving the canary ``canary_weight`` % of the requests.
+
+        No weights for a service without a route: the undo that sends traffic back to stable is
+        pushed for every service, and the router takes no weights as nothing to change.
+        """
         dep = inp.deployment
+        if spec.route_port() is None:
+            return RouteWeightsInput(
+                tenant=dep.tenant_id, project=dep.project_id, service=spec.name, weights={}
+            )
         weights = {
             naming.container_name(
                 dep.tenant_id, dep.project_id, spec.name, dep.revision, s
@@ -236,8 +244,9 @@ class CanaryWorkflow(StrategyWorkflow):
             for s in range(spec.replicas)
         }
         prev = inp.previous
-        if prev is not None and spec.name in prev.spec.names:
-            old = prev.spec.service(spec.name)
+        old = prev.spec.service(spec.name) if prev and spec.name in prev.spec.names else None
+        # An old revision that did not route the service has no servers on the route to weigh.
+        if old is not None and prev is not None and old.route_port() is not None:
             # Per-server weights scaled by replica counts, so shares hold when the counts differ.
             old_weight = (100 - canary_weight) * spec.replicas // max(1, old.replicas)
             for s in range(old.replicas):
