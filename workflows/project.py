@@ -134,11 +134,15 @@ class ProjectWorkflow:
         """The project as clients see it."""
         s = self.state
         services: list[str] = []
+        routed: set[str] = set()
         if s.compose:
             try:
-                services = parse_compose(s.compose, policy=UNRESTRICTED).names
+                spec = parse_compose(s.compose, policy=UNRESTRICTED)
             except ComposeError:
-                services = []
+                pass
+            else:
+                services = spec.names
+                routed = {x.name for x in spec.services if x.route_port() is not None}
         return ProjectPublic(
             id=s.project_id,
             tenant_id=s.tenant_id,
@@ -147,7 +151,8 @@ class ProjectWorkflow:
             current_revision=s.current.revision if s.current else None,
             current_version=s.current.version if s.current else None,
             active_deployment_id=s.active_id,
-            routes={name: url for name, url in s.routes.items() if name in services},
+            # The services the Compose text routes (a route a service no longer has is not its).
+            routes={name: url for name, url in s.routes.items() if name in routed},
             revisions=s.revisions,
         )
 
