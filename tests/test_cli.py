@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from moorage.dev import dev_api_key
 from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, EventType, ServiceInstance
 from tests.conftest import TASK_QUEUE
-from tests.helpers import compose, free_port, free_ports, wait_until
+from tests.helpers import compose, free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "cli-tests"
@@ -339,6 +339,14 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def pid_in(pidfile: Path) -> int | None:
+    """The first pid a pid file holds; None while it is missing or not written yet."""
+    try:
+        return int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -388,11 +396,10 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
 
         # The worker starts the proxy (a daemon of its own, not a child of dev).
         pidfile = tmp_path / "dev" / "router-haproxy" / "haproxy.pid"
-        wait_until(
-            lambda: pidfile.exists() and alive(int(pidfile.read_text().split()[0])),
-            what="the worker's HAProxy",
-        )
-        haproxy = int(pidfile.read_text().split()[0])
+        deadline = time.monotonic() + 15
+        while (haproxy := pid_in(pidfile)) is None or not alive(haproxy):
+            assert time.monotonic() < deadline, "the worker's HAProxy did not start"
+            await asyncio.sleep(0.05)
         children = children_of(proc.pid)
         assert len(children) == 3, children
         assert all(os.getpgid(c) == c for c in children)  # each its own group

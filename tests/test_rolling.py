@@ -190,15 +190,16 @@ async def test_rolling_update_under_load_drops_nothing(
     assert events.count(EventType.SERVICE_UPDATED) == 1
 
 
-def project_of(version: str, *, cache: bool) -> str:
-    """``web`` (2 replicas) written before the ``api`` it depends on (kept off the router); a
-    ``cache`` when asked."""
+def project_of(version: str, *, cache: bool, api_routed: bool) -> str:
+    """``web`` (2 replicas) written before the ``api`` it depends on (kept off the router unless
+    ``api_routed``); a ``cache`` when asked."""
     text = (
         f"services:\n  web:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
         "    deploy:\n      replicas: 2\n    depends_on: [api]\n"
         f"  api:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
-        "    x-moorage: {route: false}\n"
     )
+    if not api_routed:
+        text += "    x-moorage: {route: false}\n"
     if cache:
         text += f"  cache:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
     return text
@@ -210,10 +211,10 @@ async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one
     router: TrafficRouter,
     project: str,
 ) -> None:
-    await service.apply_project(TENANT, project, project_of("v1", cache=True))
+    await service.apply_project(TENANT, project, project_of("v1", cache=True, api_routed=True))
     first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
     assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
-    await service.apply_project(TENANT, project, project_of("v2", cache=False))
+    await service.apply_project(TENANT, project, project_of("v2", cache=False, api_routed=False))
     dep = await service.deploy(TENANT, USER, project, ROLL)
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
@@ -238,9 +239,11 @@ async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one
     left = labelled(docker_client, project)
     assert sorted(c.labels["moorage.service"] for c in left) == ["api", "web", "web"]
     assert {c.labels["moorage.revision"] for c in left} == {str(dep.revision)}
+    # v2 takes api off the router: v1's api replica left its route, no v2 one joined it, and the
+    # project lists no route for it. (The route itself stays, with no server.)
     routes = (await service.get_project(TENANT, project)).routes
-    assert set(routes) == {"web"}  # api: x-moorage route false
-    assert route_key(TENANT, project, "api") not in router.load().routes
+    assert set(routes) == {"web"}
+    assert router.load().routes[route_key(TENANT, project, "api")].servers == {}
     assert get_version(routes["web"]) == "v2"
 
 
