@@ -172,7 +172,8 @@ class HAProxyBackend(ProxyBackend):
         while True:
             try:
                 backends = set(self.command("show backend").split()[1:])
-                if wanted <= backends:
+                # Exactly: a reload that deleted a route is done once its backend is gone too.
+                if {b for b in backends if b.startswith("be_")} == wanted:
                     return
             except RouterError:
                 pass

@@ -115,6 +115,14 @@ class RouteInput(BaseModel):
     """The listen port the Compose file asks for, if any."""
 
 
+class DeleteRoutesInput(BaseModel):
+    """Delete the routes of services a project no longer routes."""
+
+    tenant: str
+    project: str
+    services: list[str]
+
+
 class RouteServersInput(BaseModel):
     """Add containers to (or take them out of) a service's route."""
 

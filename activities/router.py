@@ -31,7 +31,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import classified, heartbeat
-from activities.inputs import RouteInput, RouteServersInput, RouteSwitchInput, RouteWeightsInput
+from activities.inputs import (
+    DeleteRoutesInput,
+    RouteInput,
+    RouteServersInput,
+    RouteSwitchInput,
+    RouteWeightsInput,
+)
 from moorage.models import RouteInfo
 
 
@@ -520,6 +526,34 @@ class TrafficRouter:
         state = self._change(mutate)
         return {n: s.weight for n, s in state.routes[key].servers.items()}
 
+    @activity.defn(name="delete_routes")
+    def delete_routes(self, inp: DeleteRoutesInput) -> list[str]:
+        """Delete the routes of services the project no longer routes. Idempotent.
+
+        Their listen ports close (a graceful reload: connections they hold finish on the old
+        worker) and go back to the range. A server still on such a route goes with it: the
+        project's workflow asks only once the revision that served it is gone.
+
+        Returns:
+            The services whose routes were deleted (those that had one).
+
+        Raises:
+            ApplicationError: the proxy refused the change, or did not answer (retryable).
+        """
+        keys = {route_key(inp.tenant, inp.project, s): s for s in inp.services}
+        if not any(k in self.load().routes for k in keys):
+            return []
+        deleted: list[str] = []
+
+        def mutate(s: RouterState) -> dict[str, list[str]]:
+            for key, service in keys.items():
+                if s.routes.pop(key, None) is not None:
+                    deleted.append(service)
+            return {}
+
+        self._change(mutate)
+        return deleted
+
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of the router, for the worker."""
         return [
@@ -528,4 +562,5 @@ class TrafficRouter:
             self.route_remove,
             self.route_switch,
             self.route_weights,
+            self.delete_routes,
         ]

@@ -51,7 +51,7 @@ async def main() -> None:
     worker = build_worker(env.client, "record", DockerExecutor(client), router)
     task = asyncio.create_task(worker.run())
     svc = DeploymentService(env.client, settings)
-    project, quiet = "replay", "replay-unrouted"
+    project, quiet, dropped = "replay", "replay-unrouted", "replay-dropped"
     try:
         await svc.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1"))
         d1 = await svc.deploy(TENANT, "u", project, DeployRequest(version="v1"))
@@ -100,6 +100,14 @@ async def main() -> None:
         await svc.apply_project(TENANT, quiet, unrouted.format("v2"))
         d7 = await svc.deploy(TENANT, "u", quiet, DeployRequest(version="v2"))
         await wait_terminal(svc, d7.id, tenant=TENANT)
+        # A revision that drops a routed service: the project deletes its route once it serves.
+        await svc.apply_project(TENANT, dropped, compose("moorage-demo:v1", "moorage-demo:v1"))
+        d8_first = await svc.deploy(TENANT, "u", dropped, DeployRequest())
+        await wait_terminal(svc, d8_first.id, tenant=TENANT)
+        await svc.apply_project(TENANT, dropped, compose("moorage-demo:v2", api_image=None))
+        d8 = await svc.deploy(TENANT, "u", dropped, DeployRequest(version="v2"))
+        await wait_terminal(svc, d8.id, tenant=TENANT)
+        await asyncio.sleep(2)  # the route's deletion follows the deployment's end
         OUT.mkdir(parents=True, exist_ok=True)
         names = {
             naming.project_workflow_id(TENANT, project): "project",
@@ -110,6 +118,7 @@ async def main() -> None:
             naming.deployment_workflow_id(TENANT, d5.id): "bluegreen-completed",
             naming.deployment_workflow_id(TENANT, d6.id): "canary-completed",
             naming.deployment_workflow_id(TENANT, d7.id): "recreate-unrouted-completed",
+            naming.project_workflow_id(TENANT, dropped): "project-dropped-service",
         }
         for wf_id, name in names.items():
             history = await env.client.get_workflow_handle(wf_id).fetch_history()
@@ -120,6 +129,7 @@ async def main() -> None:
         await asyncio.gather(task, return_exceptions=True)
         DockerExecutor(client).purge_project(project)
         DockerExecutor(client).purge_project(quiet)
+        DockerExecutor(client).purge_project(dropped)
         router.stop()
         await env.shutdown()
         shutil.rmtree(work, ignore_errors=True)

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import docker
 import pytest
-from temporalio.client import Client
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+from temporalio.worker import Worker
 
 from activities.docker_executor import DockerExecutor
-from activities.inputs import RouteServersInput, StartServiceInput
+from activities.inputs import ContainerSelector, RouteServersInput, StartServiceInput
 from activities.router import TrafficRouter, route_key
+from moorage import naming
 from moorage.compose import parse_compose
-from moorage.models import DeploymentStatus, DeployRequest, EventType
+from moorage.models import (
+    DeploymentEvent,
+    DeploymentStatus,
+    DeployRequest,
+    EventType,
+    ServiceInstance,
+)
 from moorage.service import ConflictError, DeploymentService
 from moorage.settings import Settings
 from tests.helpers import TENANT, USER, compose, labelled, wait_terminal
-from worker import ensure_reconcile_schedule
+from worker import WORKFLOWS, ensure_reconcile_schedule
 from workflows.reconcile import SCHEDULE_ID
 
 pytestmark = pytest.mark.integration
@@ -109,3 +123,43 @@ async def test_the_worker_schedules_reconciliation_once(
         assert desc.schedule.spec.intervals[0].every.total_seconds() == settings.reconcile_every
     finally:
         await temporal_client.get_schedule_handle(SCHEDULE_ID).delete()
+
+
+@activity.defn(name="list_containers")
+def engine_down(inp: ContainerSelector) -> list[ServiceInstance]:
+    """Stub: the engine does not answer (past the steps' retries)."""
+    raise ApplicationError(
+        "engine unreachable (stub)", type="EngineUnreachable", non_retryable=True
+    )
+
+
+async def test_a_scheduled_reconcile_that_fails_leaves_the_project_running(
+    temporal_client: Client, settings: Settings, project: str
+) -> None:
+    """The scheduled pass runs in the project's own loop: its failure is logged, and the
+    project's workflow (the project itself) lives on."""
+    queue = f"reconcile-down-{uuid.uuid4().hex[:6]}"
+    svc = DeploymentService(temporal_client, settings.model_copy(update={"task_queue": queue}))
+    async with Worker(
+        temporal_client,
+        task_queue=queue,
+        workflows=WORKFLOWS,
+        activities=[engine_down],
+        activity_executor=ThreadPoolExecutor(2),
+    ):
+        await svc.apply_project(TENANT, project, compose(api_image=None))
+        handle = temporal_client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
+        try:
+            await handle.signal("reconcile_requested")
+            deadline = time.monotonic() + 15
+            while not (
+                log := await handle.query("reconcile_log", result_type=list[DeploymentEvent])
+            ):
+                assert time.monotonic() < deadline, "no reconcile logged"
+                await asyncio.sleep(0.1)
+            assert [e.event_type for e in log] == [EventType.RECONCILE_FAILED]
+            assert "engine unreachable (stub)" in log[0].message
+            assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+            assert (await svc.get_project(TENANT, project)).id == project
+        finally:
+            await handle.terminate("test over")

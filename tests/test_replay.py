@@ -70,6 +70,10 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "rolling-rolled-back-before-deadline",
         "bluegreen-completed-before-deadline",
         "canary-completed-before-deadline",
+        # A project whose revision dropped a routed service: the route is deleted once the
+        # revision serves (patch "delete-routes-not-served"), and before that change it stayed.
+        "project-dropped-service",
+        "project-dropped-service-before-delete",
         "recreate-unrouted-completed",
         "recreate-cancelled",
         "bluegreen-completed",

@@ -214,6 +214,8 @@ async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one
     await service.apply_project(TENANT, project, project_of("v1", cache=True, api_routed=True))
     first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
     assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
+    v1_routes = (await service.get_project(TENANT, project)).routes
+    assert set(v1_routes) == {"web", "api", "cache"}
     await service.apply_project(TENANT, project, project_of("v2", cache=False, api_routed=False))
     dep = await service.deploy(TENANT, USER, project, ROLL)
     state = await wait_terminal(service, dep.id)
@@ -239,12 +241,25 @@ async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one
     left = labelled(docker_client, project)
     assert sorted(c.labels["moorage.service"] for c in left) == ["api", "web", "web"]
     assert {c.labels["moorage.revision"] for c in left} == {str(dep.revision)}
-    # v2 takes api off the router: v1's api replica left its route, no v2 one joined it, and the
-    # project lists no route for it. (The route itself stays, with no server.)
+    # v2 takes api off the router and drops cache: once v2 serves, their routes are deleted and
+    # their listen ports close.
     routes = (await service.get_project(TENANT, project)).routes
     assert set(routes) == {"web"}
-    assert router.load().routes[route_key(TENANT, project, "api")].servers == {}
     assert get_version(routes["web"]) == "v2"
+    deadline = time.monotonic() + 15
+    while True:  # the project deletes them after it recorded the deployment's end
+        events = (await service.get_state(TENANT, dep.id)).events
+        deleted = [e.service_name for e in events if e.event_type == EventType.ROUTE_DELETED]
+        if deleted:
+            break
+        assert time.monotonic() < deadline, [e.message for e in events[-3:]]
+        await asyncio.sleep(0.1)
+    assert sorted(d or "" for d in deleted) == ["api", "cache"]
+    assert not {route_key(TENANT, project, n) for n in ("api", "cache")} & set(router.load().routes)
+    for name in ("api", "cache"):
+        port = int(v1_routes[name].rsplit(":", 1)[1].strip("/"))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_under_load(

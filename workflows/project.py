@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import ContainerSelector, RouteServersInput
+    from activities.inputs import ContainerSelector, DeleteRoutesInput, RouteServersInput
     from moorage import naming
     from moorage.compose import (
         UNRESTRICTED,
@@ -113,6 +113,10 @@ class ProjectWorkflow:
                 self._reconciling = True
                 try:
                     await self._reconcile("schedule")
+                except (ActivityError, ApplicationError) as err:
+                    # An engine down past the steps' retries must not end the project's workflow
+                    # (and with it the project): the next scheduled pass tries again.
+                    self._log_reconcile_failure(err)
                 finally:
                     self._reconciling = False
                 continue
@@ -367,6 +371,62 @@ class ProjectWorkflow:
         s.reconcile_log = [*s.reconcile_log, *events][-MAX_RECONCILE_LOG:]
         return events
 
+    def _log_reconcile_failure(self, err: ActivityError | ApplicationError) -> None:
+        reason, details = steps.failure_reason(err)
+        event = DeploymentEvent(
+            event_type=EventType.RECONCILE_FAILED,
+            message=f"scheduled reconcile failed, the next pass tries again: {reason}",
+            details={**details, "by": "schedule"},
+            created_at=workflow.now(),
+        )
+        s = self.state
+        s.reconcile_log = [*s.reconcile_log, event][-MAX_RECONCILE_LOG:]
+
+    async def _delete_routes_not_served(self, record: DeploymentState) -> None:
+        """Delete the routes of services the serving revision does not route; events on record.
+
+        A service the revision dropped, or took off the router: its listen port closes. A failure
+        leaves them listed, for the next completed deployment to try again.
+        """
+        s = self.state
+        assert s.current is not None
+        served = parse_compose(s.current.compose, policy=UNRESTRICTED)
+        routed = {x.name for x in served.services if x.route_port() is not None}
+        # (Blue-green preview routes, "<service>:preview", are the blue-green's own.)
+        gone = sorted(n for n in s.routes if n not in routed and ":" not in n)
+        # Deployments that completed before this change left such routes in place.
+        if not gone or not workflow.patched("delete-routes-not-served"):
+            return
+        try:
+            deleted: list[str] = await steps.call(
+                "delete_routes",
+                DeleteRoutesInput(tenant=s.tenant_id, project=s.project_id, services=gone),
+                result_type=list[str],
+            )
+        except (ActivityError, ApplicationError) as err:
+            reason, details = steps.failure_reason(err)
+            record.events.append(
+                DeploymentEvent(
+                    event_type=EventType.ROUTE_DELETE_FAILED,
+                    message=f"routes of {', '.join(gone)} kept: {reason}",
+                    details={**details, "services": gone},
+                    created_at=workflow.now(),
+                )
+            )
+            return
+        for name in gone:
+            url = s.routes.pop(name)
+            if name in deleted:
+                record.events.append(
+                    DeploymentEvent(
+                        event_type=EventType.ROUTE_DELETED,
+                        service_name=name,
+                        message=f"route of {name} deleted ({url}): revision "
+                        f"{s.current.revision} does not route it",
+                        created_at=workflow.now(),
+                    )
+                )
+
     # --- internals -----------------------------------------------------------------------------
 
     def _find(self, deployment_id: str) -> DeploymentState | None:
@@ -529,6 +589,8 @@ class ProjectWorkflow:
         record.routes = result.routes
         s.routes.update(result.routes)
         self._finish(record, result.deployment, result.deployment.status, None, compose)
+        if result.deployment.status == DeploymentStatus.COMPLETED:
+            await self._delete_routes_not_served(record)
 
     def _finish(
         self,
