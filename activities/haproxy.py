@@ -179,6 +179,7 @@ class HAProxyBackend(ProxyBackend):
                 pass
             if time.monotonic() > deadline:
                 raise RouterError("haproxy did not come up with the new config in time")
+            heartbeat("waiting for haproxy's new config")  # up to 10 s: the heartbeat timeout
             time.sleep(0.05)
 
     def reload(self, state: RouterState) -> None:

@@ -71,9 +71,12 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "bluegreen-completed-before-deadline",
         "canary-completed-before-deadline",
         # A project whose revision dropped a routed service: the route is deleted once the
-        # revision serves (patch "delete-routes-not-served"), and before that change it stayed.
+        # revision serves (patch "delete-routes-not-served", asked at the start of a run); before
+        # that change it stayed; and a run that began before it and went on after it (a worker
+        # with the new code replaying it) keeps it to the run's end.
         "project-dropped-service",
         "project-dropped-service-before-delete",
+        "project-dropped-service-mixed",
         "recreate-unrouted-completed",
         "recreate-cancelled",
         "bluegreen-completed",

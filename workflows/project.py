@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import search_attributes as sa
     from workflows import steps
+    from workflows.bluegreen import PREVIEW_PREFIX
     from workflows.inputs import (
         ApplyInput,
         CancelInput,
@@ -49,6 +50,13 @@ with workflow.unsafe.imports_passed_through():
     from workflows.planning import SurgeError, resolve_surge
     from workflows.recreate import RecreateWorkflow
     from workflows.rolling import RollingUpdateWorkflow
+
+DELETE_ROUTES = "delete-routes-not-served"
+"""Patch: after a completed deployment, delete the routes of services the revision does not route.
+
+Project runs that began before it keep those routes to their end (their next continue-as-new
+starts a run that deletes them).
+"""
 
 MAX_DEPLOYMENTS_KEPT = 100
 MAX_IDEMPOTENCY_KEYS = 200
@@ -90,6 +98,7 @@ class ProjectWorkflow:
         self._cancel_pending = False
         self._reconciling = False
         self._reconcile_requested = False
+        self._deletes_routes = False
 
     @property
     def state(self) -> ProjectState:
@@ -100,6 +109,10 @@ class ProjectWorkflow:
     @workflow.run
     async def run(self, state: ProjectState) -> None:
         """Run deployments one at a time, forever; continue-as-new when history grows."""
+        # Asked once, first: a run that began before routes were deleted keeps not deleting them
+        # to its end (a patch asked only where a deletion is due would be answered by the run's
+        # first such point, which an older code may have passed without asking).
+        self._deletes_routes = workflow.patched(DELETE_ROUTES)
         while True:
             await workflow.wait_condition(
                 lambda: (
@@ -329,7 +342,7 @@ class ProjectWorkflow:
             ContainerSelector(tenant=s.tenant_id, project=s.project_id),
             result_type=list[ServiceInstance],
         )
-        events = []
+        events: list[DeploymentEvent] = []
         for orphan in (i for i in found if i.revision not in keep):
             await steps.call(
                 "route_remove",
@@ -350,25 +363,25 @@ class ProjectWorkflow:
                     slots=[orphan.slot],
                 )
             )
-            events.append(
-                DeploymentEvent(
-                    event_type=EventType.ORPHAN_REMOVED,
-                    service_name=orphan.service_name,
-                    message=(
-                        f"removed {orphan.container_name}: revision {orphan.revision} is neither "
-                        f"serving ({', '.join(map(str, keep)) or 'none'}) nor deploying"
-                    ),
-                    details={
-                        "container": orphan.container_name,
-                        "revision": orphan.revision,
-                        "deployment": orphan.deployment_id,
-                        "status": orphan.status,
-                        "by": user_id,
-                    },
-                    created_at=workflow.now(),
-                )
+            event = DeploymentEvent(
+                event_type=EventType.ORPHAN_REMOVED,
+                service_name=orphan.service_name,
+                message=(
+                    f"removed {orphan.container_name}: revision {orphan.revision} is neither "
+                    f"serving ({', '.join(map(str, keep)) or 'none'}) nor deploying"
+                ),
+                details={
+                    "container": orphan.container_name,
+                    "revision": orphan.revision,
+                    "deployment": orphan.deployment_id,
+                    "status": orphan.status,
+                    "by": user_id,
+                },
+                created_at=workflow.now(),
             )
-        s.reconcile_log = [*s.reconcile_log, *events][-MAX_RECONCILE_LOG:]
+            events.append(event)
+            # Logged at once: a pass that fails later still shows what it removed.
+            s.reconcile_log = [*s.reconcile_log, event][-MAX_RECONCILE_LOG:]
         return events
 
     def _log_reconcile_failure(self, err: ActivityError | ApplicationError) -> None:
@@ -392,15 +405,16 @@ class ProjectWorkflow:
         assert s.current is not None
         served = parse_compose(s.current.compose, policy=UNRESTRICTED)
         routed = {x.name for x in served.services if x.route_port() is not None}
-        # (Blue-green preview routes, "<service>:preview", are the blue-green's own.)
+        # ("<service>:preview" are blue-green preview URLs: they go with their service.)
         gone = sorted(n for n in s.routes if n not in routed and ":" not in n)
-        # Deployments that completed before this change left such routes in place.
-        if not gone or not workflow.patched("delete-routes-not-served"):
+        if not gone or not self._deletes_routes:
             return
+        # A service's blue-green preview route goes with it (if it ever had one).
+        services = [*gone, *(PREVIEW_PREFIX + n for n in gone)]
         try:
             deleted: list[str] = await steps.call(
                 "delete_routes",
-                DeleteRoutesInput(tenant=s.tenant_id, project=s.project_id, services=gone),
+                DeleteRoutesInput(tenant=s.tenant_id, project=s.project_id, services=services),
                 result_type=list[str],
             )
         except (ActivityError, ApplicationError) as err:
@@ -416,6 +430,7 @@ class ProjectWorkflow:
             return
         for name in gone:
             url = s.routes.pop(name)
+            s.routes.pop(f"{name}:preview", None)
             if name in deleted:
                 record.events.append(
                     DeploymentEvent(
