@@ -25,6 +25,11 @@ PREVIEW_PREFIX = "preview-of-"
 """Preview routes are routes of a pseudo-service ``preview-of-<service>``."""
 
 
+def preview_key(service: str) -> str:
+    """The key of a service's preview URL among a deployment's (and a project's) routes."""
+    return f"{service}:preview"
+
+
 @workflow.defn(name="BlueGreen")
 class BlueGreenWorkflow(StrategyWorkflow):
     """Green next to blue; switch when verified and promoted; retire blue."""
@@ -207,7 +212,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
             self.undo.push(f"drop preview of {spec.name}", "route_remove", servers)
             await steps.call("route_add", servers, result_type=list[str])
             previews[spec.name] = info.url
-            t.state.routes[f"{spec.name}:preview"] = info.url
+            t.state.routes[preview_key(spec.name)] = info.url
         return previews
 
     async def _drop_previews(self, t: Tracker, inp: StrategyInput) -> None:
@@ -218,4 +223,4 @@ class BlueGreenWorkflow(StrategyWorkflow):
             servers = steps.route_servers(dep, spec, green, list(range(spec.replicas)))
             servers.service = PREVIEW_PREFIX + spec.name
             await steps.call("route_remove", servers, result_type=list[str])
-            t.state.routes.pop(f"{spec.name}:preview", None)
+            t.state.routes.pop(preview_key(spec.name), None)

@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import search_attributes as sa
     from workflows import steps
-    from workflows.bluegreen import PREVIEW_PREFIX
+    from workflows.bluegreen import PREVIEW_PREFIX, preview_key
     from workflows.inputs import (
         ApplyInput,
         CancelInput,
@@ -158,8 +158,7 @@ class ProjectWorkflow:
             except ComposeError:
                 pass
             else:
-                services = spec.names
-                routed = {x.name for x in spec.services if x.route_port() is not None}
+                services, routed = spec.names, spec.routed
         return ProjectPublic(
             id=s.project_id,
             tenant_id=s.tenant_id,
@@ -403,9 +402,8 @@ class ProjectWorkflow:
         """
         s = self.state
         assert s.current is not None
-        served = parse_compose(s.current.compose, policy=UNRESTRICTED)
-        routed = {x.name for x in served.services if x.route_port() is not None}
-        # ("<service>:preview" are blue-green preview URLs: they go with their service.)
+        routed = parse_compose(s.current.compose, policy=UNRESTRICTED).routed
+        # (Blue-green preview URLs, under preview_key, go with their service.)
         gone = sorted(n for n in s.routes if n not in routed and ":" not in n)
         if not gone or not self._deletes_routes:
             return
@@ -430,7 +428,7 @@ class ProjectWorkflow:
             return
         for name in gone:
             url = s.routes.pop(name)
-            s.routes.pop(f"{name}:preview", None)
+            s.routes.pop(preview_key(name), None)
             if name in deleted:
                 record.events.append(
                     DeploymentEvent(

@@ -168,3 +168,8 @@ class ProjectSpec(BaseModel):
     def names(self) -> list[str]:
         """Service names in start order."""
         return [s.name for s in self.services]
+
+    @property
+    def routed(self) -> set[str]:
+        """Names of the services the traffic router routes (see ``ServiceSpec.route_port``)."""
+        return {s.name for s in self.services if s.route_port() is not None}
