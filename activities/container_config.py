@@ -103,6 +103,11 @@ def host_options(
         "nano_cpus": int((spec.cpus or defaults.cpus) * NANOS_PER_CPU),
         "pids_limit": spec.pids_limit or defaults.pids,
     }
+    if spec.restart != "no":
+        options["restart_policy"] = {
+            "Name": spec.restart,
+            "MaximumRetryCount": spec.restart_max_retries,
+        }
     if mounts:
         options["mounts"] = mounts
     if tmpfs:

@@ -12,6 +12,7 @@ non-retryable ``ApplicationError``; an engine or network hiccup is left retryabl
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -117,6 +118,37 @@ class _StateChanges:
                 self._stream.close()
         if self._reader is not None:
             self._reader.join(timeout=5)
+
+
+PORT_ATTEMPTS = 5
+"""How many times a replica with fixed host ports is made again when a port was taken."""
+
+
+def host_ports(spec: ServiceSpec) -> dict[str, tuple[str, int | None]]:
+    """The replica's published ports, each on a loopback port of its own.
+
+    Nothing is exposed beyond this host, and replicas of one service never collide. The engine
+    picks an ephemeral port when it starts the container, and picks again when it restarts it: a
+    replica its restart policy restarted would move, and the router would still send its share of
+    requests to the old port. So a service with a restart policy gets ports chosen here, free
+    when chosen, which the engine keeps across restarts.
+    """
+    if spec.restart == "no":
+        return {p.key: ("127.0.0.1", None) for p in spec.ports}
+    return {p.key: ("127.0.0.1", _free_port(p.protocol)) for p in spec.ports}
+
+
+def _free_port(protocol: str) -> int:
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_taken(exc: docker.errors.APIError) -> bool:
+    """The engine could not publish a port: another container or a host process holds it."""
+    text = str(exc.explanation or exc)
+    return "port is already allocated" in text or "address already in use" in text
 
 
 def _instance(info: dict[str, Any]) -> ServiceInstance:
@@ -298,13 +330,30 @@ class DockerExecutor:
             for slot in inp.slots:
                 name = naming.container_name(inp.tenant, inp.project, spec.name, inp.revision, slot)
                 heartbeat(name)
-                container_id = self._create(inp, slot, name, net)
-                info = self.api.inspect_container(container_id)
-                if not info["State"]["Running"]:
-                    self.api.start(container_id)
-                    info = self.api.inspect_container(container_id)
-                instances.append(_instance(info))
+                instances.append(_instance(self._start_one(inp, slot, name, net)))
             return instances
+
+    def _start_one(self, inp: StartServiceInput, slot: int, name: str, net: str) -> dict[str, Any]:
+        """Create (or adopt) one replica and start it; its inspect result.
+
+        A replica with fixed host ports (a restart policy: see :func:`host_ports`) whose port was
+        taken between the choice and the start is made again with other ports.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            container_id = self._create(inp, slot, name, net)
+            info: dict[str, Any] = self.api.inspect_container(container_id)
+            if info["State"]["Running"]:
+                return info
+            try:
+                self.api.start(container_id)
+            except docker.errors.APIError as exc:
+                if not _port_taken(exc) or inp.service.restart == "no" or attempt == PORT_ATTEMPTS:
+                    raise
+                self._remove(container_id)
+                continue
+            info = self.api.inspect_container(container_id)
+            return info
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _create(self, inp: StartServiceInput, slot: int, name: str, net: str) -> str:
         """Create one replica's container, or return the id of the one already there."""
@@ -327,12 +376,9 @@ class DockerExecutor:
             naming.LABEL_SLOT: str(slot),
             naming.LABEL_VERSION: inp.version,
         }
-        ports = [p.key for p in spec.ports]
         ensure_volumes(self.api, inp.tenant, inp.project, spec)
         host_config = self.api.create_host_config(
-            # An ephemeral host port on loopback per replica: replicas of one service never
-            # collide, and nothing is exposed beyond this host.
-            port_bindings=dict.fromkeys(ports, ("127.0.0.1", None)),
+            port_bindings=host_ports(spec),
             **host_options(spec, inp.tenant, inp.project, self.defaults),
         )
         networking = self.api.create_networking_config(
@@ -564,6 +610,7 @@ class DockerExecutor:
         """
         last: dict[str, str] = {}
         ready_since: dict[str, float] = {}
+        restarts: dict[str, int] = {}  # per replica, the engine's restarts that do not count
         window = inp.retries * inp.interval_s + inp.min_ready_s
         began = time.monotonic()
         give_up = began + window
@@ -581,7 +628,10 @@ class DockerExecutor:
                 now = time.monotonic()
                 for info in infos:
                     name = _name(info)
-                    ok, seen = self._ready(info, inp, checks, infos)
+                    earlier = int(info.get("RestartCount") or 0) if inp.earlier_restarts_ok else 0
+                    ok, seen = self._ready(
+                        info, inp, checks, infos, restarts.setdefault(name, earlier)
+                    )
                     if ok:
                         since = ready_since.setdefault(name, now)
                         if now - since < inp.min_ready_s:
@@ -613,12 +663,37 @@ class DockerExecutor:
         raise AssertionError("unreachable")  # _fail_health always raises
 
     def _ready(
-        self, info: dict[str, Any], inp: WaitHealthyInput, attempt: int, infos: list[dict[str, Any]]
+        self,
+        info: dict[str, Any],
+        inp: WaitHealthyInput,
+        attempt: int,
+        infos: list[dict[str, Any]],
+        earlier_restarts: int = 0,
     ) -> tuple[bool, str]:
-        """Is one container ready now? Fails the wait at once when it exited or is unhealthy."""
+        """Is one container ready now? Fails the wait at once when it exited or is unhealthy.
+
+        A replica its restart policy restarted (more than ``earlier_restarts`` times) or is about
+        to restart has crashed: that fails the wait too, as an exit does without the policy.
+        """
         state = info["State"]
         health = state.get("Health")
         name = _name(info)
+        restarted = int(info.get("RestartCount") or 0)
+        if state.get("Restarting"):
+            self._fail_health(
+                f"container {name} exited (exit code {state.get('ExitCode')}) and its restart "
+                "policy is restarting it",
+                info,
+                infos,
+            )
+        if restarted > earlier_restarts:
+            # Running again: the engine has reset its exit code; the log tells why it exited.
+            self._fail_health(
+                f"container {name} exited and its restart policy restarted it "
+                f"({restarted} restart(s))",
+                info,
+                infos,
+            )
         if state["Status"] in ("exited", "dead") or (not state["Running"] and attempt > 1):
             self._fail_health(
                 f"container {name} is {state['Status']} (exit code {state.get('ExitCode')})",

@@ -87,6 +87,10 @@ class WaitHealthyInput(BaseModel):
     """Moorage's own probe; when set it decides readiness instead of Docker's health status."""
     min_ready_s: float = 0.0
     """A container counts only once it has been ready this long."""
+    earlier_restarts_ok: bool = False
+    """A replica the engine restarted (its restart policy, after it exited) fails the wait; with
+    this set, only a restart during the wait does. For a restore, which may adopt a replica still
+    running since before the deployment: a restart in its past is not this deployment's fault."""
     budget_s: float | None = None
     """``wait_healthy_briefly`` only: give up without a verdict after this long."""
 

@@ -673,6 +673,43 @@ def test_stop_signal_working_dir_user() -> None:
     assert refused("user: [root]\n").key == "user"
 
 
+@pytest.mark.parametrize(
+    ("value", "policy", "limit"),
+    [
+        ('"no"', "no", 0),
+        ("no", "no", 0),  # YAML reads an unquoted no as false
+        ("always", "always", 0),
+        ("unless-stopped", "unless-stopped", 0),
+        ("on-failure", "on-failure", 0),
+        ('"on-failure:3"', "on-failure", 3),
+    ],
+)
+def test_restart_policy(value: str, policy: str, limit: int) -> None:
+    spec = one(f"restart: {value}\n")
+    assert (spec.restart, spec.restart_max_retries) == (policy, limit)
+
+
+def test_no_restart_key_means_no_restart_policy() -> None:
+    assert (one("").restart, one("").restart_max_retries) == ("no", 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("sometimes", "must be one of no, always, on-failure, unless-stopped"),
+        ("yes", "must be one of"),
+        ("3", "must be one of"),
+        ('"always:2"', "only on-failure takes a retry limit"),
+        ('"on-failure:0"', "only on-failure takes a retry limit"),
+        ('"on-failure:x"', "only on-failure takes a retry limit"),
+    ],
+)
+def test_bad_restart_policy_is_refused(value: str, says: str) -> None:
+    err = refused(f"restart: {value}\n")
+    assert (err.service, err.key) == ("web", "restart")
+    assert says in str(err)
+
+
 # --- refusals ----------------------------------------------------------------------------------
 
 
@@ -683,7 +720,7 @@ def test_stop_signal_working_dir_user() -> None:
         ("volumes", "['/:/host']"),
         ("network_mode", "host"),
         ("cap_add", "[SYS_ADMIN]"),
-        ("restart", "always"),
+        ("ipc", "host"),
         ("env_file", ".env"),
         ("secrets", "[token]"),
     ],

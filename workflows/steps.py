@@ -253,6 +253,7 @@ def restore_health_input(
     inp.delay_s = 0.0
     inp.retries = max(inp.retries, 60)
     inp.min_ready_s = 0.0
+    inp.earlier_restarts_ok = True
     return inp
 
 

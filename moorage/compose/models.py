@@ -116,6 +116,11 @@ class ServiceSpec(BaseModel):
     health_check_retries: int | None = None
     """``x-moorage.health_check_retries``: this service's health checks' worth of time (None: the
     deployment's ``health_check_retries``)."""
+    restart: str = "no"
+    """``restart``: the engine restarts a replica that exits (``always``, ``on-failure``,
+    ``unless-stopped``) between deployments; during one, a restart fails the health gate."""
+    restart_max_retries: int = 0
+    """``on-failure:N``: at most N restarts (0: no limit)."""
     route: bool = True
     """``x-moorage.route``: false keeps a service with a TCP port off the traffic router (one that
     does not speak HTTP, e.g. a database, which the router's HTTP proxying would not serve)."""

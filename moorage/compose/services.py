@@ -48,6 +48,7 @@ SERVICE_KEYS = frozenset(
         "mem_limit",
         "cpus",
         "pids_limit",
+        "restart",
     }
 )
 DEPLOY_KEYS = frozenset({"replicas", "resources"})
@@ -246,6 +247,8 @@ def _parse_service(
         spec.stop_grace_period_s = parse_duration(
             raw["stop_grace_period"], service=name, key="stop_grace_period"
         )
+    if "restart" in raw:
+        spec.restart, spec.restart_max_retries = _parse_restart(raw["restart"], service=name)
     if raw.get("x-moorage") is not None:
         _parse_x_moorage(raw["x-moorage"], spec)
     for key in ("stop_signal", "working_dir", "user"):
@@ -257,6 +260,33 @@ def _parse_service(
     _parse_mounts(raw, spec, policy, volumes)
     _parse_resources(raw, spec)
     return spec
+
+
+RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+
+
+def _parse_restart(value: Any, *, service: str) -> tuple[str, int]:
+    """``restart``: the engine's restart policy, and ``on-failure``'s retry limit (0: none).
+
+    YAML reads an unquoted ``no`` as false: taken as ``"no"``, as Docker Compose does.
+    """
+    if value is False:
+        return "no", 0
+    usage = f"must be one of {', '.join(RESTART_POLICIES)} or on-failure:N (N at least 1)"
+    if not isinstance(value, str):
+        raise ComposeError(usage, service=service, key="restart")
+    policy, colon, limit = value.strip().partition(":")
+    if policy not in RESTART_POLICIES:
+        raise ComposeError(f"{value!r}: {usage}", service=service, key="restart")
+    if not colon:
+        return policy, 0
+    if policy != "on-failure" or not limit.isdigit() or int(limit) < 1:
+        raise ComposeError(
+            f"{value!r}: only on-failure takes a retry limit, a whole number of at least 1",
+            service=service,
+            key="restart",
+        )
+    return policy, int(limit)
 
 
 def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:

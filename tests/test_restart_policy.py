@@ -1,0 +1,207 @@
+"""Compose ``restart:``: the engine restarts a replica that exits between deployments, the replica
+keeps its host port (so its route still reaches it), and a restart during a deployment fails the
+health gate as an exit does. On the real engine, HAProxy and Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import docker
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import docker_executor
+from activities.docker_executor import DockerExecutor
+from activities.inputs import ContainerSelector, WaitHealthyInput
+from moorage.models import DeploymentConfig, DeploymentStatus, DeployRequest, EventType, Strategy
+from moorage.service import DeploymentService
+from tests.helpers import TENANT, USER, get_version, labelled, start_web, wait_terminal
+from workflows import steps
+
+pytestmark = pytest.mark.integration
+
+ROLL = DeployRequest(
+    strategy=Strategy.ROLLING_UPDATE, health_check_retries=60, health_check_interval=0.5
+)
+
+
+def restarting(image: str, policy: str = "always", replicas: int = 1) -> str:
+    return (
+        f"services:\n  web:\n    image: {image}\n    ports: ['80']\n    restart: {policy}\n"
+        f"    deploy:\n      replicas: {replicas}\n    stop_grace_period: 2s\n"
+    )
+
+
+def host_port(container: docker.models.containers.Container) -> str:
+    container.reload()
+    return str(container.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+
+
+def exit_by_itself(container: docker.models.containers.Container) -> None:
+    """The replica's PID 1 exits 0 of its own accord (not a stop or kill by the engine's API,
+    which the engine's restart policy leaves alone)."""
+    container.exec_run(["kill", "1"])
+
+
+def restarted(container: docker.models.containers.Container, times: int) -> None:
+    """Until the engine has restarted the container ``times`` times and it is running again."""
+    deadline = time.monotonic() + 15
+    while True:
+        container.reload()
+        state = container.attrs["State"]
+        if (
+            container.attrs["RestartCount"] >= times
+            and state["Running"]
+            and not state["Restarting"]
+        ):
+            return
+        assert time.monotonic() < deadline, container.attrs["State"]
+        time.sleep(0.1)
+
+
+async def answers(url: str, version: str) -> None:
+    """Until the route at ``url`` answers ``version`` (it may refuse while the replica comes up)."""
+    deadline = time.monotonic() + 15
+    last: object = None
+    while True:
+        try:
+            last = await asyncio.to_thread(get_version, url)
+            if last == version:
+                return
+        except OSError as exc:
+            last = exc
+        assert time.monotonic() < deadline, f"{url} answers {last!r}, not {version}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_replica_restarted_by_its_policy_keeps_its_port_and_its_route(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    await service.apply_project(TENANT, project, restarting("moorage-demo:v1"))
+    first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
+    state = await wait_terminal(service, first.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    url = (await service.get_project(TENANT, project)).routes["web"]
+    [replica] = labelled(docker_client, project)
+    assert replica.attrs["HostConfig"]["RestartPolicy"] == {
+        "Name": "always",
+        "MaximumRetryCount": 0,
+    }
+    port = host_port(replica)
+
+    exit_by_itself(replica)
+    await asyncio.to_thread(restarted, replica, 1)
+    # The engine picks an ephemeral port anew at each restart: this one was chosen by Moorage and
+    # stays, so the router, which still sends requests to it, reaches the replica again.
+    assert host_port(replica) == port
+    await answers(url, "v1")
+
+    # The next deployment rolls it as any other: its restart before the deployment is no crash.
+    await service.apply_project(TENANT, project, restarting("moorage-demo:v2"))
+    second = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v2"}))
+    state = await wait_terminal(service, second.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert await asyncio.to_thread(get_version, url) == "v2"
+    assert [c.labels["moorage.revision"] for c in labelled(docker_client, project)] == ["2"]
+
+
+async def test_a_new_replica_its_policy_keeps_restarting_fails_its_gate_and_rolls_back(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """Restarted after each exit, the replica is ``running`` most of the time: the gate must not
+    wait out its 30 s window on it, but fail on the first restart, naming the exit."""
+    await service.apply_project(TENANT, project, restarting("moorage-demo:v1", replicas=2))
+    first = await service.deploy(TENANT, USER, project, ROLL)
+    assert (await wait_terminal(service, first.id)).deployment.status == DeploymentStatus.COMPLETED
+    url = (await service.get_project(TENANT, project)).routes["web"]
+
+    await service.apply_project(
+        TENANT, project, restarting("moorage-demo:crash", '"on-failure:5"', replicas=2)
+    )
+    dep = await service.deploy(TENANT, USER, project, ROLL)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    failed = next(e for e in state.events if e.event_type == EventType.HEALTH_CHECK_FAILED)
+    # Caught restarting (with its exit code) or running again after a restart.
+    assert re.search(
+        r"exited (\(exit code 3\) and its restart policy is restarting it|and its restart policy "
+        r"restarted it \(\d restart\(s\)\))",
+        failed.message,
+    ), failed.message
+    assert "crashing on purpose" in failed.details["logs"]
+    assert failed.details["container"].endswith("-web-r2-0")
+    assert {c.labels["moorage.revision"] for c in labelled(docker_client, project)} == {"1"}
+    assert await asyncio.to_thread(get_version, url) == "v1"
+
+
+def test_a_restore_wait_counts_only_the_restarts_during_it(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """A rollback may adopt an old replica that has run since before the deployment: a restart
+    in its past is not this deployment's failure. Any other wait fails on it."""
+    start_web(docker_client, project, restarting("moorage-demo:v1"))
+    [replica] = labelled(docker_client, project)
+    exit_by_itself(replica)
+    restarted(replica, 1)
+    sel = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
+    executor = DockerExecutor(docker_client)
+
+    restore = steps.restore_health_input(DeploymentConfig(health_check_interval=0.2), sel, 1)
+    assert restore.earlier_restarts_ok
+    [instance] = ActivityEnvironment().run(executor.wait_healthy, restore)
+    assert instance.container_id == replica.short_id
+
+    gate = WaitHealthyInput(selector=sel, expected=1, interval_s=0.2, retries=25)
+    with pytest.raises(ApplicationError) as info:
+        ActivityEnvironment().run(executor.wait_healthy, gate)
+    assert info.value.type == "HealthCheckFailed"
+    assert "restart policy restarted it (1 restart(s))" in str(info.value)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port a host process listens on."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+def test_a_replica_whose_chosen_port_was_taken_is_made_again_on_another(
+    docker_client: docker.DockerClient,
+    project: str,
+    taken_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = docker_executor._free_port
+    chosen: list[int] = []
+
+    def first_a_taken_one(protocol: str) -> int:
+        chosen.append(taken_port if not chosen else real(protocol))
+        return chosen[-1]
+
+    monkeypatch.setattr(docker_executor, "_free_port", first_a_taken_one)
+    [instance] = start_web(docker_client, project, restarting("moorage-demo:v1"))
+    assert len(chosen) == 2
+    assert chosen[0] == taken_port
+    assert instance.ports["80/tcp"] == f"127.0.0.1:{chosen[1]}"
+    assert [c.short_id for c in labelled(docker_client, project)] == [instance.container_id]
+    assert get_version(f"http://127.0.0.1:{chosen[1]}/") == "v1"
+
+
+def test_a_service_without_a_restart_policy_keeps_the_engines_ephemeral_ports(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    text = restarting("moorage-demo:v1").replace("    restart: always\n", "")
+    [instance] = start_web(docker_client, project, text)
+    [replica] = labelled(docker_client, project)
+    assert replica.attrs["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
+    assert replica.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": ""}
+    ]
+    assert instance.ports["80/tcp"].startswith("127.0.0.1:")
