@@ -9,19 +9,24 @@ import subprocess
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from temporalio import activity
 from temporalio.client import Client, WorkflowHistory
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
 
 from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAPROXY, HAProxyBackend
+from activities.inputs import DeleteRoutesInput
 from activities.nginx import NginxBackend
 from activities.router import TrafficRouter, route_key
 from moorage import naming
-from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
+from moorage.models import DeploymentEvent, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from moorage.settings import Settings
 from tests.helpers import (
@@ -36,7 +41,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.load import Load
-from worker import build_router, build_worker
+from worker import WORKFLOWS, build_router, build_worker
 from workflows import steps
 from workflows.steps import BRIEF_STEPS, QUICK_STEPS, runs_local
 
@@ -260,6 +265,89 @@ async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one
         port = int(v1_routes[name].rsplit(":", 1)[1].strip("/"))
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@activity.defn(name="delete_routes")
+def router_refuses(inp: DeleteRoutesInput) -> list[str]:
+    """Stub: the router refuses to delete (the config it would load is refused)."""
+    raise ApplicationError(
+        "the router refused the reload (stub)", type="RouterError", non_retryable=True
+    )
+
+
+async def test_routes_the_router_refused_to_delete_are_kept_and_deleted_after_the_next_deploy(
+    temporal_client: Client,
+    settings: Settings,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """The project's other steps are the real ones; only the router's deletion is refused."""
+    queue = f"moorage-nodelete-{uuid.uuid4().hex[:6]}"
+    svc = DeploymentService(temporal_client, settings.model_copy(update={"task_queue": queue}))
+    executor = DockerExecutor(docker_client)
+    real = [a for a in router.activities() if a.__name__ != "delete_routes"]
+    assert len(real) == len(router.activities()) - 1
+    refusing = Worker(
+        temporal_client,
+        task_queue=queue,
+        workflows=WORKFLOWS,
+        activities=[*executor.activities(), *real, router_refuses],
+        activity_executor=ThreadPoolExecutor(8),
+    )
+    fast = ROLL.model_copy(update={"health_check_interval": 0.2})
+    async with refusing:
+        await svc.apply_project(TENANT, project, project_of("v1", cache=True, api_routed=False))
+        first = await svc.deploy(TENANT, USER, project, fast)
+        assert (await wait_terminal(svc, first.id)).deployment.status == (
+            DeploymentStatus.COMPLETED
+        )
+        cache_url = (await svc.get_project(TENANT, project)).routes["cache"]
+        await svc.apply_project(TENANT, project, project_of("v2", cache=False, api_routed=False))
+        second = await svc.deploy(TENANT, USER, project, fast)
+        assert (await wait_terminal(svc, second.id)).deployment.status == (
+            DeploymentStatus.COMPLETED
+        )
+        kept = await wait_event(svc, second.id, EventType.ROUTE_DELETE_FAILED)
+        assert "routes of cache kept" in kept.message
+        assert "the router refused the reload (stub)" in kept.message
+        assert kept.details["services"] == ["cache"]
+        # The project lists the routes its revision routes; the router keeps the old one (its
+        # port still open) until a deletion succeeds.
+        assert set((await svc.get_project(TENANT, project)).routes) == {"web"}
+    assert route_key(TENANT, project, "cache") in router.load().routes
+    socket.create_connection(("127.0.0.1", port_of(cache_url)), timeout=2).close()
+
+    # The next completed deployment (the real router now) deletes it.
+    async with build_worker(temporal_client, queue, executor, router):
+        await svc.apply_project(TENANT, project, project_of("v3", cache=False, api_routed=False))
+        third = await svc.deploy(TENANT, USER, project, fast)
+        assert (await wait_terminal(svc, third.id)).deployment.status == (
+            DeploymentStatus.COMPLETED
+        )
+        deleted = await wait_event(svc, third.id, EventType.ROUTE_DELETED)
+        assert deleted.service_name == "cache"
+        assert set((await svc.get_project(TENANT, project)).routes) == {"web"}
+    assert route_key(TENANT, project, "cache") not in router.load().routes
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port_of(cache_url)), timeout=2).close()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].strip("/"))
+
+
+async def wait_event(svc: DeploymentService, dep_id: str, kind: EventType) -> DeploymentEvent:
+    """The deployment's first event of ``kind`` (the project logs route deletions just after it
+    recorded the deployment's end)."""
+    deadline = time.monotonic() + 15
+    while True:
+        events = (await svc.get_state(TENANT, dep_id)).events
+        found = [e for e in events if e.event_type == kind]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, [e.message for e in events[-3:]]
+        await asyncio.sleep(0.1)
 
 
 async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_under_load(
