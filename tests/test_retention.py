@@ -46,12 +46,23 @@ RETENTION_S = 2
 async def short_client(temporal_client: Client) -> Client:
     """A client on a fresh namespace whose closed workflows live 2 s."""
     namespace = f"short-{uuid.uuid4().hex[:8]}"
-    await temporal_client.workflow_service.register_namespace(
-        RegisterNamespaceRequest(
-            namespace=namespace,
-            workflow_execution_retention_period=Duration(seconds=RETENTION_S),
-        )
+    request = RegisterNamespaceRequest(
+        namespace=namespace, workflow_execution_retention_period=Duration(seconds=RETENTION_S)
     )
+    for attempt in range(1, 4):
+        try:
+            await temporal_client.workflow_service.register_namespace(request)
+            break
+        except RPCError as err:
+            # A busy dev server has cancelled the call once (in CI, on a slow day); the
+            # namespace may exist by then.
+            if err.status == RPCStatusCode.ALREADY_EXISTS:
+                break
+            if err.status not in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise
+            if attempt == 3:
+                raise
+            await asyncio.sleep(1)
     await temporal_client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=namespace,
