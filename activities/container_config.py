@@ -21,6 +21,7 @@ from moorage.compose import MountSpec, ServiceSpec
 from moorage.settings import Settings
 
 NANOS_PER_CPU = 1_000_000_000
+NANOS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,26 @@ def host_options(
             f"{d.host_path}:{d.container_path}:{d.permissions}" for d in spec.devices
         ]
     return options
+
+
+def healthcheck_config(spec: ServiceSpec) -> dict[str, Any] | None:
+    """The Compose ``healthcheck`` as the engine's ``Healthcheck`` (None: the image's own)."""
+    hc = spec.healthcheck
+    if hc is None:
+        return None
+    if hc.disable:
+        return {"test": ["NONE"]}
+    result: dict[str, Any] = {}
+    if hc.test is not None:
+        result["test"] = hc.test
+    for field, key in (
+        ("interval_s", "interval"),
+        ("timeout_s", "timeout"),
+        ("start_period_s", "start_period"),
+    ):
+        value = getattr(hc, field)
+        if value is not None:
+            result[key] = int(value * NANOS_PER_S)
+    if hc.retries is not None:
+        result["retries"] = hc.retries
+    return result or None

@@ -12,8 +12,6 @@ non-retryable ``ApplicationError``; an engine or network hiccup is left retryabl
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -27,207 +25,59 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import HEARTBEAT_EVERY_S, classified, heartbeat
-from activities.container_config import ResourceDefaults, ensure_volumes, host_options
+from activities.container_config import (
+    ResourceDefaults,
+    ensure_volumes,
+    healthcheck_config,
+    host_options,
+)
+from activities.engine_view import container_name, instance_of
+from activities.health import HealthWaits
 from activities.inputs import (
     ContainerSelector,
-    HealthWait,
     LabelledContainer,
     ListLabelledInput,
     NetworkInput,
     StartServiceInput,
     StopContainersInput,
     StopWait,
-    WaitHealthyInput,
 )
-from activities.probes import probe
+from activities.replica_ports import (
+    PORT_ATTEMPTS,
+    PortBindings,
+    ReplicaPorts,
+    ephemeral,
+    port_taken,
+)
 from moorage import naming
-from moorage.compose import ServiceSpec
 from moorage.models import ServiceInstance
 from moorage.settings import get_settings
 
 T = TypeVar("T")
 
-LOG_TAIL_LINES = 20
-"""Lines of a failed container's log carried into the failure and its event."""
-
-NANOS = 1_000_000_000
-
 KILL_WAIT_S = 30.0
 """How long a stop waits for a container to exit after SIGKILL before it fails (retryable)."""
 
 
-def _name(info: dict[str, Any]) -> str:
-    """A container's name from its inspect result."""
-    return str(info["Name"]).lstrip("/")
+class DockerExecutor(HealthWaits):
+    """Container operations on one Docker engine, exposed as activities.
 
-
-def _label_filters(sel: ContainerSelector) -> list[str]:
-    labels = [f"{naming.LABEL_TENANT}={sel.tenant}", f"{naming.LABEL_PROJECT}={sel.project}"]
-    if sel.service is not None:
-        labels.append(f"{naming.LABEL_SERVICE}={sel.service}")
-    if sel.revision is not None:
-        labels.append(f"{naming.LABEL_REVISION}={sel.revision}")
-    return labels
-
-
-class _StateChanges:
-    """A wake-up for health waits: the engine's events about the selected containers.
-
-    Subscribed on entry, before the first check, so a change between a check and the next wait is
-    not missed. ``wait(timeout)`` sleeps up to ``timeout`` and returns early when a container
-    started, died, was removed or changed its Docker health status. Without a subscription (the
-    engine refused it) it just sleeps.
+    The health waits come from :class:`HealthWaits`.
     """
-
-    EVENTS = ("start", "die", "destroy", "oom", "health_status")
-
-    def __init__(self, api: docker.APIClient, sel: ContainerSelector):
-        self._api = api
-        self._filters = {
-            "type": "container",
-            "label": _label_filters(sel),
-            "event": list(self.EVENTS),
-        }
-        self._changed = threading.Event()
-        self._stream: Any = None
-        self._reader: threading.Thread | None = None
-
-    def __enter__(self) -> _StateChanges:
-        try:
-            self._stream = self._api.events(filters=self._filters, decode=True)
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
-            return self  # plain sleeping: slower to notice, never wrong
-        self._reader = threading.Thread(target=self._read, name="moorage-events", daemon=True)
-        self._reader.start()
-        return self
-
-    def _read(self) -> None:
-        with suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-            for _ in self._stream:
-                self._changed.set()
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep until a change or ``timeout``; True when a change woke it."""
-        woke = self._changed.wait(timeout)
-        self._changed.clear()
-        return woke
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stream is not None:
-            with suppress(Exception):  # closing a stream the engine already closed
-                self._stream.close()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-
-
-PORT_ATTEMPTS = 5
-"""How many times a replica with fixed host ports is made again when a port was taken."""
-
-
-def host_ports(spec: ServiceSpec) -> dict[str, tuple[str, int | None]]:
-    """The replica's published ports, each on a loopback port of its own.
-
-    Nothing is exposed beyond this host, and replicas of one service never collide. The engine
-    picks an ephemeral port when it starts the container, and picks again when it restarts it: a
-    replica its restart policy restarted would move, and the router would still send its share of
-    requests to the old port. So a service with a restart policy gets ports chosen here, free
-    when chosen, which the engine keeps across restarts.
-    """
-    if spec.restart == "no":
-        return {p.key: ("127.0.0.1", None) for p in spec.ports}
-    return {p.key: ("127.0.0.1", _free_port(p.protocol)) for p in spec.ports}
-
-
-def _free_port(protocol: str) -> int:
-    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_taken(exc: docker.errors.APIError) -> bool:
-    """The engine could not publish a port: another container or a host process holds it."""
-    text = str(exc.explanation or exc)
-    return "port is already allocated" in text or "address already in use" in text
-
-
-def _instance(info: dict[str, Any]) -> ServiceInstance:
-    """A ``docker inspect`` result → ServiceInstance."""
-    labels = info["Config"]["Labels"] or {}
-    state = info["State"]
-    ports: dict[str, str] = {}
-    for port, bindings in (info["NetworkSettings"].get("Ports") or {}).items():
-        if bindings:
-            ports[port] = f"{bindings[0]['HostIp']}:{bindings[0]['HostPort']}"
-    health = state.get("Health")
-    return ServiceInstance(
-        container_id=info["Id"][:12],
-        container_name=_name(info),
-        service_name=labels.get(naming.LABEL_SERVICE, ""),
-        revision=int(labels.get(naming.LABEL_REVISION, "0")),
-        slot=int(labels.get(naming.LABEL_SLOT, "0")),
-        image=info["Config"]["Image"],
-        status=state["Status"],
-        health=health["Status"] if health else None,
-        ports=ports,
-        deployment_id=labels.get(naming.LABEL_DEPLOYMENT),
-    )
-
-
-def _healthcheck(spec: ServiceSpec) -> dict[str, Any] | None:
-    hc = spec.healthcheck
-    if hc is None:
-        return None
-    if hc.disable:
-        return {"test": ["NONE"]}
-    result: dict[str, Any] = {}
-    if hc.test is not None:
-        result["test"] = hc.test
-    for field, key in (
-        ("interval_s", "interval"),
-        ("timeout_s", "timeout"),
-        ("start_period_s", "start_period"),
-    ):
-        value = getattr(hc, field)
-        if value is not None:
-            result[key] = int(value * NANOS)
-    if hc.retries is not None:
-        result["retries"] = hc.retries
-    return result or None
-
-
-class DockerExecutor:
-    """Container operations on one Docker engine, exposed as activities."""
 
     def __init__(
-        self, client: docker.DockerClient | None = None, defaults: ResourceDefaults | None = None
+        self,
+        client: docker.DockerClient | None = None,
+        defaults: ResourceDefaults | None = None,
+        replica_ports: tuple[int, int] | None = None,
     ):
-        self.client = client or docker.from_env(timeout=120)
-        self.api = self.client.api
+        super().__init__(client or docker.from_env(timeout=120))
         self.defaults = defaults or ResourceDefaults.from_settings(get_settings())
+        self.replica_ports = ReplicaPorts(
+            self.api, *(replica_ports or get_settings().replica_port_range())
+        )
 
     # --- helpers -----------------------------------------------------------------------------
-
-    def _find(self, sel: ContainerSelector) -> list[dict[str, Any]]:
-        """Inspect results of every container the selector matches, sorted by name."""
-        found = self.api.containers(all=True, filters={"label": _label_filters(sel)})
-        result = []
-        for summary in found:
-            try:
-                info = self.api.inspect_container(summary["Id"])
-            except docker.errors.NotFound:
-                continue  # removed between list and inspect
-            slot = int((info["Config"]["Labels"] or {}).get(naming.LABEL_SLOT, "-1"))
-            if sel.slots is None or slot in sel.slots:
-                result.append(info)
-        return sorted(result, key=lambda i: str(i["Name"]))
-
-    def _logs_tail(self, container_id: str) -> str:
-        try:
-            raw = self.api.logs(container_id, tail=LOG_TAIL_LINES)
-        except docker.errors.APIError:
-            return ""
-        return raw.decode(errors="replace").strip() if isinstance(raw, bytes) else str(raw)
 
     def _remove(self, container_id: str, timeout_s: float = 60.0) -> None:
         """Remove a container and return once the engine no longer has it.
@@ -330,37 +180,48 @@ class DockerExecutor:
             for slot in inp.slots:
                 name = naming.container_name(inp.tenant, inp.project, spec.name, inp.revision, slot)
                 heartbeat(name)
-                instances.append(_instance(self._start_one(inp, slot, name, net)))
+                instances.append(instance_of(self._start_one(inp, slot, name, net)))
             return instances
 
     def _start_one(self, inp: StartServiceInput, slot: int, name: str, net: str) -> dict[str, Any]:
         """Create (or adopt) one replica and start it; its inspect result.
 
-        A replica with fixed host ports (a restart policy: see :func:`host_ports`) whose port was
-        taken between the choice and the start is made again with other ports.
+        A replica with ports Moorage chose (a restart policy: see :mod:`activities.replica_ports`)
+        that the engine cannot start because one of them was taken meanwhile is made again on
+        others, if this attempt made it. One an earlier attempt made (maybe an old replica a
+        rollback restores) is never removed here: the start fails, for a retry.
         """
+        refused: set[int] = set()
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            container_id = self._create(inp, slot, name, net)
+            container_id, made = self._create(inp, slot, name, net, refused)
             info: dict[str, Any] = self.api.inspect_container(container_id)
             if info["State"]["Running"]:
                 return info
             try:
                 self.api.start(container_id)
             except docker.errors.APIError as exc:
-                if not _port_taken(exc) or inp.service.restart == "no" or attempt == PORT_ATTEMPTS:
+                chosen = {port for _, port in (made or {}).values() if port is not None}
+                if not chosen or not port_taken(exc) or attempt == PORT_ATTEMPTS:
                     raise
-                self._remove(container_id)
+                refused |= chosen
+                self._remove(container_id)  # made a moment ago by this attempt: nothing in it
                 continue
             info = self.api.inspect_container(container_id)
             return info
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
-    def _create(self, inp: StartServiceInput, slot: int, name: str, net: str) -> str:
-        """Create one replica's container, or return the id of the one already there."""
+    def _create(
+        self, inp: StartServiceInput, slot: int, name: str, net: str, refused: set[int]
+    ) -> tuple[str, PortBindings | None]:
+        """Create one replica's container: its id and port bindings.
+
+        One already there is adopted: its id, and None. ``refused``: ports chosen for it before,
+        which the engine found taken.
+        """
         try:
             found = self.api.inspect_container(name)
             if found["State"]["Status"] not in ("removing", "dead"):
-                return str(found["Id"])
+                return str(found["Id"]), None
             # Going or gone (a removal still running, or one that failed): not adoptable.
             self._remove(str(found["Id"]))
         except docker.errors.NotFound:
@@ -377,8 +238,11 @@ class DockerExecutor:
             naming.LABEL_VERSION: inp.version,
         }
         ensure_volumes(self.api, inp.tenant, inp.project, spec)
+        ports = (
+            ephemeral(spec) if spec.restart == "no" else self.replica_ports.choose(spec, refused)
+        )
         host_config = self.api.create_host_config(
-            port_bindings=host_ports(spec),
+            port_bindings=ports,
             **host_options(spec, inp.tenant, inp.project, self.defaults),
         )
         networking = self.api.create_networking_config(
@@ -395,7 +259,7 @@ class DockerExecutor:
                 ports=[(p.target, p.protocol) for p in spec.ports],
                 host_config=host_config,
                 networking_config=networking,
-                healthcheck=_healthcheck(spec),
+                healthcheck=healthcheck_config(spec),
                 stop_signal=spec.stop_signal,
                 stop_timeout=int(spec.stop_grace_period_s),
                 working_dir=spec.working_dir,
@@ -405,9 +269,9 @@ class DockerExecutor:
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # another attempt created it meanwhile: adopt it
-                return str(self.api.inspect_container(name)["Id"])
+                return str(self.api.inspect_container(name)["Id"]), None
             raise
-        return str(created["Id"])
+        return str(created["Id"]), ports
 
     @activity.defn(name="stop_containers")
     def stop_containers(self, inp: StopContainersInput) -> list[str]:
@@ -436,12 +300,12 @@ class DockerExecutor:
                         self._kill(info["Id"], "SIGKILL")
                         if not self._exited_within(info["Id"], KILL_WAIT_S):
                             raise ApplicationError(
-                                f"container {_name(info)} still runs {KILL_WAIT_S:g} s after "
-                                "SIGKILL"
+                                f"container {container_name(info)} still runs "
+                                f"{KILL_WAIT_S:g} s after SIGKILL"
                             )
 
             self._parallel(stop, infos)
-            return [_name(i) for i in infos]
+            return [container_name(i) for i in infos]
 
     @activity.defn(name="stop_containers_briefly")
     def stop_containers_briefly(self, inp: StopContainersInput) -> StopWait:
@@ -478,8 +342,8 @@ class DockerExecutor:
 
             self._parallel(wait_for, infos)
             return StopWait(
-                stopped=[_name(i) for i in infos if exited[i["Id"]]],
-                running=[_name(i) for i in infos if not exited[i["Id"]]],
+                stopped=[container_name(i) for i in infos if exited[i["Id"]]],
+                running=[container_name(i) for i in infos if not exited[i["Id"]]],
                 elapsed_s=time.monotonic() - start,
             )
 
@@ -527,7 +391,7 @@ class DockerExecutor:
             infos = self._find(sel)
 
             self._parallel(lambda info: self._remove(str(info["Id"])), infos)
-            return [_name(i) for i in infos]
+            return [container_name(i) for i in infos]
 
     @activity.defn(name="list_containers")
     def list_containers(self, sel: ContainerSelector) -> list[ServiceInstance]:
@@ -537,200 +401,7 @@ class DockerExecutor:
             ApplicationError: a retryable engine error.
         """
         with classified("list"):
-            return [_instance(i) for i in self._find(sel)]
-
-    @activity.defn(name="wait_healthy")
-    def wait_healthy(self, inp: WaitHealthyInput) -> list[ServiceInstance]:
-        """Wait until every selected container is healthy (Docker HEALTHCHECK) or running.
-
-        After ``delay_s``, checks for ``retries`` x ``interval_s`` seconds (plus ``min_ready_s``),
-        ``interval_s`` apart (a shorter probe interval: that far apart); a check comes sooner
-        when the engine reports that a selected container started, died or changed its health
-        status, so a replica counts the moment Docker marks it healthy. Heartbeats all along, so a
-        cancel reaches it and a dead worker is noticed.
-
-        Raises:
-            ApplicationError: ``HealthCheckFailed`` (non-retryable) when a container exits, turns
-                unhealthy, is missing, or is not healthy in time; the last lines of its log are in
-                the message and the details.
-        """
-        instances, _, _ = self._wait(inp, None)
-        assert instances is not None  # with no budget the wait ends healthy or raises
-        return instances
-
-    @activity.defn(name="wait_healthy_briefly")
-    def wait_healthy_briefly(self, inp: WaitHealthyInput) -> HealthWait:
-        """The first ``budget_s`` of :meth:`wait_healthy`: the same checks, then no verdict.
-
-        The health gate runs it as a local activity, inside the workflow task: most replicas are
-        ready within a second or two, and then no round trip through the Temporal server is
-        needed. Those that are not get the full wait, an ordinary activity, for the checks left.
-
-        Raises:
-            ApplicationError: as :meth:`wait_healthy`, when a container fails within the budget.
-        """
-        if inp.budget_s is None:
-            raise ApplicationError(
-                "wait_healthy_briefly needs budget_s", type="Invalid", non_retryable=True
-            )
-        instances, checks, used = self._wait(inp, inp.budget_s)
-        return HealthWait(instances=instances, checks=checks, used_s=used)
-
-    def _wait(
-        self, inp: WaitHealthyInput, budget_s: float | None
-    ) -> tuple[list[ServiceInstance] | None, int, float]:
-        """The delay, then the checks (:meth:`_checks`); no verdict once ``budget_s`` is spent."""
-        start = time.monotonic()
-        until = None if budget_s is None else start + budget_s
-        deadline = start + inp.delay_s
-        while time.monotonic() < deadline:
-            heartbeat("delay")
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        # Moorage's own probe may ask to be polled more often than the deployment's interval.
-        pause = min(inp.interval_s, inp.probe.interval_s) if inp.probe else inp.interval_s
-        with _StateChanges(self.api, inp.selector) as changes:
-            return self._checks(inp, changes, pause, until)
-
-    def _checks(
-        self,
-        inp: WaitHealthyInput,
-        changes: _StateChanges,
-        pause: float,
-        until: float | None = None,
-    ) -> tuple[list[ServiceInstance] | None, int, float]:
-        """The checks of :meth:`wait_healthy`, ``pause`` apart (sooner on a state change).
-
-        A replica has ``retries`` x ``interval_s`` seconds to get ready, plus ``min_ready_s`` to
-        stay ready: a window of time, however often the checks run (a probe's shorter interval,
-        or the engine's events, make more of them, not a shorter wait).
-
-        Returns:
-            The instances once all count, the number of checks made and the seconds of the window
-            used; (None, checks, seconds) when ``until`` (a monotonic time) comes first.
-        """
-        last: dict[str, str] = {}
-        ready_since: dict[str, float] = {}
-        restarts: dict[str, int] = {}  # per replica, the engine's restarts that do not count
-        window = inp.retries * inp.interval_s + inp.min_ready_s
-        began = time.monotonic()
-        give_up = began + window
-        checks = 0
-        while True:
-            checks += 1
-            heartbeat(checks)
-            with classified("health check"):
-                infos = self._find(inp.selector)
-                if len(infos) < inp.expected:
-                    self._fail_health(
-                        f"expected {inp.expected} containers, found {len(infos)}", None, infos
-                    )
-                not_counted: list[str] = []
-                now = time.monotonic()
-                for info in infos:
-                    name = _name(info)
-                    earlier = int(info.get("RestartCount") or 0) if inp.earlier_restarts_ok else 0
-                    ok, seen = self._ready(
-                        info, inp, checks, infos, restarts.setdefault(name, earlier)
-                    )
-                    if ok:
-                        since = ready_since.setdefault(name, now)
-                        if now - since < inp.min_ready_s:
-                            not_counted.append(name)
-                            seen = f"ready {now - since:.1f}s of {inp.min_ready_s:g}s"
-                    else:
-                        not_counted.append(name)
-                        ready_since.pop(name, None)
-                    last[name] = seen
-                if not not_counted:
-                    return [_instance(i) for i in infos], checks, now - began
-            now = time.monotonic()
-            if now >= give_up:
-                break
-            if until is not None and now >= until:
-                return None, checks, now - began
-            changes.wait(min(pause, give_up - now, (until - now) if until is not None else pause))
-        waiting = ", ".join(f"{n}: {last[n]}" for n in not_counted)
-        infos = self._find(inp.selector)
-        # The replica named is the first one the last check did not count: its probe failed, it
-        # was not healthy yet, or it had not stayed ready for min_ready (Docker's own health may
-        # say healthy all along while Moorage's probe fails).
-        self._fail_health(
-            f"not healthy within {window:g}s ({checks} checks, {pause:g}s apart at most) "
-            f"({waiting})",
-            next((i for i in infos if _name(i) in not_counted), None),
-            infos,
-        )
-        raise AssertionError("unreachable")  # _fail_health always raises
-
-    def _ready(
-        self,
-        info: dict[str, Any],
-        inp: WaitHealthyInput,
-        attempt: int,
-        infos: list[dict[str, Any]],
-        earlier_restarts: int = 0,
-    ) -> tuple[bool, str]:
-        """Is one container ready now? Fails the wait at once when it exited or is unhealthy.
-
-        A replica its restart policy restarted (more than ``earlier_restarts`` times) or is about
-        to restart has crashed: that fails the wait too, as an exit does without the policy.
-        """
-        state = info["State"]
-        health = state.get("Health")
-        name = _name(info)
-        restarted = int(info.get("RestartCount") or 0)
-        if state.get("Restarting"):
-            self._fail_health(
-                f"container {name} exited (exit code {state.get('ExitCode')}) and its restart "
-                "policy is restarting it",
-                info,
-                infos,
-            )
-        if restarted > earlier_restarts:
-            # Running again: the engine has reset its exit code; the log tells why it exited.
-            self._fail_health(
-                f"container {name} exited and its restart policy restarted it "
-                f"({restarted} restart(s))",
-                info,
-                infos,
-            )
-        if state["Status"] in ("exited", "dead") or (not state["Running"] and attempt > 1):
-            self._fail_health(
-                f"container {name} is {state['Status']} (exit code {state.get('ExitCode')})",
-                info,
-                infos,
-            )
-        if health and health["Status"] == "unhealthy" and inp.probe is None:
-            self._fail_health(f"container {name} is unhealthy", info, infos)
-        if not state["Running"]:
-            return False, state["Status"]
-        if inp.probe is not None:
-            return probe(inp.probe, info)
-        if health and health["Status"] != "healthy":
-            return False, str(health["Status"])
-        return True, str(health["Status"]) if health else "running"
-
-    def _fail_health(
-        self, reason: str, info: dict[str, Any] | None, infos: list[dict[str, Any]]
-    ) -> None:
-        logs = self._logs_tail(info["Id"]) if info else ""
-        container = _name(info) if info else None
-        health_log = ""
-        if info and info["State"].get("Health"):
-            entries = info["State"]["Health"].get("Log") or []
-            if entries:
-                health_log = str(entries[-1].get("Output", "")).strip()
-        message = reason
-        if health_log:
-            message += f"; last health check output: {health_log[:300]}"
-        if logs:
-            message += f"; last log lines:\n{logs}"
-        raise ApplicationError(
-            message,
-            {"container": container, "logs": logs, "health_output": health_log, "reason": reason},
-            type="HealthCheckFailed",
-            non_retryable=True,
-        )
+            return [instance_of(i) for i in self._find(sel)]
 
     @activity.defn(name="list_labelled")
     def list_labelled(self, inp: ListLabelledInput) -> list[LabelledContainer]:

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     """Address the routes listen on."""
     route_ports: str = "21000-21999"
     """Listen ports handed to routes whose Compose port publishes none."""
+    replica_ports: str = "17000-19999"
+    """Loopback host ports for replicas of services with a Compose ``restart:`` policy (others get
+    the engine's ephemeral ports); below the kernel's ephemeral range."""
     reconcile_every: float = Field(default=600, ge=0)
     """Seconds between two scheduled orphan reconciliations (the worker creates the schedule;
     0: no schedule)."""
@@ -151,10 +154,15 @@ class Settings(BaseSettings):
         Raises:
             ValueError: not ``first-last``.
         """
-        first, _, last = self.route_ports.partition("-")
-        if not first.isdigit() or not last.isdigit() or int(first) > int(last):
-            raise ValueError("MOORAGE_ROUTE_PORTS must look like 21000-21999")
-        return int(first), int(last)
+        return _port_range(self.route_ports, "MOORAGE_ROUTE_PORTS", "21000-21999")
+
+    def replica_port_range(self) -> tuple[int, int]:
+        """``replica_ports`` as (first, last).
+
+        Raises:
+            ValueError: not ``first-last``.
+        """
+        return _port_range(self.replica_ports, "MOORAGE_REPLICA_PORTS", "17000-19999")
 
     def parsed_api_keys(self) -> dict[str, ApiKey]:
         """``MOORAGE_API_KEYS`` as key → (tenant, user, role).
@@ -193,3 +201,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read once."""
     return Settings()
+
+
+def _port_range(value: str, name: str, example: str) -> tuple[int, int]:
+    first, _, last = value.partition("-")
+    if (
+        not first.isascii()
+        or not first.isdigit()
+        or not last.isascii()
+        or not last.isdigit()
+        or not 0 < int(first) <= int(last) <= 65535
+    ):
+        raise ValueError(f"{name} must look like {example}")
+    return int(first), int(last)

@@ -123,10 +123,14 @@ def routed(router: TrafficRouter, project: str, service: str = "web") -> set[str
 
 
 def start_web(
-    client: docker.DockerClient, project: str, compose_text: str, slots: list[int] | None = None
+    client: docker.DockerClient,
+    project: str,
+    compose_text: str,
+    slots: list[int] | None = None,
+    executor: DockerExecutor | None = None,
 ) -> list[ServiceInstance]:
     """Start replicas (default: slot 0) of revision 1 of ``web`` straight through the executor."""
-    return DockerExecutor(client).start_service(
+    return (executor or DockerExecutor(client)).start_service(
         StartServiceInput(
             tenant=TENANT,
             project=project,

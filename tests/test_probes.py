@@ -9,7 +9,8 @@ import docker
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.docker_executor import DockerExecutor, _StateChanges
+from activities.docker_executor import DockerExecutor
+from activities.health import StateChanges
 from activities.inputs import ContainerSelector, WaitHealthyInput
 from moorage.compose import parse_compose
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
@@ -263,7 +264,7 @@ def test_a_brief_health_wait_reports_the_time_it_used(
 def test_state_changes_wake_on_a_start_and_let_go_of_the_stream(
     docker_client: docker.DockerClient, project: str
 ) -> None:
-    with _StateChanges(docker_client.api, ContainerSelector(tenant=TENANT, project=project)) as ch:
+    with StateChanges(docker_client.api, ContainerSelector(tenant=TENANT, project=project)) as ch:
         assert not ch.wait(0.2)  # nothing of this project happened
         _start_one(docker_client, project, probed())
         assert ch.wait(10)  # the container's start event
@@ -273,7 +274,7 @@ def test_state_changes_wake_on_a_start_and_let_go_of_the_stream(
 
 def test_state_changes_without_an_engine_just_sleep() -> None:
     api = docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
-    with _StateChanges(api, ContainerSelector(tenant=TENANT, project="p")) as changes:
+    with StateChanges(api, ContainerSelector(tenant=TENANT, project="p")) as changes:
         t0 = time.monotonic()
         assert not changes.wait(0.2)
         assert time.monotonic() - t0 >= 0.2

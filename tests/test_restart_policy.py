@@ -5,6 +5,7 @@ health gate as an exit does. On the real engine, HAProxy and Temporal."""
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
 import time
@@ -15,9 +16,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import docker_executor
+from activities import replica_ports
 from activities.docker_executor import DockerExecutor
 from activities.inputs import ContainerSelector, WaitHealthyInput
+from activities.replica_ports import bindable
 from moorage.models import DeploymentConfig, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from tests.helpers import TENANT, USER, get_version, labelled, start_web, wait_terminal
@@ -129,8 +131,8 @@ async def test_a_new_replica_its_policy_keeps_restarting_fails_its_gate_and_roll
     failed = next(e for e in state.events if e.event_type == EventType.HEALTH_CHECK_FAILED)
     # Caught restarting (with its exit code) or running again after a restart.
     assert re.search(
-        r"exited (\(exit code 3\) and its restart policy is restarting it|and its restart policy "
-        r"restarted it \(\d restart\(s\)\))",
+        r"exited and its restart policy (is restarting it \(exit code 3\)|restarted it "
+        r"\(\d restart\(s\)\))",
         failed.message,
     ), failed.message
     assert "crashing on purpose" in failed.details["logs"]
@@ -163,35 +165,103 @@ def test_a_restore_wait_counts_only_the_restarts_during_it(
     assert "restart policy restarted it (1 restart(s))" in str(info.value)
 
 
+def test_a_restore_wait_lets_an_old_replica_finish_a_restart_begun_before_it(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """The engine counts a restart as it begins it: a replica caught restarting at the wait's
+    first look is coming back from an earlier crash, and a rollback waits for it."""
+    flaky = restarting("moorage-demo:v1").replace(
+        "    restart: always\n",
+        "    restart: always\n    command: ['sh', '-c', 'n=$$(cat /n 2>/dev/null || echo 0);"
+        " echo $$((n+1)) > /n; [ $$n -ge 5 ] && exec /init.sh; echo crash $$n; exit 1']\n",
+    )
+    start_web(docker_client, project, flaky)
+    [replica] = labelled(docker_client, project)
+    # Five exits: the engine waits 0.1 s before the first restart and twice as long before each
+    # next one, so it is 1.6 s into restart 5 from ~1.5 s on.
+    deadline = time.monotonic() + 20
+    while not (replica.attrs["State"]["Restarting"] and replica.attrs["RestartCount"] == 5):
+        assert time.monotonic() < deadline, (replica.attrs["RestartCount"], replica.attrs["State"])
+        time.sleep(0.05)
+        replica.reload()
+    sel = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
+    restore = steps.restore_health_input(DeploymentConfig(health_check_interval=0.2), sel, 1)
+    [instance] = ActivityEnvironment().run(DockerExecutor(docker_client).wait_healthy, restore)
+    replica.reload()
+    assert replica.attrs["RestartCount"] == 5
+    assert instance.health == "healthy"
+
+
 @pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A loopback port a host process listens on."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        yield held.getsockname()[1]
+def ports() -> Iterator[list[int]]:
+    """Three consecutive loopback ports nothing holds, below every range the suite uses."""
+    for first in random.sample(range(16000, 16990, 3), 50):
+        if all(bindable(p, "tcp") for p in range(first, first + 3)):
+            yield list(range(first, first + 3))
+            return
+    pytest.fail("no three free consecutive ports in 16000-16999")
 
 
-def test_a_replica_whose_chosen_port_was_taken_is_made_again_on_another(
+@pytest.fixture
+def held(ports: list[int]) -> Iterator[int]:
+    """The first of ``ports``, which a host process listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[0]))
+        sock.listen()
+        yield ports[0]
+
+
+def test_a_port_a_host_process_holds_is_not_chosen(
+    docker_client: docker.DockerClient, project: str, ports: list[int], held: int
+) -> None:
+    executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[1]))
+    [instance] = start_web(docker_client, project, restarting("moorage-demo:v1"), None, executor)
+    assert instance.ports["80/tcp"] == f"127.0.0.1:{ports[1]}"
+    assert get_version(f"http://127.0.0.1:{ports[1]}/") == "v1"
+
+
+def test_a_port_the_engine_finds_taken_at_the_start_is_chosen_again(
     docker_client: docker.DockerClient,
     project: str,
-    taken_port: int,
+    ports: list[int],
+    held: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = docker_executor._free_port
-    chosen: list[int] = []
-
-    def first_a_taken_one(protocol: str) -> int:
-        chosen.append(taken_port if not chosen else real(protocol))
-        return chosen[-1]
-
-    monkeypatch.setattr(docker_executor, "_free_port", first_a_taken_one)
-    [instance] = start_web(docker_client, project, restarting("moorage-demo:v1"))
-    assert len(chosen) == 2
-    assert chosen[0] == taken_port
-    assert instance.ports["80/tcp"] == f"127.0.0.1:{chosen[1]}"
+    """Taken between the choice and the start (here: the check that it is free is blinded)."""
+    monkeypatch.setattr(replica_ports, "bindable", lambda port, protocol: True)
+    executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[1]))
+    [instance] = start_web(docker_client, project, restarting("moorage-demo:v1"), None, executor)
+    assert instance.ports["80/tcp"] == f"127.0.0.1:{ports[1]}"
+    # The replica made on the taken port is gone: one container, the one serving.
     assert [c.short_id for c in labelled(docker_client, project)] == [instance.container_id]
-    assert get_version(f"http://127.0.0.1:{chosen[1]}/") == "v1"
+    assert get_version(f"http://127.0.0.1:{ports[1]}/") == "v1"
+
+
+def test_a_stopped_replica_keeps_its_port(
+    docker_client: docker.DockerClient, project: str, ports: list[int]
+) -> None:
+    """Its port is free on the host while it is down, and still its own (the engine binds it
+    again when it restarts): no other replica gets it."""
+    executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[2]))
+    text = restarting("moorage-demo:v1")
+    [first] = start_web(docker_client, project, text, [0], executor)
+    assert first.ports["80/tcp"] == f"127.0.0.1:{ports[0]}"
+    docker_client.containers.get(first.container_id).stop(timeout=2)
+    assert bindable(ports[0], "tcp")
+    [second] = start_web(docker_client, project, text, [1], executor)
+    assert second.ports["80/tcp"] == f"127.0.0.1:{ports[1]}"
+
+
+def test_no_free_port_in_the_range_fails_the_start_and_makes_nothing(
+    docker_client: docker.DockerClient, project: str, ports: list[int], held: int
+) -> None:
+    executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[0]))
+    with pytest.raises(ApplicationError) as info:
+        start_web(docker_client, project, restarting("moorage-demo:v1"), None, executor)
+    assert info.value.type == "NoFreePort"
+    assert not info.value.non_retryable
+    assert f"MOORAGE_REPLICA_PORTS {ports[0]}-{ports[0]}" in str(info.value)
+    assert labelled(docker_client, project) == []
 
 
 def test_a_service_without_a_restart_policy_keeps_the_engines_ephemeral_ports(

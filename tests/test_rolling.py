@@ -9,16 +9,15 @@ import subprocess
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import docker
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowHistory
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
 
 from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAPROXY, HAProxyBackend
@@ -41,7 +40,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.load import Load
-from worker import WORKFLOWS, build_router, build_worker
+from worker import build_router, build_worker
 from workflows import steps
 from workflows.steps import BRIEF_STEPS, QUICK_STEPS, runs_local
 
@@ -286,15 +285,16 @@ async def test_routes_the_router_refused_to_delete_are_kept_and_deleted_after_th
     queue = f"moorage-nodelete-{uuid.uuid4().hex[:6]}"
     svc = DeploymentService(temporal_client, settings.model_copy(update={"task_queue": queue}))
     executor = DockerExecutor(docker_client)
-    real = [a for a in router.activities() if a.__name__ != "delete_routes"]
-    assert len(real) == len(router.activities()) - 1
-    refusing = Worker(
-        temporal_client,
-        task_queue=queue,
-        workflows=WORKFLOWS,
-        activities=[*executor.activities(), *real, router_refuses],
-        activity_executor=ThreadPoolExecutor(8),
-    )
+
+    class RefusingRouter:
+        """The real router's activities, but its deletion refused."""
+
+        def activities(self) -> list[Callable[..., Any]]:
+            real = [a for a in router.activities() if a.__name__ != "delete_routes"]
+            assert len(real) == len(router.activities()) - 1
+            return [*real, router_refuses]
+
+    refusing = build_worker(temporal_client, queue, executor, cast(TrafficRouter, RefusingRouter()))
     fast = ROLL.model_copy(update={"health_check_interval": 0.2})
     async with refusing:
         await svc.apply_project(TENANT, project, project_of("v1", cache=True, api_routed=False))

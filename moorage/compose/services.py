@@ -263,6 +263,7 @@ def _parse_service(
 
 
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+MAX_RESTART_RETRIES = 1000
 
 
 def _parse_restart(value: Any, *, service: str) -> tuple[str, int]:
@@ -280,9 +281,15 @@ def _parse_restart(value: Any, *, service: str) -> tuple[str, int]:
         raise ComposeError(f"{value!r}: {usage}", service=service, key="restart")
     if not colon:
         return policy, 0
-    if policy != "on-failure" or not limit.isdigit() or int(limit) < 1:
+    if (
+        policy != "on-failure"
+        or not limit.isascii()
+        or not limit.isdigit()
+        or not 1 <= int(limit) <= MAX_RESTART_RETRIES
+    ):
         raise ComposeError(
-            f"{value!r}: only on-failure takes a retry limit, a whole number of at least 1",
+            f"{value!r}: only on-failure takes a retry limit, a whole number from 1 to "
+            f"{MAX_RESTART_RETRIES}",
             service=service,
             key="restart",
         )
