@@ -702,6 +702,8 @@ def test_no_restart_key_means_no_restart_policy() -> None:
         ('"always:2"', "only on-failure takes a retry limit"),
         ('"on-failure:0"', "only on-failure takes a retry limit"),
         ('"on-failure:x"', "only on-failure takes a retry limit"),
+        ('"on-failure:1001"', "a whole number from 1 to 1000"),
+        ('"on-failure:\u00b2"', "only on-failure takes a retry limit"),  # a digit, not ASCII
     ],
 )
 def test_bad_restart_policy_is_refused(value: str, says: str) -> None:

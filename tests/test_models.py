@@ -374,3 +374,25 @@ def test_parsed_api_keys_roles() -> None:
     assert keys["k3"].role == "deployer"
     with pytest.raises(ValueError, match="role 'admin'"):
         Settings(api_keys="k=acme/dave:admin").parsed_api_keys()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "env"),
+    [
+        ("route_ports", "21000", "MOORAGE_ROUTE_PORTS"),
+        ("route_ports", "2-1", "MOORAGE_ROUTE_PORTS"),
+        ("replica_ports", "17000-70000", "MOORAGE_REPLICA_PORTS"),
+        ("replica_ports", "0-10", "MOORAGE_REPLICA_PORTS"),
+        ("replica_ports", "\u00b9-\u00b2", "MOORAGE_REPLICA_PORTS"),
+    ],
+)
+def test_a_bad_port_range_names_its_variable(field: str, value: str, env: str) -> None:
+    settings = Settings().model_copy(update={field: value})
+    with pytest.raises(ValueError, match=env):
+        settings.port_range() if field == "route_ports" else settings.replica_port_range()
+
+
+def test_port_ranges() -> None:
+    settings = Settings(route_ports="21000-21009", replica_ports="17000-17000")
+    assert settings.port_range() == (21000, 21009)
+    assert settings.replica_port_range() == (17000, 17000)
