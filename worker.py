@@ -27,7 +27,8 @@ from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAProxyBackend
 from activities.inputs import ListLabelledInput
 from activities.nginx import NginxBackend
-from activities.router import ProxyBackend, ProxyUnavailable, TrafficRouter
+from activities.proxy import ProxyBackend, ProxyUnavailable
+from activities.router import TrafficRouter
 from moorage.settings import Settings, get_settings
 from moorage.temporal import connect
 from workflows.bluegreen import BlueGreenWorkflow

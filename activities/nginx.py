@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from activities import paced_heartbeat, poll_pauses
-from activities.router import (
+from activities.proxy import (
     ProxyBackend,
     ProxyUnavailable,
     RouterError,

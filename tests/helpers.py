@@ -16,7 +16,8 @@ from temporalio.client import WorkflowHistory
 
 from activities.docker_executor import DockerExecutor
 from activities.inputs import StartServiceInput
-from activities.router import TrafficRouter, route_key
+from activities.proxy import route_key
+from activities.router import TrafficRouter
 from moorage import naming
 from moorage.compose import parse_compose
 from moorage.models import DeploymentState, ServiceInstance

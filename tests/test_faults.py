@@ -17,7 +17,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.haproxy import HAProxyBackend
-from activities.router import TrafficRouter, route_key
+from activities.proxy import route_key
+from activities.router import TrafficRouter
 from moorage import naming
 from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService

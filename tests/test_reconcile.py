@@ -18,7 +18,8 @@ from temporalio.worker import Worker
 
 from activities.docker_executor import DockerExecutor
 from activities.inputs import ContainerSelector, RouteServersInput, StartServiceInput
-from activities.router import TrafficRouter, route_key
+from activities.proxy import route_key
+from activities.router import TrafficRouter
 from moorage import naming
 from moorage.compose import parse_compose
 from moorage.models import (

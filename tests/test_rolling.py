@@ -23,7 +23,8 @@ from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAPROXY, HAProxyBackend
 from activities.inputs import DeleteRoutesInput
 from activities.nginx import NginxBackend
-from activities.router import TrafficRouter, route_key
+from activities.proxy import route_key
+from activities.router import TrafficRouter
 from moorage import naming
 from moorage.models import DeploymentEvent, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService

@@ -23,7 +23,8 @@ from temporalio.exceptions import ApplicationError
 from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAPROXY
 from activities.inputs import RouteInput
-from activities.router import ProxyUnavailable, TrafficRouter
+from activities.proxy import ProxyUnavailable
+from activities.router import TrafficRouter
 from moorage.models import DeploymentStatus, DeployRequest, Strategy
 from moorage.service import DeploymentService
 from moorage.settings import Settings

@@ -23,15 +23,15 @@ from activities import HEARTBEAT_EVERY_S
 from activities.haproxy import HAProxyBackend
 from activities.inputs import RouteInput, RouteServersInput
 from activities.nginx import NginxBackend
-from activities.router import (
+from activities.proxy import (
     ProxyBackend,
     RouterError,
     RouterState,
     RouteState,
     ServerState,
-    TrafficRouter,
     route_key,
 )
+from activities.router import TrafficRouter
 from tests.conftest import ROUTE_PORTS
 from tests.helpers import TENANT, free_port
 

@@ -1,0 +1,164 @@
+"""The proxy behind the traffic router: its desired state, and the interface of its backends.
+
+:class:`RouterState` is what ``<router dir>/state.json`` holds: every route, its listen port and its
+servers. A :class:`ProxyBackend` (HAProxy in :mod:`activities.haproxy`, nginx in
+:mod:`activities.nginx`) makes a running proxy serve it; :class:`activities.router.TrafficRouter`
+decides what it should be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class ServerState(BaseModel):
+    """One backend server of a route."""
+
+    address: str
+    weight: int = 100
+
+
+class RouteState(BaseModel):
+    """One route: a listen port and its servers."""
+
+    key: str
+    """``tenant/project/service``."""
+    port: int
+    container_port: str
+    servers: dict[str, ServerState] = Field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        """Backend (upstream) name in the proxy's config."""
+        return backend_name(self.key)
+
+
+class RouterState(BaseModel):
+    """Every route on this router."""
+
+    routes: dict[str, RouteState] = Field(default_factory=dict)
+
+
+def backend_name(key: str) -> str:
+    """The backend (upstream) name of the route ``key`` in the proxy's config."""
+    return "be_" + key.replace("/", "_")
+
+
+def route_key(tenant: str, project: str, service: str) -> str:
+    """The key of a route."""
+    return f"{tenant}/{project}/{service}"
+
+
+class RouterError(Exception):
+    """The proxy refused a change (message says why)."""
+
+
+class ProxyUnavailable(RouterError):
+    """The proxy did not answer (stopped or restarting): worth retrying."""
+
+
+class ProxyBackend(ABC):
+    """A proxy that serves the router's state: HAProxy or nginx."""
+
+    name: str
+    pidfile_name: str
+    """The proxy's pid file in the router directory (its master process)."""
+
+    def __init__(
+        self, directory: Path, bind: str, drain_timeout_s: float = 10.0, managed: bool = True
+    ):
+        self.dir = directory
+        self.bind = bind
+        self.drain_timeout_s = drain_timeout_s
+        self.managed = managed
+        """False: the proxy runs outside Moorage; it is never started or stopped from here."""
+        self.pidfile = directory / self.pidfile_name
+
+    def _pid(self) -> int | None:
+        """The master's pid when it is alive (and still the proxy: pids get reused)."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if comm.startswith(self.name) else None
+
+    def stop(self) -> None:
+        """Stop Moorage's own proxy: SIGTERM to the master, SIGKILL after 5 s."""
+        pid = self._pid() if self.managed else None
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+    @abstractmethod
+    def running(self) -> bool:
+        """True when the proxy process is up."""
+
+    @abstractmethod
+    def start(self, state: RouterState) -> None:
+        """Write the config for ``state`` and start the proxy."""
+
+    def publish(self, state: RouterState) -> None:
+        """Write the config for ``state`` for a proxy run outside Moorage to start from.
+
+        Raises:
+            RouterError: the proxy would refuse the config.
+        """
+        raise NotImplementedError(f"{self.name} is always run by Moorage")
+
+    def come_up(self, state: RouterState) -> None:
+        """The proxy is down: start it (one run outside Moorage: write its config).
+
+        Raises:
+            ProxyUnavailable: the proxy is run outside Moorage and does not answer.
+        """
+        if self.managed:
+            self.start(state)
+            return
+        self.publish(state)
+        raise ProxyUnavailable(
+            f"{self.name} runs outside Moorage (MOORAGE_ROUTER_MANAGED=false) and does not answer "
+            f"in {self.dir}; its config is written there: start it"
+        )
+
+    @abstractmethod
+    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
+        """Bring the running proxy from ``old`` to ``new``.
+
+        ``draining`` maps a route key to servers being taken out: they get no new requests and
+        their in-flight requests finish before this returns (bounded by the drain timeout).
+
+        Raises:
+            RouterError: the proxy refused the change; the old config keeps serving.
+        """
+
+    @abstractmethod
+    def live_servers(self, route: RouteState) -> dict[str, int]:
+        """Servers the running proxy routes to for ``route``: name → weight (0 = draining)."""
+
+    @abstractmethod
+    def configured_port(self, backend: str) -> int | None:
+        """The port the proxy's config on disk listens on for the route of ``backend``, if any.
+
+        The config is written before the proxy reloads and the state is saved after: a worker
+        killed in between leaves a route the proxy serves but the state lacks.
+        """
+
+    def known_servers(self, route: RouteState) -> set[str]:
+        """Every server the proxy has for ``route``, whatever its state (down, in maintenance)."""
+        return set(self.live_servers(route))
