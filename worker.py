@@ -121,8 +121,13 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
 async def run_worker(settings: Settings | None = None) -> None:
     """Connect and run the worker until cancelled."""
     settings = settings or get_settings()
+    try:
+        replica_ports = settings.replica_port_range()  # and MOORAGE_ROUTE_PORTS
+    except ValueError as exc:
+        print(f"moorage worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from exc
     client = await connect(settings)
-    executor = DockerExecutor()
+    executor = DockerExecutor(replica_ports=replica_ports)
     router = build_router(settings, executor.client)
     # The proxy serves the routes even before the first deployment touches them.
     try:

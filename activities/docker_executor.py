@@ -44,8 +44,8 @@ from activities.inputs import (
 )
 from activities.replica_ports import (
     PORT_ATTEMPTS,
-    PortBindings,
     ReplicaPorts,
+    bound_ports,
     ephemeral,
     port_taken,
 )
@@ -188,23 +188,32 @@ class DockerExecutor(HealthWaits):
 
         A replica with ports Moorage chose (a restart policy: see :mod:`activities.replica_ports`)
         that the engine cannot start because one of them was taken meanwhile is made again on
-        others, if this attempt made it. One an earlier attempt made (maybe an old replica a
-        rollback restores) is never removed here: the start fails, for a retry.
+        others, if it never ran: made by this attempt, or by an earlier one that did not start
+        it. One that ran (an old replica a rollback restores) is never removed here: the start
+        fails, for a retry.
         """
         refused: set[int] = set()
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            container_id, made = self._create(inp, slot, name, net, refused)
+            container_id = self._create(inp, slot, name, net, refused)
             info: dict[str, Any] = self.api.inspect_container(container_id)
             if info["State"]["Running"]:
                 return info
             try:
                 self.api.start(container_id)
             except docker.errors.APIError as exc:
-                chosen = {port for _, port in (made or {}).values() if port is not None}
-                if not chosen or not port_taken(exc) or attempt == PORT_ATTEMPTS:
+                never_ran = info["State"]["Status"] == "created"
+                chosen = bound_ports(info)
+                restart = (info["HostConfig"].get("RestartPolicy") or {}).get("Name") or "no"
+                if (
+                    restart == "no"
+                    or not chosen
+                    or not never_ran
+                    or not port_taken(exc)
+                    or attempt == PORT_ATTEMPTS
+                ):
                     raise
                 refused |= chosen
-                self._remove(container_id)  # made a moment ago by this attempt: nothing in it
+                self._remove(container_id)  # never ran: nothing in it
                 continue
             info = self.api.inspect_container(container_id)
             return info
@@ -212,16 +221,15 @@ class DockerExecutor(HealthWaits):
 
     def _create(
         self, inp: StartServiceInput, slot: int, name: str, net: str, refused: set[int]
-    ) -> tuple[str, PortBindings | None]:
-        """Create one replica's container: its id and port bindings.
+    ) -> str:
+        """Create one replica's container, or return the id of the one already there.
 
-        One already there is adopted: its id, and None. ``refused``: ports chosen for it before,
-        which the engine found taken.
+        ``refused``: ports chosen for it before, which the engine found taken.
         """
         try:
             found = self.api.inspect_container(name)
             if found["State"]["Status"] not in ("removing", "dead"):
-                return str(found["Id"]), None
+                return str(found["Id"])
             # Going or gone (a removal still running, or one that failed): not adoptable.
             self._remove(str(found["Id"]))
         except docker.errors.NotFound:
@@ -269,9 +277,9 @@ class DockerExecutor(HealthWaits):
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # another attempt created it meanwhile: adopt it
-                return str(self.api.inspect_container(name)["Id"]), None
+                return str(self.api.inspect_container(name)["Id"])
             raise
-        return str(created["Id"]), ports
+        return str(created["Id"])
 
     @activity.defn(name="stop_containers")
     def stop_containers(self, inp: StopContainersInput) -> list[str]:

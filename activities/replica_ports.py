@@ -7,17 +7,22 @@ policy restarted would move, and the router would still send its share of reques
 port. So a service with a restart policy gets ports chosen here, which the engine keeps across
 restarts.
 
-They come from ``MOORAGE_REPLICA_PORTS`` (17000-19999), below the kernel's ephemeral range: a port
-from there could be handed to an outgoing connection, or to the engine's ephemeral ports of other
-containers, while its replica is down between a crash and its restart, and its restart would then
-fail, or another replica would take it and get its route's traffic. A port stays its replica's
-for the replica's whole life: one published by any container Moorage labelled, running or not,
-is never chosen again.
+They come from ``MOORAGE_REPLICA_PORTS`` (17000-19999), below the kernel's default ephemeral range
+(32768-60999; the worker warns when ``ip_local_port_range`` reaches into it): a port from there
+could be handed to an outgoing connection, or to the engine's ephemeral ports of other containers,
+while its replica is down between a crash and its restart, and its restart would then fail, or
+another replica would take it and get its route's traffic. No other Moorage replica gets a port
+while its replica lives: one published by any container Moorage labelled, running or not, is
+never chosen (a host process outside Moorage still can take it).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -26,6 +31,8 @@ from temporalio.exceptions import ApplicationError
 
 from moorage import naming
 from moorage.compose import ServiceSpec
+
+logger = logging.getLogger(__name__)
 
 PORT_ATTEMPTS = 5
 """How many times a replica with chosen ports is made again when the engine found one taken."""
@@ -55,6 +62,28 @@ def bindable(port: int, protocol: str) -> bool:
     return True
 
 
+RESERVED_S = 60.0
+"""How long a port chosen in this process is kept from other choices: by then its container is
+made (the engine lists its bindings) or its start has failed."""
+
+
+def bound_ports(info: dict[str, Any]) -> set[int]:
+    """The host ports a container's port bindings ask for (none: the engine's ephemeral ones)."""
+    bindings = ((info.get("HostConfig") or {}).get("PortBindings") or {}).values()
+    return {
+        int(b["HostPort"]) for bs in bindings for b in bs or [] if str(b.get("HostPort")).isdigit()
+    }
+
+
+def kernel_ephemeral_range() -> tuple[int, int] | None:
+    """The kernel's ``ip_local_port_range`` (None where it cannot be read)."""
+    try:
+        first, last = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(first), int(last)
+    except (OSError, ValueError):
+        return None
+
+
 class ReplicaPorts:
     """Chooses host ports from ``first``-``last`` that no labelled container publishes."""
 
@@ -62,6 +91,21 @@ class ReplicaPorts:
         self.api = api
         self.first = first
         self.last = last
+        # Starts run side by side on the worker's threads: a port chosen by one and not yet in a
+        # container is kept from the others (a start in another process may still clash, and is
+        # made again on another port).
+        self._lock = threading.Lock()
+        self._reserved: dict[int, float] = {}
+        kernel = kernel_ephemeral_range()
+        if kernel and kernel[0] <= last and first <= kernel[1]:
+            logger.warning(
+                "MOORAGE_REPLICA_PORTS %d-%d overlaps the kernel's ephemeral ports %d-%d "
+                "(net.ipv4.ip_local_port_range): an outgoing connection may take the port of a "
+                "replica that is restarting",
+                first,
+                last,
+                *kernel,
+            )
 
     def published(self) -> set[int]:
         """Host ports the port bindings of every container Moorage labelled ask for."""
@@ -71,10 +115,7 @@ class ReplicaPorts:
                 info: dict[str, Any] = self.api.inspect_container(summary["Id"])
             except docker.errors.NotFound:
                 continue
-            for bindings in ((info.get("HostConfig") or {}).get("PortBindings") or {}).values():
-                for binding in bindings or []:
-                    if str(binding.get("HostPort") or "").isdigit():
-                        ports.add(int(binding["HostPort"]))
+            ports |= bound_ports(info)
         return ports
 
     def choose(self, spec: ServiceSpec, refused: set[int]) -> PortBindings:
@@ -86,7 +127,19 @@ class ReplicaPorts:
         Raises:
             ApplicationError: ``NoFreePort`` (retryable: ports come free as replicas go).
         """
-        avoid = self.published() | refused
+        if not spec.ports:
+            return {}
+        published = self.published()
+        with self._lock:
+            now = time.monotonic()
+            self._reserved = {p: t for p, t in self._reserved.items() if now - t < RESERVED_S}
+            chosen = self._choose(spec, published | refused | set(self._reserved))
+            for _, port in chosen.values():
+                assert port is not None
+                self._reserved[port] = now
+        return chosen
+
+    def _choose(self, spec: ServiceSpec, avoid: set[int]) -> PortBindings:
         chosen: PortBindings = {}
         for port_spec in spec.ports:
             port = next(

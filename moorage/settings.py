@@ -160,9 +160,16 @@ class Settings(BaseSettings):
         """``replica_ports`` as (first, last).
 
         Raises:
-            ValueError: not ``first-last``.
+            ValueError: not ``first-last``, or overlapping ``route_ports``.
         """
-        return _port_range(self.replica_ports, "MOORAGE_REPLICA_PORTS", "17000-19999")
+        first, last = _port_range(self.replica_ports, "MOORAGE_REPLICA_PORTS", "17000-19999")
+        routes = self.port_range()
+        if first <= routes[1] and routes[0] <= last:
+            raise ValueError(
+                f"MOORAGE_REPLICA_PORTS {self.replica_ports} overlaps MOORAGE_ROUTE_PORTS "
+                f"{self.route_ports}: a replica would take a route's listen port"
+            )
+        return first, last
 
     def parsed_api_keys(self) -> dict[str, ApiKey]:
         """``MOORAGE_API_KEYS`` as key → (tenant, user, role).

@@ -25,6 +25,7 @@ from moorage.models import (
     parse_surge,
 )
 from moorage.settings import ApiKey, Settings
+from worker import run_worker
 
 # --- DeploymentConfig --------------------------------------------------------------------------
 
@@ -396,3 +397,21 @@ def test_port_ranges() -> None:
     settings = Settings(route_ports="21000-21009", replica_ports="17000-17000")
     assert settings.port_range() == (21000, 21009)
     assert settings.replica_port_range() == (17000, 17000)
+
+
+def test_replica_ports_overlapping_route_ports_are_refused() -> None:
+    settings = Settings(route_ports="21000-21999", replica_ports="19000-21000")
+    with pytest.raises(ValueError, match="overlaps MOORAGE_ROUTE_PORTS"):
+        settings.replica_port_range()
+
+
+async def test_the_worker_refuses_to_start_with_overlapping_port_ranges(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings(route_ports="21000-21999", replica_ports="20000-21000")
+    with pytest.raises(SystemExit) as exited:
+        await run_worker(settings)
+    assert exited.value.code == 2
+    assert (
+        "MOORAGE_REPLICA_PORTS 20000-21000 overlaps MOORAGE_ROUTE_PORTS" in capsys.readouterr().err
+    )

@@ -18,8 +18,15 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import replica_ports
 from activities.docker_executor import DockerExecutor
-from activities.inputs import ContainerSelector, WaitHealthyInput
+from activities.inputs import (
+    ContainerSelector,
+    NetworkInput,
+    StartServiceInput,
+    WaitHealthyInput,
+)
 from activities.replica_ports import bindable
+from moorage import naming
+from moorage.compose import parse_compose
 from moorage.models import DeploymentConfig, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from tests.helpers import TENANT, USER, get_version, labelled, start_web, wait_terminal
@@ -235,6 +242,45 @@ def test_a_port_the_engine_finds_taken_at_the_start_is_chosen_again(
     # The replica made on the taken port is gone: one container, the one serving.
     assert [c.short_id for c in labelled(docker_client, project)] == [instance.container_id]
     assert get_version(f"http://127.0.0.1:{ports[1]}/") == "v1"
+
+
+def test_ports_chosen_side_by_side_differ(
+    docker_client: docker.DockerClient, ports: list[int]
+) -> None:
+    """A port chosen for one start and not in a container yet is kept from the next choice."""
+    chooser = DockerExecutor(docker_client, replica_ports=(ports[0], ports[2])).replica_ports
+    spec = parse_compose(restarting("moorage-demo:v1")).service("web")
+    first, second = chooser.choose(spec, set()), chooser.choose(spec, set())
+    assert first == {"80/tcp": ("127.0.0.1", ports[0])}
+    assert second == {"80/tcp": ("127.0.0.1", ports[1])}
+
+
+def test_a_replica_an_earlier_attempt_made_and_never_started_is_made_again_on_a_free_port(
+    docker_client: docker.DockerClient, project: str, ports: list[int]
+) -> None:
+    """An attempt that died between the create and the start left a container on a port that
+    was taken since: it never ran, so nothing is lost making it again."""
+    executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[1]))
+    text = restarting("moorage-demo:v1")
+    inp = StartServiceInput(
+        tenant=TENANT,
+        project=project,
+        deployment_id="d",
+        revision=1,
+        version="v1",
+        service=parse_compose(text).service("web"),
+        slots=[0],
+    )
+    name = naming.container_name(TENANT, project, "web", 1, 0)
+    net = executor.ensure_network(NetworkInput(tenant=TENANT, project=project))
+    left = executor._create(inp, 0, name, net, set())
+    assert docker_client.containers.get(left).attrs["State"]["Status"] == "created"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[0]))
+        sock.listen()
+        [instance] = start_web(docker_client, project, text, [0], executor)
+    assert instance.ports["80/tcp"] == f"127.0.0.1:{ports[1]}"
+    assert [c.short_id for c in labelled(docker_client, project)] == [instance.container_id]
 
 
 def test_a_stopped_replica_keeps_its_port(

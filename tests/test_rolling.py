@@ -267,6 +267,14 @@ async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
+def web_and_cache(version: str, *, cache: bool) -> str:
+    """One replica of ``web``, and a ``cache`` when asked."""
+    text = f"services:\n  web:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
+    if cache:
+        text += f"  cache:\n    image: moorage-demo:{version}\n    ports: ['80']\n"
+    return text
+
+
 @activity.defn(name="delete_routes")
 def router_refuses(inp: DeleteRoutesInput) -> list[str]:
     """Stub: the router refuses to delete (the config it would load is refused)."""
@@ -298,13 +306,13 @@ async def test_routes_the_router_refused_to_delete_are_kept_and_deleted_after_th
     refusing = build_worker(temporal_client, queue, executor, cast(TrafficRouter, RefusingRouter()))
     fast = ROLL.model_copy(update={"health_check_interval": 0.2})
     async with refusing:
-        await svc.apply_project(TENANT, project, project_of("v1", cache=True, api_routed=False))
+        await svc.apply_project(TENANT, project, web_and_cache("v1", cache=True))
         first = await svc.deploy(TENANT, USER, project, fast)
         assert (await wait_terminal(svc, first.id)).deployment.status == (
             DeploymentStatus.COMPLETED
         )
         cache_url = (await svc.get_project(TENANT, project)).routes["cache"]
-        await svc.apply_project(TENANT, project, project_of("v2", cache=False, api_routed=False))
+        await svc.apply_project(TENANT, project, web_and_cache("v2", cache=False))
         second = await svc.deploy(TENANT, USER, project, fast)
         assert (await wait_terminal(svc, second.id)).deployment.status == (
             DeploymentStatus.COMPLETED
@@ -321,7 +329,7 @@ async def test_routes_the_router_refused_to_delete_are_kept_and_deleted_after_th
 
     # The next completed deployment (the real router now) deletes it.
     async with build_worker(temporal_client, queue, executor, router):
-        await svc.apply_project(TENANT, project, project_of("v3", cache=False, api_routed=False))
+        await svc.apply_project(TENANT, project, web_and_cache("v3", cache=False))
         third = await svc.deploy(TENANT, USER, project, fast)
         assert (await wait_terminal(svc, third.id)).deployment.status == (
             DeploymentStatus.COMPLETED
