@@ -123,6 +123,19 @@ def routed(router: TrafficRouter, project: str, service: str = "web") -> set[str
     return set(router.backend.live_servers(route))
 
 
+def web_input(project: str, compose_text: str, slots: list[int] | None = None) -> StartServiceInput:
+    """The start of replicas (default: slot 0) of revision 1 of ``web``."""
+    return StartServiceInput(
+        tenant=TENANT,
+        project=project,
+        deployment_id="d",
+        revision=1,
+        version="v1",
+        service=parse_compose(compose_text).service("web"),
+        slots=slots or [0],
+    )
+
+
 def start_web(
     client: docker.DockerClient,
     project: str,
@@ -132,15 +145,7 @@ def start_web(
 ) -> list[ServiceInstance]:
     """Start replicas (default: slot 0) of revision 1 of ``web`` straight through the executor."""
     return (executor or DockerExecutor(client)).start_service(
-        StartServiceInput(
-            tenant=TENANT,
-            project=project,
-            deployment_id="d",
-            revision=1,
-            version="v1",
-            service=parse_compose(compose_text).service("web"),
-            slots=slots or [0],
-        )
+        web_input(project, compose_text, slots)
     )
 
 

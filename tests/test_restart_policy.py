@@ -21,7 +21,6 @@ from activities.docker_executor import DockerExecutor
 from activities.inputs import (
     ContainerSelector,
     NetworkInput,
-    StartServiceInput,
     WaitHealthyInput,
 )
 from activities.replica_ports import bindable
@@ -29,7 +28,15 @@ from moorage import naming
 from moorage.compose import parse_compose
 from moorage.models import DeploymentConfig, DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
-from tests.helpers import TENANT, USER, get_version, labelled, start_web, wait_terminal
+from tests.helpers import (
+    TENANT,
+    USER,
+    get_version,
+    labelled,
+    start_web,
+    wait_terminal,
+    web_input,
+)
 from workflows import steps
 
 pytestmark = pytest.mark.integration
@@ -262,15 +269,7 @@ def test_a_replica_an_earlier_attempt_made_and_never_started_is_made_again_on_a_
     was taken since: it never ran, so nothing is lost making it again."""
     executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[1]))
     text = restarting("moorage-demo:v1")
-    inp = StartServiceInput(
-        tenant=TENANT,
-        project=project,
-        deployment_id="d",
-        revision=1,
-        version="v1",
-        service=parse_compose(text).service("web"),
-        slots=[0],
-    )
+    inp = web_input(project, text)
     name = naming.container_name(TENANT, project, "web", 1, 0)
     net = executor.ensure_network(NetworkInput(tenant=TENANT, project=project))
     left = executor._create(inp, 0, name, net, set())
