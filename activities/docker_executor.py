@@ -201,16 +201,10 @@ class DockerExecutor(HealthWaits):
             try:
                 self.api.start(container_id)
             except docker.errors.APIError as exc:
-                never_ran = info["State"]["Status"] == "created"
+                # Host ports are bound only where Moorage chose them (a restart policy).
                 chosen = bound_ports(info)
-                restart = (info["HostConfig"].get("RestartPolicy") or {}).get("Name") or "no"
-                if (
-                    restart == "no"
-                    or not chosen
-                    or not never_ran
-                    or not port_taken(exc)
-                    or attempt == PORT_ATTEMPTS
-                ):
+                never_ran = info["State"]["Status"] == "created"
+                if not chosen or not never_ran or not port_taken(exc) or attempt == PORT_ATTEMPTS:
                     raise
                 refused |= chosen
                 self._remove(container_id)  # never ran: nothing in it
