@@ -645,7 +645,7 @@ def test_deploy_replicas_out_of_bounds_are_refused(replicas: str) -> None:
     assert str(MAX_REPLICAS) in str(err)
 
 
-@pytest.mark.parametrize("key", ["restart_policy", "placement", "mode", "labels"])
+@pytest.mark.parametrize("key", ["placement", "mode", "labels"])
 def test_other_deploy_keys_are_refused_naming_them(key: str) -> None:
     err = refused(f"deploy:\n  replicas: 2\n  {key}: {{}}\n")
     assert err.service == "web"
@@ -709,6 +709,58 @@ def test_no_restart_key_means_no_restart_policy() -> None:
 def test_bad_restart_policy_is_refused(value: str, says: str) -> None:
     err = refused(f"restart: {value}\n")
     assert (err.service, err.key) == ("web", "restart")
+    assert says in str(err)
+
+
+@pytest.mark.parametrize(
+    ("body", "policy", "limit"),
+    [
+        ("{}", "always", 0),  # condition defaults to any
+        ("{condition: any}", "always", 0),
+        ("{condition: none}", "no", 0),
+        ("{condition: on-failure}", "on-failure", 0),
+        ("{condition: on-failure, max_attempts: 3, delay: 0s, window: 0}", "on-failure", 3),
+    ],
+)
+def test_deploy_restart_policy_is_the_engine_policy_compose_maps_it_to(
+    body: str, policy: str, limit: int
+) -> None:
+    spec = one(f"deploy:\n  restart_policy: {body}\n")
+    assert (spec.restart, spec.restart_max_retries) == (policy, limit)
+
+
+def test_restart_and_deploy_restart_policy_may_agree_but_not_differ() -> None:
+    policy = "restart_policy: {condition: on-failure, max_attempts: 2}"
+    same = one(f'restart: "on-failure:2"\ndeploy:\n  {policy}\n')
+    assert (same.restart, same.restart_max_retries) == ("on-failure", 2)
+    err = refused("restart: unless-stopped\ndeploy:\n  restart_policy: {condition: any}\n")
+    assert (err.service, err.key) == ("web", "deploy.restart_policy")
+    assert "asks for always and restart for unless-stopped: set one" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "says"),
+    [
+        ("{condition: always}", "condition", "must be one of none, on-failure, any"),
+        (
+            "{condition: any, max_attempts: 3}",
+            "max_attempts",
+            "only taken with condition on-failure",
+        ),
+        ("{condition: on-failure, max_attempts: 0}", "max_attempts", "from 1 to 1000"),
+        ("{condition: on-failure, max_attempts: true}", "max_attempts", "from 1 to 1000"),
+        ("{delay: 5s}", "delay", "own back-off"),
+        ("{window: 2m}", "window", "counts every restart"),
+        ("{delay: soon}", "delay", "not a duration"),
+        ("{backoff: 1}", "backoff", "not supported"),
+        ("any", "", "must be a mapping"),
+    ],
+)
+def test_bad_deploy_restart_policy_is_refused_naming_the_key(
+    body: str, key: str, says: str
+) -> None:
+    err = refused(f"deploy:\n  restart_policy: {body}\n")
+    assert (err.service, err.key) == ("web", "deploy.restart_policy" + (f".{key}" if key else ""))
     assert says in str(err)
 
 

@@ -51,7 +51,8 @@ SERVICE_KEYS = frozenset(
         "restart",
     }
 )
-DEPLOY_KEYS = frozenset({"replicas", "resources"})
+DEPLOY_KEYS = frozenset({"replicas", "resources", "restart_policy"})
+RESTART_POLICY_KEYS = frozenset({"condition", "max_attempts", "delay", "window"})
 HEALTHCHECK_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
 
 X_MOORAGE_KEYS = frozenset(
@@ -249,6 +250,17 @@ def _parse_service(
         )
     if "restart" in raw:
         spec.restart, spec.restart_max_retries = _parse_restart(raw["restart"], service=name)
+    deploy_policy = raw["deploy"].get("restart_policy") if raw.get("deploy") is not None else None
+    if deploy_policy is not None:
+        restart = _parse_deploy_restart_policy(deploy_policy, service=name)
+        if "restart" in raw and restart != (spec.restart, spec.restart_max_retries):
+            raise ComposeError(
+                f"asks for {_restart_text(restart)} and restart for "
+                f"{_restart_text((spec.restart, spec.restart_max_retries))}: set one of them",
+                service=name,
+                key="deploy.restart_policy",
+            )
+        spec.restart, spec.restart_max_retries = restart
     if raw.get("x-moorage") is not None:
         _parse_x_moorage(raw["x-moorage"], spec)
     for key in ("stop_signal", "working_dir", "user"):
@@ -294,6 +306,64 @@ def _parse_restart(value: Any, *, service: str) -> tuple[str, int]:
             key="restart",
         )
     return policy, int(limit)
+
+
+RESTART_CONDITIONS = {"none": "no", "on-failure": "on-failure", "any": "always"}
+
+
+def _restart_text(policy: tuple[str, int]) -> str:
+    name, limit = policy
+    return f"{name}:{limit}" if limit else name
+
+
+def _parse_deploy_restart_policy(value: Any, *, service: str) -> tuple[str, int]:
+    """``deploy.restart_policy``, the Swarm-style spelling, as the engine's policy.
+
+    ``condition`` ``none`` / ``on-failure`` / ``any`` (the default) is ``no`` / ``on-failure`` /
+    ``always``, as Docker Compose maps it outside Swarm; ``max_attempts`` is on-failure's limit.
+    ``delay`` and ``window`` have no counterpart in the engine (it restarts with its own back-off,
+    from 100 ms doubling, and counts every restart), so anything but 0 is refused, not ignored.
+    """
+    key = "deploy.restart_policy"
+    _known_keys(value, RESTART_POLICY_KEYS, service=service, key=key)
+    condition = value.get("condition", "any")
+    if condition not in RESTART_CONDITIONS:
+        raise ComposeError(
+            f"{condition!r}: must be one of {', '.join(RESTART_CONDITIONS)}",
+            service=service,
+            key=f"{key}.condition",
+        )
+    for k, why in (
+        ("delay", "the engine restarts with its own back-off (from 100 ms, doubling)"),
+        ("window", "the engine counts every restart, however long the replica ran"),
+    ):
+        if k in value and parse_duration(value[k], service=service, key=f"{key}.{k}") != 0:
+            raise ComposeError(
+                f"is not supported: {why}; Moorage does not ignore it silently",
+                service=service,
+                key=f"{key}.{k}",
+            )
+    attempts = value.get("max_attempts")
+    if attempts is None:
+        return RESTART_CONDITIONS[condition], 0
+    if (
+        isinstance(attempts, bool)
+        or not isinstance(attempts, int)
+        or not 1 <= attempts <= MAX_RESTART_RETRIES
+    ):
+        raise ComposeError(
+            f"must be a whole number from 1 to {MAX_RESTART_RETRIES}",
+            service=service,
+            key=f"{key}.max_attempts",
+        )
+    if condition != "on-failure":
+        raise ComposeError(
+            f"is only taken with condition on-failure (the engine limits no other), "
+            f"not {condition}",
+            service=service,
+            key=f"{key}.max_attempts",
+        )
+    return "on-failure", attempts
 
 
 def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
