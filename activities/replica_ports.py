@@ -14,6 +14,12 @@ while its replica is down between a crash and its restart, and its restart would
 another replica would take it and get its route's traffic. No other Moorage replica gets a port
 while its replica lives: one published by any container Moorage labelled, running or not, is
 never chosen (a host process outside Moorage still can take it).
+
+The choice goes round the range, from just past the port chosen last (at a worker's start, past
+the highest one a labelled container publishes), not back to the lowest free port: a port a
+removed replica freed is given out again only once the rest of the range has been, so anything
+that still points at it (a stale router entry, a client's cached address) finds nothing there
+rather than another replica.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ class ReplicaPorts:
         # made again on another port).
         self._lock = threading.Lock()
         self._reserved: dict[int, float] = {}
+        self._next: int | None = None
+        """Where the next choice starts looking (None: not known yet)."""
         kernel = kernel_ephemeral_range()
         if kernel and kernel[0] <= last and first <= kernel[1]:
             logger.warning(
@@ -121,8 +129,9 @@ class ReplicaPorts:
     def choose(self, spec: ServiceSpec, refused: set[int]) -> PortBindings:
         """A host port for each of the service's ports.
 
-        Each is the lowest in the range that no labelled container publishes, that the engine has
-        not ``refused`` in this start, and that nothing holds now.
+        Each is the first in the range, going round from just past the last one chosen, that no
+        labelled container publishes, that the engine has not ``refused`` in this start, and that
+        nothing holds now.
 
         Raises:
             ApplicationError: ``NoFreePort`` (retryable: ports come free as replicas go).
@@ -133,6 +142,9 @@ class ReplicaPorts:
         with self._lock:
             now = time.monotonic()
             self._reserved = {p: t for p, t in self._reserved.items() if now - t < RESERVED_S}
+            if self._next is None:
+                ours = [p for p in published if self.first <= p <= self.last]
+                self._next = max(ours) + 1 if ours else self.first
             chosen = self._choose(spec, published | refused | set(self._reserved))
             for _, port in chosen.values():
                 assert port is not None
@@ -142,10 +154,11 @@ class ReplicaPorts:
     def _choose(self, spec: ServiceSpec, avoid: set[int]) -> PortBindings:
         chosen: PortBindings = {}
         for port_spec in spec.ports:
+            start = self._next if self._next is not None and self._next <= self.last else self.first
             port = next(
                 (
                     p
-                    for p in range(self.first, self.last + 1)
+                    for p in (*range(start, self.last + 1), *range(self.first, start))
                     if p not in avoid and bindable(p, port_spec.protocol)
                 ),
                 None,
@@ -159,4 +172,5 @@ class ReplicaPorts:
                 )
             chosen[port_spec.key] = ("127.0.0.1", port)
             avoid.add(port)
+            self._next = port + 1
         return chosen

@@ -320,3 +320,28 @@ def test_a_service_without_a_restart_policy_keeps_the_engines_ephemeral_ports(
         {"HostIp": "127.0.0.1", "HostPort": ""}
     ]
     assert instance.ports["80/tcp"].startswith("127.0.0.1:")
+
+
+def test_ports_go_round_the_range_so_a_freed_port_is_not_given_out_again_at_once(
+    docker_client: docker.DockerClient,
+    project: str,
+    ports: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Anything still pointing at a removed replica's port (a stale router entry) must not reach
+    the next replica: the choice goes on past it, and comes back to it only after the range."""
+    monkeypatch.setattr(replica_ports, "RESERVED_S", 0.0)  # only the rotation keeps ports apart
+    executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[2]))
+    text = restarting("moorage-demo:v1")
+    chosen = []
+    for slot in range(4):
+        [instance] = start_web(docker_client, project, text, [slot], executor)
+        chosen.append(instance.ports["80/tcp"])
+        docker_client.containers.get(instance.container_id).remove(force=True)
+    assert chosen == [f"127.0.0.1:{p}" for p in (*ports, ports[0])]
+    # A worker started afresh goes on past the highest port a labelled container publishes.
+    [kept] = start_web(docker_client, project, text, [4], executor)
+    assert kept.ports["80/tcp"] == f"127.0.0.1:{ports[1]}"
+    restarted = DockerExecutor(docker_client, replica_ports=(ports[0], ports[2]))
+    [after] = start_web(docker_client, project, text, [5], restarted)
+    assert after.ports["80/tcp"] == f"127.0.0.1:{ports[2]}"
