@@ -17,7 +17,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.inputs import ListLabelledInput
 from moorage import naming
-from moorage.compose import ComposeError, ComposePolicy, parse_compose, resolve_compose
+from moorage.compose import (
+    ComposeError,
+    ComposePolicy,
+    ProjectSpec,
+    parse_compose,
+    resolve_compose,
+)
 from moorage.models import (
     NAME_RE,
     Deployment,
@@ -195,6 +201,37 @@ class DeploymentService:
         """The tenant's Compose policy (``MOORAGE_TENANT_POLICIES``)."""
         return self.settings.policy_for(tenant)
 
+    def _check_published_ports(self, spec: ProjectSpec) -> None:
+        """Refuse a published port inside the ranges Moorage gives out itself.
+
+        A route's listen port (``MOORAGE_ROUTE_PORTS``) or a replica's (``MOORAGE_REPLICA_PORTS``)
+        would clash with it mid-deployment; refused here, nothing has changed yet.
+
+        Raises:
+            ComposeError: naming the service and ``ports``.
+        """
+        ranges = []
+        for setting, read in (
+            ("MOORAGE_ROUTE_PORTS", self.settings.port_range),
+            ("MOORAGE_REPLICA_PORTS", self.settings.replica_port_range),
+        ):
+            try:
+                ranges.append((setting, *read()))
+            except ValueError:  # the worker refuses to start with it; nothing to check against
+                continue
+        for service in spec.services:
+            for port in service.ports:
+                for setting, first, last in ranges:
+                    if port.published is not None and first <= port.published <= last:
+                        raise ComposeError(
+                            f"published port {port.published} is inside {setting} "
+                            f"({first}-{last}), which Moorage gives out to "
+                            f"{'routes' if setting == 'MOORAGE_ROUTE_PORTS' else 'replicas'}: "
+                            "publish it outside that range",
+                            service=service.name,
+                            key="ports",
+                        )
+
     async def apply_project(
         self,
         tenant: str,
@@ -217,7 +254,7 @@ class DeploymentService:
         policy = self.policy(tenant)
         try:
             compose = resolve_compose(compose, variables)
-            parse_compose(compose, policy=policy)
+            self._check_published_ports(parse_compose(compose, policy=policy))
         except ComposeError as exc:
             field: list[str | int] = ["body", "compose"]
             if exc.service:

@@ -218,6 +218,14 @@ async def test_invalid_input_is_422_naming_the_field(
     assert resp.status_code == 422
     assert {"web", "privileged"} <= set(loc_names(resp))
     assert "privileged" in resp.json()["detail"][0]["msg"]
+    # A published port inside a range Moorage gives out itself (routes 21000-21999 and replicas
+    # 17000-19999 by default) would clash mid-deployment: refused at once, naming the setting.
+    for port, setting in [(21005, "MOORAGE_ROUTE_PORTS"), (17000, "MOORAGE_REPLICA_PORTS")]:
+        text = f'services:\n  web:\n    image: moorage-demo:v1\n    ports: ["{port}:8080"]\n'
+        resp = await http.put(f"/api/projects/{project}", json={"compose": text}, headers=A)
+        assert resp.status_code == 422, resp.text
+        assert {"web", "ports"} <= set(loc_names(resp))
+        assert f"published port {port} is inside {setting}" in resp.json()["detail"][0]["msg"]
     # Nothing was created: the project does not exist.
     assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
 
