@@ -720,6 +720,8 @@ def test_bad_restart_policy_is_refused(value: str, says: str) -> None:
         ("{condition: none}", "no", 0),
         ("{condition: on-failure}", "on-failure", 0),
         ("{condition: on-failure, max_attempts: 3, delay: 0s, window: 0}", "on-failure", 3),
+        ("{condition: unless-stopped}", "unless-stopped", 0),  # restart:'s words, as Compose
+        ("{condition: no}", "no", 0),
     ],
 )
 def test_deploy_restart_policy_is_the_engine_policy_compose_maps_it_to(
@@ -741,7 +743,9 @@ def test_restart_and_deploy_restart_policy_may_agree_but_not_differ() -> None:
 @pytest.mark.parametrize(
     ("body", "key", "says"),
     [
-        ("{condition: always}", "condition", "must be one of none, on-failure, any"),
+        ("{condition: sometimes}", "condition", "must be one of none, on-failure, any"),
+        ("{condition: null}", "condition", "must be one of none, on-failure, any"),
+        ("{condition: [any]}", "condition", "must be one of none, on-failure, any"),
         (
             "{condition: any, max_attempts: 3}",
             "max_attempts",

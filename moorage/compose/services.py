@@ -308,7 +308,15 @@ def _parse_restart(value: Any, *, service: str) -> tuple[str, int]:
     return policy, int(limit)
 
 
-RESTART_CONDITIONS = {"none": "no", "on-failure": "on-failure", "any": "always"}
+RESTART_CONDITIONS = {
+    "none": "no",
+    "on-failure": "on-failure",
+    "any": "always",
+    # Docker Compose takes restart:'s words here too.
+    "no": "no",
+    "always": "always",
+    "unless-stopped": "unless-stopped",
+}
 
 
 def _restart_text(policy: tuple[str, int]) -> str:
@@ -319,17 +327,21 @@ def _restart_text(policy: tuple[str, int]) -> str:
 def _parse_deploy_restart_policy(value: Any, *, service: str) -> tuple[str, int]:
     """``deploy.restart_policy``, the Swarm-style spelling, as the engine's policy.
 
-    ``condition`` ``none`` / ``on-failure`` / ``any`` (the default) is ``no`` / ``on-failure`` /
-    ``always``, as Docker Compose maps it outside Swarm; ``max_attempts`` is on-failure's limit.
+    ``condition`` ``none`` / ``on-failure`` / ``any`` (the Compose spec's default) is ``no`` /
+    ``on-failure`` / ``always``, as Docker Compose maps it outside Swarm (which also takes
+    ``restart:``'s words); ``max_attempts`` is on-failure's limit.
     ``delay`` and ``window`` have no counterpart in the engine (it restarts with its own back-off,
     from 100 ms doubling, and counts every restart), so anything but 0 is refused, not ignored.
     """
     key = "deploy.restart_policy"
     _known_keys(value, RESTART_POLICY_KEYS, service=service, key=key)
     condition = value.get("condition", "any")
-    if condition not in RESTART_CONDITIONS:
+    if condition is False:  # an unquoted no
+        condition = "no"
+    if not isinstance(condition, str) or condition not in RESTART_CONDITIONS:
         raise ComposeError(
-            f"{condition!r}: must be one of {', '.join(RESTART_CONDITIONS)}",
+            f"{condition!r}: must be one of none, on-failure, any (or no, always, "
+            "unless-stopped, as in restart:)",
             service=service,
             key=f"{key}.condition",
         )
