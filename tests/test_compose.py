@@ -722,6 +722,7 @@ def test_bad_restart_policy_is_refused(value: str, says: str) -> None:
         ("{condition: on-failure, max_attempts: 3, delay: 0s, window: 0}", "on-failure", 3),
         ("{condition: unless-stopped}", "unless-stopped", 0),  # restart:'s words, as Compose
         ("{condition: no}", "no", 0),
+        ("{condition: on-failure, delay: null, window: null}", "on-failure", 0),
     ],
 )
 def test_deploy_restart_policy_is_the_engine_policy_compose_maps_it_to(

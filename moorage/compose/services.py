@@ -349,7 +349,7 @@ def _parse_deploy_restart_policy(value: Any, *, service: str) -> tuple[str, int]
         ("delay", "the engine restarts with its own back-off (from 100 ms, doubling)"),
         ("window", "the engine counts every restart, however long the replica ran"),
     ):
-        if k in value and parse_duration(value[k], service=service, key=f"{key}.{k}") != 0:
+        if value.get(k) is not None and parse_duration(value[k], service=service, key=f"{key}.{k}"):
             raise ComposeError(
                 f"is not supported: {why}; Moorage does not ignore it silently",
                 service=service,
