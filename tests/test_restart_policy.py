@@ -37,7 +37,7 @@ from tests.helpers import (
     wait_terminal,
     web_input,
 )
-from workflows import steps
+from workflows import replicas
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +167,7 @@ def test_a_restore_wait_counts_only_the_restarts_during_it(
     sel = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
     executor = DockerExecutor(docker_client)
 
-    restore = steps.restore_health_input(DeploymentConfig(health_check_interval=0.2), sel, 1)
+    restore = replicas.restore_health_input(DeploymentConfig(health_check_interval=0.2), sel, 1)
     assert restore.earlier_restarts_ok
     [instance] = ActivityEnvironment().run(executor.wait_healthy, restore)
     assert instance.container_id == replica.short_id
@@ -199,7 +199,7 @@ def test_a_restore_wait_lets_an_old_replica_finish_a_restart_begun_before_it(
         time.sleep(0.05)
         replica.reload()
     sel = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
-    restore = steps.restore_health_input(DeploymentConfig(health_check_interval=0.2), sel, 1)
+    restore = replicas.restore_health_input(DeploymentConfig(health_check_interval=0.2), sel, 1)
     [instance] = ActivityEnvironment().run(DockerExecutor(docker_client).wait_healthy, restore)
     replica.reload()
     assert replica.attrs["RestartCount"] == 5

@@ -1,4 +1,4 @@
-"""``steps.stop_containers``: the brief stop, the full stop after it, and a cancel in between.
+"""``replicas.stop_containers``: the brief stop, the full stop after it, and a cancel in between.
 
 Workflow logic with stub steps (no Temporal, no engine): ``steps.call`` is replaced by a stub
 that records each call and answers as the test says.
@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 from activities.inputs import ContainerSelector, StopContainersInput, StopWait
-from workflows import steps
+from workflows import replicas, steps
 
 SEL = ContainerSelector(tenant="t", project="p", service="web", revision=1)
 
@@ -55,7 +55,7 @@ async def test_a_container_still_running_gets_the_rest_of_its_grace_and_no_secon
     stub: Callable[..., Steps],
 ) -> None:
     fake = stub(stop_containers_briefly=still_running, stop_containers=lambda inp: ["b"])
-    assert await steps.stop_containers(SEL, 10) == ["a", "b"]
+    assert await replicas.stop_containers(SEL, 10) == ["a", "b"]
     [(brief, b), (full, f)] = fake.calls
     assert (brief, b.budget_s, b.signalled) == (
         "stop_containers_briefly",
@@ -71,7 +71,7 @@ async def test_when_every_container_stopped_briefly_there_is_no_full_stop(
     fake = stub(
         stop_containers_briefly=lambda inp: StopWait(stopped=["a"], running=[], elapsed_s=0.2)
     )
-    assert await steps.stop_containers(SEL, 10) == ["a"]
+    assert await replicas.stop_containers(SEL, 10) == ["a"]
     assert [c[0] for c in fake.calls] == ["stop_containers_briefly"]
 
 
@@ -84,7 +84,7 @@ async def test_a_brief_stop_that_fails_leaves_it_all_to_the_full_stop(
         raise ApplicationError("engine hiccup")
 
     fake = stub(stop_containers_briefly=fails, stop_containers=lambda inp: ["a", "b"])
-    assert await steps.stop_containers(SEL, 10) == ["a", "b"]
+    assert await replicas.stop_containers(SEL, 10) == ["a", "b"]
     [_, (full, f)] = fake.calls
     assert (full, f.grace_period_s, f.signalled) == ("stop_containers", 10, False)
 
@@ -96,7 +96,7 @@ async def test_a_cancel_during_the_brief_stop_waits_until_the_stop_has_ended(
     full stop runs, then the cancel goes on; a second cancel (abort, deadline) waits as well."""
     fake = stub(stop_containers_briefly=still_running, stop_containers=lambda inp: ["b"])
     fake.release.clear()
-    task = asyncio.ensure_future(steps.stop_containers(SEL, 10))
+    task = asyncio.ensure_future(replicas.stop_containers(SEL, 10))
     await asyncio.sleep(0.01)
     assert [c[0] for c in fake.calls] == ["stop_containers_briefly"]
     task.cancel()

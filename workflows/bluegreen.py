@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import NetworkInput, RouteInput
     from moorage.models import DeploymentState, EventType, RouteInfo, ServiceInstance
-    from workflows import steps
+    from workflows import replicas, steps
     from workflows.inputs import SteerInput, StrategyInput
     from workflows.strategy import StrategyWorkflow
     from workflows.tracking import Tracker
@@ -74,13 +74,13 @@ class BlueGreenWorkflow(StrategyWorkflow):
         await steps.call(
             "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
         )
-        await steps.ensure_routes(t, inp.target)
+        await replicas.ensure_routes(t, inp.target)
 
         self.undo.push(
             f"remove green (revision {green})", "remove_containers", steps.selector(dep, green)
         )
         for spec in inp.target.services:
-            await steps.start_service(
+            await replicas.start_service(
                 dep, green, dep.version, dep.id, spec, list(range(spec.replicas))
             )
         t.event(
@@ -91,7 +91,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
         t.progress(20, "green started")
 
         for spec in inp.target.services:
-            await steps.gate_healthy(t, green, spec)
+            await replicas.gate_healthy(t, green, spec)
         previews = await self._preview(t, inp)
         t.progress(
             50, "green healthy; previews: " + ", ".join(f"{k} {v}" for k, v in previews.items())
@@ -124,9 +124,9 @@ class BlueGreenWorkflow(StrategyWorkflow):
                 self.undo.push(
                     f"take green {spec.name} out of the route",
                     "route_remove",
-                    steps.route_servers(dep, spec, green, all_slots),
+                    replicas.route_servers(dep, spec, green, all_slots),
                 )
-            await steps.route_add(dep, spec, green, all_slots)
+            await replicas.route_add(dep, spec, green, all_slots)
         if prev is not None:
             for old in prev.spec.services:
                 old_slots = list(range(old.replicas))
@@ -134,21 +134,21 @@ class BlueGreenWorkflow(StrategyWorkflow):
                     self.undo.push(
                         f"route blue {old.name} again",
                         "route_add",
-                        steps.route_servers(dep, old, prev.revision, old_slots),
+                        replicas.route_servers(dep, old, prev.revision, old_slots),
                     )
-                await steps.route_remove(dep, old, prev.revision, old_slots)
+                await replicas.route_remove(dep, old, prev.revision, old_slots)
         t.event(
             EventType.TRAFFIC_SWITCHED, f"traffic on green (revision {green})", by=self._promoted_by
         )
 
         # Verify after the switch: green must stay healthy a while, or traffic goes back to blue.
         for spec in inp.target.services:
-            verify = steps.health_input(
+            verify = replicas.health_input(
                 cfg, steps.selector(dep, green, spec.name), spec.replicas, spec
             )
             verify.delay_s = 0
             verify.min_ready_s = max(verify.min_ready_s, cfg.post_switch_verify)
-            await steps.wait_healthy(verify)
+            await replicas.wait_healthy(verify)
         t.progress(70, "traffic switched and verified")
 
         if prev is not None:
@@ -163,22 +163,22 @@ class BlueGreenWorkflow(StrategyWorkflow):
                 old_slots = list(range(old.replicas))
                 self.undo.push_wait_healthy(
                     f"wait for restored blue {old.name}",
-                    steps.restore_health_input(
+                    replicas.restore_health_input(
                         cfg, steps.selector(dep, prev.revision, old.name), old.replicas, old
                     ),
                 )
                 self.undo.push(
                     f"restore blue {old.name}",
                     "start_service",
-                    steps.start_input(
+                    replicas.start_input(
                         dep, prev.revision, prev.version, prev.deployment_id, old, old_slots
                     ),
                 )
-                await steps.stop_containers(
+                await replicas.stop_containers(
                     steps.selector(dep, prev.revision, old.name), old.stop_grace_period_s
                 )
             t.progress(80, "blue stopped")
-            await steps.remove_containers(steps.selector(dep, prev.revision))
+            await replicas.remove_containers(steps.selector(dep, prev.revision))
         await self._drop_previews(t, inp)
 
         instances = await steps.call(
@@ -207,7 +207,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
                 ),
                 result_type=RouteInfo,
             )
-            servers = steps.route_servers(dep, spec, green, list(range(spec.replicas)))
+            servers = replicas.route_servers(dep, spec, green, list(range(spec.replicas)))
             servers.service = name
             self.undo.push(f"drop preview of {spec.name}", "route_remove", servers)
             await steps.call("route_add", servers, result_type=list[str])
@@ -220,7 +220,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
         for spec in inp.target.services:
             if spec.route_port() is None:
                 continue
-            servers = steps.route_servers(dep, spec, green, list(range(spec.replicas)))
+            servers = replicas.route_servers(dep, spec, green, list(range(spec.replicas)))
             servers.service = PREVIEW_PREFIX + spec.name
             await steps.call("route_remove", servers, result_type=list[str])
             t.state.routes.pop(preview_key(spec.name), None)

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from moorage import naming
     from moorage.compose import ServiceSpec
     from moorage.models import CanaryStep, DeploymentState, EventType, ServiceInstance
-    from workflows import steps
+    from workflows import replicas, steps
     from workflows.inputs import SteerInput, StrategyInput
     from workflows.strategy import StrategyWorkflow
     from workflows.tracking import Tracker
@@ -136,7 +136,7 @@ class CanaryWorkflow(StrategyWorkflow):
         await steps.call(
             "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
         )
-        await steps.ensure_routes(t, inp.target)
+        await replicas.ensure_routes(t, inp.target)
 
         # The canary: the new revision's replicas next to stable ones, routed at weight 0.
         for spec in inp.target.services:
@@ -149,16 +149,16 @@ class CanaryWorkflow(StrategyWorkflow):
                 self.undo.push(
                     f"take canary {spec.name} out of the route",
                     "route_remove",
-                    steps.route_servers(dep, spec, new, list(range(spec.replicas))),
+                    replicas.route_servers(dep, spec, new, list(range(spec.replicas))),
                 )
-            await steps.start_service(
+            await replicas.start_service(
                 dep, new, dep.version, dep.id, spec, list(range(spec.replicas))
             )
-            await steps.gate_healthy(t, new, spec)
+            await replicas.gate_healthy(t, new, spec)
             if spec.route_port() is not None:
                 await steps.call(
                     "route_add",
-                    steps.route_servers(dep, spec, new, list(range(spec.replicas)), weight=0),
+                    replicas.route_servers(dep, spec, new, list(range(spec.replicas)), weight=0),
                     result_type=list[str],
                 )
             # Undo of any weight change: stable gets everything again, before the canary goes.
@@ -177,7 +177,7 @@ class CanaryWorkflow(StrategyWorkflow):
             label = f"step {number}/{len(plan)}"
             if step.weight is not None:
                 for spec in inp.target.services:
-                    await steps.gate_healthy(t, new, spec)
+                    await replicas.gate_healthy(t, new, spec)
                     if spec.route_port() is not None:
                         await steps.call(
                             "route_weights",
@@ -196,7 +196,7 @@ class CanaryWorkflow(StrategyWorkflow):
 
         # Full traffic on the canary; stable drained and retired.
         for spec in inp.target.services:
-            await steps.gate_healthy(t, new, spec)
+            await replicas.gate_healthy(t, new, spec)
             if spec.route_port() is not None:
                 await steps.call(
                     "route_weights", self._weights(inp, spec, 100), result_type=dict[str, int]
@@ -208,7 +208,7 @@ class CanaryWorkflow(StrategyWorkflow):
         )
         if prev is not None:
             for old in reversed(prev.spec.services):
-                await steps.take_out(
+                await replicas.take_out(
                     t,
                     self.undo,
                     old,

@@ -14,7 +14,6 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import ContainerSelector, DeleteRoutesInput, RouteServersInput
     from moorage import naming
     from moorage.compose import (
         UNRESTRICTED,
@@ -32,12 +31,10 @@ with workflow.unsafe.imports_passed_through():
         EventType,
         ProjectPublic,
         RevisionInfo,
-        ServiceInstance,
         Strategy,
     )
     from workflows import search_attributes as sa
-    from workflows import steps
-    from workflows.bluegreen import PREVIEW_PREFIX, preview_key
+    from workflows import upkeep
     from workflows.inputs import (
         ApplyInput,
         CancelInput,
@@ -60,7 +57,6 @@ starts a run that deletes them).
 
 MAX_DEPLOYMENTS_KEPT = 100
 MAX_IDEMPOTENCY_KEYS = 200
-MAX_RECONCILE_LOG = 200
 HISTORY_LIMIT = 5_000
 
 STRATEGY_WORKFLOWS: dict[Strategy, str] = {
@@ -125,11 +121,11 @@ class ProjectWorkflow:
                 self._reconcile_requested = False
                 self._reconciling = True
                 try:
-                    await self._reconcile("schedule")
+                    await upkeep.reconcile(self.state, "schedule")
                 except (ActivityError, ApplicationError) as err:
                     # An engine down past the steps' retries must not end the project's workflow
                     # (and with it the project): the next scheduled pass tries again.
-                    self._log_reconcile_failure(err)
+                    upkeep.log_reconcile_failure(self.state, err)
                 finally:
                     self._reconciling = False
                 continue
@@ -315,7 +311,7 @@ class ProjectWorkflow:
         """Remove this project's labelled containers that no deployment owns; one event each."""
         self._reconciling = True
         try:
-            return await self._reconcile(user_id)
+            return await upkeep.reconcile(self.state, user_id)
         finally:
             self._reconciling = False
 
@@ -332,113 +328,6 @@ class ProjectWorkflow:
     def reconcile_log(self) -> list[DeploymentEvent]:
         """Orphans removed by reconciliation, oldest first (bounded)."""
         return self.state.reconcile_log
-
-    async def _reconcile(self, user_id: str) -> list[DeploymentEvent]:
-        s = self.state
-        keep = {s.current.revision} if s.current else set()
-        found: list[ServiceInstance] = await steps.call(
-            "list_containers",
-            ContainerSelector(tenant=s.tenant_id, project=s.project_id),
-            result_type=list[ServiceInstance],
-        )
-        events: list[DeploymentEvent] = []
-        for orphan in (i for i in found if i.revision not in keep):
-            await steps.call(
-                "route_remove",
-                RouteServersInput(
-                    tenant=s.tenant_id,
-                    project=s.project_id,
-                    service=orphan.service_name,
-                    containers=[orphan.container_name],
-                ),
-                result_type=list[str],
-            )
-            await steps.remove_containers(
-                ContainerSelector(
-                    tenant=s.tenant_id,
-                    project=s.project_id,
-                    service=orphan.service_name,
-                    revision=orphan.revision,
-                    slots=[orphan.slot],
-                )
-            )
-            event = DeploymentEvent(
-                event_type=EventType.ORPHAN_REMOVED,
-                service_name=orphan.service_name,
-                message=(
-                    f"removed {orphan.container_name}: revision {orphan.revision} is neither "
-                    f"serving ({', '.join(map(str, keep)) or 'none'}) nor deploying"
-                ),
-                details={
-                    "container": orphan.container_name,
-                    "revision": orphan.revision,
-                    "deployment": orphan.deployment_id,
-                    "status": orphan.status,
-                    "by": user_id,
-                },
-                created_at=workflow.now(),
-            )
-            events.append(event)
-            # Logged at once: a pass that fails later still shows what it removed.
-            s.reconcile_log = [*s.reconcile_log, event][-MAX_RECONCILE_LOG:]
-        return events
-
-    def _log_reconcile_failure(self, err: ActivityError | ApplicationError) -> None:
-        reason, details = steps.failure_reason(err)
-        event = DeploymentEvent(
-            event_type=EventType.RECONCILE_FAILED,
-            message=f"scheduled reconcile failed, the next pass tries again: {reason}",
-            details={**details, "by": "schedule"},
-            created_at=workflow.now(),
-        )
-        s = self.state
-        s.reconcile_log = [*s.reconcile_log, event][-MAX_RECONCILE_LOG:]
-
-    async def _delete_routes_not_served(self, record: DeploymentState) -> None:
-        """Delete the routes of services the serving revision does not route; events on record.
-
-        A service the revision dropped, or took off the router: its listen port closes. A failure
-        leaves them listed, for the next completed deployment to try again.
-        """
-        s = self.state
-        assert s.current is not None
-        routed = parse_compose(s.current.compose, policy=UNRESTRICTED).routed
-        # (Blue-green preview URLs, under preview_key, go with their service.)
-        gone = sorted(n for n in s.routes if n not in routed and ":" not in n)
-        if not gone or not self._deletes_routes:
-            return
-        # A service's blue-green preview route goes with it (if it ever had one).
-        services = [*gone, *(PREVIEW_PREFIX + n for n in gone)]
-        try:
-            deleted: list[str] = await steps.call(
-                "delete_routes",
-                DeleteRoutesInput(tenant=s.tenant_id, project=s.project_id, services=services),
-                result_type=list[str],
-            )
-        except (ActivityError, ApplicationError) as err:
-            reason, details = steps.failure_reason(err)
-            record.events.append(
-                DeploymentEvent(
-                    event_type=EventType.ROUTE_DELETE_FAILED,
-                    message=f"routes of {', '.join(gone)} kept: {reason}",
-                    details={**details, "services": gone},
-                    created_at=workflow.now(),
-                )
-            )
-            return
-        for name in gone:
-            url = s.routes.pop(name)
-            s.routes.pop(preview_key(name), None)
-            if name in deleted:
-                record.events.append(
-                    DeploymentEvent(
-                        event_type=EventType.ROUTE_DELETED,
-                        service_name=name,
-                        message=f"route of {name} deleted ({url}): revision "
-                        f"{s.current.revision} does not route it",
-                        created_at=workflow.now(),
-                    )
-                )
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -603,7 +492,7 @@ class ProjectWorkflow:
         s.routes.update(result.routes)
         self._finish(record, result.deployment, result.deployment.status, None, compose)
         if result.deployment.status == DeploymentStatus.COMPLETED:
-            await self._delete_routes_not_served(record)
+            await upkeep.delete_routes_not_served(self.state, record, self._deletes_routes)
 
     def _finish(
         self,

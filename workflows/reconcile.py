@@ -14,7 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.inputs import ContainerSelector, LabelledContainer, ListLabelledInput
     from moorage import naming
     from moorage.models import DeploymentEvent, EventType
-    from workflows import steps
+    from workflows import replicas, steps
 
 SCHEDULE_ID = "moorage/reconcile-all"
 WORKFLOW_ID = "moorage/reconcile-all/run"
@@ -41,7 +41,7 @@ class ReconcileAllWorkflow:
                 continue
             except FailureError:
                 pass  # no such (running) project workflow: nobody owns these containers
-            removed = await steps.remove_containers(
+            removed = await replicas.remove_containers(
                 ContainerSelector(tenant=tenant, project=project)
             )
             events += [

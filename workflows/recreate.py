@@ -11,7 +11,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import NetworkInput
     from moorage.models import DeploymentState, EventType, ServiceInstance
-    from workflows import steps
+    from workflows import replicas, steps
     from workflows.inputs import StrategyInput
     from workflows.strategy import StrategyWorkflow
     from workflows.tracking import Tracker
@@ -33,7 +33,7 @@ class RecreateWorkflow(StrategyWorkflow):
         await steps.call(
             "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
         )
-        await steps.ensure_routes(t, inp.target)
+        await replicas.ensure_routes(t, inp.target)
 
         if prev is not None:
             # Dependents stop first; restoring (the undo) goes in start order.
@@ -43,18 +43,18 @@ class RecreateWorkflow(StrategyWorkflow):
                     self.undo.push(
                         f"route {svc.name} (revision {prev.revision}) again",
                         "route_add",
-                        steps.route_servers(dep, svc, prev.revision, all_slots),
+                        replicas.route_servers(dep, svc, prev.revision, all_slots),
                     )
                 self.undo.push_wait_healthy(
                     f"wait for restored {svc.name} (revision {prev.revision})",
-                    steps.restore_health_input(
+                    replicas.restore_health_input(
                         cfg, steps.selector(dep, prev.revision, svc.name), svc.replicas, svc
                     ),
                 )
                 self.undo.push(
                     f"restore {svc.name} (revision {prev.revision})",
                     "start_service",
-                    steps.start_input(
+                    replicas.start_input(
                         dep,
                         prev.revision,
                         prev.version,
@@ -68,8 +68,8 @@ class RecreateWorkflow(StrategyWorkflow):
                     f"stopping {svc.name} (revision {prev.revision})",
                     service=svc.name,
                 )
-                await steps.route_remove(dep, svc, prev.revision, all_slots)
-                stopped = await steps.stop_containers(
+                await replicas.route_remove(dep, svc, prev.revision, all_slots)
+                stopped = await replicas.stop_containers(
                     steps.selector(dep, prev.revision, svc.name), svc.stop_grace_period_s
                 )
                 t.event(
@@ -81,7 +81,7 @@ class RecreateWorkflow(StrategyWorkflow):
         t.progress(20, f"revision {prev.revision} stopped" if prev else "nothing to stop")
 
         if prev is not None:
-            removed = await steps.remove_containers(steps.selector(dep, prev.revision))
+            removed = await replicas.remove_containers(steps.selector(dep, prev.revision))
             t.event(
                 EventType.SERVICE_REMOVED,
                 f"removed {len(removed)} old containers",
@@ -95,14 +95,14 @@ class RecreateWorkflow(StrategyWorkflow):
                 self.undo.push(
                     f"take {svc.name} (revision {new}) out of the route",
                     "route_remove",
-                    steps.route_servers(dep, svc, new, list(range(svc.replicas))),
+                    replicas.route_servers(dep, svc, new, list(range(svc.replicas))),
                 )
         gated: set[str] = set()
         for svc in inp.target.services:
             t.event(
                 EventType.SERVICE_STARTING, f"starting {svc.name} x{svc.replicas}", service=svc.name
             )
-            started = await steps.start_service(
+            started = await replicas.start_service(
                 dep, new, dep.version, dep.id, svc, list(range(svc.replicas))
             )
             t.event(
@@ -113,15 +113,15 @@ class RecreateWorkflow(StrategyWorkflow):
             )
             if any(svc.name in other.depends_on for other in inp.target.services):
                 # Its dependents start only once it is healthy.
-                await steps.gate_healthy(t, new, svc)
+                await replicas.gate_healthy(t, new, svc)
                 gated.add(svc.name)
         t.progress(60, f"revision {new} started")
 
         for svc in inp.target.services:
             if svc.name not in gated:
-                await steps.gate_healthy(t, new, svc)
+                await replicas.gate_healthy(t, new, svc)
         for svc in inp.target.services:
-            await steps.route_add(dep, svc, new, list(range(svc.replicas)))
+            await replicas.route_add(dep, svc, new, list(range(svc.replicas)))
         t.progress(80, f"revision {new} healthy and routed")
 
         instances = await steps.call(

@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.inputs import NetworkInput
     from moorage.compose import ServiceSpec
     from moorage.models import DeploymentState, EventType, ServiceInstance
-    from workflows import steps
+    from workflows import replicas, steps
     from workflows.inputs import StrategyInput
     from workflows.planning import Batch, SurgeError, plan_batches, resolve_surge
     from workflows.strategy import StrategyWorkflow
@@ -72,11 +72,11 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         gate_all = workflow.patched("rolling-gate-all-new")
         if switch:
             await steps.side_by_side(
-                steps.call("ensure_network", network), steps.ensure_routes(t, inp.target)
+                steps.call("ensure_network", network), replicas.ensure_routes(t, inp.target)
             )
         else:
             await steps.call("ensure_network", network)
-            await steps.ensure_routes(t, inp.target)
+            await replicas.ensure_routes(t, inp.target)
         t.progress(5, "routes ready")
 
         for spec in inp.target.services:
@@ -93,7 +93,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                 # New replicas that replace old ones on the same route take the traffic in the
                 # drain of the old ones: one router change per batch.
                 routed_in = (
-                    steps.route_servers(dep, spec, new, batch.start)
+                    replicas.route_servers(dep, spec, new, batch.start)
                     if switch
                     and batch.start
                     and batch.stop_after
@@ -103,7 +103,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                     else None
                 )
                 if old is not None and prev is not None:
-                    await steps.take_out(
+                    await replicas.take_out(
                         t,
                         self.undo,
                         old,
@@ -113,7 +113,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                         batch.stop_first,
                     )
                 if batch.start:
-                    await steps.bring_up(
+                    await replicas.bring_up(
                         t,
                         self.undo,
                         spec,
@@ -124,7 +124,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
                     )
                     started += batch.start
                 if old is not None and prev is not None:
-                    await steps.take_out(
+                    await replicas.take_out(
                         t,
                         self.undo,
                         old,
@@ -143,14 +143,14 @@ class RollingUpdateWorkflow(StrategyWorkflow):
             if gate_all and started:
                 # A new replica that died after its own gate (in a later batch's switch, or the
                 # last batch's stop of the old one) fails the deployment here, not after it.
-                await steps.gate_healthy(t, new, spec, started, again=True)
+                await replicas.gate_healthy(t, new, spec, started, again=True)
             t.event(EventType.SERVICE_UPDATED, f"{spec.name} updated", service=spec.name)
 
         # Services the new revision no longer has go last, once everything new serves.
         if prev is not None:
             for old in reversed(prev.spec.services):
                 if old.name not in inp.target.names:
-                    await steps.take_out(
+                    await replicas.take_out(
                         t,
                         self.undo,
                         old,

@@ -1,0 +1,133 @@
+"""What a project does beside its deployments: remove orphans, delete routes nothing serves.
+
+Functions of the project workflow's state (:class:`~workflows.inputs.ProjectState`), run inside
+the project workflow.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inputs import ContainerSelector, DeleteRoutesInput, RouteServersInput
+    from moorage.compose import UNRESTRICTED, parse_compose
+    from moorage.models import DeploymentEvent, DeploymentState, EventType, ServiceInstance
+    from workflows import replicas, steps
+    from workflows.bluegreen import PREVIEW_PREFIX, preview_key
+    from workflows.inputs import ProjectState
+
+MAX_RECONCILE_LOG = 200
+"""Reconcile events a project keeps (the oldest go first)."""
+
+
+async def reconcile(s: ProjectState, user_id: str) -> list[DeploymentEvent]:
+    """Remove the project's labelled containers that no deployment owns; one event each, logged.
+
+    Kept: the serving revision's. Each orphan leaves its route first.
+    """
+    keep = {s.current.revision} if s.current else set()
+    found: list[ServiceInstance] = await steps.call(
+        "list_containers",
+        ContainerSelector(tenant=s.tenant_id, project=s.project_id),
+        result_type=list[ServiceInstance],
+    )
+    events: list[DeploymentEvent] = []
+    for orphan in (i for i in found if i.revision not in keep):
+        await steps.call(
+            "route_remove",
+            RouteServersInput(
+                tenant=s.tenant_id,
+                project=s.project_id,
+                service=orphan.service_name,
+                containers=[orphan.container_name],
+            ),
+            result_type=list[str],
+        )
+        await replicas.remove_containers(
+            ContainerSelector(
+                tenant=s.tenant_id,
+                project=s.project_id,
+                service=orphan.service_name,
+                revision=orphan.revision,
+                slots=[orphan.slot],
+            )
+        )
+        event = DeploymentEvent(
+            event_type=EventType.ORPHAN_REMOVED,
+            service_name=orphan.service_name,
+            message=(
+                f"removed {orphan.container_name}: revision {orphan.revision} is neither "
+                f"serving ({', '.join(map(str, keep)) or 'none'}) nor deploying"
+            ),
+            details={
+                "container": orphan.container_name,
+                "revision": orphan.revision,
+                "deployment": orphan.deployment_id,
+                "status": orphan.status,
+                "by": user_id,
+            },
+            created_at=workflow.now(),
+        )
+        events.append(event)
+        # Logged at once: a pass that fails later still shows what it removed.
+        s.reconcile_log = [*s.reconcile_log, event][-MAX_RECONCILE_LOG:]
+    return events
+
+
+def log_reconcile_failure(s: ProjectState, err: ActivityError | ApplicationError) -> None:
+    """Log a scheduled pass that failed (the next pass tries again)."""
+    reason, details = steps.failure_reason(err)
+    event = DeploymentEvent(
+        event_type=EventType.RECONCILE_FAILED,
+        message=f"scheduled reconcile failed, the next pass tries again: {reason}",
+        details={**details, "by": "schedule"},
+        created_at=workflow.now(),
+    )
+    s.reconcile_log = [*s.reconcile_log, event][-MAX_RECONCILE_LOG:]
+
+
+async def delete_routes_not_served(s: ProjectState, record: DeploymentState, enabled: bool) -> None:
+    """Delete the routes of services the serving revision does not route; events on record.
+
+    A service the revision dropped, or took off the router: its listen port closes. A failure
+    leaves them listed, for the next completed deployment to try again.
+    """
+    assert s.current is not None
+    routed = parse_compose(s.current.compose, policy=UNRESTRICTED).routed
+    # (Blue-green preview URLs, under preview_key, go with their service.)
+    gone = sorted(n for n in s.routes if n not in routed and ":" not in n)
+    if not gone or not enabled:
+        return
+    # A service's blue-green preview route goes with it (if it ever had one).
+    services = [*gone, *(PREVIEW_PREFIX + n for n in gone)]
+    try:
+        deleted: list[str] = await steps.call(
+            "delete_routes",
+            DeleteRoutesInput(tenant=s.tenant_id, project=s.project_id, services=services),
+            result_type=list[str],
+        )
+    except (ActivityError, ApplicationError) as err:
+        reason, details = steps.failure_reason(err)
+        record.events.append(
+            DeploymentEvent(
+                event_type=EventType.ROUTE_DELETE_FAILED,
+                message=f"routes of {', '.join(gone)} kept: {reason}",
+                details={**details, "services": gone},
+                created_at=workflow.now(),
+            )
+        )
+        return
+    for name in gone:
+        url = s.routes.pop(name)
+        s.routes.pop(preview_key(name), None)
+        if name in deleted:
+            record.events.append(
+                DeploymentEvent(
+                    event_type=EventType.ROUTE_DELETED,
+                    service_name=name,
+                    message=f"route of {name} deleted ({url}): revision "
+                    f"{s.current.revision} does not route it",
+                    created_at=workflow.now(),
+                )
+            )
