@@ -60,7 +60,13 @@ def build_router(
         backend = HAProxyBackend(
             directory, settings.router_bind, settings.drain_timeout, settings.router_managed
         )
-    return TrafficRouter(backend, docker_client, settings.port_range(), settings.drain_timeout)
+    return TrafficRouter(
+        backend,
+        docker_client,
+        settings.port_range(),
+        settings.drain_timeout,
+        settings.replica_port_range(),
+    )
 
 
 def build_worker(

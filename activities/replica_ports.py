@@ -15,11 +15,11 @@ another replica would take it and get its route's traffic. No other Moorage repl
 while its replica lives: one published by any container Moorage labelled, running or not, is
 never chosen (a host process outside Moorage still can take it).
 
-The choice goes round the range, from just past the port chosen last (at a worker's start, past
-the highest one a labelled container publishes), not back to the lowest free port: a port a
-removed replica freed is given out again only once the rest of the range has been, so anything
-that still points at it (a stale router entry, a client's cached address) finds nothing there
-rather than another replica.
+The choice goes round the range, from just past the port this worker chose last (at its start,
+past the highest one a labelled container publishes), not back to the lowest free port: while the
+worker runs, a port a removed replica freed is given out again only once the rest of the range has
+been, so anything that still points at it (a stale router entry, a client's cached address) finds
+nothing there rather than another replica.
 """
 
 from __future__ import annotations

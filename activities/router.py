@@ -55,12 +55,16 @@ class TrafficRouter:
         docker_client: docker.DockerClient | None = None,
         port_range: tuple[int, int] = (21000, 21999),
         drain_timeout_s: float = 10.0,
+        replica_ports: tuple[int, int] | None = None,
     ):
         self.backend = backend
         self.dir = backend.dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.dir / "state.json"
         self.port_range = port_range
+        self.replica_ports = replica_ports
+        """Where replicas get their host ports (``MOORAGE_REPLICA_PORTS``): no route listens there.
+        A stopped replica keeps its port without binding it; a route there would take it."""
         self.drain_timeout_s = drain_timeout_s
         self._docker = docker_client
         self._lock = threading.Lock()
@@ -147,6 +151,19 @@ class TrafficRouter:
             return new
 
     def _free_port(self, state: RouterState, key: str, wanted: int | None) -> int:
+        if (
+            wanted
+            and self.replica_ports
+            and self.replica_ports[0] <= wanted <= self.replica_ports[1]
+        ):
+            first, last = self.replica_ports
+            raise ApplicationError(
+                f"no route: port {wanted}, the Compose file's published port, is inside "
+                f"MOORAGE_REPLICA_PORTS ({first}-{last}), where replicas get their ports: "
+                "publish it outside that range",
+                type="RouterPortReserved",
+                non_retryable=True,
+            )
         taken = {r.port for r in state.routes.values()}
         # A killed attempt may have got the route into the proxy already: its port is ours.
         ours = self.backend.configured_port(backend_name(key))
@@ -199,7 +216,8 @@ class TrafficRouter:
         """Create the route of a service if it does not exist; returns its URL.
 
         Raises:
-            ApplicationError: ``RouterPortTaken`` when no listen port is free, or
+            ApplicationError: ``RouterPortTaken`` when no listen port is free,
+                ``RouterPortReserved`` when the published port is one replicas get, or
                 ``RouterConfigInvalid`` when the proxy refused the new route.
         """
         key = route_key(inp.tenant, inp.project, inp.service)

@@ -202,35 +202,30 @@ class DeploymentService:
         return self.settings.policy_for(tenant)
 
     def _check_published_ports(self, spec: ProjectSpec) -> None:
-        """Refuse a published port inside the ranges Moorage gives out itself.
+        """Refuse a route's published port inside ``MOORAGE_REPLICA_PORTS``.
 
-        A route's listen port (``MOORAGE_ROUTE_PORTS``) or a replica's (``MOORAGE_REPLICA_PORTS``)
-        would clash with it mid-deployment; refused here, nothing has changed yet.
+        A Compose ``published`` port is the route's listen port. Inside the replicas' range it
+        could take the port of a stopped replica, whose restart would then fail. The worker's
+        router refuses it too, under the worker's settings (``RouterPortReserved``); refused here,
+        under this process's, nothing has changed yet.
 
         Raises:
             ComposeError: naming the service and ``ports``.
         """
-        ranges = []
-        for setting, read in (
-            ("MOORAGE_ROUTE_PORTS", self.settings.port_range),
-            ("MOORAGE_REPLICA_PORTS", self.settings.replica_port_range),
-        ):
-            try:
-                ranges.append((setting, *read()))
-            except ValueError:  # the worker refuses to start with it; nothing to check against
-                continue
+        try:
+            first, last = self.settings.replica_port_range()
+        except ValueError:  # the worker refuses to start with it; nothing to check against
+            return
         for service in spec.services:
-            for port in service.ports:
-                for setting, first, last in ranges:
-                    if port.published is not None and first <= port.published <= last:
-                        raise ComposeError(
-                            f"published port {port.published} is inside {setting} "
-                            f"({first}-{last}), which Moorage gives out to "
-                            f"{'routes' if setting == 'MOORAGE_ROUTE_PORTS' else 'replicas'}: "
-                            "publish it outside that range",
-                            service=service.name,
-                            key="ports",
-                        )
+            port = service.route_port()
+            if port is not None and port.published is not None and first <= port.published <= last:
+                raise ComposeError(
+                    f"published port {port.published} is inside MOORAGE_REPLICA_PORTS "
+                    f"({first}-{last}), where replicas get their ports: publish it outside "
+                    "that range",
+                    service=service.name,
+                    key="ports",
+                )
 
     async def apply_project(
         self,

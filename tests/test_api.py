@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from collections.abc import AsyncIterator
+from typing import cast
 
 import docker
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.client import Client
 
 from api.deps import get_service
 from api.main import create_app
+from moorage.compose import ComposeError, parse_compose
 from moorage.service import DeploymentService
 from moorage.settings import Settings, get_settings
 from tests.helpers import TENANT, compose, labelled, wait_terminal
@@ -218,14 +222,13 @@ async def test_invalid_input_is_422_naming_the_field(
     assert resp.status_code == 422
     assert {"web", "privileged"} <= set(loc_names(resp))
     assert "privileged" in resp.json()["detail"][0]["msg"]
-    # A published port inside a range Moorage gives out itself (routes 21000-21999 and replicas
-    # 17000-19999 by default) would clash mid-deployment: refused at once, naming the setting.
-    for port, setting in [(21005, "MOORAGE_ROUTE_PORTS"), (17000, "MOORAGE_REPLICA_PORTS")]:
-        text = f'services:\n  web:\n    image: moorage-demo:v1\n    ports: ["{port}:8080"]\n'
-        resp = await http.put(f"/api/projects/{project}", json={"compose": text}, headers=A)
-        assert resp.status_code == 422, resp.text
-        assert {"web", "ports"} <= set(loc_names(resp))
-        assert f"published port {port} is inside {setting}" in resp.json()["detail"][0]["msg"]
+    # A route's published port inside MOORAGE_REPLICA_PORTS (17000-19999 by default) could take
+    # a stopped replica's port: refused at once.
+    text = 'services:\n  web:\n    image: moorage-demo:v1\n    ports: ["17000:8080"]\n'
+    resp = await http.put(f"/api/projects/{project}", json={"compose": text}, headers=A)
+    assert resp.status_code == 422, resp.text
+    assert {"web", "ports"} <= set(loc_names(resp))
+    assert "published port 17000 is inside MOORAGE_REPLICA_PORTS" in resp.text
     # Nothing was created: the project does not exist.
     assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
 
@@ -419,3 +422,20 @@ async def test_top_level_keys_reading_the_host_are_refused(
     assert any(part.split(".")[0] == key for part in loc_names(resp)), resp.text
     assert (await http.get(f"/api/projects/{project}", headers=A)).status_code == 404
     assert labelled(docker_client, project) == []
+
+
+def test_only_a_routes_published_port_is_kept_out_of_the_replicas_ports() -> None:
+    """The route's listen port is the only published port Moorage binds (on the router)."""
+    service = DeploymentService(cast(Client, None), Settings())
+
+    def check(body: str) -> None:
+        text = "services:\n  web:\n    image: moorage-demo:v1\n" + textwrap.indent(body, "    ")
+        service._check_published_ports(parse_compose(text))
+
+    check('ports: ["8080:80", "17001:81"]\n')  # the route is the first TCP port
+    check('ports: ["8080:80", "17002:53/udp"]\n')
+    check('ports: ["17003:80"]\nx-moorage: {route: false}\n')
+    check('ports: ["20000:80"]\n')
+    with pytest.raises(ComposeError) as info:
+        check('ports: ["19999:80"]\n')
+    assert (info.value.service, info.value.key) == ("web", "ports")

@@ -14,9 +14,11 @@ from typing import Any
 
 import docker
 import pytest
+from temporalio.exceptions import ApplicationError
 
 from activities.inputs import RouteInput, RouteServersInput, RouteSwitchInput
 from activities.nginx import NginxBackend
+from activities.replica_ports import bindable
 from activities.router import TrafficRouter
 from tests.conftest import make_router
 from tests.helpers import TENANT, start_web
@@ -141,3 +143,23 @@ def test_a_replica_that_dies_while_routed(
                 time.sleep(0.1)
             assert router.backend.live_servers(route) == {live: 100}
         assert get_all(url, 40) == [200] * 40
+
+
+def test_a_published_port_among_the_replicas_ports_gets_no_route(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """A route there could take the port of a stopped replica, whose restart would then fail."""
+    router = make_router("haproxy", tmp_path, docker_client)
+    try:
+        inp = RouteInput(tenant=TENANT, project="tports", service="web", container_port="80/tcp")
+        with pytest.raises(ApplicationError) as info:
+            router.ensure_route(inp.model_copy(update={"published_port": 17005}))
+        assert (info.value.type, info.value.non_retryable) == ("RouterPortReserved", True)
+        assert "MOORAGE_REPLICA_PORTS (17000-19999)" in str(info.value)
+        assert router.load().routes == {}
+        # Outside it, the published port is the route's listen port.
+        port = next(p for p in range(16500, 16600) if bindable(p, "tcp"))
+        info_ok = router.ensure_route(inp.model_copy(update={"published_port": port}))
+        assert info_ok.port == port
+    finally:
+        router.stop()
