@@ -5,8 +5,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import docker.errors
-import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -52,6 +50,11 @@ def poll_pauses(first_s: float = 0.005, cap_s: float = 0.05) -> Iterator[float]:
 @contextmanager
 def classified(what: str) -> Iterator[None]:
     """Turn Docker SDK errors into retryable or non-retryable failures."""
+    # Imported here: the CLI and the API read the activities' inputs from this package and never
+    # talk to the engine (the Docker SDK and requests are ~0.1 s of every CLI call's start).
+    import docker.errors
+    import requests.exceptions
+
     try:
         yield
     except ApplicationError:
