@@ -345,3 +345,21 @@ def test_ports_go_round_the_range_so_a_freed_port_is_not_given_out_again_at_once
     restarted = DockerExecutor(docker_client, replica_ports=(ports[0], ports[2]))
     [after] = start_web(docker_client, project, text, [5], restarted)
     assert after.ports["80/tcp"] == f"127.0.0.1:{ports[2]}"
+
+
+def test_deploy_restart_policy_reaches_the_engine_and_gets_a_chosen_port(
+    docker_client: docker.DockerClient, project: str, ports: list[int]
+) -> None:
+    """The Swarm spelling is the same engine policy as restart:, with Moorage's port choice."""
+    text = (
+        "services:\n  web:\n    image: moorage-demo:v1\n    ports: ['80']\n    deploy:\n"
+        "      restart_policy: {condition: on-failure, max_attempts: 2}\n"
+    )
+    executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[2]))
+    [instance] = start_web(docker_client, project, text, None, executor)
+    [replica] = labelled(docker_client, project)
+    assert replica.attrs["HostConfig"]["RestartPolicy"] == {
+        "Name": "on-failure",
+        "MaximumRetryCount": 2,
+    }
+    assert instance.ports["80/tcp"] == f"127.0.0.1:{ports[0]}"
