@@ -150,20 +150,26 @@ class TrafficRouter:
             self._save(new)
             return new
 
-    def _free_port(self, state: RouterState, key: str, wanted: int | None) -> int:
-        if (
-            wanted
-            and self.replica_ports
-            and self.replica_ports[0] <= wanted <= self.replica_ports[1]
-        ):
-            first, last = self.replica_ports
+    def _refuse_reserved(self, inp: RouteInput) -> None:
+        """Refuse a new route whose published port is one replicas get.
+
+        Before the proxy is asked anything: a refusal, not a retry while the proxy is down.
+        """
+        wanted = inp.published_port
+        if wanted is None or self.replica_ports is None:
+            return
+        first, last = self.replica_ports
+        if first <= wanted <= last:
             raise ApplicationError(
-                f"no route: port {wanted}, the Compose file's published port, is inside "
-                f"MOORAGE_REPLICA_PORTS ({first}-{last}), where replicas get their ports: "
-                "publish it outside that range",
+                f"no route for {inp.service}: port {wanted}, the Compose file's published port, "
+                f"is inside MOORAGE_REPLICA_PORTS ({first}-{last}), where replicas get their "
+                "ports: publish it outside that range",
+                {"service": inp.service, "port": wanted},
                 type="RouterPortReserved",
                 non_retryable=True,
             )
+
+    def _free_port(self, state: RouterState, key: str, wanted: int | None) -> int:
         taken = {r.port for r in state.routes.values()}
         # A killed attempt may have got the route into the proxy already: its port is ours.
         ours = self.backend.configured_port(backend_name(key))
@@ -223,6 +229,8 @@ class TrafficRouter:
         key = route_key(inp.tenant, inp.project, inp.service)
         state = self.load()
         route = state.routes.get(key)
+        if route is None:
+            self._refuse_reserved(inp)
         if route is None or route.container_port != inp.container_port:
 
             def mutate(s: RouterState) -> dict[str, list[str]]:

@@ -363,3 +363,23 @@ def test_deploy_restart_policy_reaches_the_engine_and_gets_a_chosen_port(
         "MaximumRetryCount": 2,
     }
     assert instance.ports["80/tcp"] == f"127.0.0.1:{ports[0]}"
+
+
+async def test_a_route_published_among_the_workers_replica_ports_fails_the_deploy_naming_it(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """The API checked under its own settings (here another replica range) and let it through;
+    the worker's router, under the worker's (17000-19999), refuses before anything runs."""
+    elsewhere = DeploymentService(
+        service.client, service.settings.model_copy(update={"replica_ports": "20000-20999"})
+    )
+    text = "services:\n  web:\n    image: moorage-demo:v1\n    ports: ['17005:80']\n"
+    await elsewhere.apply_project(TENANT, project, text)
+    dep = await elsewhere.deploy(TENANT, USER, project, ROLL)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status in (DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK)
+    assert "no route for web: port 17005" in state.deployment.message
+    failed = [e for e in state.events if e.details.get("error_type") == "RouterPortReserved"]
+    assert failed, [e.model_dump() for e in state.events]
+    assert (failed[0].service_name, failed[0].details["port"]) == ("web", 17005)
+    assert labelled(docker_client, project) == []

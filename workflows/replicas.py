@@ -110,10 +110,11 @@ def restore_health_input(
 async def wait_healthy(inp: WaitHealthyInput) -> list[ServiceInstance]:
     """Wait until the selected containers are healthy.
 
-    When the wait may end within :data:`BRIEF_HEALTH_S` (its delay and ``min_ready_s`` are
-    shorter), its first :data:`BRIEF_HEALTH_S` run as a local activity; the full wait, an
-    ordinary activity, follows only if the containers are not ready by then, with the time that
-    is left (a ``min_ready_s`` starts again there: stricter, never looser).
+    When the wait may end within :data:`~workflows.steps.BRIEF_HEALTH_S` (its delay and
+    ``min_ready_s`` are shorter), its first :data:`~workflows.steps.BRIEF_HEALTH_S` run as a local
+    activity; the full wait, an ordinary activity, follows only if the containers are not ready by
+    then, with the time that is left (a ``min_ready_s`` starts again there: stricter, never
+    looser).
     """
     if inp.delay_s + inp.min_ready_s < steps.BRIEF_HEALTH_S and steps.runs_local(
         "wait_healthy_briefly"
@@ -185,11 +186,12 @@ async def gate_healthy(
 async def stop_containers(sel: ContainerSelector, grace_s: float) -> list[str]:
     """Stop the selected containers within ``grace_s``; returns the names of those stopped.
 
-    The stop signal and the first :data:`BRIEF_STOP_S` of the wait for it run as a local activity
-    (``stop_containers_briefly``): most programs exit within milliseconds of it. A container still
-    running then gets the full stop, an ordinary activity, for the rest of its grace period and
-    SIGKILL after it, with no second signal. A cancel waits until the stop has ended, as it waits
-    for any step: it never leaves a container signalled and running for the undo to adopt.
+    The stop signal and the first :data:`~workflows.steps.BRIEF_STOP_S` of the wait for it run as
+    a local activity (``stop_containers_briefly``): most programs exit within milliseconds of it. A
+    container still running then gets the full stop, an ordinary activity, for the rest of its
+    grace period and SIGKILL after it, with no second signal. A cancel waits until the stop has
+    ended, as it waits for any step: it never leaves a container signalled and running for the
+    undo to adopt.
     """
     inp = StopContainersInput(selector=sel, grace_period_s=grace_s)
     # The patch is asked first: a workflow that started before it must not ask "local-brief-steps"
