@@ -6,6 +6,7 @@ Docker SDK calls block, so activities run on a thread pool. Scale out by startin
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -75,8 +76,13 @@ def build_worker(
     executor: DockerExecutor | None = None,
     router: TrafficRouter | None = None,
     activity_threads: int = 32,
+    graceful_shutdown: timedelta = timedelta(0),
 ) -> Worker:
-    """A worker for every Moorage workflow, the Docker activities and the router activities."""
+    """A worker for every Moorage workflow, the Docker activities and the router activities.
+
+    ``graceful_shutdown``: how long a shutdown lets running activities finish before it cancels
+    them (a cancelled step fails as the worker's shutdown, and is retried on another worker).
+    """
     executor = executor or DockerExecutor()
     router = router or build_router(get_settings(), executor.client)
     return Worker(
@@ -90,6 +96,7 @@ def build_worker(
         # reaches a health wait within ~2 s.
         max_heartbeat_throttle_interval=timedelta(seconds=2),
         default_heartbeat_throttle_interval=timedelta(seconds=2),
+        graceful_shutdown_timeout=graceful_shutdown,
     )
 
 
@@ -124,8 +131,18 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
     return True
 
 
+GRACEFUL_SHUTDOWN = timedelta(seconds=5)
+"""How long a worker told to stop lets running steps finish (``moorage dev`` waits 10 s)."""
+
+
 async def run_worker(settings: Settings | None = None) -> None:
-    """Connect and run the worker until cancelled."""
+    """Connect and run the worker until SIGTERM or SIGINT, then shut it down gracefully.
+
+    A graceful shutdown tells the Temporal server the worker is gone, so the next workflow task
+    of a workflow it ran goes to another worker at once, not after its sticky queue's 10 s
+    timeout (a worker killed outright still costs that). Steps still running after
+    :data:`GRACEFUL_SHUTDOWN` are cancelled, and retried on another worker.
+    """
     settings = settings or get_settings()
     try:
         replica_ports = settings.replica_port_range()  # and MOORAGE_ROUTE_PORTS
@@ -140,13 +157,28 @@ async def run_worker(settings: Settings | None = None) -> None:
         router.ensure_running()
     except ProxyUnavailable as exc:  # run outside Moorage, not up yet: router steps retry
         print(f"moorage worker: {exc}", file=sys.stderr, flush=True)
-    worker = build_worker(client, settings.task_queue, executor, router)
-    await ensure_reconcile_schedule(client, settings)
-    print(
-        f"moorage worker: task queue {settings.task_queue!r} on {settings.temporal_address}",
-        flush=True,
+    worker = build_worker(
+        client, settings.task_queue, executor, router, graceful_shutdown=GRACEFUL_SHUTDOWN
     )
-    await worker.run()
+    await ensure_reconcile_schedule(client, settings)
+    stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    async with worker:
+        print(
+            f"moorage worker: task queue {settings.task_queue!r} on {settings.temporal_address}",
+            flush=True,
+        )
+        await stop.wait()
+        print(f"moorage worker: {received[0].name}: shutting down", flush=True)
+    print("moorage worker: stopped", flush=True)
 
 
 if __name__ == "__main__":

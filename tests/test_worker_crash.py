@@ -11,9 +11,11 @@ from pathlib import Path
 
 import docker
 import pytest
+from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 
 from activities.haproxy import HAProxyBackend
+from moorage import naming
 from moorage.models import DeploymentStatus, DeployRequest, EventType
 from moorage.service import DeploymentService
 from moorage.settings import Settings
@@ -133,12 +135,25 @@ async def test_first_deploy_after_a_worker_restart_is_accepted(
             await wait_terminal(service, first.id)
         ).deployment.status == DeploymentStatus.COMPLETED
         worker.terminate()
-        await worker.wait()
+        assert await worker.wait() == 0  # SIGTERM: a graceful shutdown
+        assert worker.stdout is not None
+        said = (await worker.stdout.read()).decode()
+        assert "SIGTERM: shutting down" in said
+        assert "moorage worker: stopped" in said
         worker = await start_worker(address, queue, router_dir)
         second = await service.deploy(TENANT, USER, project, DeployRequest(version="v1b"))
         assert second.id != first.id
         state = await wait_terminal(service, second.id)
         assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+        # The shutdown told the server the worker was gone: the project's next workflow task went
+        # to the new worker at once, not to the old worker's sticky queue until it timed out.
+        handle = temporal_client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
+        timed_out = [
+            e
+            async for e in handle.fetch_history_events()
+            if e.event_type == HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+        ]
+        assert timed_out == []
     finally:
         if worker.returncode is None:
             worker.terminate()
