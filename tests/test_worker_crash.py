@@ -1,4 +1,5 @@
-"""A worker killed with SIGKILL mid-deployment: a new worker finishes the job, no duplicates."""
+"""A worker killed (SIGKILL) or stopped (SIGTERM) mid-deployment, or restarted: a new worker
+finishes the job, no duplicates."""
 
 from __future__ import annotations
 
@@ -63,14 +64,21 @@ async def start_worker(
     return proc
 
 
-@pytest.mark.parametrize("phase", ["starting", "health"])
-async def test_worker_sigkill_mid_deployment(
+@pytest.mark.parametrize(
+    ("phase", "how"),
+    [("starting", signal.SIGKILL), ("health", signal.SIGKILL), ("health", signal.SIGTERM)],
+    ids=["starting", "health", "health-sigterm"],
+)
+async def test_worker_killed_or_stopped_mid_deployment(
     temporal_client: Client,
     docker_client: docker.DockerClient,
     project: str,
     phase: str,
+    how: signal.Signals,
     tmp_path: Path,
 ) -> None:
+    """Killed, or told to stop (SIGTERM: its health wait is cancelled after the graceful 5 s,
+    and retried on the next worker)."""
     queue = f"moorage-kill-{uuid.uuid4().hex[:8]}"
     router_dir = tmp_path / "router"
     service = DeploymentService(temporal_client, Settings(task_queue=queue))
@@ -95,8 +103,8 @@ async def test_worker_sigkill_mid_deployment(
                 dep.id,
                 lambda s: any(e.event_type == EventType.SERVICE_STARTED for e in s.events),
             )
-        worker.send_signal(signal.SIGKILL)
-        assert await worker.wait() == -signal.SIGKILL
+        worker.send_signal(how)
+        assert await worker.wait() == (0 if how == signal.SIGTERM else -signal.SIGKILL)
         await asyncio.sleep(1)
         worker = await start_worker(address, queue, router_dir)
         state = await wait_terminal(service, dep.id, timeout=120)
