@@ -6,6 +6,7 @@ Docker SDK calls block, so activities run on a thread pool. Scale out by startin
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -134,6 +135,16 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
 GRACEFUL_SHUTDOWN = timedelta(seconds=5)
 """How long a worker told to stop lets running steps finish (``moorage dev`` waits 10 s)."""
 
+FORCED_EXIT = GRACEFUL_SHUTDOWN + timedelta(seconds=10)
+"""A shutdown still going on this long after the signal ends with the process (as a second
+signal does): its steps time out on their heartbeats and are retried on another worker."""
+
+
+def force_exit(why: str) -> None:
+    """End the process now, without the rest of the shutdown."""
+    print(f"moorage worker: {why}: exiting now", file=sys.stderr, flush=True)
+    os._exit(1)
+
 
 async def run_worker(settings: Settings | None = None) -> None:
     """Connect and run the worker until SIGTERM or SIGINT, then shut it down gracefully.
@@ -166,6 +177,8 @@ async def run_worker(settings: Settings | None = None) -> None:
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
+        if stop.is_set():
+            force_exit(f"{sig.name} again")
         stop.set()
 
     loop = asyncio.get_running_loop()
@@ -178,6 +191,9 @@ async def run_worker(settings: Settings | None = None) -> None:
         )
         await stop.wait()
         print(f"moorage worker: {received[0].name}: shutting down", flush=True)
+        # A step blocked in a call to the engine (a pull, a stop's grace period) only sees its
+        # cancel when the call returns: the shutdown waits for it, but not for ever.
+        loop.call_later(FORCED_EXIT.total_seconds(), force_exit, "shutdown too slow")
     print("moorage worker: stopped", flush=True)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import docker
@@ -18,7 +20,7 @@ import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import classified, heartbeat
+from activities import HEARTBEAT_EVERY_S, classified, heartbeat
 from activities.engine_view import EngineView, container_name, instance_of, label_filters
 from activities.inputs import ContainerSelector, HealthWait, WaitHealthyInput
 from activities.probes import probe
@@ -61,11 +63,21 @@ class StateChanges:
             for _ in self._stream:
                 self._changed.set()
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep until a change or ``timeout``; True when a change woke it."""
-        woke = self._changed.wait(timeout)
-        self._changed.clear()
-        return woke
+    def wait(self, timeout: float, beat: Callable[[], None] | None = None) -> bool:
+        """Sleep until a change or ``timeout``; True when a change woke it.
+
+        ``beat`` runs every :data:`~activities.HEARTBEAT_EVERY_S` of the sleep: a health check
+        interval may be far longer than the activity's heartbeat timeout (10 s).
+        """
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            woke = self._changed.wait(max(0.0, min(left, HEARTBEAT_EVERY_S)))
+            self._changed.clear()
+            if woke or left <= HEARTBEAT_EVERY_S:
+                return woke
+            if beat is not None:
+                beat()
 
     def __exit__(self, *exc: object) -> None:
         if self._stream is not None:
@@ -187,7 +199,10 @@ class HealthWaits(EngineView):
                 break
             if until is not None and now >= until:
                 return None, checks, now - began
-            changes.wait(min(pause, give_up - now, (until - now) if until is not None else pause))
+            changes.wait(
+                min(pause, give_up - now, (until - now) if until is not None else pause),
+                partial(heartbeat, checks),
+            )
         waiting = ", ".join(f"{n}: {last[n]}" for n in not_counted)
         infos = self._find(inp.selector)
         # The replica named is the first one the last check did not count: its probe failed, it

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -344,19 +343,9 @@ def worker(ctx: typer.Context) -> None:
     from worker import run_worker
 
     settings = _settings(ctx)
-
-    async def go() -> None:
-        task = asyncio.ensure_future(run_worker(settings))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            print("moorage worker: stopped", flush=True)
-
     try:
-        asyncio.run(go())
+        # run_worker shuts the worker down gracefully on SIGINT and SIGTERM.
+        asyncio.run(run_worker(settings))
     except RuntimeError as exc:
         if "connect" not in str(exc):
             raise

@@ -3,12 +3,15 @@ wakes on the engine's events, on the real parts."""
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any, cast
 
 import docker
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from activities import health
 from activities.docker_executor import DockerExecutor
 from activities.health import StateChanges
 from activities.inputs import ContainerSelector, WaitHealthyInput
@@ -313,3 +316,15 @@ def test_a_brief_health_wait_needs_a_budget(docker_client: docker.DockerClient) 
     with pytest.raises(ApplicationError) as refused:
         DockerExecutor(docker_client).wait_healthy_briefly(inp)
     assert refused.value.non_retryable
+
+
+def test_a_long_pause_between_checks_keeps_heartbeating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A health check interval may be minutes, the heartbeat timeout is 10 s: the wait between
+    checks heartbeats every HEARTBEAT_EVERY_S (here 0.1 s), and still wakes on a change."""
+    monkeypatch.setattr(health, "HEARTBEAT_EVERY_S", 0.1)
+    changes = StateChanges(cast(Any, None), ContainerSelector(tenant=TENANT, project="quiet"))
+    beats: list[float] = []
+    assert changes.wait(0.55, lambda: beats.append(time.monotonic())) is False
+    assert len(beats) >= 4, beats
+    threading.Timer(0.2, changes._changed.set).start()
+    assert changes.wait(60, lambda: None) is True  # True: woken by the change

@@ -89,7 +89,12 @@ async def test_worker_killed_or_stopped_mid_deployment(
             TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1", web_replicas=3)
         )
         dep = await service.deploy(
-            TENANT, USER, project, DeployRequest(version="v1", health_check_delay=3)
+            TENANT,
+            USER,
+            project,
+            # Stopped, the worker lets a step finish for 5 s: a health wait longer than that is
+            # cancelled and retried on the next worker.
+            DeployRequest(version="v1", health_check_delay=8 if how == signal.SIGTERM else 3),
         )
         if phase == "starting":
             await wait_status(
@@ -124,6 +129,19 @@ async def test_worker_killed_or_stopped_mid_deployment(
     assert all(c.status == "running" for c in containers)
     assert serving_version(docker_client, project, "web") == {"v1"}
     assert {i.container_name for i in state.instances} == set(names)
+    if how == signal.SIGTERM:
+        # The step the shutdown cancelled failed as the worker's shutdown, and its retry on the
+        # next worker passed.
+        history = await temporal_client.get_workflow_handle(
+            naming.deployment_workflow_id(TENANT, dep.id)
+        ).fetch_history()
+        retried = [
+            e.activity_task_started_event_attributes.last_failure.application_failure_info.type
+            for e in history.events
+            if e.HasField("activity_task_started_event_attributes")
+            and e.activity_task_started_event_attributes.attempt > 1
+        ]
+        assert retried == ["WorkerShutdown"], retried
 
 
 async def test_first_deploy_after_a_worker_restart_is_accepted(
