@@ -44,6 +44,7 @@ from activities.proxy import (
     route_key,
 )
 from moorage.models import RouteInfo
+from moorage.settings import replica_port_refusal
 
 
 class TrafficRouter:
@@ -155,16 +156,13 @@ class TrafficRouter:
 
         Before the proxy is asked anything: a refusal, not a retry while the proxy is down.
         """
-        wanted = inp.published_port
-        if wanted is None or self.replica_ports is None:
+        if self.replica_ports is None:
             return
-        first, last = self.replica_ports
-        if first <= wanted <= last:
+        why = replica_port_refusal(inp.published_port, self.replica_ports)
+        if why is not None:
             raise ApplicationError(
-                f"no route for {inp.service}: port {wanted}, the Compose file's published port, "
-                f"is inside MOORAGE_REPLICA_PORTS ({first}-{last}), where replicas get their "
-                "ports: publish it outside that range",
-                {"service": inp.service, "port": wanted},
+                f"no route for {inp.service}: port {inp.published_port} refused: {why}",
+                {"service": inp.service, "port": inp.published_port},
                 type="RouterPortReserved",
                 non_retryable=True,
             )

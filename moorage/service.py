@@ -35,7 +35,7 @@ from moorage.models import (
     ServiceInstance,
     Strategy,
 )
-from moorage.settings import Settings
+from moorage.settings import Settings, replica_port_refusal
 from workflows import search_attributes as sa
 from workflows.inputs import (
     ApplyInput,
@@ -213,19 +213,14 @@ class DeploymentService:
             ComposeError: naming the service and ``ports``.
         """
         try:
-            first, last = self.settings.replica_port_range()
+            replica_ports = self.settings.replica_port_range()
         except ValueError:  # the worker refuses to start with it; nothing to check against
             return
         for service in spec.services:
             port = service.route_port()
-            if port is not None and port.published is not None and first <= port.published <= last:
-                raise ComposeError(
-                    f"published port {port.published} is inside MOORAGE_REPLICA_PORTS "
-                    f"({first}-{last}), where replicas get their ports: publish it outside "
-                    "that range",
-                    service=service.name,
-                    key="ports",
-                )
+            why = replica_port_refusal(port.published if port else None, replica_ports)
+            if why is not None:
+                raise ComposeError(why, service=service.name, key="ports")
 
     async def apply_project(
         self,

@@ -221,3 +221,18 @@ def _port_range(value: str, name: str, example: str) -> tuple[int, int]:
     ):
         raise ValueError(f"{name} must look like {example}")
     return int(first), int(last)
+
+
+def replica_port_refusal(published: int | None, replica_ports: tuple[int, int]) -> str | None:
+    """Why a route may not listen on its Compose ``published`` port; None when it may.
+
+    A route's listen port inside ``MOORAGE_REPLICA_PORTS`` could take the port of a stopped
+    replica (it keeps its port without binding it), whose restart would then fail.
+    """
+    first, last = replica_ports
+    if published is None or not first <= published <= last:
+        return None
+    return (
+        f"published port {published} is inside MOORAGE_REPLICA_PORTS ({first}-{last}), where "
+        "replicas get their ports: publish it outside that range"
+    )
