@@ -33,6 +33,10 @@ from activities.proxy import (
 HAPROXY = "haproxy"
 
 SERVER_CHECK = "check inter 1s fall 3 rise 1"
+
+SOCKET_PATH_MAX = 97
+"""The longest UNIX socket path HAProxy binds: a socket address holds 108 bytes, and HAProxy binds
+at a temporary name (the path and ``.<pid>.tmp``) first; a longer one fails ``haproxy -c``."""
 """Every server gets a TCP check: a replica that dies while routed is marked DOWN after three
 failed checks (~3 s) and gets no more requests until it answers again. Three, so the ~0.25 s in
 which a restarting dockerd refuses every published port never marks anything down."""
@@ -82,6 +86,16 @@ def render_config(state: RouterState, directory: Path, bind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_alerts(result: subprocess.CompletedProcess[str]) -> str:
+    """Why ``haproxy -c`` refused a config: its ALERT lines (all it printed when there are none).
+
+    Not ``-q``: it keeps the alerts back too, and the refusal would say nothing.
+    """
+    output = (result.stderr + result.stdout).strip()
+    alerts = [line.strip() for line in output.splitlines() if "[ALERT]" in line]
+    return " | ".join(alerts) or output or f"exit status {result.returncode}, nothing printed"
+
+
 class HAProxyBackend(ProxyBackend):
     """HAProxy 2.6+, master-worker mode, admin socket in the router directory."""
 
@@ -100,6 +114,13 @@ class HAProxyBackend(ProxyBackend):
         self.socket = directory / "admin.sock"
         self.master_socket = directory / "master.sock"
         """The master CLI of an HAProxy run outside Moorage (``-S``): reloads go through it."""
+        longest = max((self.socket, self.master_socket), key=lambda p: len(str(p)))
+        if len(str(longest)) > SOCKET_PATH_MAX:
+            raise RouterError(
+                f"MOORAGE_ROUTER_DIR {directory} is too long for HAProxy: its socket {longest} "
+                f"has {len(str(longest))} characters, and HAProxy binds at most "
+                f"{SOCKET_PATH_MAX}; choose a shorter directory"
+            )
 
     # --- process -------------------------------------------------------------------------------
 
@@ -126,13 +147,11 @@ class HAProxyBackend(ProxyBackend):
         tmp.write_text(text)
         if check:
             result = subprocess.run(
-                [HAPROXY, "-c", "-q", "-f", str(tmp)], capture_output=True, text=True, check=False
+                [HAPROXY, "-c", "-f", str(tmp)], capture_output=True, text=True, check=False
             )
             if result.returncode != 0:
                 tmp.unlink(missing_ok=True)
-                raise RouterError(
-                    f"haproxy -c refused the config: {(result.stderr or result.stdout).strip()}"
-                )
+                raise RouterError(f"haproxy -c refused the config: {check_alerts(result)}")
         os.replace(tmp, self.config)
 
     def start(self, state: RouterState) -> None:

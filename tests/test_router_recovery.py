@@ -233,6 +233,29 @@ def test_a_pid_file_naming_another_process_is_not_the_proxy(tmp_path: Path) -> N
     backend.stop()  # would SIGTERM pytest itself if it trusted the file
 
 
+def test_a_router_directory_too_long_for_haproxys_socket_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    """HAProxy binds UNIX sockets of up to 97 characters; a longer admin socket used to fail at
+    the first route as "haproxy -c refused the config:" and nothing more."""
+    fits = tmp_path / ("d" * (97 - len(str(tmp_path / "master.sock")) - 1))
+    HAProxyBackend(fits)  # master.sock, the longer name, exactly 97
+    too_long = Path(f"{fits}d")
+    with pytest.raises(RouterError) as info:
+        HAProxyBackend(too_long)
+    assert f"MOORAGE_ROUTER_DIR {too_long} is too long for HAProxy" in str(info.value)
+    assert "98 characters" in str(info.value)
+
+
+def test_a_config_haproxy_refuses_is_refused_with_haproxys_reason(tmp_path: Path) -> None:
+    backend = HAProxyBackend(tmp_path, bind="no-such-host.invalid")
+    with pytest.raises(RouterError) as info:
+        backend._write(one_route(free_port()))
+    assert "haproxy -c refused the config: [ALERT]" in str(info.value)
+    assert "no-such-host.invalid" in str(info.value)
+    assert not backend.config.exists()  # nothing written in its place
+
+
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
 def test_a_long_drain_keeps_heartbeating(tmp_path: Path, kind: str) -> None:
     """A request in flight holds the drain until the drain timeout (10 s by default, as long as
