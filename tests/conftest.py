@@ -24,6 +24,7 @@ from activities.router import TrafficRouter
 from moorage import images
 from moorage.service import DeploymentService
 from moorage.settings import Settings
+from tests.helpers import worker_ports
 from worker import build_router, build_worker
 from workflows import search_attributes as sa
 
@@ -86,7 +87,15 @@ def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 
 
-ROUTE_PORTS = {"haproxy": (23000, 23499), "nginx": (23500, 23999)}
+def _span(ports: range) -> tuple[int, int]:
+    return ports[0], ports[-1]
+
+
+ROUTE_PORTS = {
+    "haproxy": _span(worker_ports(23000, 23499)),
+    "nginx": _span(worker_ports(23500, 23999)),
+}
+"""The listen ports of the session's routers (this test process's share: see ``worker_ports``)."""
 
 
 def make_router(kind: str, directory: Path, docker_client: docker.DockerClient) -> TrafficRouter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import socket
 import time
@@ -168,9 +169,28 @@ def local_activity_markers(history: WorkflowHistory) -> list[dict[str, Any]]:
     return markers
 
 
-FREE_PORTS = range(26000, 32000)
+def worker_ports(first: int, last: int) -> range:
+    """This test process's share of the port range ``first``-``last``.
+
+    ``scripts/test.sh`` runs the suite in several pytest-xdist workers at once, on one machine:
+    each gets an equal slice of every fixed range a test binds in (its routers' listen ports, the
+    ports it probes for), so two tests never race for one port. Run alone, a process gets it all.
+    """
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = (last - first + 1) // count
+    return range(first + index * size, first + (index + 1) * size)
+
+
+def worker_port_setting(first: int, last: int) -> str:
+    """:func:`worker_ports` written as a range setting (``MOORAGE_ROUTE_PORTS``): ``a-b``."""
+    ports = worker_ports(first, last)
+    return f"{ports[0]}-{ports[-1]}"
+
+
+FREE_PORTS = worker_ports(26000, 31999)
 """Where :func:`free_port` looks: below the kernel's ephemeral range (32768 and up here), clear of
-every route range the tests use (21000-24999)."""
+every route range the tests use (21000-25499); this worker's slice of 26000-31999."""
 
 
 def free_port() -> int:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,14 +358,23 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A data directory with a short path: the router's sockets go in it, and HAProxy binds no
+    socket path over 97 characters (pytest's own, under pytest-xdist, come close)."""
+    path = Path(tempfile.mkdtemp(prefix="mdev-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.integration
 async def test_dev_starts_the_stack_and_stops_it_on_sigint(
-    tmp_path: Path, docker_client: object
+    short_dir: Path, docker_client: object
 ) -> None:
     temporal_port, ui_port, api_port = free_ports(3)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moorage.cli", "dev",
-        "--data-dir", str(tmp_path / "dev"),
+        "--data-dir", str(short_dir),
         "--temporal-port", str(temporal_port),
         "--ui-port", str(ui_port),
         "--api-port", str(api_port),
@@ -386,7 +398,7 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
             seen += line
         async with httpx.AsyncClient(timeout=5) as http:
             assert (await http.get(f"{api}/healthz")).status_code == 200
-            key = (tmp_path / "dev" / "dev-api-key").read_text().strip()
+            key = (short_dir / "dev-api-key").read_text().strip()
             # The API knows the dev key (401 without it) and reaches Temporal (404, not 503).
             assert (await http.get(f"{api}/api/projects/nope")).status_code == 401
             answer = await http.get(
@@ -395,7 +407,7 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
             assert answer.status_code == 404, answer.text
 
         # The worker starts the proxy (a daemon of its own, not a child of dev).
-        pidfile = tmp_path / "dev" / "router-haproxy" / "haproxy.pid"
+        pidfile = short_dir / "router-haproxy" / "haproxy.pid"
         deadline = time.monotonic() + 15
         while (haproxy := pid_in(pidfile)) is None or not alive(haproxy):
             assert time.monotonic() < deadline, "the worker's HAProxy did not start"
@@ -419,4 +431,4 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
     assert [c for c in children if alive(c)] == []
     assert not alive(haproxy)  # dev stopped the proxy too
     for name in ("temporal", "worker", "api"):
-        assert (tmp_path / "dev" / "logs" / f"{name}.log").exists()
+        assert (short_dir / "logs" / f"{name}.log").exists()

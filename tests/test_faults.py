@@ -33,11 +33,15 @@ from tests.helpers import (
     routed,
     wait_status,
     wait_terminal,
+    worker_port_setting,
 )
 from tests.load import Load
 from tests.test_worker_crash import start_worker
 from worker import build_router
 from workflows import search_attributes as sa
+
+FAULT_ROUTE_PORTS = worker_port_setting(22000, 22999)
+"""The listen ports of the routers of the workers these tests start and kill."""
 
 pytestmark = pytest.mark.integration
 
@@ -222,7 +226,9 @@ async def test_worker_killed_while_switching_traffic(
             c.labels["moorage.revision"] == str(dep.revision)
             for c in labelled(docker_client, project)
         )
-        r = build_router(Settings(router_dir=router_dir, route_ports="22000-22999"), docker_client)
+        r = build_router(
+            Settings(router_dir=router_dir, route_ports=FAULT_ROUTE_PORTS), docker_client
+        )
         assert (
             set(router.live_servers(r.load().routes[route_key(TENANT, project, "web")]))
             == containers
@@ -321,7 +327,7 @@ async def test_worker_killed_inside_a_local_step(
             assert {c.labels["moorage.revision"] for c in containers} == {str(dep.revision)}
             assert not set(old) & {c.id for c in containers}  # the held one too is gone
             router = build_router(
-                Settings(router_dir=router_dir, route_ports="22000-22999"), docker_client
+                Settings(router_dir=router_dir, route_ports=FAULT_ROUTE_PORTS), docker_client
             )
             assert routed(router, project) == {c.name for c in containers}
         finally:
@@ -375,6 +381,7 @@ async def restart_dockerd(down_for: float) -> float:
     return started
 
 
+@pytest.mark.exclusive  # every other test's containers and engine calls see the restart
 async def test_dockerd_restarted_mid_rollout(
     service: DeploymentService,
     docker_client: docker.DockerClient,

@@ -94,6 +94,9 @@ async def test_reconcile_is_refused_while_a_deployment_runs(
     await wait_terminal(service, dep.id)
 
 
+# Alone: beside it, the projects of a test process with another Temporal server are unknown here,
+# and their containers orphans.
+@pytest.mark.exclusive
 async def test_reconcile_all_removes_containers_of_unknown_projects(
     service: DeploymentService, docker_client: docker.DockerClient, project: str
 ) -> None:

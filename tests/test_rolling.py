@@ -39,6 +39,7 @@ from tests.helpers import (
     wait_status,
     wait_terminal,
     wait_until,
+    worker_port_setting,
 )
 from tests.load import Load
 from worker import build_router, build_worker
@@ -67,6 +68,9 @@ ROLL = DeployRequest(
     version="v2",
     health_check_retries=20,
 )
+
+HELD_DRAIN_ROUTE_PORTS = worker_port_setting(24500, 24599)
+"""The listen ports of the held drain's router."""
 
 
 async def serve_v1(service: DeploymentService, project: str) -> str:
@@ -718,7 +722,9 @@ async def test_a_drain_held_past_the_workflow_task_timeout_completes_and_answers
     (blob / "big.bin").write_bytes(b"\0" * (64 << 20))
     queue = f"moorage-drain-{uuid.uuid4().hex[:6]}"
     router = build_router(
-        Settings(router_dir=tmp_path / "router", route_ports="22600-22699", drain_timeout=20),
+        Settings(
+            router_dir=tmp_path / "router", route_ports=HELD_DRAIN_ROUTE_PORTS, drain_timeout=20
+        ),
         docker_client,
     )
     router.ensure_running()

@@ -21,7 +21,7 @@ from activities.nginx import NginxBackend
 from activities.replica_ports import bindable
 from activities.router import TrafficRouter
 from tests.conftest import make_router
-from tests.helpers import TENANT, start_web
+from tests.helpers import TENANT, start_web, worker_ports
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +158,7 @@ def test_a_published_port_among_the_replicas_ports_gets_no_route(
         assert "MOORAGE_REPLICA_PORTS (17000-19999)" in str(info.value)
         assert router.load().routes == {}
         # Outside it, the published port is the route's listen port.
-        port = next(p for p in range(16500, 16600) if bindable(p, "tcp"))
+        port = next(p for p in worker_ports(16500, 16599) if bindable(p, "tcp"))
         info_ok = router.ensure_route(inp.model_copy(update={"published_port": port}))
         assert info_ok.port == port
     finally:

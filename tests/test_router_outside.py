@@ -28,9 +28,12 @@ from activities.router import TrafficRouter
 from moorage.models import DeploymentStatus, DeployRequest, Strategy
 from moorage.service import DeploymentService
 from moorage.settings import Settings
-from tests.helpers import TENANT, USER, get_version, wait_terminal, wait_until
+from tests.helpers import TENANT, USER, get_version, wait_terminal, wait_until, worker_port_setting
 from tests.load import Load
 from worker import build_router, build_worker
+
+OUTSIDE_ROUTE_PORTS = worker_port_setting(25000, 25499)
+"""The listen ports of the proxy in a container."""
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +107,7 @@ def outside(
     settings = Settings(
         router="haproxy",
         router_dir=tmp_path / "router",
-        route_ports="25000-25499",
+        route_ports=OUTSIDE_ROUTE_PORTS,
         drain_timeout=5,
         router_managed=False,
     )

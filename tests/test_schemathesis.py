@@ -21,8 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
-from tests.helpers import free_ports
+from tests.helpers import free_ports, worker_port_setting
 from tests.test_cli import ROOT
+
+FUZZ_ROUTE_PORTS = worker_port_setting(24000, 24099)
+"""The listen ports of the fuzzed `moorage dev`'s router."""
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +41,7 @@ def dev_api(
     api_port, temporal_port, ui_port = free_ports(3)
     env = {
         **os.environ,
-        "MOORAGE_ROUTE_PORTS": "24000-24099",
+        "MOORAGE_ROUTE_PORTS": FUZZ_ROUTE_PORTS,
         "MOORAGE_RECONCILE_EVERY": "0",
         "MOORAGE_TASK_QUEUE": "moorage-fuzz",
     }

@@ -28,7 +28,11 @@ from tests.helpers import (
     serving_version,
     wait_status,
     wait_terminal,
+    worker_port_setting,
 )
+
+ROUTE_PORTS = worker_port_setting(22000, 22999)
+"""The listen ports of the routers of the workers these tests start and kill."""
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +48,7 @@ async def start_worker(
         "MOORAGE_TEMPORAL_ADDRESS": address,
         "MOORAGE_TASK_QUEUE": queue,
         "MOORAGE_ROUTER_DIR": str(router_dir),
-        "MOORAGE_ROUTE_PORTS": "22000-22999",
+        "MOORAGE_ROUTE_PORTS": ROUTE_PORTS,
         # No ReconcileAll schedule from throwaway workers on the shared test server.
         "MOORAGE_RECONCILE_EVERY": "0",
     }
