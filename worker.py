@@ -161,7 +161,7 @@ async def run_worker(settings: Settings | None = None) -> None:
         print(f"moorage worker: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
     client = await connect(settings)
-    executor = DockerExecutor(replica_ports=replica_ports)
+    executor = DockerExecutor(replica_ports=replica_ports, instance=settings.instance)
     router = build_router(settings, executor.client)
     # The proxy serves the routes even before the first deployment touches them.
     try:

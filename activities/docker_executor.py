@@ -70,12 +70,15 @@ class DockerExecutor(HealthWaits):
         client: docker.DockerClient | None = None,
         defaults: ResourceDefaults | None = None,
         replica_ports: tuple[int, int] | None = None,
+        instance: str | None = None,
     ):
         super().__init__(client or docker.from_env(timeout=120))
         self.defaults = defaults or ResourceDefaults.from_settings(get_settings())
         self.replica_ports = ReplicaPorts(
             self.api, *(replica_ports or get_settings().replica_port_range())
         )
+        self.instance = instance or get_settings().instance
+        """The Moorage instance whose containers this executor makes and reconciles."""
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -222,6 +225,16 @@ class DockerExecutor(HealthWaits):
         """
         try:
             found = self.api.inspect_container(name)
+            owner = naming.instance_label(found["Config"]["Labels"])
+            if owner != self.instance:
+                raise ApplicationError(
+                    f"container {name} belongs to Moorage instance {owner!r}, not to this one "
+                    f"({self.instance!r}): two instances on one engine must not share a tenant "
+                    "and project name",
+                    {"container": name, "instance": owner},
+                    type="ContainerOfAnotherInstance",
+                    non_retryable=True,
+                )
             if found["State"]["Status"] not in ("removing", "dead"):
                 return str(found["Id"])
             # Going or gone (a removal still running, or one that failed): not adoptable.
@@ -238,6 +251,7 @@ class DockerExecutor(HealthWaits):
             naming.LABEL_REVISION: str(inp.revision),
             naming.LABEL_SLOT: str(slot),
             naming.LABEL_VERSION: inp.version,
+            naming.LABEL_INSTANCE: self.instance,
         }
         ensure_volumes(self.api, inp.tenant, inp.project, spec)
         ports = (
@@ -407,7 +421,10 @@ class DockerExecutor(HealthWaits):
 
     @activity.defn(name="list_labelled")
     def list_labelled(self, inp: ListLabelledInput) -> list[LabelledContainer]:
-        """Every container carrying Moorage's labels (of one tenant, or of all).
+        """Every container carrying Moorage's labels (of one tenant, or of all), of this instance.
+
+        Another instance's containers are not listed: their projects are unknown to this
+        instance's Temporal, and ReconcileAll would remove them as orphans.
 
         Raises:
             ApplicationError: a retryable engine error.
@@ -420,6 +437,8 @@ class DockerExecutor(HealthWaits):
         for c in found:
             lab = c.get("Labels") or {}
             if not str(lab.get(naming.LABEL_REVISION, "")).isdigit():
+                continue
+            if naming.instance_label(lab) != self.instance:
                 continue
             result.append(
                 LabelledContainer(

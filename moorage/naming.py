@@ -14,6 +14,16 @@ LABEL_DEPLOYMENT = "moorage.deployment"
 LABEL_REVISION = "moorage.revision"
 LABEL_SLOT = "moorage.slot"
 LABEL_VERSION = "moorage.version"
+LABEL_INSTANCE = "moorage.instance"
+"""Which Moorage installation made the container (``MOORAGE_INSTANCE``), on an engine several
+share."""
+DEFAULT_INSTANCE = "default"
+"""The instance of a container made before the label was (it has none)."""
+
+
+def instance_label(labels: dict[str, str] | None) -> str:
+    """The Moorage instance a container with these labels belongs to."""
+    return (labels or {}).get(LABEL_INSTANCE, DEFAULT_INSTANCE)
 
 
 def container_name(tenant: str, project: str, service: str, revision: int, slot: int) -> str:

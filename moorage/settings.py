@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     replica_ports: str = "17000-19999"
     """Loopback host ports for replicas of services with a Compose ``restart:`` policy (others get
     the engine's ephemeral ports); below the kernel's ephemeral range."""
+    instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    """Which Moorage installation this is, where several (each with its own Temporal) share one
+    Docker engine: the worker labels every container it makes with it (``moorage.instance``),
+    ReconcileAll removes only its own instance's, and a start never adopts a container of another
+    (containers made before the label count as ``default``). Lowercase letters, digits, ``_.-``."""
     reconcile_every: float = Field(default=600, ge=0)
     """Seconds between two scheduled orphan reconciliations (the worker creates the schedule;
     0: no schedule)."""

@@ -151,6 +151,10 @@ def project(docker_client: docker.DockerClient) -> Iterator[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MOORAGE_TASK_QUEUE", TASK_QUEUE)
+    # Each pytest-xdist process has a Temporal server of its own: a Moorage instance of its own
+    # on the shared engine, so its ReconcileAll leaves the other's projects alone.
+    if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("MOORAGE_INSTANCE", f"test-{worker}")
 
 
 NGINX_QUEUE = "moorage-test-nginx"

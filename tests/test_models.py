@@ -360,6 +360,17 @@ def test_settings_read_moorage_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.temporal_tls is True
 
 
+def test_instance_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().instance == "default"
+    monkeypatch.setenv("MOORAGE_INSTANCE", "staging-2")
+    assert Settings().instance == "staging-2"
+    for bad in ("", "Staging", "has space", "-lead", "x" * 64):
+        monkeypatch.setenv("MOORAGE_INSTANCE", bad)
+        with pytest.raises(ValidationError) as info:
+            Settings()
+        assert info.value.errors()[0]["loc"] == ("instance",), bad
+
+
 def test_retained_revisions_bounds() -> None:
     with pytest.raises(ValidationError):
         Settings(retained_revisions=0)

@@ -17,7 +17,12 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.docker_executor import DockerExecutor
-from activities.inputs import ContainerSelector, RouteServersInput, StartServiceInput
+from activities.inputs import (
+    ContainerSelector,
+    ListLabelledInput,
+    RouteServersInput,
+    StartServiceInput,
+)
 from activities.proxy import route_key
 from activities.router import TrafficRouter
 from moorage import naming
@@ -38,23 +43,29 @@ from workflows.reconcile import SCHEDULE_ID
 pytestmark = pytest.mark.integration
 
 
-def make_orphan(
-    client: docker.DockerClient, project: str, revision: int, tenant: str = TENANT
-) -> str:
-    """What a crash between 'create' and 'record' leaves: a labelled container no record knows."""
-    spec = parse_compose(compose(api_image=None)).service("web")
-    made = DockerExecutor(client).start_service(
-        StartServiceInput(
-            tenant=tenant,
-            project=project,
-            deployment_id=f"{project}.{revision}",
-            revision=revision,
-            version="lost",
-            service=spec,
-            slots=[0],
-        )
+def orphan_input(project: str, revision: int, tenant: str = TENANT) -> StartServiceInput:
+    return StartServiceInput(
+        tenant=tenant,
+        project=project,
+        deployment_id=f"{project}.{revision}",
+        revision=revision,
+        version="lost",
+        service=parse_compose(compose(api_image=None)).service("web"),
+        slots=[0],
     )
-    return made[0].container_name
+
+
+def make_orphan(
+    client: docker.DockerClient,
+    project: str,
+    revision: int,
+    tenant: str = TENANT,
+    instance: str | None = None,
+) -> str:
+    """What a crash between 'create' and 'record' leaves: a labelled container no record knows
+    (made by the Moorage ``instance``; default: this test process's, as its worker)."""
+    executor = DockerExecutor(client, instance=instance)
+    return executor.start_service(orphan_input(project, revision, tenant))[0].container_name
 
 
 async def test_reconcile_removes_orphans_of_a_project(
@@ -94,9 +105,6 @@ async def test_reconcile_is_refused_while_a_deployment_runs(
     await wait_terminal(service, dep.id)
 
 
-# Alone: beside it, the projects of a test process with another Temporal server are unknown here,
-# and their containers orphans.
-@pytest.mark.exclusive
 async def test_reconcile_all_removes_containers_of_unknown_projects(
     service: DeploymentService, docker_client: docker.DockerClient, project: str
 ) -> None:
@@ -107,6 +115,62 @@ async def test_reconcile_all_removes_containers_of_unknown_projects(
     assert [e.details["container"] for e in mine] == [orphan]
     assert mine[0].event_type == EventType.ORPHAN_REMOVED
     assert labelled(docker_client, project) == []
+
+
+async def test_reconcile_all_leaves_the_containers_of_another_instance(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """Another Moorage, with its own Temporal, on the same engine: its projects are unknown here,
+    and ReconcileAll used to remove their containers as orphans."""
+    theirs = make_orphan(docker_client, project, revision=1, instance="elsewhere")
+    events = await service.reconcile_all(TENANT)
+    assert [e for e in events if e.details.get("project") == project] == []
+    (kept,) = labelled(docker_client, project)
+    assert (kept.name, kept.status) == (theirs, "running")
+    assert kept.labels[naming.LABEL_INSTANCE] == "elsewhere"
+
+
+def test_only_the_instances_own_containers_are_listed_and_unlabelled_ones_are_defaults(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    mine = make_orphan(docker_client, project, revision=1, instance="here")
+    make_orphan(docker_client, project, revision=2, instance="elsewhere")
+    # Made before the label: same labels otherwise, no moorage.instance.
+    older = next(c for c in labelled(docker_client, project) if c.name == mine)
+    legacy = f"{project}-legacy"
+    docker_client.containers.create(
+        older.image.id,
+        name=legacy,
+        labels={
+            k: v
+            for k, v in older.labels.items()
+            if k.startswith(naming.LABEL_PREFIX) and k != naming.LABEL_INSTANCE
+        }
+        | {naming.LABEL_REVISION: "3"},
+    )
+    listing = ListLabelledInput(tenant=TENANT)
+
+    def names(instance: str) -> set[str]:
+        found = DockerExecutor(docker_client, instance=instance).list_labelled(listing)
+        return {c.name for c in found if c.project == project}
+
+    assert names("here") == {mine}
+    assert names("default") == {legacy}
+    assert len(names("elsewhere")) == 1
+
+
+def test_a_start_never_adopts_a_container_of_another_instance(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """Names are tenant, project, service, revision and slot: a start used to take over the
+    container of that name whatever made it."""
+    theirs = make_orphan(docker_client, project, revision=1, instance="elsewhere")
+    with pytest.raises(ApplicationError) as info:
+        DockerExecutor(docker_client, instance="here").start_service(orphan_input(project, 1))
+    assert (info.value.type, info.value.non_retryable) == ("ContainerOfAnotherInstance", True)
+    assert f"container {theirs} belongs to Moorage instance 'elsewhere'" in str(info.value)
+    (kept,) = labelled(docker_client, project)
+    assert (kept.name, kept.labels[naming.LABEL_INSTANCE]) == (theirs, "elsewhere")
 
 
 async def test_the_worker_schedules_reconciliation_once(
