@@ -97,10 +97,21 @@ ROUTE_PORTS = {
 }
 """The listen ports of the session's routers (this test process's share: see ``worker_ports``)."""
 
+LOCAL_ROUTE_PORTS = {
+    "haproxy": _span(worker_ports(24100, 24299)),
+    "nginx": _span(worker_ports(24300, 24499)),
+}
+"""Listen ports of the routers a test makes for itself, apart from the session's. From one range,
+both picked the first free port, and once (CI, session 15, in two processes) a test router's reload
+never came up with its new route."""
 
-def make_router(kind: str, directory: Path, docker_client: docker.DockerClient) -> TrafficRouter:
-    """A real proxy of ``kind`` with its files in ``directory`` (ports apart from `moorage dev`)."""
-    first, last = ROUTE_PORTS[kind]
+
+def make_router(
+    kind: str, directory: Path, docker_client: docker.DockerClient, *, local: bool = True
+) -> TrafficRouter:
+    """A real proxy of ``kind`` with its files in ``directory`` (ports apart from `moorage dev`);
+    ``local``: a test's own (not the session's)."""
+    first, last = (LOCAL_ROUTE_PORTS if local else ROUTE_PORTS)[kind]
     settings = Settings(
         router=kind, router_dir=directory, route_ports=f"{first}-{last}", drain_timeout=5
     )
@@ -112,7 +123,7 @@ def router(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
 ) -> Iterator[TrafficRouter]:
     """The HAProxy router of the in-process worker."""
-    r = make_router("haproxy", tmp_path_factory.mktemp("haproxy"), docker_client)
+    r = make_router("haproxy", tmp_path_factory.mktemp("haproxy"), docker_client, local=False)
     r.ensure_running()
     yield r
     r.stop()
@@ -165,7 +176,7 @@ def nginx_router(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
 ) -> Iterator[TrafficRouter]:
     """A real nginx router for a second in-process worker."""
-    r = make_router("nginx", tmp_path_factory.mktemp("nginx"), docker_client)
+    r = make_router("nginx", tmp_path_factory.mktemp("nginx"), docker_client, local=False)
     r.ensure_running()
     yield r
     r.stop()

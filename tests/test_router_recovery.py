@@ -32,7 +32,7 @@ from activities.proxy import (
     route_key,
 )
 from activities.router import TrafficRouter
-from tests.conftest import ROUTE_PORTS
+from tests.conftest import LOCAL_ROUTE_PORTS
 from tests.helpers import TENANT, free_port
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,7 @@ def test_a_server_a_killed_add_registered_is_taken_out_by_the_undo(
     """route_add got the server into the proxy and was killed before its save; the compensation
     (route_remove) must take it out although the state on disk never listed it."""
     backend: ProxyBackend = (HAProxyBackend if kind == "haproxy" else NginxBackend)(tmp_path)
-    router = TrafficRouter(backend, port_range=ROUTE_PORTS[kind], drain_timeout_s=2)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS[kind], drain_timeout_s=2)
     try:
         router.ensure_route(
             RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
@@ -149,7 +149,7 @@ def test_a_route_a_killed_ensure_got_into_the_proxy_keeps_its_port(
     retry finds the port held, by the proxy itself for this very route: it is the route's port,
     not a "port taken" failure (published) or a second port (from the range)."""
     backend: ProxyBackend = (HAProxyBackend if kind == "haproxy" else NginxBackend)(tmp_path)
-    router = TrafficRouter(backend, port_range=ROUTE_PORTS[kind])
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS[kind])
     try:
         router.ensure_running()
         empty = router.load()
@@ -181,7 +181,7 @@ def test_haproxy_whose_admin_socket_is_gone_is_replaced_not_doubled(tmp_path: Pa
     old one is soft-stopped: otherwise both would listen on the route's port (SO_REUSEPORT) and
     the old one would go on serving stale routes."""
     backend = HAProxyBackend(tmp_path)
-    router = TrafficRouter(backend, port_range=ROUTE_PORTS["haproxy"])
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
     try:
         info = router.ensure_route(
             RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
@@ -266,7 +266,7 @@ def test_a_long_drain_keeps_heartbeating(tmp_path: Path, kind: str) -> None:
     silent.listen()
     cls = HAProxyBackend if kind == "haproxy" else NginxBackend
     backend: ProxyBackend = cls(tmp_path, drain_timeout_s=4)
-    router = TrafficRouter(backend, port_range=ROUTE_PORTS[kind], drain_timeout_s=4)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS[kind], drain_timeout_s=4)
     try:
         info = router.ensure_route(
             RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
@@ -347,7 +347,7 @@ def test_an_nginx_reload_that_nginx_gives_up_is_refused_and_the_old_config_serve
 def test_route_add_failures_are_classified(tmp_path: Path, haproxy: HAProxyBackend) -> None:
     """A container that does not run is a retryable ``ContainerNotServing``; an engine that does
     not answer a retryable ``EngineUnreachable``, not an unclassified error."""
-    router = TrafficRouter(haproxy, port_range=ROUTE_PORTS["haproxy"])
+    router = TrafficRouter(haproxy, port_range=LOCAL_ROUTE_PORTS["haproxy"])
     router.ensure_running()
     router.ensure_route(
         RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
