@@ -72,13 +72,13 @@ class DockerExecutor(HealthWaits):
         replica_ports: tuple[int, int] | None = None,
         instance: str | None = None,
     ):
-        super().__init__(client or docker.from_env(timeout=120))
+        super().__init__(
+            client or docker.from_env(timeout=120), instance or get_settings().instance
+        )
         self.defaults = defaults or ResourceDefaults.from_settings(get_settings())
         self.replica_ports = ReplicaPorts(
             self.api, *(replica_ports or get_settings().replica_port_range())
         )
-        self.instance = instance or get_settings().instance
-        """The Moorage instance whose containers this executor makes and reconciles."""
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -224,17 +224,7 @@ class DockerExecutor(HealthWaits):
         ``refused``: ports chosen for it before, which the engine found taken.
         """
         try:
-            found = self.api.inspect_container(name)
-            owner = naming.instance_label(found["Config"]["Labels"])
-            if owner != self.instance:
-                raise ApplicationError(
-                    f"container {name} belongs to Moorage instance {owner!r}, not to this one "
-                    f"({self.instance!r}): two instances on one engine must not share a tenant "
-                    "and project name",
-                    {"container": name, "instance": owner},
-                    type="ContainerOfAnotherInstance",
-                    non_retryable=True,
-                )
+            found = self._adoptable(self.api.inspect_container(name))
             if found["State"]["Status"] not in ("removing", "dead"):
                 return str(found["Id"])
             # Going or gone (a removal still running, or one that failed): not adoptable.
@@ -285,9 +275,28 @@ class DockerExecutor(HealthWaits):
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # another attempt created it meanwhile: adopt it
-                return str(self.api.inspect_container(name)["Id"])
+                return str(self._adoptable(self.api.inspect_container(name))["Id"])
             raise
         return str(created["Id"])
+
+    def _adoptable(self, found: dict[str, Any]) -> dict[str, Any]:
+        """A container of a replica's name, found there: it is this instance's, or the start fails.
+
+        Raises:
+            ApplicationError: ``ContainerOfAnotherInstance`` (not retryable).
+        """
+        if self.owned(found["Config"]["Labels"]):
+            return found
+        name = str(found["Name"]).lstrip("/")
+        owner = naming.instance_label(found["Config"]["Labels"])
+        raise ApplicationError(
+            f"container {name} belongs to Moorage instance {owner!r}, not to this one "
+            f"({self.instance!r}): two instances on one engine must not deploy the same tenant, "
+            "project, service, revision and slot",
+            {"container": name, "instance": owner},
+            type="ContainerOfAnotherInstance",
+            non_retryable=True,
+        )
 
     @activity.defn(name="stop_containers")
     def stop_containers(self, inp: StopContainersInput) -> list[str]:
@@ -438,7 +447,7 @@ class DockerExecutor(HealthWaits):
             lab = c.get("Labels") or {}
             if not str(lab.get(naming.LABEL_REVISION, "")).isdigit():
                 continue
-            if naming.instance_label(lab) != self.instance:
+            if not self.owned(lab):
                 continue
             result.append(
                 LabelledContainer(

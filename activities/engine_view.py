@@ -58,11 +58,20 @@ def instance_of(info: dict[str, Any]) -> ServiceInstance:
 
 
 class EngineView:
-    """One Docker engine, read through its low-level API (``api``)."""
+    """The containers of one Moorage instance on one Docker engine, read through its API.
 
-    def __init__(self, client: docker.DockerClient):
+    ``instance``: ``MOORAGE_INSTANCE``; another instance's containers are not seen.
+    """
+
+    def __init__(self, client: docker.DockerClient, instance: str = naming.DEFAULT_INSTANCE):
         self.client = client
         self.api = client.api
+        self.instance = instance
+        """The Moorage instance whose containers this view sees, makes and reconciles."""
+
+    def owned(self, labels: dict[str, str] | None) -> bool:
+        """Whether a container with these labels is this instance's."""
+        return naming.instance_label(labels) == self.instance
 
     def _find(self, sel: ContainerSelector) -> list[dict[str, Any]]:
         """Inspect results of every container the selector matches, sorted by name."""
@@ -73,6 +82,8 @@ class EngineView:
                 info = self.api.inspect_container(summary["Id"])
             except docker.errors.NotFound:
                 continue  # removed between list and inspect
+            if not self.owned(info["Config"]["Labels"]):
+                continue  # another Moorage's, with a project of the same name
             slot = int((info["Config"]["Labels"] or {}).get(naming.LABEL_SLOT, "-1"))
             if sel.slots is None or slot in sel.slots:
                 result.append(info)

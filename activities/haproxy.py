@@ -33,13 +33,14 @@ from activities.proxy import (
 HAPROXY = "haproxy"
 
 SERVER_CHECK = "check inter 1s fall 3 rise 1"
-
-SOCKET_PATH_MAX = 97
-"""The longest UNIX socket path HAProxy binds: a socket address holds 108 bytes, and HAProxy binds
-at a temporary name (the path and ``.<pid>.tmp``) first; a longer one fails ``haproxy -c``."""
 """Every server gets a TCP check: a replica that dies while routed is marked DOWN after three
 failed checks (~3 s) and gets no more requests until it answers again. Three, so the ~0.25 s in
 which a restarting dockerd refuses every published port never marks anything down."""
+
+SOCKET_PATH_MAX = 95
+"""The longest UNIX socket path HAProxy surely binds: a socket address holds 108 bytes with its
+NUL, and HAProxy binds at a temporary name first, the path and ``.<pid>.tmp`` (a pid of up to 7
+digits: 95). ``haproxy -c`` refuses a path over 97 (its check counts a 5-digit pid)."""
 
 
 def render_config(state: RouterState, directory: Path, bind: str) -> str:
@@ -91,7 +92,7 @@ def check_alerts(result: subprocess.CompletedProcess[str]) -> str:
 
     Not ``-q``: it keeps the alerts back too, and the refusal would say nothing.
     """
-    output = (result.stderr + result.stdout).strip()
+    output = "\n".join((result.stderr, result.stdout)).strip()
     alerts = [line.strip() for line in output.splitlines() if "[ALERT]" in line]
     return " | ".join(alerts) or output or f"exit status {result.returncode}, nothing printed"
 

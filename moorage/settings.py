@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -67,7 +68,7 @@ class Settings(BaseSettings):
     replica_ports: str = "17000-19999"
     """Loopback host ports for replicas of services with a Compose ``restart:`` policy (others get
     the engine's ephemeral ports); below the kernel's ephemeral range."""
-    instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    instance: str = "default"
     """Which Moorage installation this is, where several (each with its own Temporal) share one
     Docker engine: the worker labels every container it makes with it (``moorage.instance``),
     ReconcileAll removes only its own instance's, and a start never adopts a container of another
@@ -89,6 +90,16 @@ class Settings(BaseSettings):
     """Process limit of a container whose service sets none."""
     max_active_deployments: int = Field(default=10, ge=1)
     """Deployments a tenant may have running at once."""
+
+    @field_validator("instance")
+    @classmethod
+    def _check_instance(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", value):
+            raise ValueError(
+                f"MOORAGE_INSTANCE {value!r}: 1-63 lowercase letters, digits and _.- "
+                "(starting with a letter or digit)"
+            )
+        return value
 
     @field_validator("default_memory")
     @classmethod

@@ -16,7 +16,13 @@ if [ $# -gt 0 ]; then
 fi
 .venv/bin/pytest -n "${MOORAGE_TEST_WORKERS:-2}" --dist worksteal -m "not exclusive"
 side_by_side=$?
+# Interrupted (Ctrl-C) or unusable: stop here, before the tests that restart dockerd.
+if [ "$side_by_side" -eq 2 ] || [ "$side_by_side" -eq 3 ] || [ "$side_by_side" -eq 4 ]; then
+  exit "$side_by_side"
+fi
 .venv/bin/pytest -m exclusive
 alone=$?
+[ "$alone" -eq 5 ] && alone=0  # none marked exclusive: nothing to run alone
 echo "[moorage] tests side by side: exit ${side_by_side}; alone: exit ${alone}" >&2
-[ "$side_by_side" -eq 0 ] && [ "$alone" -eq 0 ]
+if [ "$side_by_side" -ne 0 ]; then exit "$side_by_side"; fi
+exit "$alone"

@@ -24,7 +24,7 @@ from activities.router import TrafficRouter
 from moorage import images
 from moorage.service import DeploymentService
 from moorage.settings import Settings
-from tests.helpers import worker_ports
+from tests.helpers import free_port, worker_ports
 from worker import build_router, build_worker
 from workflows import search_attributes as sa
 
@@ -69,6 +69,8 @@ SHORT_RETENTION_ARGS = [
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
+        # Not a port the kernel hands out: the other test process's containers get theirs there.
+        port=free_port(),
         search_attributes=sa.ALL,
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
@@ -165,7 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Each pytest-xdist process has a Temporal server of its own: a Moorage instance of its own
     # on the shared engine, so its ReconcileAll leaves the other's projects alone.
     if worker := os.environ.get("PYTEST_XDIST_WORKER"):
-        os.environ.setdefault("MOORAGE_INSTANCE", f"test-{worker}")
+        os.environ["MOORAGE_INSTANCE"] = f"test-{worker}"
 
 
 NGINX_QUEUE = "moorage-test-nginx"

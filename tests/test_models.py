@@ -361,6 +361,7 @@ def test_settings_read_moorage_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_instance_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOORAGE_INSTANCE", raising=False)  # set for each pytest-xdist process
     assert Settings().instance == "default"
     monkeypatch.setenv("MOORAGE_INSTANCE", "staging-2")
     assert Settings().instance == "staging-2"
@@ -369,6 +370,7 @@ def test_instance_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValidationError) as info:
             Settings()
         assert info.value.errors()[0]["loc"] == ("instance",), bad
+        assert f"MOORAGE_INSTANCE {bad!r}: 1-63 lowercase letters" in str(info.value)
 
 
 def test_retained_revisions_bounds() -> None:

@@ -157,6 +157,12 @@ def test_only_the_instances_own_containers_are_listed_and_unlabelled_ones_are_de
     assert names("here") == {mine}
     assert names("default") == {legacy}
     assert len(names("elsewhere")) == 1
+    # Every step sees its own instance's containers only (a project of the same name elsewhere).
+    here = DockerExecutor(docker_client, instance="here")
+    everything = ContainerSelector(tenant=TENANT, project=project)
+    assert [i.container_name for i in here.list_containers(everything)] == [mine]
+    assert here.remove_containers(everything) == [mine]
+    assert len(labelled(docker_client, project)) == 2
 
 
 def test_a_start_never_adopts_a_container_of_another_instance(
