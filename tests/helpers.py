@@ -94,6 +94,19 @@ def get_version(url: str) -> str:
         return str(answer.read().decode().strip())
 
 
+def version_once_up(url: str, timeout: float = 15) -> str:
+    """:func:`get_version` once ``url`` answers: a container just started, with no health gate
+    passed, may not listen yet (seen in CI with the suite in two processes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return get_version(url)
+        except OSError as exc:  # refused, reset: nothing listens yet
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout}s: {exc}") from exc
+            time.sleep(0.05)
+
+
 def wait_until(check: Callable[[], bool], timeout: float = 15, what: str = "") -> None:
     """Poll ``check`` until it is true; fails the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

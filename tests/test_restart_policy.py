@@ -34,6 +34,7 @@ from tests.helpers import (
     get_version,
     labelled,
     start_web,
+    version_once_up,
     wait_terminal,
     web_input,
     worker_ports,
@@ -234,7 +235,7 @@ def test_a_port_a_host_process_holds_is_not_chosen(
     executor = DockerExecutor(docker_client, replica_ports=(ports[0], ports[1]))
     [instance] = start_web(docker_client, project, restarting("moorage-demo:v1"), None, executor)
     assert instance.ports["80/tcp"] == f"127.0.0.1:{ports[1]}"
-    assert get_version(f"http://127.0.0.1:{ports[1]}/") == "v1"
+    assert version_once_up(f"http://127.0.0.1:{ports[1]}/") == "v1"
 
 
 def test_a_port_the_engine_finds_taken_at_the_start_is_chosen_again(
@@ -251,7 +252,7 @@ def test_a_port_the_engine_finds_taken_at_the_start_is_chosen_again(
     assert instance.ports["80/tcp"] == f"127.0.0.1:{ports[1]}"
     # The replica made on the taken port is gone: one container, the one serving.
     assert [c.short_id for c in labelled(docker_client, project)] == [instance.container_id]
-    assert get_version(f"http://127.0.0.1:{ports[1]}/") == "v1"
+    assert version_once_up(f"http://127.0.0.1:{ports[1]}/") == "v1"
 
 
 def test_ports_chosen_side_by_side_differ(
