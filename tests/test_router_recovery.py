@@ -35,7 +35,10 @@ from activities.router import TrafficRouter
 from tests.conftest import LOCAL_ROUTE_PORTS
 from tests.helpers import TENANT, free_port
 
-pytestmark = pytest.mark.integration
+# Alone, after the rest: in two of five CI runs with the suite in two processes, a proxy these
+# tests had just started did not come up with its first route within 10 s of the reload (never
+# seen in one process, nor reproduced alone under CPU load; the cause is not known).
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 KEY = route_key(TENANT, "recovery", "web")
 
