@@ -285,10 +285,10 @@ class DockerExecutor(HealthWaits):
         Raises:
             ApplicationError: ``ContainerOfAnotherInstance`` (not retryable).
         """
-        if self.owned(found["Config"]["Labels"]):
+        owner = naming.instance_label(found["Config"]["Labels"])
+        if owner == self.instance:
             return found
         name = str(found["Name"]).lstrip("/")
-        owner = naming.instance_label(found["Config"]["Labels"])
         raise ApplicationError(
             f"container {name} belongs to Moorage instance {owner!r}, not to this one "
             f"({self.instance!r}): two instances on one engine must not deploy the same tenant, "
@@ -445,9 +445,7 @@ class DockerExecutor(HealthWaits):
         result = []
         for c in found:
             lab = c.get("Labels") or {}
-            if not str(lab.get(naming.LABEL_REVISION, "")).isdigit():
-                continue
-            if not self.owned(lab):
+            if not str(lab.get(naming.LABEL_REVISION, "")).isdigit() or not self.owned(lab):
                 continue
             result.append(
                 LabelledContainer(

@@ -24,7 +24,7 @@ from activities.router import TrafficRouter
 from moorage import images
 from moorage.service import DeploymentService
 from moorage.settings import Settings
-from tests.helpers import free_port, worker_ports
+from tests.helpers import free_port, worker_port_span
 from worker import build_router, build_worker
 from workflows import search_attributes as sa
 
@@ -89,19 +89,15 @@ def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 
 
-def _span(ports: range) -> tuple[int, int]:
-    return ports[0], ports[-1]
-
-
 ROUTE_PORTS = {
-    "haproxy": _span(worker_ports(23000, 23499)),
-    "nginx": _span(worker_ports(23500, 23999)),
+    "haproxy": worker_port_span(23000, 23499),
+    "nginx": worker_port_span(23500, 23999),
 }
 """The listen ports of the session's routers (this test process's share: see ``worker_ports``)."""
 
 LOCAL_ROUTE_PORTS = {
-    "haproxy": _span(worker_ports(24100, 24299)),
-    "nginx": _span(worker_ports(24300, 24499)),
+    "haproxy": worker_port_span(24100, 24299),
+    "nginx": worker_port_span(24300, 24499),
 }
 """Listen ports of the routers a test makes for itself, apart from the session's. From one range,
 both picked the first free port, and once (CI, session 15, in two processes) a test router's reload

@@ -195,10 +195,15 @@ def worker_ports(first: int, last: int) -> range:
     return range(first + index * size, first + (index + 1) * size)
 
 
+def worker_port_span(first: int, last: int) -> tuple[int, int]:
+    """:func:`worker_ports` as (first, last)."""
+    ports = worker_ports(first, last)
+    return ports[0], ports[-1]
+
+
 def worker_port_setting(first: int, last: int) -> str:
     """:func:`worker_ports` written as a range setting (``MOORAGE_ROUTE_PORTS``): ``a-b``."""
-    ports = worker_ports(first, last)
-    return f"{ports[0]}-{ports[-1]}"
+    return "{}-{}".format(*worker_port_span(first, last))
 
 
 FREE_PORTS = worker_ports(26000, 31999)
