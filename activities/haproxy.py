@@ -5,6 +5,10 @@ socket: no reload, so no client connection is ever cut. Only a new listen port (
 a reload; HAProxy runs in master-worker mode, where a reload hands the listening sockets over and
 lets the old worker finish its connections. The config file is rewritten on every change, so a
 restarted HAProxy comes back with the current routes.
+
+Moorage's own HAProxy runs detached but in the foreground (not ``-D``, which sends its output to
+/dev/null), its output appended to ``haproxy.log`` in the router directory, with its master CLI
+on ``master.sock``: a start or reload that fails says why (HAProxy's ALERT lines).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from activities import heartbeat, paced_heartbeat, poll_pauses
 from activities.proxy import (
+    ListenPortTaken,
     ProxyBackend,
     ProxyUnavailable,
     RouterError,
@@ -36,6 +41,12 @@ SERVER_CHECK = "check inter 1s fall 3 rise 1"
 """Every server gets a TCP check: a replica that dies while routed is marked DOWN after three
 failed checks (~3 s) and gets no more requests until it answers again. Three, so the ~0.25 s in
 which a restarting dockerd refuses every published port never marks anything down."""
+
+LOG_LIMIT = 1 << 20
+"""``haproxy.log`` over this size is emptied before the next start or reload (HAProxy appends)."""
+
+READY_TIMEOUT_S = 10.0
+"""How long a start or reload may take to serve the new config (the heartbeat timeout)."""
 
 SOCKET_PATH_MAX = 95
 """The longest UNIX socket path HAProxy surely binds: a socket address holds 108 bytes with its
@@ -114,7 +125,9 @@ class HAProxyBackend(ProxyBackend):
         self.config = directory / "haproxy.cfg"
         self.socket = directory / "admin.sock"
         self.master_socket = directory / "master.sock"
-        """The master CLI of an HAProxy run outside Moorage (``-S``): reloads go through it."""
+        """The master CLI (``-S``). An HAProxy run outside Moorage is reloaded through it."""
+        self.log = directory / "haproxy.log"
+        """Moorage's own HAProxy's output (its master's and workers' notices and alerts)."""
         longest = max((self.socket, self.master_socket), key=lambda p: len(str(p)))
         if len(str(longest)) > SOCKET_PATH_MAX:
             raise RouterError(
@@ -156,10 +169,11 @@ class HAProxyBackend(ProxyBackend):
         os.replace(tmp, self.config)
 
     def start(self, state: RouterState) -> None:
-        """Write the config and start HAProxy in the background (master-worker).
+        """Write the config and start HAProxy (master-worker), detached from this process.
 
         Raises:
-            RouterError: HAProxy did not start.
+            RouterError: HAProxy did not start (its ALERT lines say why).
+            ProxyUnavailable: it said nothing and did not serve in time.
         """
         self._write(state)
         # A master may live on whose admin socket does not answer (its socket file removed, or
@@ -168,15 +182,31 @@ class HAProxyBackend(ProxyBackend):
         stale = self._pid()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
-        result = subprocess.run(
-            [HAPROXY, "-W", "-D", "-f", str(self.config), "-p", str(self.pidfile)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        mark = self._log_mark()
+        with self.log.open("ab") as log:
+            # setsid -f: HAProxy is nobody's child here (no zombie to reap), in a session of
+            # its own (a signal to the worker's process group does not reach it).
+            result = subprocess.run(
+                [
+                    "setsid",
+                    "-f",
+                    HAPROXY,
+                    "-W",
+                    "-S",
+                    f"{self.master_socket},mode,600",
+                    "-f",
+                    str(self.config),
+                    "-p",
+                    str(self.pidfile),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                check=False,
+            )
         if result.returncode != 0:
-            raise RouterError(f"haproxy did not start: {(result.stderr or result.stdout).strip()}")
-        self._wait_ready(state)
+            raise RouterError(f"haproxy did not start: setsid exited {result.returncode}")
+        self._wait_ready(state, mark, start=True, stale=stale)
         if stale is not None and stale != self._pid():
             # SIGUSR1: stop listening, let the connections it has finish, exit.
             with contextlib.suppress(ProcessLookupError):
@@ -186,21 +216,95 @@ class HAProxyBackend(ProxyBackend):
         """Write the (checked) config an HAProxy run outside Moorage starts from."""
         self._write(state)
 
-    def _wait_ready(self, state: RouterState, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
+    def _log_mark(self) -> int:
+        """Where HAProxy's next output begins in ``haproxy.log`` (emptied first when too long)."""
+        try:
+            size = self.log.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if size > LOG_LIMIT:
+            os.truncate(self.log, 0)  # HAProxy writes with O_APPEND: its next line lands at 0
+            return 0
+        return size
+
+    def _said_since(self, mark: int) -> str:
+        """What Moorage's HAProxy wrote to its log since ``mark``."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(mark)
+                return f.read(65536).decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _failed_reloads(self) -> int | None:
+        """The master's count of reloads whose new config did not load (``show proc``)."""
+        try:
+            answer = self._talk(self.master_socket, "show proc")
+        except RouterError:
+            return None
+        found = re.search(r"^\d+\s+master\s+\d+ \[failed: (\d+)\]", answer, re.M)
+        return int(found.group(1)) if found else None
+
+    def _wait_ready(
+        self,
+        state: RouterState,
+        mark: int | None,
+        *,
+        failed_before: int | None = None,
+        start: bool = False,
+        stale: int | None = None,
+    ) -> None:
+        """Wait until HAProxy serves exactly ``state``'s routes.
+
+        ``mark``: where this start's or reload's output begins in ``haproxy.log`` (None: an
+        HAProxy run outside Moorage, whose output Moorage does not see). ``failed_before``: the
+        master's count of failed reloads before this reload. ``start``: a new HAProxy, whose
+        master must answer on its CLI too (a reload signal sent before the master handles
+        signals would be lost) and be another than ``stale``.
+
+        Raises:
+            RouterError: HAProxy could not load the config; the old one (if any) keeps serving.
+            ProxyUnavailable: it did not serve the config in time and said nothing why.
+        """
+        deadline = time.monotonic() + READY_TIMEOUT_S
         wanted = {r.backend for r in state.routes.values()}
+        pauses = poll_pauses()
         while True:
+            said = self._said_since(mark) if mark is not None else ""
+            failed = self._failed_reloads() if start or failed_before is not None else None
             try:
                 backends = set(self.command("show backend").split()[1:])
                 # Exactly: a reload that deleted a route is done once its backend is gone too.
-                if {b for b in backends if b.startswith("be_")} == wanted:
-                    return
+                serving = {b for b in backends if b.startswith("be_")} == wanted
             except RouterError:
-                pass
+                serving = False
+            if serving and (not start or (failed is not None and self._pid() not in (None, stale))):
+                return
+            if (
+                (failed_before is not None and failed is not None and failed > failed_before)
+                or "Loading failure" in said
+                or (start and "[ALERT]" in said)
+            ):
+                why = self._alerts(said) or "see its log"
+                if "Address already in use" in why:
+                    raise ListenPortTaken(f"haproxy could not bind: {why}")
+                raise RouterError(
+                    f"haproxy could not {'start' if start else 'load the new config'}: {why}"
+                )
             if time.monotonic() > deadline:
-                raise RouterError("haproxy did not come up with the new config in time")
+                raise ProxyUnavailable(
+                    f"haproxy did not serve the new config within {READY_TIMEOUT_S:.0f} s"
+                    + (f"; it said: {self._alerts(said, every=True)}" if said.strip() else "")
+                )
             heartbeat("waiting for haproxy's new config")  # up to 10 s: the heartbeat timeout
-            time.sleep(0.05)
+            time.sleep(next(pauses))
+
+    @staticmethod
+    def _alerts(said: str, *, every: bool = False) -> str:
+        """HAProxy's ALERT lines in ``said`` (with ``every``, its other lines when none)."""
+        lines = [line.strip() for line in said.splitlines() if line.strip()]
+        alerts = [line for line in lines if "[ALERT]" in line]
+        return " | ".join(alerts or (lines[-10:] if every else []))
 
     def reload(self, state: RouterState) -> None:
         """Graceful reload (master-worker): listening sockets handed over, old worker drains.
@@ -209,18 +313,22 @@ class HAProxyBackend(ProxyBackend):
         CLI (it may live in another pid namespace, a container's).
 
         Raises:
-            ProxyUnavailable: the master CLI of an HAProxy run outside Moorage does not answer.
+            RouterError: HAProxy could not load the new config; the old one keeps serving.
+            ProxyUnavailable: the master CLI of an HAProxy run outside Moorage does not answer,
+                or the new config did not serve in time.
         """
+        failed_before = self._failed_reloads()
         if not self.managed:
             self._talk(self.master_socket, "reload")
-            self._wait_ready(state)
+            self._wait_ready(state, None, failed_before=failed_before)
             return
         pid = self._pid()
         if pid is None:
             self.start(state)
             return
+        mark = self._log_mark()
         os.kill(pid, signal.SIGUSR2)
-        self._wait_ready(state)
+        self._wait_ready(state, mark, failed_before=failed_before)
 
     # --- runtime API ---------------------------------------------------------------------------
 
@@ -244,6 +352,7 @@ class HAProxyBackend(ProxyBackend):
                 s.settimeout(5)
                 s.connect(str(path))
                 s.sendall(cmd.encode() + b"\n")
+                s.shutdown(socket.SHUT_WR)  # the master CLI answers, then waits for more
                 chunks = []
                 while True:
                     chunk = s.recv(65536)
@@ -311,8 +420,20 @@ class HAProxyBackend(ProxyBackend):
         old_ports = {k: r.port for k, r in old.routes.items()}
         new_ports = {k: r.port for k, r in new.routes.items()}
         if old_ports != new_ports:
+            previous = self.config.read_text() if self.config.exists() else None
             self._write(new)
-            self.reload(new)
+            try:
+                self.reload(new)
+            except ProxyUnavailable:
+                raise  # not known to have failed: the retry reloads the same config
+            except RouterError:
+                # The old config keeps serving, and is what a restart comes back with (a route
+                # it lacks must not be taken for one a killed attempt got into HAProxy).
+                if previous is not None:
+                    tmp = self.config.with_suffix(".cfg.new")
+                    tmp.write_text(previous)
+                    os.replace(tmp, self.config)
+                raise
             return
         stats = self._all_stats()
         for key, route in new.routes.items():

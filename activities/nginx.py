@@ -17,6 +17,7 @@ from pathlib import Path
 
 from activities import paced_heartbeat, poll_pauses
 from activities.proxy import (
+    ListenPortTaken,
     ProxyBackend,
     ProxyUnavailable,
     RouterError,
@@ -174,11 +175,13 @@ class NginxBackend(ProxyBackend):
         """Wait until nginx runs workers of the new config.
 
         ``nginx -t`` cannot catch everything: a listen port another process took since is found
-        only by the reload, which nginx then gives up, keeping the old workers and config. That
-        is a refusal: the config file is put back to what nginx runs.
+        only by the reload, which nginx then gives up, keeping the old workers and config. The
+        config file is put back to what nginx runs.
 
         Raises:
-            RouterError: nginx gave the reload up (its error log says why).
+            ListenPortTaken: nginx gave the reload up because a listen port was taken (a retry
+                picks another).
+            RouterError: nginx gave the reload up for another reason (its error log says why).
             ProxyUnavailable: no worker of the new config within :data:`RELOAD_S`.
         """
         sent = time.monotonic()
@@ -191,6 +194,8 @@ class NginxBackend(ProxyBackend):
             # still, and so may anything else until the wait is over.
             if failure and ("still could not" in failure or time.monotonic() - sent >= RELOAD_S):
                 self._put_back(old)
+                if "Address already in use" in failure:
+                    raise ListenPortTaken(f"nginx gave the reload up: {failure}")
                 raise RouterError(f"nginx gave the reload up: {failure}")
             if time.monotonic() - sent >= RELOAD_S:
                 raise ProxyUnavailable(

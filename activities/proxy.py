@@ -64,6 +64,13 @@ class ProxyUnavailable(RouterError):
     """The proxy did not answer (stopped or restarting): worth retrying."""
 
 
+class ListenPortTaken(RouterError):
+    """Another process bound a listen port after the router found it free.
+
+    The proxy keeps its previous config; a retry picks another port.
+    """
+
+
 class ProxyBackend(ABC):
     """A proxy that serves the router's state: HAProxy or nginx."""
 

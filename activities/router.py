@@ -34,6 +34,7 @@ from activities.inputs import (
     RouteWeightsInput,
 )
 from activities.proxy import (
+    ListenPortTaken,
     ProxyBackend,
     ProxyUnavailable,
     RouterError,
@@ -139,6 +140,10 @@ class TrafficRouter:
                 # Restarted or stopped under us: the retry starts it from the state on disk.
                 raise ApplicationError(
                     f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
+                ) from exc
+            except ListenPortTaken as exc:
+                raise ApplicationError(
+                    f"{self.backend.name} could not listen: {exc}", type="RouterPortTaken"
                 ) from exc
             except RouterError as exc:
                 raise ApplicationError(

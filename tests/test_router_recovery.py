@@ -8,6 +8,7 @@ state says. Real HAProxy and nginx; the servers are plain TCP listeners on 127.0
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -24,11 +25,14 @@ from activities.haproxy import HAProxyBackend
 from activities.inputs import RouteInput, RouteServersInput
 from activities.nginx import NginxBackend
 from activities.proxy import (
+    ListenPortTaken,
     ProxyBackend,
+    ProxyUnavailable,
     RouterError,
     RouterState,
     RouteState,
     ServerState,
+    backend_name,
     route_key,
 )
 from activities.router import TrafficRouter
@@ -202,7 +206,7 @@ def test_haproxy_whose_admin_socket_is_gone_is_replaced_not_doubled(tmp_path: Pa
             time.sleep(0.1)
         assert not _alive(stale), "the old master still runs beside the new one"
         procs = subprocess.run(
-            ["pgrep", "-f", f"haproxy -W -D -f {backend.config}"],
+            ["pgrep", "-f", f"haproxy -W -S .* -f {backend.config}"],
             capture_output=True,
             text=True,
             check=False,
@@ -337,7 +341,7 @@ def test_an_nginx_reload_that_nginx_gives_up_is_refused_and_the_old_config_serve
             holder.bind(("127.0.0.1", taken))
             holder.listen()
             t0 = time.monotonic()
-            with pytest.raises(RouterError, match="Address already in use"):
+            with pytest.raises(ListenPortTaken, match="Address already in use"):
                 backend.apply(old, new, {})
             assert time.monotonic() - t0 < 10
         assert backend.config.read_text() == config  # the file says what nginx runs
@@ -372,3 +376,87 @@ def test_route_add_failures_are_classified(tmp_path: Path, haproxy: HAProxyBacke
     assert unreachable.value.type == "EngineUnreachable"
     assert not unreachable.value.non_retryable
     assert router.load().routes[KEY].servers == {}
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process listens on (the proxy cannot bind it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", free_port()))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_a_start_that_cannot_bind_says_why_at_once(
+    haproxy: HAProxyBackend, taken_port: int
+) -> None:
+    """HAProxy runs in the foreground of its own session, its output in ``haproxy.log``: a
+    start that fails says HAProxy's reason, without waiting out the 10 s a start may take."""
+    began = time.monotonic()
+    with pytest.raises(ListenPortTaken) as info:
+        haproxy.start(one_route(taken_port))
+    assert time.monotonic() - began < 5
+    assert f"cannot bind socket (Address already in use) for [127.0.0.1:{taken_port}]" in str(
+        info.value
+    )
+    assert "[ALERT]" in haproxy.log.read_text()
+    assert not haproxy.running()
+
+
+def test_a_reload_that_cannot_bind_keeps_the_old_config_and_is_retried_on_another_port(
+    tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process binds the new route's port between the router's check and HAProxy's
+    reload. HAProxy keeps serving the old config, the config file goes back to it (a restart
+    comes back with it, and the port is not taken for one a killed attempt got in), and the
+    failure is a retryable ``RouterPortTaken``: the retry picks another port."""
+    backend = HAProxyBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
+    try:
+        first = router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+        )
+        config = backend.config.read_text()
+        monkeypatch.setattr(router, "_free_port", lambda *_: taken_port)  # as if raced
+        api = RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
+        with pytest.raises(ApplicationError) as info:
+            router.ensure_route(api)
+        assert info.value.type == "RouterPortTaken"
+        assert not info.value.non_retryable
+        assert f"[127.0.0.1:{taken_port}]" in str(info.value)
+        assert backend.config.read_text() == config
+        assert backend.configured_port(backend_name(route_key(TENANT, "recovery", "api"))) is None
+        with socket.create_connection(("127.0.0.1", first.port), timeout=2):
+            pass  # the old config serves
+
+        monkeypatch.undo()
+        second = router.ensure_route(api)
+        assert second.port not in (taken_port, first.port)
+        with socket.create_connection(("127.0.0.1", second.port), timeout=2):
+            pass
+    finally:
+        router.stop()
+
+
+def test_a_reload_not_served_in_time_is_retryable(
+    haproxy: HAProxyBackend, listeners: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload HAProxy neither served nor refused in time (here its master is stopped, so the
+    signal waits) is ``ProxyUnavailable``, which the router retries; the reload happens once the
+    master runs again."""
+    monkeypatch.setattr("activities.haproxy.READY_TIMEOUT_S", 1.0)
+    old = RouterState()
+    haproxy.start(old)
+    master = haproxy._pid()
+    assert master is not None
+    new = one_route(free_port(), r1=listeners[0])
+    os.kill(master, signal.SIGSTOP)
+    try:
+        with pytest.raises(ProxyUnavailable) as info:
+            haproxy.apply(old, new, {})
+        assert "did not serve the new config within 1 s" in str(info.value)
+    finally:
+        os.kill(master, signal.SIGCONT)
+    monkeypatch.undo()
+    haproxy._wait_ready(new, None)  # the signal that waited is handled now
+    assert haproxy.live_servers(new.routes[KEY]) == {"r1": 100}
