@@ -71,6 +71,19 @@ class ListenPortTaken(RouterError):
     """
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs: not gone, and not a zombie its parent has yet to reap.
+
+    Moorage's proxies are nobody's children here (started detached): an exited one is init's
+    zombie until init reaps it, which may take seconds.
+    """
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class ProxyBackend(ABC):
     """A proxy that serves the router's state: HAProxy or nginx."""
 
@@ -95,7 +108,7 @@ class ProxyBackend(ABC):
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             return None
-        return pid if comm.startswith(self.name) else None
+        return pid if comm.startswith(self.name) and _alive(pid) else None
 
     def stop(self) -> None:
         """Stop Moorage's own proxy: SIGTERM to the master, SIGKILL after 5 s."""
@@ -104,9 +117,7 @@ class ProxyBackend(ABC):
             return
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except OSError:
+            if not _alive(pid):
                 return
             time.sleep(0.05)
         with contextlib.suppress(OSError):

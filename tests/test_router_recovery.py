@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import HEARTBEAT_EVERY_S
-from activities.haproxy import HAProxyBackend
+from activities.haproxy import HAPROXY, HAProxyBackend
 from activities.inputs import RouteInput, RouteServersInput
 from activities.nginx import NginxBackend
 from activities.proxy import (
@@ -238,6 +238,24 @@ def test_a_pid_file_naming_another_process_is_not_the_proxy(tmp_path: Path) -> N
     assert backend._pid() is None
     assert not backend.running()
     backend.stop()  # would SIGTERM pytest itself if it trusted the file
+
+
+def test_a_proxy_that_exited_and_is_not_yet_reaped_is_not_running(tmp_path: Path) -> None:
+    """Moorage's proxies are init's children, and init may take seconds to reap one that exited:
+    a zombie named haproxy is not the proxy (stop() used to wait 5 s on it)."""
+    exited = subprocess.Popen([HAPROXY, "-v"], stdout=subprocess.DEVNULL)
+    stat = Path(f"/proc/{exited.pid}/stat")
+    deadline = time.monotonic() + 5
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    backend = HAProxyBackend(tmp_path)
+    backend.pidfile.write_text(f"{exited.pid}\n")
+    try:
+        assert backend._pid() is None
+        assert not backend.running()
+    finally:
+        exited.wait()
 
 
 def test_a_router_directory_too_long_for_haproxys_socket_is_refused_by_name(
