@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from activities import heartbeat, paced_heartbeat, poll_pauses
 from activities.proxy import (
@@ -33,6 +34,7 @@ from activities.proxy import (
     RouterState,
     RouteState,
     ServerState,
+    port_free,
 )
 
 HAPROXY = "haproxy"
@@ -108,6 +110,15 @@ def check_alerts(result: subprocess.CompletedProcess[str]) -> str:
     return " | ".join(alerts) or output or f"exit status {result.returncode}, nothing printed"
 
 
+def _daemonized(pid: int) -> bool:
+    """True when master ``pid`` runs with ``-D``: an older Moorage started it (no master CLI)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"-D" in args
+
+
 class HAProxyBackend(ProxyBackend):
     """HAProxy 2.6+, master-worker mode, admin socket in the router directory."""
 
@@ -169,27 +180,28 @@ class HAProxyBackend(ProxyBackend):
         os.replace(tmp, self.config)
 
     def start(self, state: RouterState) -> None:
-        """Write the config and start HAProxy (master-worker), detached from this process.
+        """Write the config and start HAProxy (master-worker) in a session of its own.
 
         Raises:
-            RouterError: HAProxy did not start (its ALERT lines say why).
-            ProxyUnavailable: it said nothing and did not serve in time.
+            ListenPortTaken: HAProxy could not bind a listen port.
+            RouterError: HAProxy exited at its start (its ALERT lines say why).
+            ProxyUnavailable: it did not serve in time (it is stopped again).
         """
         self._write(state)
         # A master may live on whose admin socket does not answer (its socket file removed, or
-        # its worker stuck): it is soft-stopped once the new one serves, or it would keep
-        # serving stale routes on the same ports (SO_REUSEPORT) beside the new one.
+        # its worker stuck), or one of an older Moorage (no master CLI, output to /dev/null):
+        # it is soft-stopped once the new one serves, or it would keep serving stale routes on
+        # the same ports (SO_REUSEPORT) beside the new one.
         stale = self._pid()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         mark = self._log_mark()
         with self.log.open("ab") as log:
-            # setsid -f: HAProxy is nobody's child here (no zombie to reap), in a session of
-            # its own (a signal to the worker's process group does not reach it).
-            result = subprocess.run(
+            # In the foreground (not -D, which sends its output to /dev/null), in a session of
+            # its own: a signal to the worker's process group does not reach it, and it runs on
+            # when the worker exits.
+            launched = subprocess.Popen(
                 [
-                    "setsid",
-                    "-f",
                     HAPROXY,
                     "-W",
                     "-S",
@@ -202,12 +214,14 @@ class HAProxyBackend(ProxyBackend):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                check=False,
+                start_new_session=True,
             )
-        if result.returncode != 0:
-            raise RouterError(f"haproxy did not start: setsid exited {result.returncode}")
-        self._wait_ready(state, mark, start=True, stale=stale)
-        if stale is not None and stale != self._pid():
+        try:
+            self._wait_ready(state, mark, launched=launched)
+        except ProxyUnavailable:
+            launched.terminate()  # neither serving nor refusing: not left beside the stale one
+            raise
+        if stale is not None and stale != launched.pid:
             # SIGUSR1: stop listening, let the connections it has finish, exit.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stale, signal.SIGUSR1)
@@ -227,108 +241,141 @@ class HAProxyBackend(ProxyBackend):
             return 0
         return size
 
-    def _said_since(self, mark: int) -> str:
-        """What Moorage's HAProxy wrote to its log since ``mark``."""
+    def _said(self, mark: int | None, pid: int | None) -> list[str]:
+        """The lines process ``pid`` wrote to ``haproxy.log`` since ``mark``.
+
+        Every line names its process: ``[ALERT]    (1234) : ...``. Lines of other processes (a
+        stale master, workers, old workers still draining) say nothing of this start or reload.
+        """
+        if mark is None or pid is None:
+            return []
         try:
             with self.log.open("rb") as f:
                 f.seek(mark)
-                return f.read(65536).decode(errors="replace")
+                text = f.read().decode(errors="replace")
         except FileNotFoundError:
-            return ""
+            return []
+        return [line.strip() for line in text.splitlines() if f"({pid}) :" in line]
 
-    def _failed_reloads(self) -> int | None:
-        """The master's count of reloads whose new config did not load (``show proc``)."""
+    def _proc_counts(self) -> tuple[int, int] | None:
+        """The master's reloads and failed reloads (``show proc`` on its CLI), None if silent."""
         try:
-            answer = self._talk(self.master_socket, "show proc")
+            answer = self._talk(self.master_socket, "show proc", timeout=1.0)
         except RouterError:
             return None
-        found = re.search(r"^\d+\s+master\s+\d+ \[failed: (\d+)\]", answer, re.M)
-        return int(found.group(1)) if found else None
+        found = re.search(r"^\d+\s+master\s+(\d+) \[failed: (\d+)\]", answer, re.M)
+        return (int(found.group(1)), int(found.group(2))) if found else None
 
     def _wait_ready(
         self,
         state: RouterState,
         mark: int | None,
         *,
-        failed_before: int | None = None,
-        start: bool = False,
-        stale: int | None = None,
+        launched: subprocess.Popen[bytes] | None = None,
+        master: int | None = None,
+        before: tuple[int, int] | None = None,
     ) -> None:
         """Wait until HAProxy serves exactly ``state``'s routes.
 
-        ``mark``: where this start's or reload's output begins in ``haproxy.log`` (None: an
-        HAProxy run outside Moorage, whose output Moorage does not see). ``failed_before``: the
-        master's count of failed reloads before this reload. ``start``: a new HAProxy, whose
-        master must answer on its CLI too (a reload signal sent before the master handles
-        signals would be lost) and be another than ``stale``.
+        For a start, ``launched`` is the new master: it must serve, answer on its CLI (a reload
+        signal sent before the master handles signals would be lost) and own the pid file; it
+        failed if it exited. For a reload, ``before`` is the master's (reloads, failed reloads)
+        before it, when its CLI answered: the reload is done once the count went up and the new
+        config serves (an earlier attempt's reload may serve the same routes already), and it
+        failed once the failed count went up. ``master``: the pid whose lines in ``haproxy.log``
+        since ``mark`` say why (None: an HAProxy run outside Moorage, whose output Moorage does
+        not see).
 
         Raises:
+            ListenPortTaken: HAProxy could not bind a listen port.
             RouterError: HAProxy could not load the config; the old one (if any) keeps serving.
             ProxyUnavailable: it did not serve the config in time and said nothing why.
         """
         deadline = time.monotonic() + READY_TIMEOUT_S
         wanted = {r.backend for r in state.routes.values()}
         pauses = poll_pauses()
+        if launched is not None:
+            master = launched.pid
         while True:
-            said = self._said_since(mark) if mark is not None else ""
-            failed = self._failed_reloads() if start or failed_before is not None else None
+            heartbeat("waiting for haproxy's new config")  # up to 10 s: the heartbeat timeout
+            counts = self._proc_counts() if launched is not None or before is not None else None
             try:
                 backends = set(self.command("show backend").split()[1:])
                 # Exactly: a reload that deleted a route is done once its backend is gone too.
                 serving = {b for b in backends if b.startswith("be_")} == wanted
             except RouterError:
                 serving = False
-            if serving and (not start or (failed is not None and self._pid() not in (None, stale))):
+            if launched is not None:
+                done = serving and counts is not None and self._pid() == launched.pid
+                failed = launched.poll() is not None
+            elif before is not None:
+                done = serving and counts is not None and counts[0] > before[0]
+                failed = counts is not None and counts[1] > before[1]
+            else:
+                done, failed = serving, False
+            said = self._said(mark, master)
+            failed = failed or any("Loading failure" in line for line in said)
+            if done and not failed:
                 return
-            if (
-                (failed_before is not None and failed is not None and failed > failed_before)
-                or "Loading failure" in said
-                or (start and "[ALERT]" in said)
-            ):
-                why = self._alerts(said) or "see its log"
-                if "Address already in use" in why:
-                    raise ListenPortTaken(f"haproxy could not bind: {why}")
-                raise RouterError(
-                    f"haproxy could not {'start' if start else 'load the new config'}: {why}"
-                )
+            if failed:
+                self._refused(mark, master, launched is not None)
             if time.monotonic() > deadline:
                 raise ProxyUnavailable(
                     f"haproxy did not serve the new config within {READY_TIMEOUT_S:.0f} s"
-                    + (f"; it said: {self._alerts(said, every=True)}" if said.strip() else "")
+                    + (f"; it said: {' | '.join(said[-10:])}" if said else "")
                 )
-            heartbeat("waiting for haproxy's new config")  # up to 10 s: the heartbeat timeout
             time.sleep(next(pauses))
 
-    @staticmethod
-    def _alerts(said: str, *, every: bool = False) -> str:
-        """HAProxy's ALERT lines in ``said`` (with ``every``, its other lines when none)."""
-        lines = [line.strip() for line in said.splitlines() if line.strip()]
-        alerts = [line for line in lines if "[ALERT]" in line]
-        return " | ".join(alerts or (lines[-10:] if every else []))
+    def _refused(self, mark: int | None, master: int | None, start: bool) -> NoReturn:
+        """Raise HAProxy's refusal of a start or reload, quoting its ALERT lines.
+
+        A failed reload's count goes up before the master has said all: its lines are read
+        again until its last one ("Loading failure!"), for up to a second.
+
+        Raises:
+            ListenPortTaken: HAProxy could not bind a listen port.
+            RouterError: any other refusal.
+        """
+        until = time.monotonic() + 1.0
+        said = self._said(mark, master)
+        while (
+            mark is not None
+            and not start
+            and not any("Loading failure" in line for line in said)
+            and time.monotonic() < until
+        ):
+            time.sleep(0.02)
+            said = self._said(mark, master)
+        why = " | ".join(line for line in said if "[ALERT]" in line) or "see its log"
+        if "Address already in use" in why:
+            raise ListenPortTaken(f"haproxy could not bind: {why}")
+        raise RouterError(f"haproxy could not {'start' if start else 'load the new config'}: {why}")
 
     def reload(self, state: RouterState) -> None:
         """Graceful reload (master-worker): listening sockets handed over, old worker drains.
 
         Moorage's own HAProxy gets SIGUSR2; one run outside Moorage gets ``reload`` on its master
-        CLI (it may live in another pid namespace, a container's).
+        CLI (it may live in another pid namespace, a container's). One an older Moorage started
+        (``-D``: no master CLI, its output lost) is replaced by a new one instead.
 
         Raises:
+            ListenPortTaken: HAProxy could not bind a listen port; the old config keeps serving.
             RouterError: HAProxy could not load the new config; the old one keeps serving.
             ProxyUnavailable: the master CLI of an HAProxy run outside Moorage does not answer,
                 or the new config did not serve in time.
         """
-        failed_before = self._failed_reloads()
+        before = self._proc_counts()
         if not self.managed:
             self._talk(self.master_socket, "reload")
-            self._wait_ready(state, None, failed_before=failed_before)
+            self._wait_ready(state, None, before=before)
             return
         pid = self._pid()
-        if pid is None:
+        if pid is None or (before is None and _daemonized(pid)):
             self.start(state)
             return
         mark = self._log_mark()
         os.kill(pid, signal.SIGUSR2)
-        self._wait_ready(state, mark, failed_before=failed_before)
+        self._wait_ready(state, mark, master=pid, before=before)
 
     # --- runtime API ---------------------------------------------------------------------------
 
@@ -341,7 +388,7 @@ class HAProxyBackend(ProxyBackend):
         return self._talk(self.socket, cmd)
 
     @staticmethod
-    def _talk(path: Path, cmd: str) -> str:
+    def _talk(path: Path, cmd: str, timeout: float = 5.0) -> str:
         """One command on one of HAProxy's sockets (admin, or the master CLI); its answer.
 
         Raises:
@@ -349,7 +396,7 @@ class HAProxyBackend(ProxyBackend):
         """
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(5)
+                s.settimeout(timeout)
                 s.connect(str(path))
                 s.sendall(cmd.encode() + b"\n")
                 s.shutdown(socket.SHUT_WR)  # the master CLI answers, then waits for more
@@ -404,6 +451,29 @@ class HAProxyBackend(ProxyBackend):
             result[name] = weight
         return result
 
+    def _refuse_taken_ports(self, new: RouterState, had: set[int]) -> None:
+        """Refuse, before the reload, a new route's port another process listens on.
+
+        A reload HAProxy cannot bind pauses every frontend it runs while it tries (~2 s of
+        refused connections on every route, measured) before it gives up. The router found the
+        port free, but the port of a route a killed attempt got into the config is taken as it
+        is, and another process may have bound one since.
+
+        Raises:
+            ListenPortTaken: a new port is not free and HAProxy does not serve its route.
+        """
+        served: set[str] | None = None
+        for route in new.routes.values():
+            if route.port in had or port_free(self.bind, route.port):
+                continue
+            if served is None:
+                served = set(self.command("show backend").split()[1:])
+            if route.backend not in served:  # its own, from a killed attempt's reload
+                raise ListenPortTaken(
+                    f"port {route.port} on {self.bind} is taken by another process "
+                    "(HAProxy was not reloaded)"
+                )
+
     def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
         """Runtime changes for servers; a graceful reload only when routes come or go.
 
@@ -420,6 +490,7 @@ class HAProxyBackend(ProxyBackend):
         old_ports = {k: r.port for k, r in old.routes.items()}
         new_ports = {k: r.port for k, r in new.routes.items()}
         if old_ports != new_ports:
+            self._refuse_taken_ports(new, set(old_ports.values()))
             previous = self.config.read_text() if self.config.exists() else None
             self._write(new)
             try:
@@ -448,6 +519,8 @@ class HAProxyBackend(ProxyBackend):
             for name in sorted(set(extra) | set(draining.get(key, []))):
                 self._drain_and_delete(be, name)
         self._write(new, check=False)
+        if self.managed:
+            self._log_mark()  # its servers' state changes add to it between reloads
 
     def _add(self, be: str, name: str, server: ServerState) -> dict[str, str]:
         """Register a server (it starts in maintenance); returns its stats row."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,6 +41,7 @@ from activities.proxy import (
     RouteState,
     ServerState,
     backend_name,
+    port_free,
     route_key,
 )
 from moorage.models import RouteInfo
@@ -122,10 +122,36 @@ class TrafficRouter:
 
     def _up(self) -> None:
         """:meth:`_come_up_if_down` in an activity: a proxy down is worth retrying."""
-        try:
+        with self._proxy_errors():
             self._come_up_if_down()
+
+    @contextlib.contextmanager
+    def _proxy_errors(self) -> Iterator[None]:
+        """The proxy's errors as activity failures: only a refusal is not worth retrying.
+
+        Raises:
+            ApplicationError: ``RouterUnavailable`` (the proxy did not answer or serve in time),
+                ``RouterPortTaken`` (another process took a listen port since the router found
+                it free: the retry picks another) or ``RouterConfigInvalid`` (non-retryable).
+        """
+        try:
+            yield
         except ProxyUnavailable as exc:
-            raise ApplicationError(str(exc), type="RouterUnavailable") from exc
+            # Restarted or stopped under us: the retry starts it from the state on disk.
+            raise ApplicationError(
+                f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
+            ) from exc
+        except ListenPortTaken as exc:
+            raise ApplicationError(
+                f"{self.backend.name} could not listen: {exc}", type="RouterPortTaken"
+            ) from exc
+        except RouterError as exc:
+            raise ApplicationError(
+                f"{self.backend.name} refused the change; the previous config keeps serving: {exc}",
+                {"router": self.backend.name, "reason": str(exc)},
+                type="RouterConfigInvalid",
+                non_retryable=True,
+            ) from exc
 
     def _change(self, mutate: Callable[[RouterState], dict[str, list[str]]]) -> RouterState:
         """Apply ``mutate`` to the state, then to the proxy; saves only what the proxy took."""
@@ -134,25 +160,8 @@ class TrafficRouter:
             old = self.load()
             new = old.model_copy(deep=True)
             draining = mutate(new)
-            try:
+            with self._proxy_errors():
                 self.backend.apply(old, new, draining)
-            except ProxyUnavailable as exc:
-                # Restarted or stopped under us: the retry starts it from the state on disk.
-                raise ApplicationError(
-                    f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
-                ) from exc
-            except ListenPortTaken as exc:
-                raise ApplicationError(
-                    f"{self.backend.name} could not listen: {exc}", type="RouterPortTaken"
-                ) from exc
-            except RouterError as exc:
-                raise ApplicationError(
-                    f"{self.backend.name} refused the change; "
-                    f"the previous config keeps serving: {exc}",
-                    {"router": self.backend.name, "reason": str(exc)},
-                    type="RouterConfigInvalid",
-                    non_retryable=True,
-                ) from exc
             self._save(new)
             return new
 
@@ -182,15 +191,8 @@ class TrafficRouter:
             [wanted] if wanted else list(range(self.port_range[0], self.port_range[1] + 1))
         )
         for port in candidates:
-            if port in taken:
-                continue
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((self.backend.bind, port))
-                except OSError:
-                    continue
-            return port
+            if port not in taken and port_free(self.backend.bind, port):
+                return port
         what = (
             f"port {wanted}" if wanted else f"a port in {self.port_range[0]}-{self.port_range[1]}"
         )

@@ -27,11 +27,11 @@ from activities.nginx import NginxBackend
 from activities.proxy import (
     ListenPortTaken,
     ProxyBackend,
-    ProxyUnavailable,
     RouterError,
     RouterState,
     RouteState,
     ServerState,
+    _alive,
     backend_name,
     route_key,
 )
@@ -220,14 +220,6 @@ def test_haproxy_whose_admin_socket_is_gone_is_replaced_not_doubled(tmp_path: Pa
             pass  # the route still listens
     finally:
         router.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def test_a_pid_file_naming_another_process_is_not_the_proxy(tmp_path: Path) -> None:
@@ -421,13 +413,12 @@ def test_a_start_that_cannot_bind_says_why_at_once(
     assert not haproxy.running()
 
 
-def test_a_reload_that_cannot_bind_keeps_the_old_config_and_is_retried_on_another_port(
+def test_a_new_route_on_a_port_taken_since_is_refused_before_any_reload(
     tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another process binds the new route's port between the router's check and HAProxy's
-    reload. HAProxy keeps serving the old config, the config file goes back to it (a restart
-    comes back with it, and the port is not taken for one a killed attempt got in), and the
-    failure is a retryable ``RouterPortTaken``: the retry picks another port."""
+    """Another process binds the new route's port after the router found it free. HAProxy is
+    not reloaded (a reload it cannot bind pauses every route for ~2 s), the config file stays
+    as it was, and the failure is a retryable ``RouterPortTaken``: the retry picks another port."""
     backend = HAProxyBackend(tmp_path)
     router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
     try:
@@ -435,46 +426,142 @@ def test_a_reload_that_cannot_bind_keeps_the_old_config_and_is_retried_on_anothe
             RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
         )
         config = backend.config.read_text()
+        counts = backend._proc_counts()
         monkeypatch.setattr(router, "_free_port", lambda *_: taken_port)  # as if raced
         api = RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
         with pytest.raises(ApplicationError) as info:
             router.ensure_route(api)
         assert info.value.type == "RouterPortTaken"
         assert not info.value.non_retryable
-        assert f"[127.0.0.1:{taken_port}]" in str(info.value)
+        assert f"port {taken_port} on 127.0.0.1 is taken by another process" in str(info.value)
+        assert backend._proc_counts() == counts  # no reload, not even a failed one
         assert backend.config.read_text() == config
-        assert backend.configured_port(backend_name(route_key(TENANT, "recovery", "api"))) is None
-        with socket.create_connection(("127.0.0.1", first.port), timeout=2):
-            pass  # the old config serves
 
         monkeypatch.undo()
         second = router.ensure_route(api)
         assert second.port not in (taken_port, first.port)
-        with socket.create_connection(("127.0.0.1", second.port), timeout=2):
+        for port in (first.port, second.port):
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+    finally:
+        router.stop()
+
+
+def test_a_reload_haproxy_cannot_bind_says_why_and_keeps_the_old_config(
+    haproxy: HAProxyBackend,
+    listeners: list[str],
+    taken_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The port is taken in the instant between the check and the reload: HAProxy refuses the
+    reload, keeps the old config serving, and says why in its log. The step fails at once with
+    HAProxy's ALERT lines as ``ListenPortTaken``, and the config file goes back to the old
+    config (a restart comes back with it, and the port is not taken for one a killed attempt
+    got into HAProxy)."""
+    old = one_route(free_port(), r1=listeners[0])
+    haproxy.start(old)
+    config = haproxy.config.read_text()
+    other = route_key(TENANT, "recovery", "api")
+    new = old.model_copy(deep=True)
+    new.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
+    monkeypatch.setattr("activities.haproxy.port_free", lambda *_: True)  # the instant after
+
+    began = time.monotonic()
+    with pytest.raises(ListenPortTaken) as info:
+        haproxy.apply(old, new, {})
+    assert time.monotonic() - began < 8  # not the 10 s a reload may take
+    assert f"cannot bind socket (Address already in use) for [127.0.0.1:{taken_port}]" in str(
+        info.value
+    )
+    deadline = time.monotonic() + 5  # the master re-executes itself in wait mode: CLI back soon
+    while (counts := haproxy._proc_counts()) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counts == (1, 1)  # one reload, failed
+    assert haproxy.config.read_text() == config
+    assert haproxy.configured_port(backend_name(other)) is None
+    assert haproxy.live_servers(old.routes[KEY]) == {"r1": 100}
+    port = old.routes[KEY].port
+    deadline = time.monotonic() + 5  # HAProxy resumes its paused frontends
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the old config does not serve after the refusal"
+            time.sleep(0.05)
+
+
+def test_a_reload_not_served_in_time_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload HAProxy neither serves nor refuses in time (here its master is stopped, so the
+    signal waits) is a retryable ``RouterUnavailable``; once the master runs again, the retry
+    gets the route, on the port the first attempt chose."""
+    monkeypatch.setattr("activities.haproxy.READY_TIMEOUT_S", 1.0)
+    backend = HAProxyBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
+    try:
+        router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+        )
+        master = backend._pid()
+        assert master is not None
+        api = RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
+        os.kill(master, signal.SIGSTOP)
+        try:
+            with pytest.raises(ApplicationError) as info:
+                router.ensure_route(api)
+        finally:
+            os.kill(master, signal.SIGCONT)
+        assert info.value.type == "RouterUnavailable"
+        assert not info.value.non_retryable
+        assert "did not serve the new config within 1 s" in str(info.value)
+        tried = backend.configured_port(backend_name(route_key(TENANT, "recovery", "api")))
+        assert tried is not None
+
+        monkeypatch.undo()
+        retried = router.ensure_route(api)
+        assert retried.port == tried
+        assert backend._pid() == master  # reloaded, not replaced
+        with socket.create_connection(("127.0.0.1", retried.port), timeout=2):
             pass
     finally:
         router.stop()
 
 
-def test_a_reload_not_served_in_time_is_retryable(
-    haproxy: HAProxyBackend, listeners: list[str], monkeypatch: pytest.MonkeyPatch
+def test_an_haproxy_an_older_moorage_daemonized_is_replaced_at_its_next_reload(
+    tmp_path: Path, listeners: list[str]
 ) -> None:
-    """A reload HAProxy neither served nor refused in time (here its master is stopped, so the
-    signal waits) is ``ProxyUnavailable``, which the router retries; the reload happens once the
-    master runs again."""
-    monkeypatch.setattr("activities.haproxy.READY_TIMEOUT_S", 1.0)
-    old = RouterState()
-    haproxy.start(old)
-    master = haproxy._pid()
-    assert master is not None
-    new = one_route(free_port(), r1=listeners[0])
-    os.kill(master, signal.SIGSTOP)
+    """An older Moorage started HAProxy with ``-D``: no master CLI, its output to /dev/null, so
+    a reload it cannot load would fail unexplained. Its next reload starts a new HAProxy (with
+    both) instead, and soft-stops the old one once the new one serves."""
+    backend = HAProxyBackend(tmp_path)
+    old = one_route(free_port(), r1=listeners[0])
+    backend._write(old)
+    subprocess.run(
+        [HAPROXY, "-W", "-D", "-f", str(backend.config), "-p", str(backend.pidfile)], check=True
+    )
     try:
-        with pytest.raises(ProxyUnavailable) as info:
-            haproxy.apply(old, new, {})
-        assert "did not serve the new config within 1 s" in str(info.value)
+        legacy = backend._pid()
+        assert legacy is not None
+        backend._wait_ready(old, None)
+        other = route_key(TENANT, "recovery", "api")
+        new = old.model_copy(deep=True)
+        new.routes[other] = RouteState(key=other, port=free_port(), container_port="80/tcp")
+
+        backend.apply(old, new, {})
+
+        assert backend._pid() not in (None, legacy)
+        assert backend._proc_counts() == (0, 0)  # the new one has its master CLI
+        deadline = time.monotonic() + 10
+        while _alive(legacy) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(legacy), "the old HAProxy still runs beside the new one"
+        for route in new.routes.values():
+            with socket.create_connection(("127.0.0.1", route.port), timeout=2):
+                pass
+        assert backend.live_servers(new.routes[KEY]) == {"r1": 100}
     finally:
-        os.kill(master, signal.SIGCONT)
-    monkeypatch.undo()
-    haproxy._wait_ready(new, None)  # the signal that waited is handled now
-    assert haproxy.live_servers(new.routes[KEY]) == {"r1": 100}
+        backend.stop()
+        if legacy is not None and _alive(legacy):
+            os.kill(legacy, signal.SIGTERM)
