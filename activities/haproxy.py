@@ -137,6 +137,7 @@ class HAProxyBackend(ProxyBackend):
         self.socket = directory / "admin.sock"
         self.master_socket = directory / "master.sock"
         """The master CLI (``-S``). An HAProxy run outside Moorage is reloaded through it."""
+        self._launched: subprocess.Popen[bytes] | None = None
         self.log = directory / "haproxy.log"
         """Moorage's own HAProxy's output (its master's and workers' notices and alerts)."""
         longest = max((self.socket, self.master_socket), key=lambda p: len(str(p)))
@@ -216,6 +217,7 @@ class HAProxyBackend(ProxyBackend):
                 stderr=log,
                 start_new_session=True,
             )
+        self._launched = launched  # reaped by Python once it exits and this is let go
         try:
             self._wait_ready(state, mark, launched=launched)
         except ProxyUnavailable:
