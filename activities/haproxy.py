@@ -34,8 +34,8 @@ from activities.proxy import (
     RouterState,
     RouteState,
     ServerState,
-    port_free,
 )
+from moorage.net import port_free
 
 HAPROXY = "haproxy"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -70,17 +69,6 @@ class ListenPortTaken(RouterError):
 
     The proxy keeps its previous config; a retry picks another port.
     """
-
-
-def port_free(bind: str, port: int) -> bool:
-    """True when nothing listens on ``bind``:``port`` (this process can bind it)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((bind, port))
-        except OSError:
-            return False
-    return True
 
 
 def _alive(pid: int) -> bool:

@@ -41,10 +41,10 @@ from activities.proxy import (
     RouteState,
     ServerState,
     backend_name,
-    port_free,
     route_key,
 )
 from moorage.models import RouteInfo
+from moorage.net import port_free
 from moorage.settings import replica_port_refusal
 
 

@@ -23,6 +23,7 @@ from types import FrameType
 
 import httpx
 
+from moorage.net import port_free
 from moorage.settings import Settings
 from workflows import search_attributes
 
@@ -65,17 +66,6 @@ def dev_api_key(data_dir: Path) -> str:
     path.write_text(key + "\n")
     path.chmod(0o600)
     return key
-
-
-def port_free(port: int) -> bool:
-    """True when nothing listens on ``127.0.0.1:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def tcp_answers(port: int) -> bool:
@@ -157,7 +147,7 @@ class DevStack:
             (self.ui_port, "Temporal Web UI"),
             (self.api_port, "API"),
         ):
-            if not port_free(port):
+            if not port_free(HOST, port):
                 raise DevError(f"port {port} ({what}) is in use: is another `moorage dev` running?")
         binary = temporal_binary()
         logs = self.data_dir / "logs"

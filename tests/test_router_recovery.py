@@ -520,6 +520,13 @@ def test_a_reload_not_served_in_time_is_retried(
         assert tried is not None
 
         monkeypatch.undo()
+        # The signal that waited reloads HAProxy now. Meanwhile its pid file is rewritten (empty
+        # for an instant), and a retry that came then would start a new HAProxy (soft-stopping
+        # this one): the retry waits here, as it would for Temporal's backoff, to see a reload.
+        deadline = time.monotonic() + 10
+        while (backend._proc_counts() or (0, 0))[0] < 1:
+            assert time.monotonic() < deadline, "the reload signal was not handled"
+            time.sleep(0.05)
         retried = router.ensure_route(api)
         assert retried.port == tried
         assert backend._pid() == master  # reloaded, not replaced
@@ -542,9 +549,11 @@ def test_an_haproxy_an_older_moorage_daemonized_is_replaced_at_its_next_reload(
         [HAPROXY, "-W", "-D", "-f", str(backend.config), "-p", str(backend.pidfile)], check=True
     )
     try:
-        legacy = backend._pid()
-        assert legacy is not None
         backend._wait_ready(old, None)
+        deadline = time.monotonic() + 5  # the -D parent may exit before the pid file is written
+        while (legacy := backend._pid()) is None:
+            assert time.monotonic() < deadline, "no pid file"
+            time.sleep(0.05)
         other = route_key(TENANT, "recovery", "api")
         new = old.model_copy(deep=True)
         new.routes[other] = RouteState(key=other, port=free_port(), container_port="80/tcp")
@@ -563,5 +572,10 @@ def test_an_haproxy_an_older_moorage_daemonized_is_replaced_at_its_next_reload(
         assert backend.live_servers(new.routes[KEY]) == {"r1": 100}
     finally:
         backend.stop()
-        if legacy is not None and _alive(legacy):
-            os.kill(legacy, signal.SIGTERM)
+        for pid in subprocess.run(
+            ["pgrep", "-f", f"haproxy -W -D -f {backend.config}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split():
+            os.kill(int(pid), signal.SIGTERM)  # the old one, if the test failed before its stop

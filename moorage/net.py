@@ -1,0 +1,16 @@
+"""Small network checks shared by the dev launcher and the traffic router."""
+
+from __future__ import annotations
+
+import socket
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on ``host``:``port`` (this process could bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
