@@ -52,12 +52,21 @@ def test_a_stop_that_waits_out_the_grace_period_keeps_heartbeating(
 
 
 # Shuts down gracefully in 1.5 s on SIGTERM and logs every SIGTERM it gets: a second one (which
-# many programs take as "quit now") shows in the log.
+# many programs take as "quit now") shows in the log. Says "ready" once its trap is set.
 GRACEFUL = (
     "services:\n  web:\n    image: moorage-demo:v1\n"
-    "    command: ['sh', '-c', \"n=0; trap 'n=1; echo TERM' TERM; while :; do"
+    "    command: ['sh', '-c', \"n=0; trap 'n=1; echo TERM' TERM; echo ready; while :; do"
     ' if [ $$n = 1 ]; then sleep 1.5; echo done; exit 0; fi; sleep 0.1; done"]\n'
 )
+
+
+def trap_set(client: docker.DockerClient, container_id: str, said: bytes = b"ready") -> None:
+    """Wait until the container's shell says ``said``, after its ``trap``: a signal that came
+    before would be dropped (PID 1 without a handler), and the test would wait out the grace."""
+    deadline = time.monotonic() + 10
+    while said not in client.api.logs(container_id):
+        assert time.monotonic() < deadline, "the container never set its trap"
+        time.sleep(0.02)
 
 
 def _stop_input(project: str, grace_s: float, budget_s: float | None = None) -> StopContainersInput:
@@ -71,6 +80,7 @@ def test_a_brief_stop_of_a_container_that_exits_on_its_stop_signal_stops_it(
     """The demo image exits on SIGTERM; a service's own ``stop_signal`` is the one sent."""
     executor = DockerExecutor(docker_client)
     [demo] = start_web(docker_client, project, "services:\n  web:\n    image: moorage-demo:v1\n")
+    trap_set(docker_client, demo.container_id, b"demo: serving")  # the demo's init traps first
     result = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=5))
     assert result.stopped == [demo.container_name]
     assert result.running == []
@@ -79,9 +89,11 @@ def test_a_brief_stop_of_a_container_that_exits_on_its_stop_signal_stops_it(
     # PID 1 ignores SIGTERM without a handler; this one handles only SIGUSR1, its stop signal.
     usr1 = (
         "services:\n  web:\n    image: moorage-demo:v1\n    stop_signal: SIGUSR1\n"
-        "    command: ['sh', '-c', \"trap 'exit 0' USR1; while :; do sleep 0.1; done\"]\n"
+        "    command: ['sh', '-c', \"trap 'exit 0' USR1; echo ready;"
+        ' while :; do sleep 0.1; done"]\n'
     )
     [own] = start_web(docker_client, project, usr1)
+    trap_set(docker_client, own.container_id)
     result = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=5))
     assert result.stopped == [own.container_name]
     assert result.elapsed_s < 2
@@ -115,6 +127,7 @@ def test_the_full_stop_after_a_brief_one_does_not_signal_again(
     finish (exit 0) and sends no second SIGTERM, where ``docker stop`` would."""
     executor = DockerExecutor(docker_client)
     [c] = start_web(docker_client, project, GRACEFUL)
+    trap_set(docker_client, c.container_id)
     brief = executor.stop_containers_briefly(_stop_input(project, 10, budget_s=0.5))
     assert brief.running == [c.container_name]
     rest = _stop_input(project, 10).after(brief)
@@ -124,7 +137,7 @@ def test_the_full_stop_after_a_brief_one_does_not_signal_again(
     state = docker_client.api.inspect_container(c.container_id)["State"]
     assert state["ExitCode"] == 0, state
     log = docker_client.api.logs(c.container_id).decode().split()
-    assert log == ["TERM", "done"], log
+    assert log == ["ready", "TERM", "done"], log
 
 
 def test_a_network_whose_name_extends_this_one_is_not_taken_for_it(
