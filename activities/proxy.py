@@ -104,7 +104,15 @@ class ProxyBackend(ABC):
     def _pid(self) -> int | None:
         """The master's pid when it is alive (and still the proxy: pids get reused)."""
         try:
-            pid = int(self.pidfile.read_text().split()[0])
+            text = self.pidfile.read_text()
+            for _ in range(25):
+                if text.strip():
+                    break
+                # HAProxy's master truncates its pid file when it reloads and writes it tens of
+                # ms later (seen in ~2% of reads during reloads): it has not gone.
+                time.sleep(0.02)
+                text = self.pidfile.read_text()
+            pid = int(text.split()[0])
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             return None

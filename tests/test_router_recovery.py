@@ -520,9 +520,10 @@ def test_a_reload_not_served_in_time_is_retried(
         assert tried is not None
 
         monkeypatch.undo()
-        # The signal that waited reloads HAProxy now. Meanwhile its pid file is rewritten (empty
-        # for an instant), and a retry that came then would start a new HAProxy (soft-stopping
-        # this one): the retry waits here, as it would for Temporal's backoff, to see a reload.
+        # The signal that waited reloads HAProxy now. Meanwhile its pid file is rewritten: empty
+        # for tens of ms (_pid() waits that out) and missing for an instant, when a retry would
+        # start a new HAProxy (soft-stopping this one): the retry waits for the reload here, as
+        # it would for Temporal's backoff.
         deadline = time.monotonic() + 10
         while (backend._proc_counts() or (0, 0))[0] < 1:
             assert time.monotonic() < deadline, "the reload signal was not handled"
