@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from activities import heartbeat, paced_heartbeat, poll_pauses
 from activities.proxy import (
@@ -34,6 +34,7 @@ from activities.proxy import (
     RouterState,
     RouteState,
     ServerState,
+    process_alive,
 )
 from moorage.net import port_free
 
@@ -108,6 +109,16 @@ def check_alerts(result: subprocess.CompletedProcess[str]) -> str:
     output = "\n".join((result.stderr, result.stdout)).strip()
     alerts = [line.strip() for line in output.splitlines() if "[ALERT]" in line]
     return " | ".join(alerts) or output or f"exit status {result.returncode}, nothing printed"
+
+
+class MasterInfo(NamedTuple):
+    """What HAProxy's master CLI says of the master (``show proc``)."""
+
+    pid: int
+    """In the master's pid namespace (another one for an HAProxy run in a container)."""
+    reloads: int
+    failed: int
+    """Reloads whose new config did not load (the old one serves on)."""
 
 
 def _daemonized(pid: int) -> bool:
@@ -217,11 +228,19 @@ class HAProxyBackend(ProxyBackend):
                 stderr=log,
                 start_new_session=True,
             )
-        self._launched = launched  # reaped by Python once it exits and this is let go
+        self._launched = launched
         try:
             self._wait_ready(state, mark, launched=launched)
-        except ProxyUnavailable:
-            launched.terminate()  # neither serving nor refusing: not left beside the stale one
+        except BaseException:
+            # Not serving: it goes, its workers with it, and the pid file names the stale master
+            # again (if one lives), which serves on and is found at the next step.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launched.pid, signal.SIGKILL)
+            launched.wait()
+            if stale is not None and process_alive(stale):
+                tmp = self.pidfile.with_suffix(".pid.new")
+                tmp.write_text(f"{stale}\n")
+                os.replace(tmp, self.pidfile)
             raise
         if stale is not None and stale != launched.pid:
             # SIGUSR1: stop listening, let the connections it has finish, exit.
@@ -259,14 +278,16 @@ class HAProxyBackend(ProxyBackend):
             return []
         return [line.strip() for line in text.splitlines() if f"({pid}) :" in line]
 
-    def _proc_counts(self) -> tuple[int, int] | None:
-        """The master's reloads and failed reloads (``show proc`` on its CLI), None if silent."""
+    def _proc_counts(self) -> MasterInfo | None:
+        """The master's pid, reloads and failed reloads (``show proc``), None if it is silent."""
         try:
             answer = self._talk(self.master_socket, "show proc", timeout=1.0)
         except RouterError:
             return None
-        found = re.search(r"^\d+\s+master\s+(\d+) \[failed: (\d+)\]", answer, re.M)
-        return (int(found.group(1)), int(found.group(2))) if found else None
+        found = re.search(r"^(\d+)\s+master\s+(\d+) \[failed: (\d+)\]", answer, re.M)
+        if not found:
+            return None
+        return MasterInfo(int(found.group(1)), int(found.group(2)), int(found.group(3)))
 
     def _wait_ready(
         self,
@@ -275,7 +296,7 @@ class HAProxyBackend(ProxyBackend):
         *,
         launched: subprocess.Popen[bytes] | None = None,
         master: int | None = None,
-        before: tuple[int, int] | None = None,
+        before: MasterInfo | None = None,
     ) -> None:
         """Wait until HAProxy serves exactly ``state``'s routes.
 
@@ -308,13 +329,21 @@ class HAProxyBackend(ProxyBackend):
             except RouterError:
                 serving = False
             if launched is not None:
-                done = serving and counts is not None and self._pid() == launched.pid
+                # Its own CLI (until it binds master.sock, the path may be a stale master's).
+                done = (
+                    serving
+                    and counts is not None
+                    and counts.pid == launched.pid
+                    and self._pid() == launched.pid
+                )
                 failed = launched.poll() is not None
             elif before is not None:
-                done = serving and counts is not None and counts[0] > before[0]
-                failed = counts is not None and counts[1] > before[1]
+                done = serving and counts is not None and counts.reloads > before.reloads
+                failed = counts is not None and counts.failed > before.failed
             else:
                 done, failed = serving, False
+            if master is not None and launched is None and not process_alive(master):
+                raise ProxyUnavailable("haproxy's master exited during the reload")
             said = self._said(mark, master)
             failed = failed or any("Loading failure" in line for line in said)
             if done and not failed:
@@ -376,8 +405,17 @@ class HAProxyBackend(ProxyBackend):
             self.start(state)
             return
         mark = self._log_mark()
-        os.kill(pid, signal.SIGUSR2)
+        try:
+            os.kill(pid, signal.SIGUSR2)
+        except ProcessLookupError as exc:
+            raise ProxyUnavailable("haproxy's master exited before its reload") from exc
         self._wait_ready(state, mark, master=pid, before=before)
+
+    def stop(self) -> None:
+        """Stop Moorage's own HAProxy (and reap it, when this process started it)."""
+        super().stop()
+        if self._launched is not None:
+            self._launched.poll()
 
     # --- runtime API ---------------------------------------------------------------------------
 
@@ -453,28 +491,37 @@ class HAProxyBackend(ProxyBackend):
             result[name] = weight
         return result
 
-    def _refuse_taken_ports(self, new: RouterState, had: set[int]) -> None:
-        """Refuse, before the reload, a new route's port another process listens on.
+    def _refuse_taken_ports(self, new: RouterState) -> None:
+        """Refuse, before the reload, a route's port another process listens on.
 
         A reload HAProxy cannot bind pauses every frontend it runs while it tries (~2 s of
-        refused connections on every route, measured) before it gives up. The router found the
-        port free, but the port of a route a killed attempt got into the config is taken as it
-        is, and another process may have bound one since.
+        refused connections on every route, measured) before it gives up. The router found a
+        new route's port free, but the port of a route a killed attempt got into the config is
+        taken as it is, and another process may have bound one since. A port is fine when it
+        is free or HAProxy serves its route already.
 
         Raises:
-            ListenPortTaken: a new port is not free and HAProxy does not serve its route.
+            ListenPortTaken: a route's port is taken and HAProxy does not serve that route.
         """
         served: set[str] | None = None
         for route in new.routes.values():
-            if route.port in had or port_free(self.bind, route.port):
+            if port_free(self.bind, route.port):
                 continue
             if served is None:
-                served = set(self.command("show backend").split()[1:])
-            if route.backend not in served:  # its own, from a killed attempt's reload
+                served = self.served_backends()
+            if route.backend not in served:
                 raise ListenPortTaken(
                     f"port {route.port} on {self.bind} is taken by another process "
                     "(HAProxy was not reloaded)"
                 )
+
+    def served_backends(self) -> set[str]:
+        """The backends HAProxy runs (its routes)."""
+        return set(self.command("show backend").split()[1:])
+
+    def serves(self, backend: str) -> bool:
+        """True when HAProxy runs the route of ``backend``."""
+        return backend in self.served_backends()
 
     def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
         """Runtime changes for servers; a graceful reload only when routes come or go.
@@ -492,7 +539,7 @@ class HAProxyBackend(ProxyBackend):
         old_ports = {k: r.port for k, r in old.routes.items()}
         new_ports = {k: r.port for k, r in new.routes.items()}
         if old_ports != new_ports:
-            self._refuse_taken_ports(new, set(old_ports.values()))
+            self._refuse_taken_ports(new)
             previous = self.config.read_text() if self.config.exists() else None
             self._write(new)
             try:

@@ -71,11 +71,11 @@ class ListenPortTaken(RouterError):
     """
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True while ``pid`` runs: not gone, and not a zombie its parent has yet to reap.
 
-    Moorage's proxies are nobody's children here (started detached): an exited one is init's
-    zombie until init reaps it, which may take seconds.
+    An exited proxy is a zombie until its parent reaps it: init (nginx daemonizes, and
+    HAProxy outlives the worker that started it), which may take seconds, or that worker.
     """
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -116,7 +116,7 @@ class ProxyBackend(ABC):
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             return None
-        return pid if comm.startswith(self.name) and _alive(pid) else None
+        return pid if comm.startswith(self.name) and process_alive(pid) else None
 
     def stop(self) -> None:
         """Stop Moorage's own proxy: SIGTERM to the master, SIGKILL after 5 s."""
@@ -125,7 +125,7 @@ class ProxyBackend(ABC):
             return
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            if not _alive(pid):
+            if not process_alive(pid):
                 return
             time.sleep(0.05)
         with contextlib.suppress(OSError):
@@ -184,6 +184,13 @@ class ProxyBackend(ABC):
         The config is written before the proxy reloads and the state is saved after: a worker
         killed in between leaves a route the proxy serves but the state lacks.
         """
+
+    def serves(self, backend: str) -> bool:
+        """True when the running proxy has the route of ``backend`` (unknown: True).
+
+        Asked before a port named by the config on disk is taken for a killed attempt's.
+        """
+        return True
 
     def known_servers(self, route: RouteState) -> set[str]:
         """Every server the proxy has for ``route``, whatever its state (down, in maintenance)."""

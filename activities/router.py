@@ -121,9 +121,23 @@ class TrafficRouter:
         self.backend.stop()
 
     def _up(self) -> None:
-        """:meth:`_come_up_if_down` in an activity: a proxy down is worth retrying."""
-        with self._proxy_errors():
+        """:meth:`_come_up_if_down` in an activity: a proxy down is worth retrying.
+
+        Raises:
+            ApplicationError: ``RouterUnavailable`` (it did not answer or serve in time) or
+                ``RouterStartFailed`` (it did not start from the state on disk, e.g. a route's
+                port another process took): both retryable, as the cause may pass.
+        """
+        try:
             self._come_up_if_down()
+        except ProxyUnavailable as exc:
+            raise ApplicationError(
+                f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
+            ) from exc
+        except RouterError as exc:
+            raise ApplicationError(
+                f"{self.backend.name} did not start: {exc}", type="RouterStartFailed"
+            ) from exc
 
     @contextlib.contextmanager
     def _proxy_errors(self) -> Iterator[None]:
@@ -185,7 +199,14 @@ class TrafficRouter:
         taken = {r.port for r in state.routes.values()}
         # A killed attempt may have got the route into the proxy already: its port is ours.
         ours = self.backend.configured_port(backend_name(key))
-        if ours is not None and ours not in taken and wanted in (None, ours):
+        if (
+            ours is not None
+            and ours not in taken
+            and wanted in (None, ours)
+            # Not if another process took it since (the attempt timed out, or was killed
+            # before its reload): then the port is not ours, and another is picked.
+            and (port_free(self.backend.bind, ours) or self.backend.serves(backend_name(key)))
+        ):
             return ours
         candidates: list[int] = (
             [wanted] if wanted else list(range(self.port_range[0], self.port_range[1] + 1))

@@ -31,8 +31,8 @@ from activities.proxy import (
     RouterState,
     RouteState,
     ServerState,
-    _alive,
     backend_name,
+    process_alive,
     route_key,
 )
 from activities.router import TrafficRouter
@@ -202,9 +202,9 @@ def test_haproxy_whose_admin_socket_is_gone_is_replaced_not_doubled(tmp_path: Pa
 
         assert backend.running()
         deadline = time.monotonic() + 10
-        while _alive(stale) and time.monotonic() < deadline:
+        while process_alive(stale) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(stale), "the old master still runs beside the new one"
+        assert not process_alive(stale), "the old master still runs beside the new one"
         procs = subprocess.run(
             ["pgrep", "-f", f"haproxy -W -S .* -f {backend.config}"],
             capture_output=True,
@@ -427,6 +427,7 @@ def test_a_new_route_on_a_port_taken_since_is_refused_before_any_reload(
         )
         config = backend.config.read_text()
         counts = backend._proc_counts()
+        assert counts is not None
         monkeypatch.setattr(router, "_free_port", lambda *_: taken_port)  # as if raced
         api = RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
         with pytest.raises(ApplicationError) as info:
@@ -476,7 +477,8 @@ def test_a_reload_haproxy_cannot_bind_says_why_and_keeps_the_old_config(
     deadline = time.monotonic() + 5  # the master re-executes itself in wait mode: CLI back soon
     while (counts := haproxy._proc_counts()) is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert counts == (1, 1)  # one reload, failed
+    assert counts is not None
+    assert (counts.reloads, counts.failed) == (1, 1)  # one reload, failed
     assert haproxy.config.read_text() == config
     assert haproxy.configured_port(backend_name(other)) is None
     assert haproxy.live_servers(old.routes[KEY]) == {"r1": 100}
@@ -525,7 +527,7 @@ def test_a_reload_not_served_in_time_is_retried(
         # start a new HAProxy (soft-stopping this one): the retry waits for the reload here, as
         # it would for Temporal's backoff.
         deadline = time.monotonic() + 10
-        while (backend._proc_counts() or (0, 0))[0] < 1:
+        while (master_info := backend._proc_counts()) is None or master_info.reloads < 1:
             assert time.monotonic() < deadline, "the reload signal was not handled"
             time.sleep(0.05)
         retried = router.ensure_route(api)
@@ -562,11 +564,13 @@ def test_an_haproxy_an_older_moorage_daemonized_is_replaced_at_its_next_reload(
         backend.apply(old, new, {})
 
         assert backend._pid() not in (None, legacy)
-        assert backend._proc_counts() == (0, 0)  # the new one has its master CLI
+        counts = backend._proc_counts()  # the new one has its master CLI
+        assert counts is not None
+        assert (counts.pid, counts.reloads, counts.failed) == (backend._pid(), 0, 0)
         deadline = time.monotonic() + 10
-        while _alive(legacy) and time.monotonic() < deadline:
+        while process_alive(legacy) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(legacy), "the old HAProxy still runs beside the new one"
+        assert not process_alive(legacy), "the old HAProxy still runs beside the new one"
         for route in new.routes.values():
             with socket.create_connection(("127.0.0.1", route.port), timeout=2):
                 pass
@@ -580,3 +584,64 @@ def test_an_haproxy_an_older_moorage_daemonized_is_replaced_at_its_next_reload(
             check=False,
         ).stdout.split():
             os.kill(int(pid), signal.SIGTERM)  # the old one, if the test failed before its stop
+
+
+def test_a_port_the_config_names_but_another_process_took_is_not_reused(
+    tmp_path: Path, taken_port: int
+) -> None:
+    """An attempt wrote the new route's port into the config and then timed out (or was killed
+    before its reload), and another process bound that port since: the retry does not take the
+    config's port for its own, it picks another."""
+    backend = HAProxyBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
+    try:
+        router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+        )
+        other = route_key(TENANT, "recovery", "api")
+        left = router.load()
+        left.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
+        backend._write(left, check=False)  # the config the attempt wrote; HAProxy not reloaded
+        assert backend.configured_port(backend_name(other)) == taken_port
+
+        info = router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
+        )
+        assert info.port != taken_port
+        with socket.create_connection(("127.0.0.1", info.port), timeout=2):
+            pass
+    finally:
+        router.stop()
+
+
+def test_a_start_that_fails_beside_a_stale_master_leaves_it_serving_and_known(
+    tmp_path: Path, taken_port: int
+) -> None:
+    """The running HAProxy's admin socket is gone, so a router step starts a new one; the new one
+    cannot start (a route's port was taken meanwhile). The step fails retryably
+    (``RouterStartFailed``), and the pid file names the old master again: it serves on, and the
+    next start soft-stops it instead of leaving it unknown beside a new one."""
+    backend = HAProxyBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
+    try:
+        web = router.ensure_route(
+            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+        )
+        stale = backend._pid()
+        assert stale is not None
+        backend.socket.unlink()
+        state = router.load()
+        other = route_key(TENANT, "recovery", "api")
+        state.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
+        router._save(state)
+
+        with pytest.raises(ApplicationError) as info:
+            router._up()
+        assert info.value.type == "RouterStartFailed"
+        assert not info.value.non_retryable
+        assert "Address already in use" in str(info.value)
+        assert backend._pid() == stale
+        with socket.create_connection(("127.0.0.1", web.port), timeout=2):
+            pass  # the old one serves on
+    finally:
+        router.stop()
