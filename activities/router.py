@@ -121,30 +121,18 @@ class TrafficRouter:
         self.backend.stop()
 
     def _up(self) -> None:
-        """:meth:`_come_up_if_down` in an activity: a proxy down is worth retrying.
-
-        Raises:
-            ApplicationError: ``RouterUnavailable`` (it did not answer or serve in time) or
-                ``RouterStartFailed`` (it did not start from the state on disk, e.g. a route's
-                port another process took): both retryable, as the cause may pass.
-        """
-        try:
+        """:meth:`_come_up_if_down` in an activity: a proxy down is worth retrying."""
+        with self._proxy_errors(starting=True):
             self._come_up_if_down()
-        except ProxyUnavailable as exc:
-            raise ApplicationError(
-                f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
-            ) from exc
-        except RouterError as exc:
-            raise ApplicationError(
-                f"{self.backend.name} did not start: {exc}", type="RouterStartFailed"
-            ) from exc
 
     @contextlib.contextmanager
-    def _proxy_errors(self) -> Iterator[None]:
-        """The proxy's errors as activity failures: only a refusal is not worth retrying.
+    def _proxy_errors(self, *, starting: bool = False) -> Iterator[None]:
+        """The proxy's errors as activity failures: only a refused change is not worth retrying.
 
         Raises:
-            ApplicationError: ``RouterUnavailable`` (the proxy did not answer or serve in time),
+            ApplicationError: ``RouterUnavailable`` (the proxy did not answer or serve in time);
+                ``starting``: ``RouterStartFailed`` (it did not start from the state on disk,
+                e.g. a route's port another process took: the cause may pass); otherwise
                 ``RouterPortTaken`` (another process took a listen port since the router found
                 it free: the retry picks another) or ``RouterConfigInvalid`` (non-retryable).
         """
@@ -155,11 +143,15 @@ class TrafficRouter:
             raise ApplicationError(
                 f"{self.backend.name} did not answer: {exc}", type="RouterUnavailable"
             ) from exc
-        except ListenPortTaken as exc:
-            raise ApplicationError(
-                f"{self.backend.name} could not listen: {exc}", type="RouterPortTaken"
-            ) from exc
         except RouterError as exc:
+            if starting:
+                raise ApplicationError(
+                    f"{self.backend.name} did not start: {exc}", type="RouterStartFailed"
+                ) from exc
+            if isinstance(exc, ListenPortTaken):
+                raise ApplicationError(
+                    f"{self.backend.name} could not listen: {exc}", type="RouterPortTaken"
+                ) from exc
             raise ApplicationError(
                 f"{self.backend.name} refused the change; the previous config keeps serving: {exc}",
                 {"router": self.backend.name, "reason": str(exc)},

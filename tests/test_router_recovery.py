@@ -36,6 +36,7 @@ from activities.proxy import (
     route_key,
 )
 from activities.router import TrafficRouter
+from moorage.models import RouteInfo
 from tests.conftest import LOCAL_ROUTE_PORTS
 from tests.helpers import TENANT, free_port
 
@@ -66,6 +67,21 @@ def haproxy(tmp_path: Path) -> Iterator[HAProxyBackend]:
     backend = HAProxyBackend(tmp_path)
     yield backend
     backend.stop()
+
+
+WEB = RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
+API = RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
+
+
+@pytest.fixture
+def web_routed(tmp_path: Path) -> Iterator[tuple[HAProxyBackend, TrafficRouter, RouteInfo]]:
+    """Moorage's HAProxy in ``tmp_path`` behind a router, serving the ``web`` route."""
+    backend = HAProxyBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
+    try:
+        yield backend, router, router.ensure_route(WEB)
+    finally:
+        router.stop()
 
 
 def one_route(port: int, **servers: str) -> RouterState:
@@ -414,38 +430,33 @@ def test_a_start_that_cannot_bind_says_why_at_once(
 
 
 def test_a_new_route_on_a_port_taken_since_is_refused_before_any_reload(
-    tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch
+    web_routed: tuple[HAProxyBackend, TrafficRouter, RouteInfo],
+    taken_port: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Another process binds the new route's port after the router found it free. HAProxy is
     not reloaded (a reload it cannot bind pauses every route for ~2 s), the config file stays
     as it was, and the failure is a retryable ``RouterPortTaken``: the retry picks another port."""
-    backend = HAProxyBackend(tmp_path)
-    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
-    try:
-        first = router.ensure_route(
-            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
-        )
-        config = backend.config.read_text()
-        counts = backend._proc_counts()
-        assert counts is not None
-        monkeypatch.setattr(router, "_free_port", lambda *_: taken_port)  # as if raced
-        api = RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
-        with pytest.raises(ApplicationError) as info:
-            router.ensure_route(api)
-        assert info.value.type == "RouterPortTaken"
-        assert not info.value.non_retryable
-        assert f"port {taken_port} on 127.0.0.1 is taken by another process" in str(info.value)
-        assert backend._proc_counts() == counts  # no reload, not even a failed one
-        assert backend.config.read_text() == config
+    backend, router, first = web_routed
+    config = backend.config.read_text()
+    counts = backend._proc_counts()
+    assert counts is not None
+    monkeypatch.setattr(router, "_free_port", lambda *_: taken_port)  # as if raced
+    api = API
+    with pytest.raises(ApplicationError) as info:
+        router.ensure_route(api)
+    assert info.value.type == "RouterPortTaken"
+    assert not info.value.non_retryable
+    assert f"port {taken_port} on 127.0.0.1 is taken by another process" in str(info.value)
+    assert backend._proc_counts() == counts  # no reload, not even a failed one
+    assert backend.config.read_text() == config
 
-        monkeypatch.undo()
-        second = router.ensure_route(api)
-        assert second.port not in (taken_port, first.port)
-        for port in (first.port, second.port):
-            with socket.create_connection(("127.0.0.1", port), timeout=2):
-                pass
-    finally:
-        router.stop()
+    monkeypatch.undo()
+    second = router.ensure_route(api)
+    assert second.port not in (taken_port, first.port)
+    for port in (first.port, second.port):
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
 
 
 def test_a_reload_haproxy_cannot_bind_says_why_and_keeps_the_old_config(
@@ -508,7 +519,7 @@ def test_a_reload_not_served_in_time_is_retried(
         )
         master = backend._pid()
         assert master is not None
-        api = RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
+        api = API
         os.kill(master, signal.SIGSTOP)
         try:
             with pytest.raises(ApplicationError) as info:
@@ -587,61 +598,47 @@ def test_an_haproxy_an_older_moorage_daemonized_is_replaced_at_its_next_reload(
 
 
 def test_a_port_the_config_names_but_another_process_took_is_not_reused(
-    tmp_path: Path, taken_port: int
+    web_routed: tuple[HAProxyBackend, TrafficRouter, RouteInfo], taken_port: int
 ) -> None:
     """An attempt wrote the new route's port into the config and then timed out (or was killed
     before its reload), and another process bound that port since: the retry does not take the
     config's port for its own, it picks another."""
-    backend = HAProxyBackend(tmp_path)
-    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
-    try:
-        router.ensure_route(
-            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
-        )
-        other = route_key(TENANT, "recovery", "api")
-        left = router.load()
-        left.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
-        backend._write(left, check=False)  # the config the attempt wrote; HAProxy not reloaded
-        assert backend.configured_port(backend_name(other)) == taken_port
+    backend, router, _ = web_routed
+    other = route_key(TENANT, "recovery", "api")
+    left = router.load()
+    left.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
+    backend._write(left, check=False)  # the config the attempt wrote; HAProxy not reloaded
+    assert backend.configured_port(backend_name(other)) == taken_port
 
-        info = router.ensure_route(
-            RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
-        )
-        assert info.port != taken_port
-        with socket.create_connection(("127.0.0.1", info.port), timeout=2):
-            pass
-    finally:
-        router.stop()
+    info = router.ensure_route(
+        RouteInput(tenant=TENANT, project="recovery", service="api", container_port="80/tcp")
+    )
+    assert info.port != taken_port
+    with socket.create_connection(("127.0.0.1", info.port), timeout=2):
+        pass
 
 
 def test_a_start_that_fails_beside_a_stale_master_leaves_it_serving_and_known(
-    tmp_path: Path, taken_port: int
+    web_routed: tuple[HAProxyBackend, TrafficRouter, RouteInfo], taken_port: int
 ) -> None:
     """The running HAProxy's admin socket is gone, so a router step starts a new one; the new one
     cannot start (a route's port was taken meanwhile). The step fails retryably
     (``RouterStartFailed``), and the pid file names the old master again: it serves on, and the
     next start soft-stops it instead of leaving it unknown beside a new one."""
-    backend = HAProxyBackend(tmp_path)
-    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
-    try:
-        web = router.ensure_route(
-            RouteInput(tenant=TENANT, project="recovery", service="web", container_port="80/tcp")
-        )
-        stale = backend._pid()
-        assert stale is not None
-        backend.socket.unlink()
-        state = router.load()
-        other = route_key(TENANT, "recovery", "api")
-        state.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
-        router._save(state)
+    backend, router, web = web_routed
+    stale = backend._pid()
+    assert stale is not None
+    backend.socket.unlink()
+    state = router.load()
+    other = route_key(TENANT, "recovery", "api")
+    state.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
+    router._save(state)
 
-        with pytest.raises(ApplicationError) as info:
-            router._up()
-        assert info.value.type == "RouterStartFailed"
-        assert not info.value.non_retryable
-        assert "Address already in use" in str(info.value)
-        assert backend._pid() == stale
-        with socket.create_connection(("127.0.0.1", web.port), timeout=2):
-            pass  # the old one serves on
-    finally:
-        router.stop()
+    with pytest.raises(ApplicationError) as info:
+        router._up()
+    assert info.value.type == "RouterStartFailed"
+    assert not info.value.non_retryable
+    assert "Address already in use" in str(info.value)
+    assert backend._pid() == stale
+    with socket.create_connection(("127.0.0.1", web.port), timeout=2):
+        pass  # the old one serves on
