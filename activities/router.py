@@ -187,6 +187,24 @@ class TrafficRouter:
                 non_retryable=True,
             )
 
+    def _port_free(self, port: int) -> bool:
+        """:func:`port_free` on the routes' address.
+
+        Raises:
+            ApplicationError: ``RouterBindInvalid`` (non-retryable) when no port of that address
+                can be bound (not an address of this host).
+        """
+        try:
+            return port_free(self.backend.bind, port)
+        except OSError as exc:
+            raise ApplicationError(
+                f"no route: routes cannot listen on {self.backend.bind} "
+                f"(MOORAGE_ROUTER_BIND): {exc}",
+                {"bind": self.backend.bind},
+                type="RouterBindInvalid",
+                non_retryable=True,
+            ) from exc
+
     def _free_port(self, state: RouterState, key: str, wanted: int | None) -> int:
         taken = {r.port for r in state.routes.values()}
         # A killed attempt may have got the route into the proxy already: its port is ours.
@@ -197,14 +215,14 @@ class TrafficRouter:
             and wanted in (None, ours)
             # Not if another process took it since (the attempt timed out, or was killed
             # before its reload): then the port is not ours, and another is picked.
-            and (port_free(self.backend.bind, ours) or self.backend.serves(backend_name(key)))
+            and (self._port_free(ours) or self.backend.serves(backend_name(key)))
         ):
             return ours
         candidates: list[int] = (
             [wanted] if wanted else list(range(self.port_range[0], self.port_range[1] + 1))
         )
         for port in candidates:
-            if port not in taken and port_free(self.backend.bind, port):
+            if port not in taken and self._port_free(port):
                 return port
         what = (
             f"port {wanted}" if wanted else f"a port in {self.port_range[0]}-{self.port_range[1]}"

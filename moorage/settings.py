@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -99,6 +100,18 @@ class Settings(BaseSettings):
                 f"MOORAGE_INSTANCE {value!r}: 1-63 lowercase letters, digits and _.- "
                 "(starting with a letter or digit)"
             )
+        return value
+
+    @field_validator("router_bind")
+    @classmethod
+    def _check_router_bind(cls, value: str) -> str:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(
+                f"MOORAGE_ROUTER_BIND {value!r}: an IPv4 address of the worker's host, where "
+                "routes listen (127.0.0.1, or 0.0.0.0 for every address)"
+            ) from None
         return value
 
     @field_validator("default_memory")

@@ -428,3 +428,16 @@ async def test_the_worker_refuses_to_start_with_overlapping_port_ranges(
     assert (
         "MOORAGE_REPLICA_PORTS 20000-21000 overlaps MOORAGE_ROUTE_PORTS" in capsys.readouterr().err
     )
+
+
+def test_router_bind_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOORAGE_ROUTER_BIND", raising=False)
+    assert Settings().router_bind == "127.0.0.1"
+    monkeypatch.setenv("MOORAGE_ROUTER_BIND", "0.0.0.0")
+    assert Settings().router_bind == "0.0.0.0"
+    for bad in ("", "localhost", "::1", "127.0.0.256"):
+        monkeypatch.setenv("MOORAGE_ROUTER_BIND", bad)
+        with pytest.raises(ValidationError) as info:
+            Settings()
+        assert info.value.errors()[0]["loc"] == ("router_bind",), bad
+        assert f"MOORAGE_ROUTER_BIND {bad!r}: an IPv4 address" in str(info.value)

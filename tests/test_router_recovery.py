@@ -642,3 +642,19 @@ def test_a_start_that_fails_beside_a_stale_master_leaves_it_serving_and_known(
     assert backend._pid() == stale
     with socket.create_connection(("127.0.0.1", web.port), timeout=2):
         pass  # the old one serves on
+
+
+def test_a_route_address_not_of_this_host_is_refused_by_name(tmp_path: Path) -> None:
+    """Routes listen on ``MOORAGE_ROUTER_BIND``; an address this host does not have made every
+    port look taken ("no port free"). It is a refusal that names the setting."""
+    backend = HAProxyBackend(tmp_path, bind="192.0.2.1")  # TEST-NET-1: no host has it
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
+    try:
+        with pytest.raises(ApplicationError) as info:
+            router.ensure_route(WEB)
+        assert info.value.type == "RouterBindInvalid"
+        assert info.value.non_retryable
+        assert "routes cannot listen on 192.0.2.1 (MOORAGE_ROUTER_BIND)" in str(info.value)
+        assert router.load().routes == {}
+    finally:
+        router.stop()
