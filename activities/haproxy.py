@@ -107,8 +107,12 @@ def check_alerts(result: subprocess.CompletedProcess[str]) -> str:
     Not ``-q``: it keeps the alerts back too, and the refusal would say nothing.
     """
     output = "\n".join((result.stderr, result.stdout)).strip()
-    alerts = [line.strip() for line in output.splitlines() if "[ALERT]" in line]
-    return " | ".join(alerts) or output or f"exit status {result.returncode}, nothing printed"
+    return alerts(output) or output or f"exit status {result.returncode}, nothing printed"
+
+
+def alerts(text: str) -> str:
+    """HAProxy's ALERT lines in ``text``, joined ("" when there are none)."""
+    return " | ".join(line.strip() for line in text.splitlines() if "[ALERT]" in line)
 
 
 class MasterInfo(NamedTuple):
@@ -323,9 +327,8 @@ class HAProxyBackend(ProxyBackend):
             heartbeat("waiting for haproxy's new config")  # up to 10 s: the heartbeat timeout
             counts = self._proc_counts() if launched is not None or before is not None else None
             try:
-                backends = set(self.command("show backend").split()[1:])
                 # Exactly: a reload that deleted a route is done once its backend is gone too.
-                serving = {b for b in backends if b.startswith("be_")} == wanted
+                serving = {b for b in self.served_backends() if b.startswith("be_")} == wanted
             except RouterError:
                 serving = False
             if launched is not None:
@@ -377,7 +380,7 @@ class HAProxyBackend(ProxyBackend):
         ):
             time.sleep(0.02)
             said = self._said(mark, master)
-        why = " | ".join(line for line in said if "[ALERT]" in line) or "see its log"
+        why = alerts("\n".join(said)) or "see its log"
         if "Address already in use" in why:
             raise ListenPortTaken(f"haproxy could not bind: {why}")
         raise RouterError(f"haproxy could not {'start' if start else 'load the new config'}: {why}")
