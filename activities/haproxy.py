@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import os
 import re
 import signal
@@ -164,6 +165,39 @@ class HAProxyBackend(ProxyBackend):
             )
 
     # --- process -------------------------------------------------------------------------------
+
+    def _pid(self) -> int | None:
+        """The master's pid from its pid file, or else from ``/proc`` (its command line).
+
+        A reloading master rewrites its pid file, which is missing for an instant (its CLI is
+        silent then too: the master re-executes itself, keeping its pid). A step that read the
+        file then would start a second HAProxy (soft-stopping the first) instead of reloading.
+        """
+        pid = super()._pid()
+        if pid is not None or not self.managed:
+            return pid
+        return self._master_by_cmdline()
+
+    def _master_by_cmdline(self) -> int | None:
+        """The one live HAProxy run with ``-p <our pid file>`` whose parent is not.
+
+        A worker's parent is its master. None when there is no such master, or more than one.
+        """
+        ours = str(self.pidfile).encode()
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            named = any(a == b"-p" and b == ours for a, b in itertools.pairwise(args))
+            if named and stat[0] != "Z" and args[0].endswith(b"haproxy"):
+                parents[int(entry.name)] = int(stat[1])
+        masters = [pid for pid, parent in parents.items() if parent not in parents]
+        return masters[0] if len(masters) == 1 else None
 
     def running(self) -> bool:
         """True when the admin socket answers (and, for Moorage's own HAProxy, its master lives)."""

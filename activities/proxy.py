@@ -113,10 +113,17 @@ class ProxyBackend(ABC):
                 time.sleep(0.02)
                 text = self.pidfile.read_text()
             pid = int(text.split()[0])
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             return None
-        return pid if comm.startswith(self.name) and process_alive(pid) else None
+        return pid if self._is_proxy(pid) else None
+
+    def _is_proxy(self, pid: int) -> bool:
+        """True when ``pid`` is a live process of this proxy (pids get reused)."""
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return False
+        return comm.startswith(self.name) and process_alive(pid)
 
     def stop(self) -> None:
         """Stop Moorage's own proxy: SIGTERM to the master, SIGKILL after 5 s."""
