@@ -49,9 +49,9 @@ def one(
 
     ``top`` is appended at the top level (e.g. a ``volumes`` declaration).
     """
-    text = "services:\n  web:\n    image: nginx:1.27\n" + textwrap.indent(
-        textwrap.dedent(body), "    "
-    )
+    body = textwrap.dedent(body)
+    image = "" if body.startswith("image:") or "\nimage:" in body else "    image: nginx:1.27\n"
+    text = "services:\n  web:\n" + image + textwrap.indent(body, "    ")
     text += textwrap.dedent(top)
     return parse_compose(text, variables=variables, policy=policy).service("web")
 
@@ -1160,16 +1160,26 @@ def test_interpolated_size_is_capped() -> None:
     assert str(MAX_INTERPOLATED_BYTES) in str(err)
 
 
-def test_variable_repeated_by_yaml_aliases_is_bounded() -> None:
-    lines = ['a0: &a0 ["$$"]']
+def test_a_node_yaml_aliases_repeat_is_interpolated_once_and_never_expanded() -> None:
+    """Eight levels of ten aliases each name a list 10^8 times: interpolated and escaped once
+    per node (before, the walks expanded it), it resolves to text that still holds aliases."""
+    lines = ['a0: &a0 ["$$", "${V}"]']
     for i in range(1, 9):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     text = "x-bomb:\n" + "\n".join("  " + line for line in lines)
-    text += "\nservices:\n  web:\n    image: x\n    command: *a8\n"
+    err = refused_text(text + "\nservices:\n  web:\n    image: x\n    command: *a8\n", {"V": "v"})
+    assert (err.service, err.key) == ("web", "command")  # a list of lists, not of strings
+
+    text += "\nservices:\n  web:\n    image: x\n    command: *a0\n"
+    resolved = resolve_compose(text, {"V": "v"})
+    assert len(resolved) < 20_000  # expanded: 10^8 lists, gigabytes
+    assert parse_compose(resolved).service("web").command == ["$", "v"]
+
+
+def refused_text(text: str, variables: dict[str, str] | None = None) -> ComposeError:
     with pytest.raises(ComposeError) as info:
-        parse_compose(text)
-    assert info.value.key is not None
-    assert info.value.key.startswith("x-bomb")
+        parse_compose(text, variables=variables)
+    return info.value
 
 
 def test_self_referencing_yaml_alias_is_refused() -> None:
@@ -1907,3 +1917,52 @@ def test_x_moorage_refusals_name_the_key(body: str, key: str) -> None:
     err = refused('ports: ["80"]\n' + body)
     assert err.service == "web"
     assert err.key == key, str(err)
+
+
+# --- YAML read as Docker Compose reads it --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("services:\n  web:\n    image: a\n    image: b\n", "'image'"),
+        ("services:\n  web:\n    image: a\n  web:\n    image: b\n", "'web'"),
+        ("services:\n  web:\n    image: a\n    environment: {A: 1, A: 2}\n", "'A'"),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_its_lines(text: str, key: str) -> None:
+    """PyYAML kept the last one silently; Docker Compose refuses the file."""
+    err = refused_text(text)
+    assert f"found key {key} twice (first at line" in str(err)
+    assert "line 4" in str(err)
+
+
+def test_a_key_a_merge_brought_may_be_given_again() -> None:
+    text = (
+        "x-base: &base {image: a, environment: {A: '1'}}\n"
+        "services:\n  web:\n    <<: *base\n    image: b\n"
+    )
+    web = parse_compose(text).service("web")
+    assert (web.image, web.environment) == ("b", {"A": "1"})
+
+
+def test_timestamps_stay_the_strings_they_were_written_as() -> None:
+    """``2024-02-30`` used to crash the parser (PyYAML made it a date: day out of range); other
+    timestamps lost their spelling."""
+    web = one("environment:\n  BUILD: 2024-02-30\n  AT: 2001-12-14t21:59:43.10-05:00\n")
+    assert web.environment == {"BUILD": "2024-02-30", "AT": "2001-12-14t21:59:43.10-05:00"}
+    assert parse_compose(resolve_compose("x-d: 2024-02-30\nservices: {web: {image: '$$'}}\n"))
+
+
+def test_an_integer_too_long_to_convert_is_refused_as_yaml() -> None:
+    err = refused_text("x-n: " + "1" * 4301 + "\nservices:\n  web:\n    image: a\n")
+    assert "not valid YAML" in str(err)
+    assert "4300 digits" in str(err)
+
+
+@pytest.mark.parametrize("value", ["\ud800", "ok\udcff"])
+def test_a_variable_that_is_not_unicode_text_is_refused_by_name(value: str) -> None:
+    """JSON can escape a lone surrogate, and a shell passes bytes that are not UTF-8 (Python
+    decodes them to surrogates): interpolating either crashed with UnicodeEncodeError."""
+    with pytest.raises(ComposeError, match="variable 'IMG' is not valid Unicode text"):
+        resolve_compose("services:\n  web:\n    image: ${IMG}\n", {"IMG": value})

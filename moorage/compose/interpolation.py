@@ -86,8 +86,21 @@ class _Interpolator:
     """
 
     def __init__(self, variables: Mapping[str, str]) -> None:
+        for name, value in variables.items():
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                # JSON may escape a lone surrogate ("\ud800"); a shell may pass bytes that are
+                # not UTF-8. Neither is text a container's environment can hold.
+                raise ComposeError(
+                    f"variable {name!r} is not valid Unicode text (at character {exc.start})"
+                ) from exc
         self._variables = variables
         self._has_dollar: dict[int, bool] = {}
+        self._done: dict[tuple[int, tuple[str, ...]], Any] = {}
+        """Mappings and lists already interpolated, by identity and the shape of their path: a
+        node YAML aliases repeat is interpolated once where it means the same (its copies stay
+        one object, and dump as aliases again)."""
         self._size = 0
         self._values = 0
 
@@ -115,8 +128,11 @@ class _Interpolator:
             return self._string(node, path) if "$" in node else node
         if not isinstance(node, dict | list) or not self._contains_dollar(node, set()):
             return node
-        self._count(path)
         ident = id(node)
+        done = (ident, tuple("[]" if isinstance(p, int) else p for p in path))
+        if done in self._done:
+            return self._done[done]
+        self._count(path)
         if ident in active:
             raise ComposeError("a YAML alias refers to itself")
         active.add(ident)
@@ -126,6 +142,7 @@ class _Interpolator:
         else:
             result = [self.walk(v, (*path, i), active) for i, v in enumerate(node)]
         active.discard(ident)
+        self._done[done] = result
         return result
 
     def _count(self, path: _KeyPath) -> None:
@@ -220,11 +237,20 @@ def _interpolate(raw: dict[str, Any], variables: Mapping[str, str] | None) -> di
     return result
 
 
-def _escape_dollars(node: Any) -> Any:
+def _escape_dollars(node: Any, done: dict[int, Any] | None = None) -> Any:
+    """``node`` with every ``$`` written ``$$``.
+
+    A mapping or list YAML aliases repeat is escaped once, and the copy repeated: the result
+    dumps with aliases again, not expanded (a few hundred bytes of aliases would expand to GB).
+    """
     if isinstance(node, str):
         return node.replace("$", "$$")
-    if isinstance(node, dict):
-        return {k: _escape_dollars(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_escape_dollars(v) for v in node]
-    return node
+    if not isinstance(node, dict | list):
+        return node
+    done = {} if done is None else done
+    if id(node) not in done:
+        if isinstance(node, dict):
+            done[id(node)] = {k: _escape_dollars(v, done) for k, v in node.items()}
+        else:
+            done[id(node)] = [_escape_dollars(v, done) for v in node]
+    return done[id(node)]

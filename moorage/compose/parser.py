@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import yaml
 
@@ -175,12 +175,51 @@ def _start_order(services: dict[str, ServiceSpec]) -> list[ServiceSpec]:
     return ordered
 
 
+class _ComposeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, read the way Docker Compose reads a file.
+
+    A key given twice in one mapping is refused (Compose refuses it; PyYAML keeps the last one
+    silently). A key a merge (``<<: *anchor``) brings may be given again: that overrides it.
+    Timestamps stay the strings they were written as (``2024-02-30`` is no date to refuse, and
+    ``BUILD: 2024-02-01T10:00:00+01:00`` keeps its spelling in the environment).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable: PyYAML's own check refuses it below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found key {key!r} twice (first at line {first.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def _timestamp_as_written(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    return str(loader.construct_scalar(cast(yaml.ScalarNode, node)))
+
+
+_ComposeLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_written)
+
+
 def _load(text: str) -> dict[str, Any]:
     if len(text.encode()) > MAX_COMPOSE_BYTES:
         raise ComposeError(f"the Compose file is larger than {MAX_COMPOSE_BYTES} bytes")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_ComposeLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
+        raise ComposeError(f"not valid YAML: {exc}") from exc
+    except ValueError as exc:  # a number PyYAML cannot convert (an int of over 4,300 digits)
         raise ComposeError(f"not valid YAML: {exc}") from exc
     except RecursionError as exc:  # PyYAML composes nested nodes recursively
         raise ComposeError("the YAML is nested too deeply") from exc
