@@ -1728,6 +1728,47 @@ def test_reservations_say_not_supported() -> None:
     assert "not supported" in str(refused("deploy: {resources: {reservations: {cpus: 1}}}\n"))
 
 
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (f"stop_grace_period: {HUGE}", "stop_grace_period"),  # float(int): OverflowError
+        (f"stop_grace_period: '{HUGE}s'", "stop_grace_period"),  # was inf, accepted
+        (f"healthcheck: {{interval: '{HUGE}h'}}", "healthcheck.interval"),
+        (f"cpus: {HUGE}", "cpus"),  # float(int): OverflowError
+        (f"mem_limit: '{HUGE}.5m'", "mem_limit"),  # int(inf): OverflowError
+        (f"mem_limit: '{'9' * 5000}'", "mem_limit"),  # int() of 5,000 digits: ValueError
+        (
+            f"deploy: {{resources: {{limits: {{memory: '{HUGE}g'}}}}}}",
+            "deploy.resources.limits.memory",
+        ),
+        (
+            f"volumes: [{{type: tmpfs, target: /t, tmpfs: {{size: '{HUGE}.5'}}}}]",
+            "volumes.tmpfs.size",
+        ),
+        ("ports: [{target: .inf}]", "ports"),  # int(inf): OverflowError
+        ("ports: [{target: 80, published: .inf}]", "ports"),
+        ("ports: [{target: 80.5}]", "ports"),  # was truncated to 80
+        (f"restart: 'on-failure:{'9' * 5000}'", "restart"),  # int() of 5,000 digits
+    ],
+)
+def test_overflowing_numbers_are_refused_naming_the_key(body: str, key: str) -> None:
+    err = refused(body + "\n")
+    assert (err.service, err.key) == ("web", key)
+    assert len(str(err)) < 300  # the value is shortened, not quoted whole
+
+
+def test_leading_zeros_do_not_make_a_memory_size_too_long_to_convert() -> None:
+    assert one(f"mem_limit: '{'0' * 5000}6m'\n").mem_limit_bytes == MIN_MEMORY_BYTES
+
+
+def test_an_interpolated_integer_too_long_to_convert_is_refused_naming_the_key() -> None:
+    err = refused("pids_limit: ${N}\n", variables={"N": "9" * 5000})
+    assert (err.service, err.key) == ("web", "pids_limit")
+
+
 # --- settings: tenant policies -----------------------------------------------------------------
 
 

@@ -32,7 +32,12 @@ def _to_bool(text: str) -> Any:
 
 
 def _to_int(text: str) -> Any:
-    return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else text
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        return text
+    try:
+        return int(text)
+    except ValueError:  # over 4,300 digits: left a string, which the key refuses by name
+        return text
 
 
 def _to_float(text: str) -> Any:

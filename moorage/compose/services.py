@@ -17,6 +17,7 @@ from moorage.compose.values import (
     _known_keys,
     _mapping,
     _parse_resources,
+    _shown,
     _str_list,
     parse_duration,
 )
@@ -61,6 +62,18 @@ X_MOORAGE_KEYS = frozenset(
 PROBE_KEYS = frozenset({"type", "port", "path", "status", "interval", "timeout"})
 
 
+def _port_number(value: Any) -> int | None:
+    """A port number (an integer, or a string of digits) from 1 to 65535; None otherwise.
+
+    A float (``80.5``, ``.inf``) is no port number: int() would truncate it or overflow.
+    """
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value) if len(value.strip()) <= 5 else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        return None
+    return value
+
+
 def _parse_port(item: Any, *, service: str) -> PortSpec:
     key = "ports"
     if isinstance(item, dict):
@@ -73,19 +86,20 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
             raise ComposeError(
                 f"invalid protocol {item['protocol']!r}", service=service, key="ports.protocol"
             )
-        if any(isinstance(item.get(k), bool) for k in ("target", "published")):
-            raise ComposeError(f"invalid long-syntax port {item!r}", service=service, key=key)
-        try:
-            published = item.get("published")
-            return PortSpec(
-                target=int(item["target"]),
-                protocol=str(item.get("protocol", "tcp")),
-                published=int(published) if published is not None else None,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+        target = _port_number(item.get("target"))
+        published = item.get("published")
+        if target is None or (published is not None and _port_number(published) is None):
             raise ComposeError(
-                f"invalid long-syntax port {item!r}", service=service, key=key
-            ) from exc
+                f"invalid long-syntax port {_shown(item)}: target and published are port "
+                "numbers from 1 to 65535",
+                service=service,
+                key=key,
+            )
+        return PortSpec(
+            target=target,
+            protocol=str(item.get("protocol", "tcp")),
+            published=_port_number(published),
+        )
     if isinstance(item, bool) or not isinstance(item, int | str):
         raise ComposeError(f"invalid port {item!r}", service=service, key=key)
     text = str(item).strip()
@@ -297,10 +311,11 @@ def _parse_restart(value: Any, *, service: str) -> tuple[str, int]:
         policy != "on-failure"
         or not limit.isascii()
         or not limit.isdigit()
+        or len(limit) > len(str(MAX_RESTART_RETRIES))  # int() of 5,000 digits raises
         or not 1 <= int(limit) <= MAX_RESTART_RETRIES
     ):
         raise ComposeError(
-            f"{value!r}: only on-failure takes a retry limit, a whole number from 1 to "
+            f"{_shown(value)}: only on-failure takes a retry limit, a whole number from 1 to "
             f"{MAX_RESTART_RETRIES}",
             service=service,
             key="restart",

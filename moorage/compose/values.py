@@ -24,31 +24,48 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _MEMORY_RE = re.compile(r"(\d+(?:\.\d+)?) ?(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_MAX_FLOAT_SECONDS = 10**300
+"""Integers above this are no duration worth converting (every cap is far below it)."""
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, shortened: an error must not quote a value of thousands of digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"a number of over {limit} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
 
 
 def parse_duration(value: Any, *, service: str, key: str) -> float:
     """Parse a Compose duration (``1m30s``, ``500ms``, ``10``) into seconds.
 
     Raises:
-        ComposeError: not a duration.
+        ComposeError: not a duration, or one too large to be a finite number of seconds.
     """
+    seconds: float | None = None
     if isinstance(value, bool):
         raise ComposeError(f"{value!r} is not a duration", service=service, key=key)
     if isinstance(value, int | float):
         # YAML's .inf / .nan are floats too; they would crash the Docker call much later.
-        if not math.isfinite(value) or value < 0:
+        if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
             raise ComposeError(
                 "a duration must be a finite, non-negative number", service=service, key=key
             )
-        return float(value)
-    if isinstance(value, str):
+        # An integer of hundreds of digits does not fit in a float (OverflowError).
+        seconds = float(value) if value <= _MAX_FLOAT_SECONDS else math.inf
+    elif isinstance(value, str):
         text = value.strip()
         parts = _DURATION_RE.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
-            return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    raise ComposeError(
-        f"{value!r} is not a duration like '10s' or '1m30s'", service=service, key=key
-    )
+            # float() of hundreds of digits is inf, not an error.
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds is None:
+        raise ComposeError(
+            f"{_shown(value)} is not a duration like '10s' or '1m30s'", service=service, key=key
+        )
+    if not math.isfinite(seconds):
+        raise ComposeError(f"{_shown(value)} is too large", service=service, key=key)
+    return seconds
 
 
 def _memory_bytes(value: Any, *, service: str | None, key: str) -> int:
@@ -58,14 +75,20 @@ def _memory_bytes(value: Any, *, service: str | None, key: str) -> int:
         size = value
     elif isinstance(value, str) and (match := _MEMORY_RE.fullmatch(value.strip())):
         number, unit = match[1], _MEMORY_UNITS[(match[2] or "").lower()]
-        # Whole numbers stay exact; Docker's units are binary (1k = 1024).
-        size = int(number) * unit if "." not in number else int(float(number) * unit)
+        whole, _, fraction = number.partition(".")
+        whole = whole.lstrip("0") or "0"  # int() refuses over 4,300 digits, zeros too
+        if len(whole) > len(str(MAX_MEMORY_BYTES)):
+            size = MAX_MEMORY_BYTES + 1  # too large whatever the unit (float() would be inf)
+        elif not fraction:
+            size = int(whole) * unit  # whole numbers stay exact; Docker's units are binary
+        else:
+            size = int(float(number) * unit)
     if size is None:
         raise ComposeError(
-            f"{value!r} is not a memory size like '512m' or '1g'", service=service, key=key
+            f"{_shown(value)} is not a memory size like '512m' or '1g'", service=service, key=key
         )
     if size > MAX_MEMORY_BYTES:
-        raise ComposeError(f"{value!r} is too large", service=service, key=key)
+        raise ComposeError(f"{_shown(value)} is too large", service=service, key=key)
     return size
 
 
@@ -156,8 +179,11 @@ def _mapping(value: Any, *, service: str | None, key: str) -> dict[str, str]:
 
 def _cpus(value: Any, *, service: str, key: str) -> float:
     number: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # float() of an integer of hundreds of digits raises OverflowError.
+        number = float(value) if abs(value) <= MAX_CPUS else math.inf
+    elif isinstance(value, float):
+        number = value
     elif isinstance(value, str):
         try:
             number = float(value)
