@@ -399,9 +399,8 @@ def test_healthcheck_durations_and_retries() -> None:
     ],
 )
 def test_durations(value: str, seconds: float) -> None:
-    hc = one(f"healthcheck:\n  interval: {value}\n").healthcheck
-    assert hc is not None
-    assert hc.interval_s == pytest.approx(seconds)
+    # stop_grace_period takes every one of them (a healthcheck no 250us: Docker's floor is 1 ms).
+    assert one(f"stop_grace_period: {value}\n").stop_grace_period_s == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize(
@@ -412,6 +411,51 @@ def test_bad_durations_are_refused(value: str) -> None:
     err = refused(f"healthcheck:\n  timeout: {value}\n")
     assert err.service == "web"
     assert err.key == "healthcheck.timeout"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        # Each would only fail inside the workflow: timedelta() overflows, or Docker refuses it.
+        ("x-moorage: {health_check_delay: 99999999999h}", "x-moorage.health_check_delay", "1h"),
+        ("x-moorage: {health_check_delay: 3601}", "x-moorage.health_check_delay", "1h"),
+        ("x-moorage: {min_ready_seconds: 99999999999h}", "x-moorage.min_ready_seconds", "1h"),
+        ("stop_grace_period: 99999999999h", "stop_grace_period", "1h"),
+        ("stop_grace_period: 1h1s", "stop_grace_period", "1h"),
+        ("healthcheck: {interval: 25h}", "healthcheck.interval", "24h"),
+        ("healthcheck: {timeout: 99999999999h}", "healthcheck.timeout", "24h"),
+        ("healthcheck: {start_period: 300000000h}", "healthcheck.start_period", "24h"),
+        ("healthcheck: {interval: 999us}", "healthcheck.interval", "1ms"),  # Docker's floor
+        ("healthcheck: {start_period: 1us}", "healthcheck.start_period", "1ms"),
+        ("healthcheck: {retries: 99999999999999999999}", "healthcheck.retries", "10000"),
+        ("x-moorage: {probe: {interval: 0}}", "x-moorage.probe.interval", "more than 0"),
+        ("x-moorage: {probe: {interval: 1us}}", "x-moorage.probe.interval", "10ms"),
+        ("x-moorage: {probe: {interval: 11m}}", "x-moorage.probe.interval", "10m"),
+        ("x-moorage: {probe: {timeout: 0s}}", "x-moorage.probe.timeout", "more than 0"),
+        ("x-moorage: {probe: {timeout: 1h}}", "x-moorage.probe.timeout", "5s"),
+        ("deploy: {restart_policy: {delay: 99999999999h}}", "deploy.restart_policy.delay", ""),
+    ],
+)
+def test_durations_past_their_bounds_are_refused_naming_the_key(
+    body: str, key: str, words: str
+) -> None:
+    err = refused('ports: ["80"]\n' + body + "\n")
+    assert (err.service, err.key) == ("web", key)
+    assert words in str(err)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "x-moorage: {health_check_delay: 1h, min_ready_seconds: 3600}",
+        "stop_grace_period: 60m",
+        "healthcheck: {interval: 24h, timeout: 1ms, start_period: 0s, retries: 10000}",
+        "x-moorage: {probe: {interval: 10ms, timeout: 5s}}",
+        "x-moorage: {probe: {interval: 10m, timeout: 1ms}}",
+    ],
+)
+def test_durations_at_their_bounds_are_accepted(body: str) -> None:
+    one('ports: ["80"]\n' + body + "\n")
 
 
 def test_healthcheck_disable() -> None:

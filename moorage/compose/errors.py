@@ -20,6 +20,33 @@ MAX_PIDS = 4_194_304
 """Linux's largest ``pid_max``."""
 MAX_REPLICAS = 50
 
+# Durations (seconds). Each is bounded: a value past what a timedelta or Docker's int64
+# nanoseconds hold would only fail inside the deployment's workflow.
+MAX_DURATION_S = 365 * 86_400.0
+"""Largest duration any key takes (a key with no cap of its own: one that only accepts 0)."""
+MAX_STOP_GRACE_PERIOD_S = 3600.0
+"""Largest ``stop_grace_period``: an hour between the stop signal and SIGKILL."""
+MIN_HEALTHCHECK_DURATION_S = 0.001
+"""Docker refuses a healthcheck ``interval``, ``timeout`` or ``start_period`` under 1 ms (0 is
+its default)."""
+MAX_HEALTHCHECK_DURATION_S = 86_400.0
+"""Largest healthcheck ``interval``, ``timeout`` or ``start_period``: a day."""
+MAX_HEALTHCHECK_RETRIES = 10_000
+"""Largest healthcheck ``retries``."""
+MAX_HEALTH_CHECK_DELAY_S = 3600.0
+"""Largest ``x-moorage.health_check_delay``, as the deployment's ``health_check_delay``."""
+MAX_MIN_READY_S = 3600.0
+"""Largest ``x-moorage.min_ready_seconds``."""
+MIN_PROBE_INTERVAL_S = 0.01
+"""Smallest ``x-moorage.probe.interval`` (0 would poll the engine and the replica in a loop)."""
+MAX_PROBE_INTERVAL_S = 600.0
+"""Largest ``x-moorage.probe.interval``, as the deployment's ``health_check_interval``."""
+MIN_PROBE_TIMEOUT_S = 0.001
+"""Smallest ``x-moorage.probe.timeout`` (0 makes the socket non-blocking: every probe fails)."""
+MAX_PROBE_TIMEOUT_S = 5.0
+"""Largest ``x-moorage.probe.timeout``: the health wait sends no heartbeat while a probe runs, and
+its heartbeat times out after 10 s."""
+
 
 class ComposeError(ValueError):
     """A Compose file Moorage refuses.

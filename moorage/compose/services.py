@@ -9,7 +9,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from moorage.compose.errors import MAX_REPLICAS, ComposeError
+from moorage.compose.errors import (
+    MAX_DURATION_S,
+    MAX_HEALTH_CHECK_DELAY_S,
+    MAX_HEALTHCHECK_DURATION_S,
+    MAX_HEALTHCHECK_RETRIES,
+    MAX_MIN_READY_S,
+    MAX_PROBE_INTERVAL_S,
+    MAX_PROBE_TIMEOUT_S,
+    MAX_REPLICAS,
+    MAX_STOP_GRACE_PERIOD_S,
+    MIN_HEALTHCHECK_DURATION_S,
+    MIN_PROBE_INTERVAL_S,
+    MIN_PROBE_TIMEOUT_S,
+    ComposeError,
+)
 from moorage.compose.models import HealthcheckSpec, PortSpec, ProbeSpec, ServiceSpec
 from moorage.compose.mounts import _parse_mounts, _parse_privileges
 from moorage.compose.policy import ComposePolicy
@@ -149,16 +163,25 @@ def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
             )
     for name in ("interval", "timeout", "start_period"):
         if name in value:
-            setattr(
-                spec,
-                f"{name}_s",
-                parse_duration(value[name], service=service, key=f"healthcheck.{name}"),
+            seconds = parse_duration(
+                value[name],
+                service=service,
+                key=f"healthcheck.{name}",
+                maximum=MAX_HEALTHCHECK_DURATION_S,
+                minimum=MIN_HEALTHCHECK_DURATION_S,  # Docker's floor; 0 is its default
             )
+            setattr(spec, f"{name}_s", seconds)
     if "retries" in value:
         retries = value["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if (
+            isinstance(retries, bool)
+            or not isinstance(retries, int)
+            or not 0 <= retries <= MAX_HEALTHCHECK_RETRIES
+        ):
             raise ComposeError(
-                "must be a non-negative integer", service=service, key="healthcheck.retries"
+                f"must be a whole number from 0 to {MAX_HEALTHCHECK_RETRIES}",
+                service=service,
+                key="healthcheck.retries",
             )
         spec.retries = retries
     return spec
@@ -260,7 +283,10 @@ def _parse_service(
             spec.replicas = replicas
     if raw.get("stop_grace_period") is not None:
         spec.stop_grace_period_s = parse_duration(
-            raw["stop_grace_period"], service=name, key="stop_grace_period"
+            raw["stop_grace_period"],
+            service=name,
+            key="stop_grace_period",
+            maximum=MAX_STOP_GRACE_PERIOD_S,
         )
     if "restart" in raw:
         spec.restart, spec.restart_max_retries = _parse_restart(raw["restart"], service=name)
@@ -364,7 +390,9 @@ def _parse_deploy_restart_policy(value: Any, *, service: str) -> tuple[str, int]
         ("delay", "the engine restarts with its own back-off (from 100 ms, doubling)"),
         ("window", "the engine counts every restart, however long the replica ran"),
     ):
-        if value.get(k) is not None and parse_duration(value[k], service=service, key=f"{key}.{k}"):
+        if value.get(k) is not None and parse_duration(
+            value[k], service=service, key=f"{key}.{k}", maximum=MAX_DURATION_S
+        ):
             raise ComposeError(
                 f"is not supported: {why}; Moorage does not ignore it silently",
                 service=service,
@@ -403,11 +431,17 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
     _known_keys(value, X_MOORAGE_KEYS, service=name, key="x-moorage")
     if "min_ready_seconds" in value:
         spec.min_ready_seconds = parse_duration(
-            value["min_ready_seconds"], service=name, key="x-moorage.min_ready_seconds"
+            value["min_ready_seconds"],
+            service=name,
+            key="x-moorage.min_ready_seconds",
+            maximum=MAX_MIN_READY_S,
         )
     if "health_check_delay" in value:
         spec.health_check_delay = parse_duration(
-            value["health_check_delay"], service=name, key="x-moorage.health_check_delay"
+            value["health_check_delay"],
+            service=name,
+            key="x-moorage.health_check_delay",
+            maximum=MAX_HEALTH_CHECK_DELAY_S,
         )
     if "health_check_retries" in value:
         retries = value["health_check_retries"]
@@ -452,9 +486,19 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
         path=path,
         status=status,
         interval_s=parse_duration(
-            probe.get("interval", 1), service=name, key="x-moorage.probe.interval"
+            probe.get("interval", 1),
+            service=name,
+            key="x-moorage.probe.interval",
+            maximum=MAX_PROBE_INTERVAL_S,
+            minimum=MIN_PROBE_INTERVAL_S,
+            zero=False,  # a loop that polls without a pause
         ),
         timeout_s=parse_duration(
-            probe.get("timeout", 2), service=name, key="x-moorage.probe.timeout"
+            probe.get("timeout", 2),
+            service=name,
+            key="x-moorage.probe.timeout",
+            maximum=MAX_PROBE_TIMEOUT_S,
+            minimum=MIN_PROBE_TIMEOUT_S,
+            zero=False,  # a non-blocking socket: every probe fails
         ),
     )

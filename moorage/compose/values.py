@@ -13,6 +13,7 @@ from typing import Any
 
 from moorage.compose.errors import (
     MAX_CPUS,
+    MAX_DURATION_S,
     MAX_MEMORY_BYTES,
     MAX_PIDS,
     MIN_MEMORY_BYTES,
@@ -36,11 +37,36 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
 
 
-def parse_duration(value: Any, *, service: str, key: str) -> float:
+def _duration_text(seconds: float) -> str:
+    """``3600`` → ``1h``, ``0.01`` → ``10ms``: a cap as a Compose duration."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds / 1e-6:g}us"
+
+
+def parse_duration(
+    value: Any,
+    *,
+    service: str,
+    key: str,
+    maximum: float,
+    minimum: float = 0.0,
+    zero: bool = True,
+) -> float:
     """Parse a Compose duration (``1m30s``, ``500ms``, ``10``) into seconds.
 
+    Args:
+        value: the value from the Compose file.
+        service: the service it belongs to.
+        key: the key it was given under, for the error.
+        maximum: the largest duration the key takes, in seconds (every key has one: a larger
+            value would only fail inside the deployment's workflow).
+        minimum: the smallest duration other than 0 the key takes.
+        zero: whether the key takes 0.
+
     Raises:
-        ComposeError: not a duration, or one too large to be a finite number of seconds.
+        ComposeError: not a duration, 0 where the key needs more, or outside the key's bounds.
     """
     seconds: float | None = None
     if isinstance(value, bool):
@@ -63,8 +89,25 @@ def parse_duration(value: Any, *, service: str, key: str) -> float:
         raise ComposeError(
             f"{_shown(value)} is not a duration like '10s' or '1m30s'", service=service, key=key
         )
-    if not math.isfinite(seconds):
-        raise ComposeError(f"{_shown(value)} is too large", service=service, key=key)
+    maximum = min(maximum, MAX_DURATION_S)
+    if seconds > maximum:  # inf too
+        raise ComposeError(
+            f"{_shown(value)} is too long: at most {_duration_text(maximum)}",
+            service=service,
+            key=key,
+        )
+    if seconds == 0 and not zero:
+        raise ComposeError(
+            f"must be more than 0 (at least {_duration_text(minimum)})", service=service, key=key
+        )
+    if 0 < seconds < minimum:
+        raise ComposeError(
+            f"{_shown(value)} is too short: 0 or at least {_duration_text(minimum)}"
+            if zero
+            else f"{_shown(value)} is too short: at least {_duration_text(minimum)}",
+            service=service,
+            key=key,
+        )
     return seconds
 
 
