@@ -714,6 +714,31 @@ def test_bad_stop_grace_period_is_refused(value: str) -> None:
 def test_stop_signal_working_dir_user() -> None:
     spec = one("stop_signal: SIGQUIT\nworking_dir: /srv\nuser: 1000\n")
     assert (spec.stop_signal, spec.working_dir, spec.user) == ("SIGQUIT", "/srv", "1000")
+
+
+@pytest.mark.parametrize(
+    "signal", ["SIGTERM", "term", "SigUsr1", "RTMIN", "SIGRTMIN+3", "rtmax-14", "9", "64", "'015'"]
+)
+def test_stop_signals_docker_takes_are_accepted(signal: str) -> None:
+    assert one(f"stop_signal: {signal}\n").stop_signal == signal.strip("'")
+
+
+@pytest.mark.parametrize(
+    "signal",
+    ["SIGBOGUS", "BOGUS", "SIGRTMIN+16", "RTMAX-15", "0", "65", "-1", "''", "' TERM'", "true"],
+)
+def test_a_stop_signal_docker_refuses_is_refused(signal: str) -> None:
+    """It only failed when the deployment created the container."""
+    err = refused(f"stop_signal: {signal}\n")
+    assert (err.service, err.key) == ("web", "stop_signal")
+
+
+@pytest.mark.parametrize("path", ["rel/dir", "./srv", "''", "1000", "~/srv"])
+def test_a_relative_working_dir_is_refused(path: str) -> None:
+    """Docker refused it only when the deployment created the container."""
+    err = refused(f"working_dir: {path}\n")
+    assert (err.service, err.key) == ("web", "working_dir")
+    assert "absolute" in str(err)
     assert refused("user: [root]\n").key == "user"
 
 
@@ -1325,6 +1350,22 @@ def test_cap_drop_takes_any_capability() -> None:
 @pytest.mark.parametrize("value", ["SYS_ADMIN", "[1]", "['sys admin']", "[{a: b}]"])
 def test_malformed_capability_lists_are_refused(key: str, value: str) -> None:
     assert refused(f"{key}: {value}\n").key == key
+
+
+@pytest.mark.parametrize("key", ["cap_add", "cap_drop"])
+@pytest.mark.parametrize("cap", ["BOGUS", "CAP_BOGUS", "SYS_ADMINN"])
+def test_a_name_that_is_no_linux_capability_is_refused(key: str, cap: str) -> None:
+    """Docker refused it only when the deployment created the container (cap_add too, under a
+    policy that allows everything: the project workflow parses with one)."""
+    for policy in (None, UNRESTRICTED):
+        err = refused(f"{key}: [CHOWN, {cap}]\n", policy=policy)
+        assert (err.service, err.key) == ("web", key)
+        assert cap in str(err)
+
+
+def test_every_linux_capability_and_all_may_be_dropped() -> None:
+    spec = one("cap_drop: [ALL, cap_bpf, PERFMON, CHECKPOINT_RESTORE, audit_read]\n")
+    assert spec.cap_drop == ["ALL", "BPF", "PERFMON", "CHECKPOINT_RESTORE", "AUDIT_READ"]
 
 
 @pytest.mark.parametrize(

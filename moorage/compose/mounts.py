@@ -28,14 +28,37 @@ LONG_VOLUME_KEYS = frozenset(
 )
 
 
+# fmt: off
+LINUX_CAPABILITIES = frozenset({
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+})
+# fmt: on
+"""Linux's capabilities (``capabilities(7)``), without ``CAP_``: Docker refuses any other name
+(``ALL`` aside) when it creates the container."""
+
+
 def _capabilities(value: Any, *, service: str, key: str) -> list[str]:
+    """``cap_add`` / ``cap_drop``: Linux capability names (``CAP_`` or not, any case) or ``ALL``.
+
+    Raises:
+        ComposeError: not a list, or an entry that names no Linux capability.
+    """
     if not isinstance(value, list):
         raise ComposeError("must be a list of capability names", service=service, key=key)
     names: list[str] = []
     for item in value:
         name = normalise_capability(item) if isinstance(item, str) else None
-        if name is None:
-            raise ComposeError(f"{item!r} is not a capability name", service=service, key=key)
+        if name is None or (name not in LINUX_CAPABILITIES and name != "ALL"):
+            raise ComposeError(
+                f"{item!r} is not a Linux capability (e.g. NET_ADMIN or CAP_NET_ADMIN, or ALL)",
+                service=service,
+                key=key,
+            )
         if name not in names:
             names.append(name)
     return names
@@ -123,7 +146,7 @@ def _parse_privileges(raw: dict[str, Any], spec: ServiceSpec, policy: ComposePol
                     key="cap_add",
                 )
     if raw.get("cap_drop") is not None:
-        # Dropping a capability only takes power away: any name, and ALL, is fine.
+        # Dropping a capability only takes power away: any one, and ALL, is fine.
         spec.cap_drop = _capabilities(raw["cap_drop"], service=name, key="cap_drop")
     if raw.get("devices") is not None:
         if not isinstance(raw["devices"], list):

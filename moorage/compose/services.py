@@ -76,6 +76,26 @@ X_MOORAGE_KEYS = frozenset(
 PROBE_KEYS = frozenset({"type", "port", "path", "status", "interval", "timeout"})
 
 
+# fmt: off
+_SIGNALS = frozenset({
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+    "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ", "RTMIN", "RTMAX",
+    *(f"RTMIN+{n}" for n in range(1, 16)),
+    *(f"RTMAX-{n}" for n in range(1, 15)),
+})
+# fmt: on
+"""The Linux signal names Docker knows (moby/sys ``signal.SignalMap``), without ``SIG``."""
+
+
+def _is_signal(text: str) -> bool:
+    """Whether Docker takes ``text`` as a stop signal: a name (any case, ``SIG`` or not) or 1-64."""
+    if text.isascii() and text.isdigit():
+        number = text.lstrip("0")
+        return 0 < len(number) <= 2 and int(number) <= 64
+    return text.isascii() and text.upper().removeprefix("SIG") in _SIGNALS
+
+
 def _port_number(value: Any) -> int | None:
     """A port number (an integer, or a string of digits) from 1 to 65535; None otherwise.
 
@@ -305,9 +325,23 @@ def _parse_service(
         _parse_x_moorage(raw["x-moorage"], spec)
     for key in ("stop_signal", "working_dir", "user"):
         if raw.get(key) is not None:
-            if not isinstance(raw[key], str | int):
+            if isinstance(raw[key], bool) or not isinstance(raw[key], str | int):
                 raise ComposeError("must be a string", service=name, key=key)
             setattr(spec, key, str(raw[key]))
+    if spec.stop_signal is not None and not _is_signal(spec.stop_signal):
+        raise ComposeError(
+            f"{_shown(spec.stop_signal)} is not a signal: a name such as SIGTERM, TERM, "
+            "SIGRTMIN+3, or a number from 1 to 64",
+            service=name,
+            key="stop_signal",
+        )
+    if spec.working_dir is not None and not spec.working_dir.startswith("/"):
+        # Docker refuses it when the container is created, inside the deployment.
+        raise ComposeError(
+            f"{_shown(spec.working_dir)} must be an absolute container path",
+            service=name,
+            key="working_dir",
+        )
     _parse_privileges(raw, spec, policy)
     _parse_mounts(raw, spec, policy, volumes)
     _parse_resources(raw, spec)
