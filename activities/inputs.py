@@ -136,6 +136,9 @@ class RouteServersInput(BaseModel):
     containers: list[str]
     """Container names; they are also the server names."""
     weight: int = Field(default=100, ge=0, le=256)
+    container_port: str | None = None
+    """The port these containers serve the route on, their revision's (``80/tcp``); None: the
+    route's. A revision may change it: the old replicas a rollback routes again serve on theirs."""
 
 
 class RouteSwitchInput(BaseModel):
@@ -149,6 +152,8 @@ class RouteSwitchInput(BaseModel):
     remove: list[str]
     """Servers to drain and take out once the new ones are in."""
     weight: int = Field(default=100, ge=0, le=256)
+    container_port: str | None = None
+    """The port the ``add`` containers serve the route on; None: the route's."""
 
 
 class RouteWeightsInput(BaseModel):

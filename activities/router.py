@@ -271,7 +271,13 @@ class TrafficRouter:
 
             def mutate(s: RouterState) -> dict[str, list[str]]:
                 existing = s.routes.get(key)
-                port = existing.port if existing else self._free_port(s, key, inp.published_port)
+                if existing is not None:
+                    # A new revision serves on another container port. The old replicas keep
+                    # serving on theirs until the roll takes them out (emptying the route here
+                    # drained them all before a new replica was up).
+                    existing.container_port = inp.container_port
+                    return {}
+                port = self._free_port(s, key, inp.published_port)
                 s.routes[key] = RouteState(key=key, port=port, container_port=inp.container_port)
                 return {}
 
@@ -284,19 +290,24 @@ class TrafficRouter:
             service=inp.service, url=f"http://{self.backend.bind}:{route.port}/", port=route.port
         )
 
-    def _addresses(self, route: RouteState, containers: list[str]) -> dict[str, str]:
+    def _addresses(
+        self, route: RouteState, containers: list[str], container_port: str | None
+    ) -> dict[str, str]:
         """Each container's address on the route.
 
+        That is where it publishes ``container_port`` (None: the route's).
+
         Raises:
-            ApplicationError: a container is not running with the route's port published
-                (retryable: it may be restarting).
+            ApplicationError: a container is not running with that port published (retryable:
+                it may be restarting).
         """
+        port = container_port or route.container_port
         addresses = {}
         for name in containers:
-            addr = self._address(name, route.container_port)
+            addr = self._address(name, port)
             if addr is None:
                 raise ApplicationError(
-                    f"container {name} is not running with {route.container_port} published",
+                    f"container {name} is not running with {port} published",
                     type="ContainerNotServing",
                 )
             addresses[name] = addr
@@ -376,7 +387,7 @@ class TrafficRouter:
                 it may be restarting), or the proxy refused the change.
         """
         route = self._existing_route(inp.tenant, inp.project, inp.service)
-        addresses = self._addresses(route, inp.containers)
+        addresses = self._addresses(route, inp.containers, inp.container_port)
         self._switch(route, addresses, [], inp.weight)
         return list(addresses)
 
@@ -414,7 +425,7 @@ class TrafficRouter:
                 (retryable), or the proxy refused the change.
         """
         route = self._existing_route(inp.tenant, inp.project, inp.service)
-        addresses = self._addresses(route, inp.add)
+        addresses = self._addresses(route, inp.add, inp.container_port)
         self._switch(route, addresses, self._routed(route, inp.remove), inp.weight)
         return list(addresses)
 

@@ -392,6 +392,60 @@ async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_
     assert routed(router, project) == old
 
 
+def web_on_8080(fail_host: str = "none") -> str:
+    """v2 serving on container port 8080 (v1: 80); ``fail_host``'s httpd never starts."""
+    return (
+        "services:\n  web:\n    image: moorage-demo:v2\n    ports: ['8080']\n"
+        f"    deploy:\n      replicas: {REPLICAS}\n    stop_grace_period: 5s\n"
+        "    healthcheck:\n"
+        "      test: wget -q -O /dev/null http://127.0.0.1:8080/ || exit 1\n"
+        "      interval: 1s\n"
+        "    command:\n      - sh\n      - -c\n      - |\n"
+        "        trap 'exit 0' TERM\n"
+        f'        [ "$$(hostname)" = {fail_host} ] || httpd -p 8080 -h /www\n'
+        "        sleep 1000000 & wait\n"
+    )
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["completes", "rolls-back"])
+async def test_a_revision_that_moves_the_container_port_rolls_under_load(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+    fails: bool,
+) -> None:
+    """v1 serves on port 80, v2 on 8080. The route used to be emptied when its container port
+    changed (every old replica drained before a new one was up), and a rollback looked the old
+    replicas up on the new port (ContainerNotServing, retried until the rollback failed)."""
+    url = await serve_v1(service, project)
+    old = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, web_on_8080("web-2" if fails else "none"))
+    with Load(url, connections=6, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT, USER, project, ROLL.model_copy(update={"health_check_retries": 6})
+        )
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.5)
+    d = state.deployment
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.versions["v2"] > 0
+    assert (await service.get_project(TENANT, project)).routes["web"] == url  # same listen port
+    if fails:
+        assert d.status == DeploymentStatus.ROLLED_BACK, d.message
+        assert load.last_versions(50) == {"v1"}
+        assert labelled(docker_client, project, revision=str(d.revision)) == []
+        assert {c.name for c in labelled(docker_client, project)} == old
+        assert routed(router, project) == old
+    else:
+        assert d.status == DeploymentStatus.COMPLETED, d.message
+        assert load.last_versions(50) == {"v2"}
+        new = {c.name for c in labelled(docker_client, project)}
+        assert len(new) == REPLICAS
+        assert not new & old
+        assert routed(router, project) == new
+
+
 CRASH_AFTER_HEALTHY = """    command:
       - sh
       - -c

@@ -253,6 +253,7 @@ def route_servers(
     dep: Deployment, spec: ServiceSpec, revision: int, slots: list[int], weight: int = 100
 ) -> RouteServersInput:
     """The router input naming the containers of ``slots`` of one revision of a service."""
+    port = spec.route_port()
     return RouteServersInput(
         tenant=dep.tenant_id,
         project=dep.project_id,
@@ -262,6 +263,7 @@ def route_servers(
             for s in slots
         ],
         weight=weight,
+        container_port=port.key if port is not None else None,
     )
 
 
@@ -318,6 +320,7 @@ async def switch_traffic(
             add=routed_in.containers,
             remove=route_servers(dep, old, revision, slots).containers,
             weight=routed_in.weight,
+            container_port=routed_in.container_port,
         ),
         start_to_close=timedelta(minutes=2),
         result_type=list[str],
