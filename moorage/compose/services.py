@@ -96,6 +96,47 @@ def _is_signal(text: str) -> bool:
     return text.isascii() and text.upper().removeprefix("SIG") in _SIGNALS
 
 
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REF_RE = re.compile(
+    rf"(?:(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::\w[\w.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?",
+    re.ASCII,
+)
+"""Docker's image reference grammar (distribution ``reference``): ``[host[:port]/]path[:tag]``
+and an optional ``@sha256:`` digest; the path's components lowercase."""
+MAX_IMAGE_NAME = 255
+"""Docker's longest repository name (host and path)."""
+
+
+def _check_image(image: str, *, service: str) -> None:
+    """Refuse an image reference Docker would refuse when the deployment pulls it.
+
+    Raises:
+        ComposeError: naming ``image``.
+    """
+    name = image.partition("@")[0]
+    if ":" in name.rpartition("/")[2]:
+        name = name.rpartition(":")[0]
+    # A valid reference is under 500 characters; a long text never reaches the regex.
+    if len(image) > 2 * MAX_IMAGE_NAME or not _IMAGE_REF_RE.fullmatch(image):
+        raise ComposeError(
+            f"{_shown(image)} is not an image reference like nginx:1.27 or "
+            "registry.example.com:5000/team/app:v2 (lowercase path, optional :tag and "
+            "@sha256:digest)",
+            service=service,
+            key="image",
+        )
+    if len(name) > MAX_IMAGE_NAME:
+        raise ComposeError(
+            f"the repository name is longer than {MAX_IMAGE_NAME} characters",
+            service=service,
+            key="image",
+        )
+
+
 def _port_number(value: Any) -> int | None:
     """A port number (an integer, or a string of digits) from 1 to 65535; None otherwise.
 
@@ -254,6 +295,7 @@ def _parse_service(
     image = raw.get("image")
     if not isinstance(image, str) or not image.strip():
         raise ComposeError("every service needs an 'image'", service=name, key="image")
+    _check_image(image.strip(), service=name)
     spec = ServiceSpec(name=name, image=image.strip())
     if raw.get("command") is not None:
         spec.command = _str_list(raw["command"], service=name, key="command")
