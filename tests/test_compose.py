@@ -2060,6 +2060,30 @@ def test_x_moorage_probe_min_ready_and_the_service_s_own_health_delay_and_retrie
     assert (plain.health_check_delay, plain.health_check_retries, plain.probe) == (None, None, None)
 
 
+@pytest.mark.parametrize("path", ["/", "/healthz", "/a/b?x=1&y=%20z", "/~u/:@!'()*+,;="])
+def test_probe_paths_that_are_request_targets_are_accepted(path: str) -> None:
+    spec = one(f'ports: ["80"]\nx-moorage: {{probe: {{path: "{path}"}}}}\n')
+    assert spec.probe is not None
+    assert spec.probe.path == path
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/é", "/a b", "/a\\tb", "/a\\x00", "/a#top", "/100%", "/%zz", "/<x>", "healthz", "''"],
+)
+def test_a_probe_path_that_is_no_request_target_is_refused(path: str) -> None:
+    """http.client raised UnicodeEncodeError on '/é' (InvalidURL on a space) in every probe: the
+    health gate failed inside the deployment."""
+    err = refused(f'ports: ["80"]\nx-moorage: {{probe: {{path: "{path}"}}}}\n')
+    assert (err.service, err.key) == ("web", "x-moorage.probe.path")
+
+
+def test_a_probe_path_over_2048_characters_is_refused() -> None:
+    err = refused('ports: ["80"]\nx-moorage: {probe: {path: /' + "a" * 2048 + "}}\n")
+    assert (err.service, err.key) == ("web", "x-moorage.probe.path")
+    assert "2048" in str(err)
+
+
 def test_x_moorage_route_false_keeps_a_service_with_a_port_off_the_router() -> None:
     assert one('ports: ["5432"]\nx-moorage: {route: false}').route_port() is None
     routed = one('ports: ["5432"]\nx-moorage: {route: true}').route_port()

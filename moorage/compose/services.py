@@ -137,6 +137,12 @@ def _check_image(image: str, *, service: str) -> None:
         )
 
 
+_PROBE_PATH_RE = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+"""An HTTP request target in origin form (RFC 9112: an absolute path and an optional query)."""
+MAX_PROBE_PATH = 2048
+"""Longest probe path (many servers answer a longer request line with 414)."""
+
+
 def _port_number(value: Any) -> int | None:
     """A port number (an integer, or a string of digits) from 1 to 65535; None otherwise.
 
@@ -554,8 +560,18 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise ComposeError("must be an HTTP status", service=name, key="x-moorage.probe.status")
     path = probe.get("path", "/")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ComposeError("must start with '/'", service=name, key="x-moorage.probe.path")
+    if not isinstance(path, str) or not _PROBE_PATH_RE.fullmatch(path):
+        # http.client raised UnicodeEncodeError (or InvalidURL) on it in every probe.
+        raise ComposeError(
+            f"{_shown(path)} is not an HTTP request path: it starts with '/' and holds only "
+            "ASCII letters, digits, '%XX' escapes and -._~!$&'()*+,;=:@/?",
+            service=name,
+            key="x-moorage.probe.path",
+        )
+    if len(path) > MAX_PROBE_PATH:
+        raise ComposeError(
+            f"is longer than {MAX_PROBE_PATH} characters", service=name, key="x-moorage.probe.path"
+        )
     spec.probe = ProbeSpec(
         type=kind,
         port=port,
