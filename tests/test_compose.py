@@ -322,6 +322,74 @@ def test_invalid_long_ports_are_refused(entry: str, key: str) -> None:
     assert err.key == key
 
 
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ('"junk:8080:81"', "ports"),  # the host IP part must be an IP address
+        ('"localhost:8080:80"', "ports"),
+        ('"[nope]:8080:80"', "ports"),
+        ('"[::1]8080:80"', "ports"),
+        ("{target: 80, host_ip: not-an-ip}", "ports.host_ip"),
+        ("{target: 80, host_ip: 1}", "ports.host_ip"),
+        ("{target: 80, mode: bogus}", "ports.mode"),
+    ],
+)
+def test_a_port_host_ip_or_mode_docker_refuses_is_refused(entry: str, key: str) -> None:
+    err = refused(f"ports:\n  - {entry}\n")
+    assert (err.service, err.key) == ("web", key)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('"[::1]:8080:80"', PortSpec(target=80, published=8080)),
+        ('"::8080:80"', None),  # split on ':' it is no port
+        ('":8080:80"', PortSpec(target=80, published=8080)),
+        ("{target: 80, host_ip: '::1', mode: ingress}", PortSpec(target=80)),
+        ("{target: 80, host_ip: 0.0.0.0, mode: host}", PortSpec(target=80)),
+    ],
+)
+def test_port_host_ips_and_modes_docker_takes_are_accepted(
+    entry: str, expected: PortSpec | None
+) -> None:
+    if expected is None:
+        assert refused(f"ports:\n  - {entry}\n").key == "ports"
+    else:
+        assert one(f"ports:\n  - {entry}\n").ports == [expected]
+
+
+def test_two_routes_on_one_published_port_are_refused_naming_the_second_service() -> None:
+    """The router failed at deploy time, when it made the second route."""
+    with pytest.raises(ComposeError) as info:
+        parse(
+            """
+            services:
+              web: {image: a, ports: ["8080:80"]}
+              api: {image: b, ports: [{target: 81, published: 8080}]}
+            """
+        )
+    assert (info.value.service, info.value.key) == ("api", "ports")
+    assert "'web'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "api",
+    [
+        '["8081:80"]',
+        '["9000:9000", "8080:80"]',  # only the first TCP port is a route's
+        '["8080:53/udp"]',
+    ],
+)
+def test_published_ports_that_no_two_routes_share_are_accepted(api: str) -> None:
+    parse(
+        f"services:\n  web: {{image: a, ports: ['8080:80']}}\n  api: {{image: b, ports: {api}}}\n"
+    )
+    parse(
+        "services:\n  web: {image: a, ports: ['8080:80']}\n"
+        "  db: {image: b, ports: ['8080:5432'], x-moorage: {route: false}}\n"
+    )
+
+
 def test_ports_must_be_a_list() -> None:
     err = refused("ports: '80'\n")
     assert err.key == "ports"
@@ -330,6 +398,18 @@ def test_ports_must_be_a_list() -> None:
 def test_expose_must_be_a_list() -> None:
     assert one("expose: ['9000']").ports == []
     assert refused("expose: '9000'\n").key == "expose"
+
+
+def test_expose_takes_ports_and_ranges() -> None:
+    assert one("expose: [9000, '9001', '8000-8010', '53/udp', '5000-5001/tcp']").ports == []
+
+
+@pytest.mark.parametrize(
+    "entry", ["{a: b}", "[80]", "0", "70000", "'http'", "'90-80'", "'80/icmp'", "true", "1.5"]
+)
+def test_an_expose_entry_that_is_no_port_is_refused(entry: str) -> None:
+    err = refused(f"expose: [{entry}]\n")
+    assert (err.service, err.key) == ("web", "expose")
 
 
 # --- healthcheck -------------------------------------------------------------------------------

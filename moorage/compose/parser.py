@@ -132,6 +132,30 @@ def _refuse_networks(value: Any) -> NoReturn:
     raise ComposeError("top-level key 'networks' is not supported by Moorage", key="networks")
 
 
+def _refuse_shared_route_ports(services: dict[str, ServiceSpec]) -> None:
+    """Refuse two routes on one ``published`` port: the router listens on one port per route.
+
+    Only a route's port counts (a service's first TCP port, see ``ServiceSpec.route_port``): the
+    router makes it its listen port; the replicas' own published ports are chosen by Moorage.
+
+    Raises:
+        ComposeError: naming the second service and ``ports``.
+    """
+    first: dict[int, str] = {}
+    for spec in services.values():
+        port = spec.route_port()
+        if port is None or port.published is None:
+            continue
+        if port.published in first:
+            raise ComposeError(
+                f"published port {port.published} is the route port of service "
+                f"{first[port.published]!r} already: the router listens on one port per route",
+                service=spec.name,
+                key="ports",
+            )
+        first[port.published] = spec.name
+
+
 def _start_order(services: dict[str, ServiceSpec]) -> list[ServiceSpec]:
     """Topological order by depends_on; ties keep the file's order."""
     for spec in services.values():
@@ -283,6 +307,7 @@ def parse_compose(
         str(name): _parse_service(str(name), body, policy=policy, volumes=volumes)
         for name, body in services_raw.items()
     }
+    _refuse_shared_route_ports(services)
     declared = {v.name: v for v in volume_specs}
     for spec in services.values():
         for mount in spec.mounts:

@@ -6,6 +6,7 @@ refused with an error that names the service and the key.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -167,6 +168,18 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
             raise ComposeError(
                 f"invalid protocol {item['protocol']!r}", service=service, key="ports.protocol"
             )
+        if item.get("mode", "ingress") not in ("ingress", "host"):
+            raise ComposeError(
+                f"{_shown(item['mode'])} is not a port mode: ingress or host",
+                service=service,
+                key="ports.mode",
+            )
+        if "host_ip" in item and not _is_ip(item["host_ip"]):
+            raise ComposeError(
+                f"{_shown(item['host_ip'])} is not an IP address",
+                service=service,
+                key="ports.host_ip",
+            )
         target = _port_number(item.get("target"))
         published = item.get("published")
         if target is None or (published is not None and _port_number(published) is None):
@@ -182,28 +195,82 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
             published=_port_number(published),
         )
     if isinstance(item, bool) or not isinstance(item, int | str):
-        raise ComposeError(f"invalid port {item!r}", service=service, key=key)
+        raise ComposeError(f"invalid port {_shown(item)}", service=service, key=key)
     text = str(item).strip()
     protocol = "tcp"
     if "/" in text:
         text, protocol = text.rsplit("/", 1)
     if protocol not in ("tcp", "udp"):
-        raise ComposeError(f"invalid protocol {protocol!r}", service=service, key=key)
+        raise ComposeError(f"invalid protocol {_shown(protocol)}", service=service, key=key)
+    host_ip = None
+    if text.startswith("["):  # [IPv6]:published:target
+        host_ip, bracket, text = text[1:].partition("]:")
+        if not bracket:
+            raise ComposeError(f"invalid port {_shown(item)}", service=service, key=key)
+        text = ":" + text
     parts = text.split(":")
-    if (
-        len(parts) > 3
-        or any("-" in p for p in parts)
-        or not all(p.isdigit() for p in parts[-2:] if p)
-    ):
+    if len(parts) == 3 and host_ip is None:
+        host_ip = parts[0]
+    if len(parts) > 3 or any("-" in p for p in parts):
         raise ComposeError(
-            f"invalid port {item!r} (port ranges are not supported)", service=service, key=key
+            f"invalid port {_shown(item)}: write [IP:][PUBLISHED:]TARGET (port ranges are not "
+            "supported)",
+            service=service,
+            key=key,
         )
+    if host_ip and not _is_ip(host_ip):  # empty: every address, as Docker reads it
+        raise ComposeError(
+            f"invalid port {_shown(item)}: {_shown(host_ip)} is not an IP address "
+            "(write IP:PUBLISHED:TARGET)",
+            service=service,
+            key=key,
+        )
+    target = _port_number(parts[-1])
+    published = _port_number(parts[-2]) if len(parts) >= 2 and parts[-2] else None
+    if target is None or (len(parts) >= 2 and parts[-2] and published is None):
+        raise ComposeError(
+            f"invalid port {_shown(item)}: ports are numbers from 1 to 65535",
+            service=service,
+            key=key,
+        )
+    return PortSpec(target=target, protocol=protocol, published=published)
+
+
+_EXPOSE_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(?:tcp|udp|sctp))?")
+
+
+def _check_expose(value: Any, *, service: str) -> None:
+    """``expose``: container ports (``3000``, ``"8000-8010"``, ``"53/udp"``), as Compose takes them.
+
+    Moorage needs no ``expose`` (replicas reach each other on the project's network), but an
+    entry Compose would refuse is refused rather than dropped.
+
+    Raises:
+        ComposeError: not a list, or an entry that is no port or port range.
+    """
+    if not isinstance(value, list):
+        raise ComposeError("must be a list", service=service, key="expose")
+    for item in value:
+        match = _EXPOSE_RE.fullmatch(item) if isinstance(item, str) else None
+        ports = [g for g in match.groups() if g] if match else [item]
+        if not all(_port_number(p) for p in ports) or (match and int(ports[0]) > int(ports[-1])):
+            raise ComposeError(
+                f"{_shown(item)} is not a container port or range like 3000, '8000-8010' or "
+                "'53/udp'",
+                service=service,
+                key="expose",
+            )
+
+
+def _is_ip(value: Any) -> bool:
+    """Whether ``value`` is an IPv4 or IPv6 address written as a string (a port's host IP)."""
+    if not isinstance(value, str):
+        return False
     try:
-        target = int(parts[-1])
-        published = int(parts[-2]) if len(parts) >= 2 and parts[-2] else None
-        return PortSpec(target=target, protocol=protocol, published=published)
-    except ValueError as exc:
-        raise ComposeError(f"invalid port {item!r}", service=service, key=key) from exc
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
@@ -322,8 +389,8 @@ def _parse_service(
         if not isinstance(raw["ports"], list):
             raise ComposeError("must be a list", service=name, key="ports")
         spec.ports = [_parse_port(p, service=name) for p in raw["ports"]]
-    if raw.get("expose") is not None and not isinstance(raw["expose"], list):
-        raise ComposeError("must be a list", service=name, key="expose")
+    if raw.get("expose") is not None:
+        _check_expose(raw["expose"], service=name)
     if raw.get("healthcheck") is not None:
         spec.healthcheck = _parse_healthcheck(raw["healthcheck"], service=name)
     if raw.get("depends_on") is not None:
