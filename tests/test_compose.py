@@ -609,6 +609,38 @@ def test_depends_on_mapping_form_with_condition() -> None:
     assert project.names.index("web") > project.names.index("api")
 
 
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        ("condition: bogus", "service_healthy"),
+        ("condition: service_completed_successfully", "exits"),
+        ("condition: null", "service_healthy"),
+        ("restart: 'yes'", "true or false"),
+        ("required: 1", "true or false"),
+    ],
+)
+def test_a_depends_on_option_moorage_cannot_meet_is_refused_naming_it(
+    option: str, words: str
+) -> None:
+    with pytest.raises(ComposeError) as info:
+        parse_compose(
+            "services:\n  web:\n    image: x\n    depends_on:\n      api:\n"
+            f"        {option}\n  api:\n    image: y\n"
+        )
+    assert (info.value.service, info.value.key) == ("web", f"depends_on.api.{option.split(':')[0]}")
+    assert words in str(info.value)
+
+
+def test_depends_on_started_or_healthy_is_accepted() -> None:
+    text = (
+        "services:\n  web:\n    image: x\n    depends_on:\n"
+        "      api: {condition: service_started, required: true}\n"
+        "      db: {condition: service_healthy, restart: false}\n"
+        "  api:\n    image: y\n  db:\n    image: z\n"
+    )
+    assert parse_compose(text).service("web").depends_on == ["api", "db"]
+
+
 def test_depends_on_mapping_with_unknown_option_is_refused() -> None:
     with pytest.raises(ComposeError) as info:
         parse(

@@ -321,6 +321,40 @@ def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
     return spec
 
 
+DEPENDS_ON_CONDITIONS = ("service_started", "service_healthy")
+
+
+def _check_dependency(dep: Any, options: dict[Any, Any], *, service: str) -> None:
+    """One ``depends_on`` entry's options: a condition Moorage meets, and booleans.
+
+    Moorage starts a service once those it depends on are ready (healthy, or running without a
+    healthcheck), so ``service_started`` and ``service_healthy`` both hold;
+    ``service_completed_successfully`` cannot (a replica that exits fails its deployment).
+
+    Raises:
+        ComposeError: naming ``depends_on.<dep>.<option>``.
+    """
+    condition = options.get("condition", "service_started")
+    if condition == "service_completed_successfully":
+        raise ComposeError(
+            "service_completed_successfully is not supported: Moorage runs services, and a "
+            "replica that exits fails the deployment (use service_started or service_healthy)",
+            service=service,
+            key=f"depends_on.{dep}.condition",
+        )
+    if condition not in DEPENDS_ON_CONDITIONS:
+        raise ComposeError(
+            f"{_shown(condition)} is not a condition: service_started or service_healthy",
+            service=service,
+            key=f"depends_on.{dep}.condition",
+        )
+    for k in ("restart", "required"):
+        if k in options and not isinstance(options[k], bool):
+            raise ComposeError(
+                "must be true or false", service=service, key=f"depends_on.{dep}.{k}"
+            )
+
+
 def _parse_depends_on(value: Any, *, service: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
@@ -333,6 +367,7 @@ def _parse_depends_on(value: Any, *, service: str) -> list[str]:
                     raise ComposeError(
                         "is not supported", service=service, key=f"depends_on.{dep}.{k}"
                     )
+            _check_dependency(dep, cond or {}, service=service)
         return [str(d) for d in value]
     raise ComposeError(
         "must be a list or a mapping of service names", service=service, key="depends_on"
