@@ -1085,6 +1085,25 @@ def test_invalid_service_names_are_refused(name: str) -> None:
     assert info.value.service == name
 
 
+def test_a_service_name_whose_replica_hostname_is_too_long_is_refused() -> None:
+    """61-63 characters were accepted; the replica's hostname <service>-<slot> (slot up to
+    MAX_REPLICAS - 1) then passed Linux's 63 and the container failed to start (EINVAL)."""
+    longest = "a" * (63 - len(f"-{MAX_REPLICAS - 1}"))
+    assert parse_compose(f"services:\n  {longest}:\n    image: x\n").names == [longest]
+    for name in (longest + "b", "a" * 63):
+        with pytest.raises(ComposeError) as info:
+            parse_compose(f"services:\n  {name}:\n    image: x\n")
+        assert info.value.service == name
+        assert str(len(longest)) in str(info.value)
+
+
+def test_a_service_name_ending_in_a_newline_is_refused() -> None:
+    # '$' matched before the trailing newline.
+    with pytest.raises(ComposeError) as info:
+        parse_compose('services:\n  "web\\n":\n    image: x\n')
+    assert info.value.service == "web\n"
+
+
 def test_service_body_must_be_a_mapping() -> None:
     with pytest.raises(ComposeError) as info:
         parse_compose("services:\n  web: nginx\n")

@@ -37,7 +37,12 @@ from moorage.compose.values import (
     parse_duration,
 )
 
-_SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+MAX_HOSTNAME = 63
+"""Linux's longest hostname (sethostname fails with EINVAL past it)."""
+MAX_SERVICE_NAME = MAX_HOSTNAME - len(f"-{MAX_REPLICAS - 1}")
+"""Longest service name: a replica's hostname is ``<service>-<slot>``, and a slot goes up to
+``MAX_REPLICAS - 1``."""
+_SERVICE_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 SERVICE_KEYS = frozenset(
     {
@@ -377,9 +382,13 @@ def _parse_depends_on(value: Any, *, service: str) -> list[str]:
 def _parse_service(
     name: str, raw: Any, *, policy: ComposePolicy, volumes: frozenset[str]
 ) -> ServiceSpec:
-    if not _SERVICE_NAME_RE.match(name):
+    if not _SERVICE_NAME_RE.fullmatch(name) or len(name) > MAX_SERVICE_NAME:
+        # A longer name failed inside the deployment: the container's hostname is the name and
+        # the replica's slot, and Linux takes at most 63 characters.
         raise ComposeError(
-            "service names may hold letters, digits, '_', '.', '-' (at most 63)", service=name
+            f"service names may hold letters, digits, '_', '.', '-' (at most {MAX_SERVICE_NAME}: "
+            f"a replica's hostname <service>-<slot> must fit in {MAX_HOSTNAME})",
+            service=name,
         )
     if not isinstance(raw, dict):
         raise ComposeError("must be a mapping", service=name)
