@@ -56,6 +56,10 @@ async def test_rollback_to_any_retained_revision(
     # The default target is the revision before the serving one.
     proj = await service.get_project(TENANT, project)
     assert proj.current_version == "v1"
+    # Without a revision, only the serving deployment can be rolled back: the default target is
+    # the revision before the serving one, which would take it down.
+    with pytest.raises(ConflictError, match=f"deployment {latest} is not the one serving"):
+        await service.rollback(TENANT, USER, latest)
     rb2 = await service.rollback(TENANT, USER, rb.id)
     assert rb2.rollback_version == "v3"  # retained revisions before the serving (v1 as rev 4): v3
     assert (await wait_terminal(service, rb2.id)).deployment.status == DeploymentStatus.COMPLETED

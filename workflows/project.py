@@ -275,6 +275,16 @@ class ProjectWorkflow:
         if self._find(inp.deployment_id) is None:
             raise _refuse(f"deployment {inp.deployment_id!r} not found", "NotFound")
         self._refuse_if_active()
+        current = self.state.current
+        if inp.to_revision is None and current and current.deployment_id != inp.deployment_id:
+            # Its default target is the revision before the serving one: rolling back a later
+            # deployment that failed (or an older one) would take the serving revision down.
+            raise _refuse(
+                f"deployment {inp.deployment_id} is not the one serving (revision "
+                f"{current.revision}, deployment {current.deployment_id}, is): roll that one "
+                "back, or name a revision (to_revision)",
+                "Conflict",
+            )
         target = self._rollback_target(inp)
         if inp.policy is not None:
             _checked(
