@@ -7,12 +7,24 @@ import urllib.request
 
 import docker
 import pytest
+from temporalio.client import Client
 
 from activities.router import TrafficRouter
-from moorage.models import CanaryStep, DeploymentStatus, DeployRequest, EventType, Strategy
+from moorage.compose import parse_compose
+from moorage.models import (
+    CanaryStep,
+    Deployment,
+    DeploymentState,
+    DeploymentStatus,
+    DeployRequest,
+    EventType,
+    Strategy,
+)
 from moorage.service import ConflictError, DeploymentService
+from tests.conftest import TASK_QUEUE
 from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
 from tests.load import Load
+from workflows.inputs import StrategyInput
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +104,16 @@ async def test_blue_green_manual_promote_with_preview(
     assert (await service.get_deployment(TENANT, dep.id)).status == DeploymentStatus.COMPLETED
 
 
+@pytest.mark.parametrize("rollback_on_failure", [True, False])
 async def test_blue_green_timeout_without_promote_leaves_blue(
     service: DeploymentService,
     docker_client: docker.DockerClient,
     router: TrafficRouter,
     project: str,
+    rollback_on_failure: bool,
 ) -> None:
+    """Green goes even with ``rollback_on_failure`` off: nobody promoted it, nothing failed (it
+    used to stay running then, while the event said "green removed")."""
     await serve_v1(service, project)
     blue = {c.name for c in labelled(docker_client, project)}
     await service.apply_project(TENANT, project, web("moorage-demo:v2"))
@@ -105,7 +121,13 @@ async def test_blue_green_timeout_without_promote_leaves_blue(
         TENANT,
         USER,
         project,
-        BG.model_copy(update={"auto_promote": False, "blue_green_timeout": 2}),
+        BG.model_copy(
+            update={
+                "auto_promote": False,
+                "blue_green_timeout": 2,
+                "rollback_on_failure": rollback_on_failure,
+            }
+        ),
     )
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK
@@ -252,23 +274,31 @@ async def test_a_hold_longer_than_the_progress_deadline_goes_on_when_released(
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
 
 
+@pytest.mark.parametrize("rollback_on_failure", [True, False])
 async def test_canary_abort_at_fifty_percent(
     service: DeploymentService,
     docker_client: docker.DockerClient,
     router: TrafficRouter,
     project: str,
+    rollback_on_failure: bool,
 ) -> None:
+    """An abort undoes the canary even with ``rollback_on_failure`` off (it used to end
+    ``failed``, the canary left routed at 50%, while the abort answered "traffic back to
+    stable"); steering after it is refused, not answered and ignored."""
     url = await serve_v1(service, project)
     stable = {c.name for c in labelled(docker_client, project)}
     await service.apply_project(TENANT, project, web("moorage-demo:v2"))
     steps = [CanaryStep(weight=50), CanaryStep(pause="manual"), CanaryStep(weight=100)]
+    request = CANARY.model_copy(
+        update={"canary_steps": steps, "rollback_on_failure": rollback_on_failure}
+    )
     with Load(url, connections=6, keepalive=True) as load:
-        dep = await service.deploy(
-            TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
-        )
+        dep = await service.deploy(TENANT, USER, project, request)
         await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
         await asyncio.sleep(1)
         await service.steer(TENANT, "dave", dep.id, "abort")
+        with pytest.raises(ConflictError):  # the undo runs for a second or more
+            await service.steer(TENANT, USER, dep.id, "promote")
         state = await wait_terminal(service, dep.id)
         await asyncio.sleep(0.3)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
@@ -278,8 +308,66 @@ async def test_canary_abort_at_fifty_percent(
     assert load.last_versions(30) == {"v1"}
     assert {c.name for c in labelled(docker_client, project)} == stable
     assert routed(router, project) == stable
+    assert EventType.PROMOTED not in [e.event_type for e in state.events]
     with pytest.raises(ConflictError):
         await service.steer(TENANT, USER, dep.id, "resume")
+
+
+async def test_a_canary_paused_during_its_last_step_holds_before_the_full_shift(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """The last step is a timed pause; a pause asked for during it used to be answered
+    "paused", then ignored: the canary took all traffic and stable was retired."""
+    await serve_v1(service, project)
+    stable = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    steps = [CanaryStep(weight=50), CanaryStep(pause="2")]
+    dep = await service.deploy(
+        TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
+    )
+    await wait_status(service, dep.id, lambda s: "paused 2s" in s.deployment.message)
+    await service.steer(TENANT, "erin", dep.id, "pause")
+    await wait_status(service, dep.id, lambda s: "paused by erin" in s.deployment.message)
+    await asyncio.sleep(3)  # past the timed pause
+    state = await service.get_state(TENANT, dep.id)
+    assert state.deployment.status == DeploymentStatus.IN_PROGRESS, state.deployment.message
+    assert stable <= {c.name for c in labelled(docker_client, project)}  # stable still there
+    await service.steer(TENANT, "erin", dep.id, "resume")
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert not stable & {c.name for c in labelled(docker_client, project)}
+
+
+async def test_a_cancel_that_comes_with_the_start_is_honoured(
+    temporal_client: Client, worker: None, docker_client: docker.DockerClient, project: str
+) -> None:
+    """A cancel signal delivered with the strategy workflow's start (signal-with-start: as when
+    the project forwards an operator's cancel before the new workflow ran its first task) is
+    handled before the run method; it used to be dropped, and the deployment completed."""
+    dep = Deployment(
+        id=f"{project}.1",
+        project_id=project,
+        version="v1",
+        revision=1,
+        strategy=Strategy.ROLLING_UPDATE,
+        user_id=USER,
+        tenant_id=TENANT,
+    )
+    handle = await temporal_client.start_workflow(
+        "RollingUpdate",
+        StrategyInput(deployment=dep, target=parse_compose(web("moorage-demo:v1"))),
+        id=f"test-cancel-with-start-{project}",
+        task_queue=TASK_QUEUE,
+        start_signal="cancel",
+        start_signal_args=["frank"],
+        result_type=DeploymentState,
+    )
+    state = await handle.result()
+    assert state.deployment.status == DeploymentStatus.CANCELLED, state.deployment.message
+    kinds = [e.event_type for e in state.events]
+    assert EventType.CANCEL_REQUESTED in kinds
+    assert EventType.SERVICE_UPDATING not in kinds
+    assert labelled(docker_client, project) == []
 
 
 async def test_canary_of_a_project_with_a_service_off_the_router_rolls_back(

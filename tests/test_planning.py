@@ -6,7 +6,14 @@ import itertools
 
 import pytest
 
-from workflows.planning import SurgeError, plan_batches, resolve, resolve_surge
+from workflows.planning import (
+    MAX_SERVER_WEIGHT,
+    SurgeError,
+    canary_weights,
+    plan_batches,
+    resolve,
+    resolve_surge,
+)
 
 
 @pytest.mark.parametrize(
@@ -111,3 +118,25 @@ def test_invariants_hold_for_every_combination(
 def test_both_zero_is_refused() -> None:
     with pytest.raises(SurgeError):
         plan_batches([0, 1], 2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("share", "canary", "stable"),
+    [(10, 4, 4), (10, 10, 1), (90, 1, 20), (50, 3, 7), (1, 1, 50), (99, 50, 1), (25, 2, 3)],
+)
+def test_canary_weights_give_the_share_whatever_the_replica_counts(
+    share: int, canary: int, stable: int
+) -> None:
+    """10% of 10 canaries beside 1 stable replica used to be 28% (the stable weight, 900, was
+    capped at 256); 90% of 1 canary beside 20 stable ones 100% (the stable weight rounded to 0)."""
+    a, b = canary_weights(share, canary, stable)
+    assert 1 <= a <= MAX_SERVER_WEIGHT
+    assert 1 <= b <= MAX_SERVER_WEIGHT
+    got = canary * a / (canary * a + stable * b)
+    assert got == pytest.approx(share / 100, abs=0.005)
+
+
+def test_canary_weights_at_the_ends() -> None:
+    assert canary_weights(0, 3, 2) == (0, 100)  # stable takes everything
+    assert canary_weights(100, 3, 2) == (100, 0)
+    assert canary_weights(40, 3, 0) == (100, 0)  # nothing stable to weigh

@@ -66,6 +66,11 @@ class BlueGreenWorkflow(StrategyWorkflow):
                 f"nothing to promote: the deployment is {status} and not waiting for promotion",
                 type="Conflict",
             )
+        why = self.steps_stopped()
+        if why:
+            raise ApplicationError(
+                f"cannot promote: {why}; the deployment is being undone", type="Conflict"
+            )
 
     async def flow(self, inp: StrategyInput, t: Tracker) -> None:
         """The blue-green steps."""

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from moorage import naming
     from moorage.compose import ServiceSpec
     from moorage.models import CanaryStep, DeploymentState, EventType, ServiceInstance
-    from workflows import replicas, steps
+    from workflows import planning, replicas, steps
     from workflows.inputs import SteerInput, StrategyInput
     from workflows.strategy import StrategyWorkflow
     from workflows.tracking import Tracker
@@ -62,6 +62,9 @@ class CanaryWorkflow(StrategyWorkflow):
             raise _conflict(
                 f"cannot {action}: the deployment is {status} and not in its canary steps"
             )
+        why = self.steps_stopped()
+        if why:
+            raise _conflict(f"cannot {action}: {why}; the deployment is being undone")
 
     @workflow.update(name="pause")
     def pause(self, inp: SteerInput) -> str:
@@ -192,6 +195,14 @@ class CanaryWorkflow(StrategyWorkflow):
                 t.progress(10 + 80 * number // len(plan), f"{label}: canary weight {step.weight}%")
             else:
                 await self._pause_step(t, step, label, 10 + 80 * number // len(plan))
+        if (
+            self._paused_by is not None
+            and self._promoted_by is None
+            and workflow.patched("canary-hold-before-full-shift")
+        ):
+            # Paused during the last step: held before all traffic goes to the canary (the pause
+            # used to be answered "paused", then ignored).
+            await self._hold_while_paused(t, len(plan), len(plan))
         self._done_shifting = True
 
         # Full traffic on the canary; stable drained and retired.
@@ -247,14 +258,16 @@ class CanaryWorkflow(StrategyWorkflow):
         old = prev.spec.service(spec.name) if prev and spec.name in prev.spec.names else None
         # An old revision that did not route the service has no servers on the route to weigh.
         if old is not None and prev is not None and old.route_port() is not None:
-            # Per-server weights scaled by replica counts, so shares hold when the counts differ.
-            old_weight = (100 - canary_weight) * spec.replicas // max(1, old.replicas)
+            # Per-server weights for the share, whatever the replica counts on either side.
+            canary, stable = planning.canary_weights(canary_weight, spec.replicas, old.replicas)
+            for name in weights:
+                weights[name] = canary
             for s in range(old.replicas):
                 weights[
                     naming.container_name(
                         dep.tenant_id, dep.project_id, spec.name, prev.revision, s
                     )
-                ] = min(256, old_weight)
+                ] = stable
         elif canary_weight == 0:
             # Nothing stable to fall back on: the canary is all there is.
             for name in list(weights):

@@ -1,4 +1,6 @@
-"""Pure planning of rolling updates: surge arithmetic and batches. No Temporal, no Docker.
+"""Pure planning: a rolling update's surge arithmetic and batches, a canary's server weights.
+
+No Temporal, no Docker.
 
 Kubernetes semantics: ``max_surge`` and ``max_unavailable`` are integers or percentages of the
 desired replica count; a surge percentage rounds up, an unavailable percentage rounds down.
@@ -89,3 +91,29 @@ def plan_batches(
             raise SurgeError("the rolling update cannot make progress with these budgets")
         batches.append(Batch(stop_first=stop_first, start=start, stop_after=stop_after))
     return batches
+
+
+MAX_SERVER_WEIGHT = 256
+"""The highest server weight HAProxy takes (nginx takes more)."""
+
+
+def canary_weights(share: int, canary: int, stable: int) -> tuple[int, int]:
+    """Server weights ``(canary, stable)``: ``canary`` replicas get ``share`` % of the requests.
+
+    Beside them on the route are ``stable`` replicas; each replica of a side gets that side's
+    weight: the pair in 1-256 whose share is nearest. Scaling the stable weight by the replica
+    counts alone overflowed 256 (1 stable beside 10 canaries at 10%: the canary got 28%) or
+    rounded to 0 (20 stable beside 1 canary at 90%: the canary got everything).
+    """
+    if share <= 0:
+        return 0, 100
+    if share >= 100 or stable <= 0:
+        return 100, 0
+    best = (2.0, 0, 0)
+    for a in range(1, MAX_SERVER_WEIGHT + 1):
+        exact = a * (100 - share) * canary / (share * stable)
+        b = min(MAX_SERVER_WEIGHT, max(1, round(exact)))
+        error = abs(canary * a / (canary * a + stable * b) - share / 100)
+        if error < best[0] - 1e-12:
+            best = (error, a, b)
+    return best[1], best[2]

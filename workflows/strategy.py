@@ -39,6 +39,9 @@ class StrategyWorkflow:
         self._deadline_hit: str | None = None
         """Why the progress deadline stopped the steps, once it has."""
         self._aborted_by: str | None = None
+        self._cancel_before_start: str | None = None
+        """Who cancelled before the first step: a signal that came with the workflow's start is
+        handled before ``execute`` runs (it used to be dropped, and the deployment completed)."""
 
     # --- the steps, written by each strategy ----------------------------------------------------
 
@@ -51,7 +54,10 @@ class StrategyWorkflow:
     @workflow.signal(name="cancel")
     def cancel(self, user_id: str) -> None:
         """Cancel the deployment: stop the current step and undo everything done so far."""
-        if self._cancel_requested_by is not None or self.tracker is None:
+        if self._cancel_requested_by is not None:
+            return
+        if self.tracker is None:
+            self._cancel_before_start = user_id or "unknown"
             return
         if self.tracker.deployment.status.terminal:
             return
@@ -108,6 +114,8 @@ class StrategyWorkflow:
         )
         t.in_flow = True
         self._task = asyncio.create_task(self.flow(inp, t))
+        if self._cancel_before_start is not None and workflow.patched("cancel-before-start"):
+            self.cancel(self._cancel_before_start)  # the task is cancelled before its first step
         # Deployments started before this change had the deadline bound their whole run.
         watch = (
             self._watch_progress
@@ -153,7 +161,7 @@ class StrategyWorkflow:
             t.event(EventType.DEPLOYMENT_FAILED, f"deployment failed: {reason}", **details)
             # The record's message stays one line; the event above keeps the logs.
             reason = str(details.get("reason") or reason.splitlines()[0])
-            if dep.config.rollback_on_failure:
+            if dep.config.rollback_on_failure or self._undone_always(err):
                 await self._undo(t, DeploymentStatus.ROLLED_BACK, f"rolled back: {reason}")
             else:
                 t.status(
@@ -170,6 +178,32 @@ class StrategyWorkflow:
         t.status(DeploymentStatus.COMPLETED, "deployment completed")
         t.event(EventType.DEPLOYMENT_COMPLETED, f"revision {dep.revision} is serving")
         return t.state
+
+    def steps_stopped(self) -> str | None:
+        """Why the steps stopped (cancel, abort, deadline, a failed step), None while they run.
+
+        Once they have, the undo runs or is about to: a steer (promote, pause, resume, abort)
+        is refused, or it would be answered and recorded, then ignored.
+        """
+        return (
+            (self._cancel_requested_by and f"it was cancelled by {self._cancel_requested_by}")
+            or (self._aborted_by and f"it was aborted by {self._aborted_by}")
+            or (self._deadline_hit and "its progress deadline stopped it")
+            or (self._task is not None and self._task.done() and "its steps ended")
+            or None
+        )
+
+    def _undone_always(self, err: Exception) -> bool:
+        """True for an operator's abort and a blue-green promotion that timed out.
+
+        Both say the new revision is not wanted, not that it failed: it goes even with
+        ``rollback_on_failure`` off (it used to stay, the canary routed at its weight, while the
+        abort answered "traffic back to stable").
+        """
+        wanted_gone = self._aborted_by is not None or (
+            isinstance(err, ApplicationError) and err.type in ("Aborted", "PromotionTimeout")
+        )
+        return wanted_gone and workflow.patched("abort-always-undoes")
 
     def request_abort(self, user_id: str) -> None:
         """Stop the steps; the deployment fails as aborted and rolls back (``abort`` updates)."""
