@@ -26,7 +26,14 @@ from activities.nginx import NginxBackend
 from activities.proxy import route_key
 from activities.router import TrafficRouter
 from moorage import naming
-from moorage.models import DeploymentEvent, DeploymentStatus, DeployRequest, EventType, Strategy
+from moorage.models import (
+    DeploymentEvent,
+    DeploymentState,
+    DeploymentStatus,
+    DeployRequest,
+    EventType,
+    Strategy,
+)
 from moorage.service import DeploymentService
 from moorage.settings import Settings
 from tests.helpers import (
@@ -363,21 +370,34 @@ async def wait_event(svc: DeploymentService, dep_id: str, kind: EventType) -> De
         await asyncio.sleep(0.1)
 
 
-async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_under_load(
-    service: DeploymentService,
-    docker_client: docker.DockerClient,
-    router: TrafficRouter,
-    project: str,
-) -> None:
+async def roll_under_load(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str, compose: str
+) -> tuple[set[str], DeploymentState, Load]:
+    """v1 served, then ``compose`` rolled out (6 health retries) under keep-alive load.
+
+    Returns the old replicas' names, the deployment's end state and the load.
+    """
     url = await serve_v1(service, project)
     old = {c.name for c in labelled(docker_client, project)}
-    await service.apply_project(TENANT, project, web("moorage-demo:v2", fail_host="web-2"))
+    await service.apply_project(TENANT, project, compose)
     with Load(url, connections=6, keepalive=True) as load:
         dep = await service.deploy(
             TENANT, USER, project, ROLL.model_copy(update={"health_check_retries": 6})
         )
         state = await wait_terminal(service, dep.id)
         await asyncio.sleep(0.5)
+    return old, state, load
+
+
+async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_under_load(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    old, state, load = await roll_under_load(
+        service, docker_client, project, web("moorage-demo:v2", fail_host="web-2")
+    )
     d = state.deployment
     assert d.status == DeploymentStatus.ROLLED_BACK, d.message
     assert load.result.failed == 0, load.result.errors
@@ -418,19 +438,12 @@ async def test_a_revision_that_moves_the_container_port_rolls_under_load(
     """v1 serves on port 80, v2 on 8080. The route used to be emptied when its container port
     changed (every old replica drained before a new one was up), and a rollback looked the old
     replicas up on the new port (ContainerNotServing, retried until the rollback failed)."""
-    url = await serve_v1(service, project)
-    old = {c.name for c in labelled(docker_client, project)}
-    await service.apply_project(TENANT, project, web_on_8080("web-2" if fails else "none"))
-    with Load(url, connections=6, keepalive=True) as load:
-        dep = await service.deploy(
-            TENANT, USER, project, ROLL.model_copy(update={"health_check_retries": 6})
-        )
-        state = await wait_terminal(service, dep.id)
-        await asyncio.sleep(0.5)
+    old, state, load = await roll_under_load(
+        service, docker_client, project, web_on_8080("web-2" if fails else "none")
+    )
     d = state.deployment
     assert load.result.failed == 0, load.result.errors
-    assert load.result.versions["v2"] > 0
-    assert (await service.get_project(TENANT, project)).routes["web"] == url  # same listen port
+    assert load.result.versions["v2"] > 0  # through v1's listen port
     if fails:
         assert d.status == DeploymentStatus.ROLLED_BACK, d.message
         assert load.last_versions(50) == {"v1"}
