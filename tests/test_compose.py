@@ -2283,6 +2283,21 @@ def test_timestamps_stay_the_strings_they_were_written_as() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "services:\n  web:\n    image: a\n# \ud800\n",  # JSON may carry one
+        'services:\n  web:\n    image: a\n    environment: {A: "\\ud800"}\n',  # a YAML escape
+        'services:\n  web:\n    image: a\n    labels: {"\\udfff": x}\n',
+    ],
+)
+def test_text_that_is_not_unicode_is_refused(text: str) -> None:
+    """A lone surrogate raised UnicodeEncodeError (a 500), or reached the workflow's history."""
+    for call in (lambda: parse_compose(text), lambda: resolve_compose(text)):
+        with pytest.raises(ComposeError, match="not valid Unicode text"):
+            call()
+
+
 def test_an_integer_too_long_to_convert_is_refused_as_yaml() -> None:
     err = refused_text("x-n: " + "1" * 4301 + "\nservices:\n  web:\n    image: a\n")
     assert "not valid YAML" in str(err)

@@ -233,11 +233,37 @@ def _timestamp_as_written(loader: yaml.SafeLoader, node: yaml.Node) -> str:
     return str(loader.construct_scalar(cast(yaml.ScalarNode, node)))
 
 
+def _unicode_str(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    """A string scalar, refused when an escape (``"\\ud800"``) made it no Unicode text.
+
+    A lone surrogate cannot be encoded: not in a container's environment, not in a workflow's
+    history, not in the text the project stores.
+    """
+    value = str(loader.construct_scalar(cast(yaml.ScalarNode, node)))
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"a string is not valid Unicode text (at character {exc.start})",
+            node.start_mark,
+        ) from None
+    return value
+
+
 _ComposeLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_written)
+_ComposeLoader.add_constructor("tag:yaml.org,2002:str", _unicode_str)
 
 
 def _load(text: str) -> dict[str, Any]:
-    if len(text.encode()) > MAX_COMPOSE_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:  # JSON may carry a lone surrogate ("\ud800")
+        raise ComposeError(
+            f"the Compose text is not valid Unicode text (at character {exc.start})"
+        ) from exc
+    if size > MAX_COMPOSE_BYTES:
         raise ComposeError(f"the Compose file is larger than {MAX_COMPOSE_BYTES} bytes")
     try:
         raw = yaml.load(text, Loader=_ComposeLoader)  # a SafeLoader
