@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import textwrap
 from collections.abc import AsyncIterator
 from typing import cast
@@ -439,3 +440,60 @@ def test_only_a_routes_published_port_is_kept_out_of_the_replicas_ports() -> Non
     with pytest.raises(ComposeError) as info:
         check('ports: ["19999:80"]\n')
     assert (info.value.service, info.value.key) == ("web", "ports")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def offline_http() -> AsyncIterator[httpx.AsyncClient]:
+    """The API with a service whose Temporal client is None: a request that reached Temporal
+    would fail (500), so a refusal shows it came first."""
+    settings = Settings(api_keys="key-a=acme/alice")
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.dependency_overrides[get_service] = lambda: DeploymentService(cast(Client, None), settings)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://moorage"
+    ) as client:
+        yield client
+
+
+WEB = "services:\n  web:\n    image: a\n"
+OFFLINE_REFUSALS = {
+    # Each was a 500. pydantic refuses a lone surrogate, and FastAPI's 422 quoted it and failed
+    # to encode it; in the others the parser raised an exception other than ComposeError, or (the
+    # escaped surrogate) accepted what no workflow history can hold.
+    "lone surrogate": (WEB + "# \ud800\n", None, None),
+    "escaped surrogate": (WEB + '    environment: {A: "\\ud800"}\n', None, None),
+    "5000-digit memory": (WEB + f"    mem_limit: '{'9' * 5000}'\n", "web", "mem_limit"),
+    "400-digit grace": (WEB + f"    stop_grace_period: {'9' * 400}\n", "web", "stop_grace_period"),
+    "port .inf": (WEB + "    ports: [{target: .inf}]\n", "web", "ports"),
+}
+
+
+@pytest.mark.parametrize("case", list(OFFLINE_REFUSALS))
+async def test_compose_text_the_parser_choked_on_is_422_naming_the_field(
+    offline_http: httpx.AsyncClient, case: str
+) -> None:
+    text, service, key = OFFLINE_REFUSALS[case]
+    # json.dumps escapes a lone surrogate ("\\ud800"), as a client may send it.
+    body = json.dumps({"compose": text})
+    headers = {**A, "Content-Type": "application/json"}
+    resp = await offline_http.put("/api/projects/x", content=body, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert loc_names(resp) == ["body", "compose", *(n for n in (service, key) if n)], resp.text
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"9" * 5000])
+async def test_a_content_length_int_refuses_is_413_not_500(
+    offline_http: httpx.AsyncClient, length: bytes
+) -> None:
+    """'²'.isdigit() and 5,000 digits passed the check; int() then raised (a 500)."""
+    resp = await offline_http.get("/healthz", headers=[(b"content-length", length)])
+    assert resp.status_code == 413, resp.text
+
+
+async def test_a_content_length_with_leading_zeros_is_its_number(
+    offline_http: httpx.AsyncClient,
+) -> None:
+    assert (
+        await offline_http.get("/healthz", headers=[(b"content-length", b"0" * 30)])
+    ).status_code == 200
