@@ -234,7 +234,7 @@ def _timestamp_as_written(loader: yaml.SafeLoader, node: yaml.Node) -> str:
 
 
 def _unicode_str(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    """A string scalar, refused when an escape (``"\\ud800"``) made it no Unicode text.
+    r"""A string scalar, refused when an escape (``"\ud800"``) made it no Unicode text.
 
     A lone surrogate cannot be encoded: not in a container's environment, not in a workflow's
     history, not in the text the project stores.
