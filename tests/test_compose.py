@@ -1845,7 +1845,14 @@ def test_top_level_volume_that_reaches_the_host_is_refused(
     assert reason in str(info.value)
 
 
-@pytest.mark.parametrize("text", ["volumes: [data]\n", "volumes:\n  'bad name': {}\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "volumes: [data]\n",
+        "volumes:\n  'bad name': {}\n",
+        'volumes:\n  "data\\n": {}\n',  # '$' matched before the newline: Docker refused it later
+    ],
+)
 def test_malformed_top_level_volumes_are_refused(text: str) -> None:
     with pytest.raises(ComposeError) as info:
         parse_compose("services:\n  web:\n    image: nginx\n" + text)

@@ -19,7 +19,7 @@ from moorage.compose.policy import ComposePolicy
 from moorage.compose.services import _parse_service
 from moorage.compose.values import _mapping
 
-_VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 TOP_LEVEL_KEYS = frozenset({"services", "version", "name", "volumes"})
 
@@ -78,7 +78,7 @@ def _parse_volumes(value: Any) -> list[VolumeSpec]:
     for raw_name, body in value.items():
         name = str(raw_name)
         where = f"volumes.{name}"
-        if not _VOLUME_NAME_RE.match(name):
+        if not _VOLUME_NAME_RE.fullmatch(name):  # match() and '$' took "data\n"
             raise ComposeError("volume names may hold letters, digits, '_', '.', '-'", key=where)
         body = {} if body is None else body
         if not isinstance(body, dict):
