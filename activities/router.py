@@ -267,18 +267,13 @@ class TrafficRouter:
         route = state.routes.get(key)
         if route is None:
             self._refuse_reserved(inp)
-        if route is None or route.container_port != inp.container_port:
 
             def mutate(s: RouterState) -> dict[str, list[str]]:
-                existing = s.routes.get(key)
-                if existing is not None:
-                    # A new revision serves on another container port. The old replicas keep
-                    # serving on theirs until the roll takes them out (emptying the route here
-                    # drained them all before a new replica was up).
-                    existing.container_port = inp.container_port
-                    return {}
-                port = self._free_port(s, key, inp.published_port)
-                s.routes[key] = RouteState(key=key, port=port, container_port=inp.container_port)
+                if key not in s.routes:  # not made meanwhile by another worker
+                    port = self._free_port(s, key, inp.published_port)
+                    s.routes[key] = RouteState(
+                        key=key, port=port, container_port=inp.container_port
+                    )
                 return {}
 
             state = self._change(mutate)
@@ -286,6 +281,15 @@ class TrafficRouter:
         else:
             with self._locked():
                 self._up()
+                if route.container_port != inp.container_port:
+                    # A new revision serves on another container port: a change of the state
+                    # only. The old replicas serve on theirs until the roll takes them out
+                    # (emptying the route drained them all before a new replica was up), and the
+                    # proxy's config does not name it (nginx would reload for nothing).
+                    state = self.load()
+                    if key in state.routes:
+                        state.routes[key].container_port = inp.container_port
+                        self._save(state)
         return RouteInfo(
             service=inp.service, url=f"http://{self.backend.bind}:{route.port}/", port=route.port
         )

@@ -7,9 +7,10 @@ import urllib.request
 
 import docker
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 
 from activities.router import TrafficRouter
+from moorage import naming
 from moorage.compose import parse_compose
 from moorage.models import (
     CanaryStep,
@@ -24,7 +25,7 @@ from moorage.service import ConflictError, DeploymentService
 from tests.conftest import TASK_QUEUE
 from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
 from tests.load import Load
-from workflows.inputs import StrategyInput
+from workflows.inputs import SteerInput, StrategyInput
 
 pytestmark = pytest.mark.integration
 
@@ -277,6 +278,7 @@ async def test_a_hold_longer_than_the_progress_deadline_goes_on_when_released(
 @pytest.mark.parametrize("rollback_on_failure", [True, False])
 async def test_canary_abort_at_fifty_percent(
     service: DeploymentService,
+    temporal_client: Client,
     docker_client: docker.DockerClient,
     router: TrafficRouter,
     project: str,
@@ -297,8 +299,13 @@ async def test_canary_abort_at_fifty_percent(
         await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
         await asyncio.sleep(1)
         await service.steer(TENANT, "dave", dep.id, "abort")
-        with pytest.raises(ConflictError):  # the undo runs for a second or more
-            await service.steer(TENANT, USER, dep.id, "promote")
+        # Straight to the workflow (the API refuses once the status reads rolling_back): the
+        # validator refuses while the undo runs (a second or more), where it used to accept the
+        # promote, answer "promoted", record it, and ignore it.
+        handle = temporal_client.get_workflow_handle(naming.deployment_workflow_id(TENANT, dep.id))
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update("promote", SteerInput(user_id=USER))
+        assert "aborted by dave" in str(refused.value.cause)
         state = await wait_terminal(service, dep.id)
         await asyncio.sleep(0.3)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message

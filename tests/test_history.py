@@ -56,14 +56,37 @@ async def test_rollback_to_any_retained_revision(
     # The default target is the revision before the serving one.
     proj = await service.get_project(TENANT, project)
     assert proj.current_version == "v1"
-    # Without a revision, only the serving deployment can be rolled back: the default target is
-    # the revision before the serving one, which would take it down.
-    with pytest.raises(ConflictError, match=f"deployment {latest} is not the one serving"):
+    # Without a revision, an older deployment than the serving one is refused: the default
+    # target is the revision before the serving one.
+    with pytest.raises(ConflictError, match=f"deployment {latest} is older than the serving"):
         await service.rollback(TENANT, USER, latest)
     rb2 = await service.rollback(TENANT, USER, rb.id)
     assert rb2.rollback_version == "v3"  # retained revisions before the serving (v1 as rev 4): v3
     assert (await wait_terminal(service, rb2.id)).deployment.status == DeploymentStatus.COMPLETED
     assert serving_version(docker_client, project, "web") == {"v3"}
+
+    # A later deployment that failed and was left as it failed (v3's replicas stopped by the
+    # recreate, the new one never healthy): its rollback brings the serving revision back over
+    # what it left. It used to take the revision before the serving one instead.
+    await service.apply_project(TENANT, project, web("moorage-demo:unhealthy"))
+    failed = await service.deploy(
+        TENANT,
+        USER,
+        project,
+        DeployRequest(version="v4", rollback_on_failure=False, health_check_retries=2),
+    )
+    state = await wait_terminal(service, failed.id)
+    assert state.deployment.status == DeploymentStatus.FAILED, state.deployment.message
+    rb3 = await service.rollback(TENANT, USER, failed.id)
+    assert rb3.rollback_version == "v3"
+    assert (await wait_terminal(service, rb3.id)).deployment.status == DeploymentStatus.COMPLETED
+    # What the failed one left is no deployment's now: the project's reconciliation removes it.
+    removed = await service.reconcile(TENANT, USER, project)
+    assert {e.details["revision"] for e in removed} == {failed.revision}
+    assert serving_version(docker_client, project, "web") == {"v3"}
+    assert {c.labels["moorage.revision"] for c in labelled(docker_client, project)} == {
+        str(rb3.revision)
+    }
 
 
 async def test_same_idempotency_key_gives_the_same_deployment(

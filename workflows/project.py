@@ -250,9 +250,16 @@ class ProjectWorkflow:
     @workflow.update(name="rollback")
     def rollback(self, inp: RollbackInput) -> Deployment:
         """Register a deployment that brings back a retained revision."""
-        target = self._rollback_target(inp)
         last = self._find(inp.deployment_id)
         assert last is not None
+        current = self.state.current
+        later = (
+            inp.to_revision is None
+            and current is not None
+            and last.deployment.revision > current.revision
+            and workflow.patched("rollback-of-a-later-deployment")
+        )
+        target = self._rollback_target(inp, later_ok=later)
         # A rollback keeps zero downtime where the deployment had it: rolling unless it recreated.
         strategy = (
             Strategy.RECREATE
@@ -275,17 +282,7 @@ class ProjectWorkflow:
         if self._find(inp.deployment_id) is None:
             raise _refuse(f"deployment {inp.deployment_id!r} not found", "NotFound")
         self._refuse_if_active()
-        current = self.state.current
-        if inp.to_revision is None and current and current.deployment_id != inp.deployment_id:
-            # Its default target is the revision before the serving one: rolling back a later
-            # deployment that failed (or an older one) would take the serving revision down.
-            raise _refuse(
-                f"deployment {inp.deployment_id} is not the one serving (revision "
-                f"{current.revision}, deployment {current.deployment_id}, is): roll that one "
-                "back, or name a revision (to_revision)",
-                "Conflict",
-            )
-        target = self._rollback_target(inp)
+        target = self._rollback_target(inp, later_ok=True)
         if inp.policy is not None:
             _checked(
                 target.compose,
@@ -359,10 +356,29 @@ class ProjectWorkflow:
                 "Conflict",
             )
 
-    def _rollback_target(self, inp: RollbackInput) -> RevisionInfo:
+    def _rollback_target(self, inp: RollbackInput, *, later_ok: bool) -> RevisionInfo:
+        """The revision a rollback brings back.
+
+        ``to_revision``, else: for the serving deployment, the retained revision before it; for
+        a later one (it failed, was rolled back or cancelled; with ``rollback_on_failure`` off it
+        left what it made), the serving revision, deployed again over what it left (when
+        ``later_ok``: rollbacks registered before this rule took the revision before the serving
+        one, and took the serving revision down); an earlier deployment is refused.
+        """
         s = self.state
         if s.current is None:
             raise _refuse("nothing is serving yet: there is nothing to roll back", "Conflict")
+        named = self._find(inp.deployment_id)
+        if inp.to_revision is None and named is not None and later_ok:
+            if named.deployment.revision > s.current.revision:
+                return s.current
+            if named.deployment.id != s.current.deployment_id:
+                raise _refuse(
+                    f"deployment {inp.deployment_id} is older than the serving one "
+                    f"({s.current.deployment_id}, revision {s.current.revision}): roll that one "
+                    "back, or name a revision (to_revision)",
+                    "Conflict",
+                )
         if inp.to_revision is not None:
             for rev in s.revisions:
                 if rev.revision == inp.to_revision:
