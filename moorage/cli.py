@@ -163,7 +163,7 @@ def _variables(env_file: Path | None, pairs: list[str]) -> dict[str, str]:
     if env_file is not None:
         try:
             text = env_file.read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise CliError(f"--env-file {env_file}: cannot read: {exc}") from exc
         for number, line in enumerate(text.splitlines(), start=1):
             stripped = line.strip()
@@ -524,8 +524,8 @@ def deploy(
     options: dict[str, object] = {
         "strategy": strategy,
         "version": version,
-        "max_surge": _surge(max_surge),
-        "max_unavailable": _surge(max_unavailable),
+        "max_surge": _surge(max_surge, "--max-surge"),
+        "max_unavailable": _surge(max_unavailable, "--max-unavailable"),
         "health_check_delay": health_check_delay,
         "health_check_retries": health_check_retries,
         "health_check_interval": health_check_interval,
@@ -570,11 +570,22 @@ def _number(value: str, part: str) -> float:
         ) from None
 
 
-def _surge(value: str | None) -> int | str | None:
+def _surge(value: str | None, flag: str) -> int | str | None:
+    """``--max-surge`` / ``--max-unavailable``: an integer, or the text for the model to check.
+
+    Raises:
+        CliError: naming ``flag``, for a number int() refuses (``--5``, thousands of digits).
+    """
     if value is None:
         return None
     stripped = value.strip()
-    return int(stripped) if stripped.lstrip("-").isdigit() else stripped
+    if not re.fullmatch(r"-?[0-9]+", stripped):
+        if stripped.lstrip("+-").isdigit():  # '--5', '+5', '²': no integer, no percentage
+            raise CliError(f"{flag} {value!r}: an integer or a percentage like '25%'")
+        return stripped  # 'N%' or a word: the model accepts or refuses it, naming the field
+    if len(stripped.lstrip("-").lstrip("0")) > 9:
+        raise CliError(f"{flag}: {stripped[:20]}… is too large (at most 9 digits)")
+    return int(stripped)
 
 
 def _started(

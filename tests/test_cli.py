@@ -85,6 +85,10 @@ def nowhere() -> dict[str, str]:
             ["max_surge", "max_unavailable"],
         ),
         (["deploy", "x", "--max-surge", "lots"], ["max_surge", "percentage"]),
+        # int() raised ValueError on these: exit 1 and a Python message.
+        (["deploy", "x", "--max-surge=--5"], ["--max-surge", "'--5'"]),
+        (["deploy", "x", "--max-surge", "9" * 5000], ["--max-surge", "too large"]),
+        (["deploy", "x", "--max-unavailable=\u00b2"], ["--max-unavailable"]),
         (["deploy", "x", "--canary-steps", "10,bogus"], ["canary_steps", "bogus"]),
         (["deploy", "x", "--canary-steps", "10,pause:-5"], ["canary_steps", "pause"]),
         (["deploy", "x", "--canary-steps", "150"], ["canary_steps", "100"]),
@@ -148,6 +152,20 @@ async def test_apply_variables_are_checked_before_connecting(
     )
     result = await moorage("project", "apply", "x", "-f", str(path), *extra, env=nowhere)
     assert_refused(result, *words)
+
+
+async def test_apply_env_file_that_is_not_utf8_is_refused_naming_it(
+    tmp_path: Path, nowhere: dict[str, str]
+) -> None:
+    """UnicodeDecodeError escaped: exit 1 and a Python message."""
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  web:\n    image: moorage-demo:${TAG}\n")
+    env_file = tmp_path / "latin1.env"
+    env_file.write_bytes("TAG=caf\u00e9\n".encode("latin-1"))
+    result = await moorage(
+        "project", "apply", "x", "-f", str(path), "--env-file", str(env_file), env=nowhere
+    )
+    assert_refused(result, "--env-file", str(env_file))
 
 
 async def test_temporal_not_reachable(nowhere: dict[str, str]) -> None:
