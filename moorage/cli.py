@@ -42,7 +42,7 @@ from moorage.models import (
     Strategy,
 )
 from moorage.service import DeploymentService, MoorageError
-from moorage.settings import Settings
+from moorage.settings import Settings, settings_error
 from moorage.temporal import connect
 
 T = TypeVar("T")
@@ -81,10 +81,23 @@ class CliError(Exception):
 # --- plumbing ---------------------------------------------------------------------------------
 
 
+def _load_settings(**overrides: str) -> Settings:
+    """The settings of the environment (``MOORAGE_*``), checked before any command runs.
+
+    Raises:
+        CliError: a variable is invalid (the message names it): ``moorage api`` or ``worker``
+            would start and fail every request or step that reads it.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings takes fields
+    except ValidationError as exc:
+        raise CliError(f"invalid settings: {settings_error(exc)}") from exc
+
+
 def _settings(ctx: typer.Context) -> Settings:
     settings = ctx.find_root().obj
     if not isinstance(settings, Settings):  # a sub-command invoked without the root callback
-        settings = Settings()
+        settings = _load_settings()
     return settings
 
 
@@ -297,7 +310,7 @@ def _root(
 ) -> None:
     """Deploy Compose projects on Docker through durable Temporal workflows."""
     overrides = {k: v for k, v in (("tenant", tenant), ("user", user)) if v is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings takes field kwargs
+    settings = _load_settings(**overrides)
     if not NAME_RE.match(settings.tenant):
         raise CliError(f"tenant {settings.tenant!r}: 1-40 lowercase letters, digits and dashes")
     ctx.obj = settings

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from moorage.compose import ComposePolicy, parse_memory
+from moorage.compose import MAX_CPUS, MAX_PIDS, ComposePolicy, parse_memory
 from moorage.models import NAME_RE
 
 
@@ -28,6 +28,8 @@ class ApiKey:
 
 
 ROLES = ("viewer", "deployer")
+MAX_RECONCILE_EVERY_S = 365 * 86_400.0
+"""Longest interval between two scheduled reconciliations (a year)."""
 
 
 class Settings(BaseSettings):
@@ -74,10 +76,10 @@ class Settings(BaseSettings):
     Docker engine: the worker labels every container it makes with it (``moorage.instance``),
     ReconcileAll removes only its own instance's, and a start never adopts a container of another
     (containers made before the label count as ``default``). Lowercase letters, digits, ``_.-``."""
-    reconcile_every: float = Field(default=600, ge=0)
+    reconcile_every: float = Field(default=600, ge=0, le=MAX_RECONCILE_EVERY_S, allow_inf_nan=False)
     """Seconds between two scheduled orphan reconciliations (the worker creates the schedule;
-    0: no schedule)."""
-    drain_timeout: float = Field(default=10.0, ge=0, le=3600)
+    0: no schedule; at most a year)."""
+    drain_timeout: float = Field(default=10.0, ge=0, le=3600, allow_inf_nan=False)
     """Seconds a server taken out of a route may finish its in-flight requests."""
     tenant_policies: str = ""
     """What each tenant may use beyond the safe default, as JSON: ``{"tenant": {"privileged":
@@ -85,10 +87,10 @@ class Settings(BaseSettings):
     (see :class:`moorage.compose.ComposePolicy`); a tenant not named gets the default policy."""
     default_memory: str = "512m"
     """Memory limit of a container whose service sets none (Docker units: ``512m``, ``1g``)."""
-    default_cpus: float = Field(default=1.0, gt=0)
-    """CPU limit of a container whose service sets none."""
-    default_pids: int = Field(default=512, ge=1)
-    """Process limit of a container whose service sets none."""
+    default_cpus: float = Field(default=1.0, ge=0.01, le=MAX_CPUS, allow_inf_nan=False)
+    """CPU limit of a container whose service sets none (as ``cpus``: 0.01 to 1024)."""
+    default_pids: int = Field(default=512, ge=1, le=MAX_PIDS)
+    """Process limit of a container whose service sets none (as ``pids_limit``)."""
     max_active_deployments: int = Field(default=10, ge=1)
     """Deployments a tenant may have running at once."""
 
@@ -122,7 +124,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_policies(self) -> Settings:
-        self.tenant_policy_map()  # a bad MOORAGE_TENANT_POLICIES stops the process at start
+        # A bad value stops the process at start, not every request or step that reads it.
+        self.tenant_policy_map()
+        self.parsed_api_keys()
+        self.port_range()
+        # Only its form: the worker refuses to start when it overlaps MOORAGE_ROUTE_PORTS.
+        _port_range(self.replica_ports, "MOORAGE_REPLICA_PORTS", "17000-19999")
         if not self.router_managed and self.router != "haproxy":
             raise ValueError(
                 "MOORAGE_ROUTER_MANAGED=false is supported with MOORAGE_ROUTER=haproxy only"
@@ -231,6 +238,22 @@ class Settings(BaseSettings):
                 user, role = name, maybe_role
             keys[key] = ApiKey(tenant_id=tenant, user_id=user, role=role)
         return keys
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A :class:`Settings` refusal as one line naming each variable at fault.
+
+    Never the value: ``MOORAGE_API_KEYS`` holds secrets.
+    """
+    parts = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            env = f"MOORAGE_{str(error['loc'][0]).upper()}"
+            if not message.startswith(env):
+                message = f"{env}: {message}"
+        parts.append(message)
+    return "; ".join(parts)
 
 
 @lru_cache

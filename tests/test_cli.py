@@ -168,6 +168,42 @@ async def test_apply_env_file_that_is_not_utf8_is_refused_naming_it(
     assert_refused(result, "--env-file", str(env_file))
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "value"),
+    [
+        # `moorage api` started and answered 500 to every request; the worker failed every start
+        # or the reconcile schedule; neither may start at all.
+        (["api", "--port", "0"], "MOORAGE_API_KEYS", "garbage"),
+        (["api", "--port", "0"], "MOORAGE_ROUTE_PORTS", "x"),
+        (["worker"], "MOORAGE_DEFAULT_CPUS", "inf"),
+        (["worker"], "MOORAGE_RECONCILE_EVERY", "inf"),
+        (["worker"], "MOORAGE_DEFAULT_PIDS", "99999999999999999999"),
+        (["status", "x.1"], "MOORAGE_API_KEYS", "k=acme/alice:root"),
+    ],
+)
+async def test_a_bad_setting_stops_every_command_at_start_naming_it(
+    nowhere: dict[str, str], args: list[str], env: str, value: str
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "moorage.cli", *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "MOORAGE_TENANT": TENANT, **nowhere, env: value},
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"moorage {' '.join(args)} started with {env}={value}")
+    assert proc.returncode is not None
+    assert_refused(Result(proc.returncode, out.decode(), err.decode()), env, "invalid settings")
+    if env == "MOORAGE_API_KEYS":
+        assert value not in err.decode()
+
+
 async def test_temporal_not_reachable(nowhere: dict[str, str]) -> None:
     result = await moorage("status", "x.1", env=nowhere)
     assert_refused(result, "Temporal not reachable", nowhere["MOORAGE_TEMPORAL_ADDRESS"])

@@ -24,7 +24,7 @@ from moorage.models import (
     is_zero,
     parse_surge,
 )
-from moorage.settings import ApiKey, Settings
+from moorage.settings import ApiKey, Settings, settings_error
 from worker import run_worker
 
 # --- DeploymentConfig --------------------------------------------------------------------------
@@ -428,6 +428,51 @@ async def test_the_worker_refuses_to_start_with_overlapping_port_ranges(
     assert (
         "MOORAGE_REPLICA_PORTS 20000-21000 overlaps MOORAGE_ROUTE_PORTS" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        # Each passed Settings() and failed later: the reconcile schedule's timedelta, every
+        # container's nano_cpus or pids_limit, every API request (500), every route.
+        ("MOORAGE_RECONCILE_EVERY", "inf"),
+        ("MOORAGE_RECONCILE_EVERY", "nan"),
+        ("MOORAGE_RECONCILE_EVERY", "1e300"),
+        ("MOORAGE_DEFAULT_CPUS", "inf"),
+        ("MOORAGE_DEFAULT_CPUS", "nan"),
+        ("MOORAGE_DEFAULT_CPUS", "0.001"),
+        ("MOORAGE_DEFAULT_CPUS", "100000"),
+        ("MOORAGE_DEFAULT_PIDS", "99999999999999999999"),
+        ("MOORAGE_DRAIN_TIMEOUT", "nan"),
+        ("MOORAGE_API_KEYS", "garbage"),
+        ("MOORAGE_API_KEYS", "k=acme/alice:root"),
+        ("MOORAGE_ROUTE_PORTS", "x"),
+        ("MOORAGE_REPLICA_PORTS", "17000-70000"),
+    ],
+)
+def test_a_setting_that_would_fail_later_is_refused_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    message = settings_error(info.value)
+    assert message.startswith(env), message
+    if env == "MOORAGE_API_KEYS":
+        assert value not in message  # a secret is never echoed
+
+
+def test_settings_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for env, value in (
+        ("MOORAGE_RECONCILE_EVERY", "0"),
+        ("MOORAGE_DEFAULT_CPUS", "0.01"),
+        ("MOORAGE_DEFAULT_PIDS", "4194304"),
+        ("MOORAGE_API_KEYS", "k=acme/alice:viewer"),
+        ("MOORAGE_ROUTE_PORTS", "1-65535"),
+    ):
+        monkeypatch.setenv(env, value)
+    settings = Settings()
+    assert (settings.default_cpus, settings.default_pids) == (0.01, 4_194_304)
 
 
 def test_router_bind_setting(monkeypatch: pytest.MonkeyPatch) -> None:
