@@ -1086,15 +1086,24 @@ def test_invalid_service_names_are_refused(name: str) -> None:
 
 
 def test_a_service_name_whose_replica_hostname_is_too_long_is_refused() -> None:
-    """61-63 characters were accepted; the replica's hostname <service>-<slot> (slot up to
-    MAX_REPLICAS - 1) then passed Linux's 63 and the container failed to start (EINVAL)."""
-    longest = "a" * (63 - len(f"-{MAX_REPLICAS - 1}"))
-    assert parse_compose(f"services:\n  {longest}:\n    image: x\n").names == [longest]
-    for name in (longest + "b", "a" * 63):
+    """A replica's hostname is <service>-<slot>, and Linux takes at most 63 characters: past it
+    the container failed to start (EINVAL) inside the deployment. The limit depends on the
+    replicas: 61 characters fit ten replicas (``-9``), not eleven (``-10``)."""
+    name = "a" * 61
+    ten = f"services:\n  {name}:\n    image: x\n    deploy: {{replicas: 10}}\n"
+    assert parse_compose(ten).names == [name]
+    eleven = f"services:\n  {name[:60]}:\n    image: x\n    deploy: {{replicas: 11}}\n"
+    assert parse_compose(eleven).names == [name[:60]]
+    for text in (
+        ten.replace("replicas: 10", "replicas: 11"),
+        f"services:\n  {'a' * 62}:\n    image: x\n",
+    ):
         with pytest.raises(ComposeError) as info:
-            parse_compose(f"services:\n  {name}:\n    image: x\n")
-        assert info.value.service == name
-        assert str(len(longest)) in str(info.value)
+            parse_compose(text)
+        assert info.value.service is not None
+        assert "hostname" in str(info.value)
+    with pytest.raises(ComposeError, match="at most 63"):
+        parse_compose(f"services:\n  {'a' * 64}:\n    image: x\n")
 
 
 def test_a_service_name_ending_in_a_newline_is_refused() -> None:
@@ -2317,3 +2326,36 @@ def test_a_variable_that_is_not_unicode_text_is_refused_by_name(value: str) -> N
     decodes them to surrogates): interpolating either crashed with UnicodeEncodeError."""
     with pytest.raises(ComposeError, match="variable 'IMG' is not valid Unicode text"):
         resolve_compose("services:\n  web:\n    image: ${IMG}\n", {"IMG": value})
+
+
+def test_a_stored_revision_passes_checks_added_since_it_was_deployed() -> None:
+    """The serving revision's text is parsed at every deployment (its replicas are stopped by
+    it) and at every replay: a check added later that refused it would stop the project. These
+    values deployed before the checks existed; stored, they still parse; new, they are refused."""
+    text = (
+        "services:\n  web:\n    image: a\n    image: shop/web:2\n    ports: ['80']\n"
+        "    stop_grace_period: 2h\n    expose: ['not a port']\n"
+        "    healthcheck: {test: 'true', retries: 20000, interval: 25h}\n"
+        "    x-moorage:\n      health_check_delay: 2h\n"
+        "      probe: {type: http, path: /, timeout: 10s}\n"
+    )
+    web = parse_compose(text, policy=UNRESTRICTED, stored=True).service("web")
+    assert web.image == "shop/web:2"  # the last of the two, as PyYAML kept it
+    assert web.stop_grace_period_s == 7200
+    assert web.healthcheck is not None
+    assert web.healthcheck.retries == 20000
+    with pytest.raises(ComposeError):
+        parse_compose(text, policy=UNRESTRICTED)
+    for line in text.splitlines()[5:]:
+        if line.startswith("    ") and ":" in line and not line.startswith("      "):
+            one_key = "services:\n  web:\n    image: shop/web:2\n" + line + "\n"
+            if "x-moorage" in line:
+                continue
+            with pytest.raises(ComposeError):
+                parse_compose(one_key, policy=UNRESTRICTED)
+    # Still refused when stored: what would crash the deployment, not merely a later rule.
+    with pytest.raises(ComposeError):
+        parse_compose(
+            "services:\n  web:\n    image: a\n    stop_grace_period: " + "9" * 400 + "s\n",
+            stored=True,
+        )

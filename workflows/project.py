@@ -75,10 +75,15 @@ def _refuse(message: str, kind: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
-def _checked(compose: str, policy: ComposePolicy, prefix: str) -> ProjectSpec:
-    """The project Compose text describes; refused (``Invalid``) if the policy does not allow it."""
+def _checked(
+    compose: str, policy: ComposePolicy, prefix: str, *, stored: bool = False
+) -> ProjectSpec:
+    """The project Compose text describes; refused (``Invalid``) if the policy does not allow it.
+
+    ``stored``: a revision's text, deployed under earlier rules (see ``parse_compose``).
+    """
     try:
-        return parse_compose(compose, policy=policy)
+        return parse_compose(compose, policy=policy, stored=stored)
     except ComposeError as exc:
         raise _refuse(prefix + str(exc), "Invalid") from exc
 
@@ -150,7 +155,7 @@ class ProjectWorkflow:
         routed: set[str] = set()
         if s.compose:
             try:
-                spec = parse_compose(s.compose, policy=UNRESTRICTED)
+                spec = parse_compose(s.compose, policy=UNRESTRICTED, stored=True)
             except ComposeError:
                 pass
             else:
@@ -288,6 +293,7 @@ class ProjectWorkflow:
                 target.compose,
                 inp.policy,
                 f"revision {target.revision} no longer passes the tenant's policy: ",
+                stored=True,
             )
 
     @workflow.update(name="cancel")
@@ -473,10 +479,14 @@ class ProjectWorkflow:
                 revision=s.current.revision,
                 version=s.current.version,
                 deployment_id=s.current.deployment_id,
-                spec=parse_compose(s.current.compose, policy=UNRESTRICTED),
+                spec=parse_compose(s.current.compose, policy=UNRESTRICTED, stored=True),
             )
         inp = StrategyInput(
-            deployment=dep, target=parse_compose(compose, policy=UNRESTRICTED), previous=previous
+            deployment=dep,
+            # A rollback's is a revision's (checked when it was deployed); a deploy's was checked
+            # by the update's validator.
+            target=parse_compose(compose, policy=UNRESTRICTED, stored=True),
+            previous=previous,
         )
         try:
             self._child = await workflow.start_child_workflow(

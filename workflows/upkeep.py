@@ -94,7 +94,7 @@ async def delete_routes_not_served(s: ProjectState, record: DeploymentState, ena
     leaves them listed, for the next completed deployment to try again.
     """
     assert s.current is not None
-    routed = parse_compose(s.current.compose, policy=UNRESTRICTED).routed
+    routed = parse_compose(s.current.compose, policy=UNRESTRICTED, stored=True).routed
     # (Blue-green preview URLs, under preview_key, go with their service.)
     gone = sorted(n for n in s.routes if n not in routed and ":" not in n)
     if not gone or not enabled:

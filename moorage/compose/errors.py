@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
+_STORED: ContextVar[bool] = ContextVar("moorage_compose_stored", default=False)
+
+
+def strict() -> bool:
+    """False while a stored revision's text is parsed (``parse_compose(..., stored=True)``).
+
+    A check added after texts were stored must not refuse them: the serving revision's text is
+    parsed at every deployment (its replicas are stopped by it) and at every replay of its
+    workflow, and one that no longer parsed would stop the project. Such a check runs only when
+    this is True; a text it refused was deployable before (a duplicate key, a grace period over
+    the cap), or it would not be a stored revision.
+    """
+    return not _STORED.get()
+
+
 MAX_COMPOSE_BYTES = 256 * 1024
 """Largest Compose text accepted."""
 MAX_INTERPOLATED_BYTES = 1024 * 1024

@@ -12,7 +12,7 @@ from typing import Any, NoReturn, cast
 
 import yaml
 
-from moorage.compose.errors import MAX_COMPOSE_BYTES, MAX_SERVICES, ComposeError
+from moorage.compose.errors import _STORED, MAX_COMPOSE_BYTES, MAX_SERVICES, ComposeError, strict
 from moorage.compose.interpolation import _escape_dollars, _interpolate
 from moorage.compose.models import ProjectSpec, ServiceSpec, VolumeSpec
 from moorage.compose.policy import ComposePolicy
@@ -218,7 +218,7 @@ class _ComposeLoader(yaml.SafeLoader):
                 first = seen.get(key)
             except TypeError:  # unhashable: PyYAML's own check refuses it below
                 continue
-            if first is not None:
+            if first is not None and strict():
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping",
                     node.start_mark,
@@ -300,6 +300,7 @@ def parse_compose(
     *,
     variables: Mapping[str, str] | None = None,
     policy: ComposePolicy | None = None,
+    stored: bool = False,
 ) -> ProjectSpec:
     """Parse Compose YAML into a :class:`ProjectSpec`.
 
@@ -307,11 +308,23 @@ def parse_compose(
         text: the Compose file.
         variables: the values of ``${VAR}`` (never read from the server's environment).
         policy: what the tenant may use beyond the safe default (None: the default policy).
+        stored: the text of a revision Moorage stored (and deployed) under earlier rules: checks
+            added since (:func:`~moorage.compose.errors.strict`) let it pass.
 
     Raises:
         ComposeError: the text is not valid YAML, not a Compose file, names a variable that is not
             set, or uses what Moorage (or the policy) refuses.
     """
+    token = _STORED.set(stored)
+    try:
+        return _parse(text, variables, policy)
+    finally:
+        _STORED.reset(token)
+
+
+def _parse(
+    text: str, variables: Mapping[str, str] | None, policy: ComposePolicy | None
+) -> ProjectSpec:
     raw = _interpolate(_load(text), variables)
     for key in raw:
         if key == "networks":

@@ -24,6 +24,7 @@ from moorage.compose.errors import (
     MIN_PROBE_INTERVAL_S,
     MIN_PROBE_TIMEOUT_S,
     ComposeError,
+    strict,
 )
 from moorage.compose.models import HealthcheckSpec, PortSpec, ProbeSpec, ServiceSpec
 from moorage.compose.mounts import _parse_mounts, _parse_privileges
@@ -39,9 +40,9 @@ from moorage.compose.values import (
 
 MAX_HOSTNAME = 63
 """Linux's longest hostname (sethostname fails with EINVAL past it)."""
-MAX_SERVICE_NAME = MAX_HOSTNAME - len(f"-{MAX_REPLICAS - 1}")
-"""Longest service name: a replica's hostname is ``<service>-<slot>``, and a slot goes up to
-``MAX_REPLICAS - 1``."""
+MAX_SERVICE_NAME = MAX_HOSTNAME
+"""Longest service name; with its replicas' slots (``<service>-<slot>``, the hostname) the name
+must leave room for ``-<replicas - 1>``."""
 _SERVICE_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 SERVICE_KEYS = frozenset(
@@ -315,7 +316,8 @@ def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
         if (
             isinstance(retries, bool)
             or not isinstance(retries, int)
-            or not 0 <= retries <= MAX_HEALTHCHECK_RETRIES
+            or retries < 0
+            or (retries > MAX_HEALTHCHECK_RETRIES and strict())
         ):
             raise ComposeError(
                 f"must be a whole number from 0 to {MAX_HEALTHCHECK_RETRIES}",
@@ -383,11 +385,8 @@ def _parse_service(
     name: str, raw: Any, *, policy: ComposePolicy, volumes: frozenset[str]
 ) -> ServiceSpec:
     if not _SERVICE_NAME_RE.fullmatch(name) or len(name) > MAX_SERVICE_NAME:
-        # A longer name failed inside the deployment: the container's hostname is the name and
-        # the replica's slot, and Linux takes at most 63 characters.
         raise ComposeError(
-            f"service names may hold letters, digits, '_', '.', '-' (at most {MAX_SERVICE_NAME}: "
-            f"a replica's hostname <service>-<slot> must fit in {MAX_HOSTNAME})",
+            f"service names may hold letters, digits, '_', '.', '-' (at most {MAX_SERVICE_NAME})",
             service=name,
         )
     if not isinstance(raw, dict):
@@ -412,7 +411,8 @@ def _parse_service(
     image = raw.get("image")
     if not isinstance(image, str) or not image.strip():
         raise ComposeError("every service needs an 'image'", service=name, key="image")
-    _check_image(image.strip(), service=name)
+    if strict():  # a stored revision's image was pulled and ran
+        _check_image(image.strip(), service=name)
     spec = ServiceSpec(name=name, image=image.strip())
     if raw.get("command") is not None:
         spec.command = _str_list(raw["command"], service=name, key="command")
@@ -433,7 +433,7 @@ def _parse_service(
         if not isinstance(raw["ports"], list):
             raise ComposeError("must be a list", service=name, key="ports")
         spec.ports = [_parse_port(p, service=name) for p in raw["ports"]]
-    if raw.get("expose") is not None:
+    if raw.get("expose") is not None and strict():  # a stored revision's were dropped unchecked
         _check_expose(raw["expose"], service=name)
     if raw.get("healthcheck") is not None:
         spec.healthcheck = _parse_healthcheck(raw["healthcheck"], service=name)
@@ -460,6 +460,14 @@ def _parse_service(
                     key="deploy.replicas",
                 )
             spec.replicas = replicas
+    if len(hostname := f"{name}-{spec.replicas - 1}") > MAX_HOSTNAME:
+        # A longer one failed inside the deployment: a replica's hostname is the service's name
+        # and its slot, and Linux takes at most 63 characters.
+        raise ComposeError(
+            f"the name is too long for its replicas: hostname {hostname!r} has {len(hostname)} "
+            f"characters, Linux takes at most {MAX_HOSTNAME}",
+            service=name,
+        )
     if raw.get("stop_grace_period") is not None:
         spec.stop_grace_period_s = parse_duration(
             raw["stop_grace_period"],

@@ -18,6 +18,7 @@ from moorage.compose.errors import (
     MAX_PIDS,
     MIN_MEMORY_BYTES,
     ComposeError,
+    strict,
 )
 from moorage.compose.models import ServiceSpec
 
@@ -89,6 +90,10 @@ def parse_duration(
         raise ComposeError(
             f"{_shown(value)} is not a duration like '10s' or '1m30s'", service=service, key=key
         )
+    if not strict():  # a stored revision's: bounds added since must not refuse it
+        if not math.isfinite(seconds):
+            raise ComposeError(f"{_shown(value)} is too long", service=service, key=key)
+        return seconds
     maximum = min(maximum, MAX_DURATION_S)
     if seconds > maximum:  # inf too
         raise ComposeError(
