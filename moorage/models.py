@@ -13,10 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
-"""Project and tenant ids: lowercase, digits and dashes, so they fit Docker names."""
-
-NAME_RE = re.compile(NAME_PATTERN)
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}\Z")
+r"""Project and tenant ids: lowercase, digits and dashes, so they fit Docker names. ``\Z``, not
+``$``: ``$`` matches before a trailing newline, and ``"shop\n"`` passed as a project id."""
 
 _PERCENT_RE = re.compile(r"^(\d{1,3})%$")
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from moorage import naming
 from moorage.models import (
+    NAME_RE,
     TERMINAL_STATUSES,
     Deployment,
     DeploymentConfig,
@@ -486,3 +487,11 @@ def test_router_bind_setting(monkeypatch: pytest.MonkeyPatch) -> None:
             Settings()
         assert info.value.errors()[0]["loc"] == ("router_bind",), bad
         assert f"MOORAGE_ROUTER_BIND {bad!r}: an IPv4 address" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["shop\n", "Shop", "-shop", "a" * 41, ""])
+def test_a_project_or_tenant_id_must_be_the_whole_text(name: str) -> None:
+    """``$`` matched before a trailing newline: "shop\\n" passed as an id, and failed later as
+    part of a container's name."""
+    assert NAME_RE.match(name) is None
+    assert NAME_RE.match("shop-2") is not None
