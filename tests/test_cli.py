@@ -38,7 +38,7 @@ class Result:
     err: str
 
 
-async def moorage(*args: str, env: dict[str, str] | None = None) -> Result:
+async def moorage(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Result:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moorage.cli", *args,
         stdout=asyncio.subprocess.PIPE,
@@ -48,7 +48,7 @@ async def moorage(*args: str, env: dict[str, str] | None = None) -> Result:
         env={**os.environ, "MOORAGE_TENANT": TENANT, "COLUMNS": "200", **(env or {})},
     )  # fmt: skip
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 180)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -184,24 +184,13 @@ async def test_apply_env_file_that_is_not_utf8_is_refused_naming_it(
 async def test_a_bad_setting_stops_every_command_at_start_naming_it(
     nowhere: dict[str, str], args: list[str], env: str, value: str
 ) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moorage.cli", *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-        cwd=ROOT,
-        env={**os.environ, "MOORAGE_TENANT": TENANT, **nowhere, env: value},
-    )  # fmt: skip
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        result = await moorage(*args, env={**nowhere, env: value}, timeout=30)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         pytest.fail(f"moorage {' '.join(args)} started with {env}={value}")
-    assert proc.returncode is not None
-    assert_refused(Result(proc.returncode, out.decode(), err.decode()), env, "invalid settings")
+    assert_refused(result, env, "invalid settings")
     if env == "MOORAGE_API_KEYS":
-        assert value not in err.decode()
+        assert value not in result.err
 
 
 async def test_temporal_not_reachable(nowhere: dict[str, str]) -> None:
