@@ -38,8 +38,8 @@ from moorage.compose.values import (
     parse_duration,
 )
 
-MAX_HOSTNAME = 63
-"""Linux's longest hostname (sethostname fails with EINVAL past it)."""
+MAX_HOSTNAME = 64
+"""Linux's longest hostname (``__NEW_UTS_LEN``: sethostname fails with EINVAL past it)."""
 MAX_SERVICE_NAME = MAX_HOSTNAME
 """Longest service name; with its replicas' slots (``<service>-<slot>``, the hostname) the name
 must leave room for ``-<replicas - 1>``."""
@@ -144,8 +144,10 @@ def _check_image(image: str, *, service: str) -> None:
         )
 
 
-_PROBE_PATH_RE = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
-"""An HTTP request target in origin form (RFC 9112: an absolute path and an optional query)."""
+_PROBE_PATH_RE = re.compile(r"/[\x21-\x7e]*")
+"""A path (and query) the probe can send: ``/`` and printable ASCII. ``http.client`` refuses the
+rest (``UnicodeEncodeError``, or ``InvalidURL`` for a space or control character); what servers
+make of ``[]``, ``{}`` or ``|`` is theirs (many take them, and the parser took them before)."""
 MAX_PROBE_PATH = 2048
 """Longest probe path (many servers answer a longer request line with 414)."""
 
@@ -180,7 +182,8 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
                 service=service,
                 key="ports.mode",
             )
-        if "host_ip" in item and not _is_ip(item["host_ip"]):
+        # Empty: every address, as Docker reads it (``host_ip: ${BIND:-}``).
+        if item.get("host_ip", "") != "" and not _is_ip(item["host_ip"]):
             raise ComposeError(
                 f"{_shown(item['host_ip'])} is not an IP address",
                 service=service,
@@ -462,7 +465,7 @@ def _parse_service(
             spec.replicas = replicas
     if len(hostname := f"{name}-{spec.replicas - 1}") > MAX_HOSTNAME:
         # A longer one failed inside the deployment: a replica's hostname is the service's name
-        # and its slot, and Linux takes at most 63 characters.
+        # and its slot, and Linux takes at most 64 characters.
         raise ComposeError(
             f"the name is too long for its replicas: hostname {hostname!r} has {len(hostname)} "
             f"characters, Linux takes at most {MAX_HOSTNAME}",
@@ -683,7 +686,7 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
         # http.client raised UnicodeEncodeError (or InvalidURL) on it in every probe.
         raise ComposeError(
             f"{_shown(path)} is not an HTTP request path: it starts with '/' and holds only "
-            "ASCII letters, digits, '%XX' escapes and -._~!$&'()*+,;=:@/?",
+            "printable ASCII (no space; escape others as %XX)",
             service=name,
             key="x-moorage.probe.path",
         )
