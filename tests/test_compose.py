@@ -2346,22 +2346,27 @@ def test_a_stored_revision_passes_checks_added_since_it_was_deployed() -> None:
     it) and at every replay: a check added later that refused it would stop the project. These
     values deployed before the checks existed; stored, they still parse; new, they are refused."""
     text = (
-        "services:\n  web:\n    image: a\n    image: shop/web:2\n    ports: ['80']\n"
+        "services:\n  web:\n    image: a\n    image: shop/web:2\n"
+        "    ports: ['80', {target: 81, mode: bogus, host_ip: nowhere}, 'junk:8080:82']\n"
+        "    depends_on: {db: {condition: service_completed_successfully}}\n"
         "    stop_grace_period: 2h\n    expose: ['not a port']\n"
         "    healthcheck: {test: 'true', retries: 20000, interval: 25h}\n"
         "    x-moorage:\n      health_check_delay: 2h\n"
         "      probe: {type: http, path: /, timeout: 10s}\n"
+        "  db:\n    image: db\n"
     )
     web = parse_compose(text, policy=UNRESTRICTED, stored=True).service("web")
     assert web.image == "shop/web:2"  # the last of the two, as PyYAML kept it
     assert web.stop_grace_period_s == 7200
+    assert [p.published for p in web.ports] == [None, None, 8080]
     assert web.healthcheck is not None
     assert web.healthcheck.retries == 20000
     with pytest.raises(ComposeError):
         parse_compose(text, policy=UNRESTRICTED)
-    for line in text.splitlines()[5:]:
+    for line in text.splitlines()[4:]:
         if line.startswith("    ") and ":" in line and not line.startswith("      "):
-            one_key = "services:\n  web:\n    image: shop/web:2\n" + line + "\n"
+            one_key = "services:\n  db:\n    image: db\n  web:\n    image: shop/web:2\n"
+            one_key += line + "\n"
             if "x-moorage" in line:
                 continue
             with pytest.raises(ComposeError):

@@ -176,14 +176,16 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
             raise ComposeError(
                 f"invalid protocol {item['protocol']!r}", service=service, key="ports.protocol"
             )
-        if item.get("mode", "ingress") not in ("ingress", "host"):
+        # A stored revision's mode and host IP were ignored unchecked (Moorage publishes on
+        # 127.0.0.1), and they deployed.
+        if item.get("mode", "ingress") not in ("ingress", "host") and strict():
             raise ComposeError(
                 f"{_shown(item['mode'])} is not a port mode: ingress or host",
                 service=service,
                 key="ports.mode",
             )
         # Empty: every address, as Docker reads it (``host_ip: ${BIND:-}``).
-        if item.get("host_ip", "") != "" and not _is_ip(item["host_ip"]):
+        if item.get("host_ip", "") != "" and not _is_ip(item["host_ip"]) and strict():
             raise ComposeError(
                 f"{_shown(item['host_ip'])} is not an IP address",
                 service=service,
@@ -227,7 +229,8 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
             service=service,
             key=key,
         )
-    if host_ip and not _is_ip(host_ip):  # empty: every address, as Docker reads it
+    # Empty: every address, as Docker reads it; a stored revision's was ignored unchecked.
+    if host_ip and not _is_ip(host_ip) and strict():
         raise ComposeError(
             f"invalid port {_shown(item)}: {_shown(host_ip)} is not an IP address "
             "(write IP:PUBLISHED:TARGET)",
@@ -377,7 +380,8 @@ def _parse_depends_on(value: Any, *, service: str) -> list[str]:
                     raise ComposeError(
                         "is not supported", service=service, key=f"depends_on.{dep}.{k}"
                     )
-            _check_dependency(dep, cond or {}, service=service)
+            if strict():  # a stored revision's options were not checked, and it deployed
+                _check_dependency(dep, cond or {}, service=service)
         return [str(d) for d in value]
     raise ComposeError(
         "must be a list or a mapping of service names", service=service, key="depends_on"
