@@ -70,6 +70,11 @@ _TYPED_KEYS: tuple[tuple[tuple[str, ...], Callable[[str], Any]], ...] = (
 _KeyPath = tuple[str | int, ...]
 
 
+def _shape(path: _KeyPath) -> tuple[str, ...]:
+    """A value's path with list positions as ``[]``: what a typed key's pattern matches."""
+    return tuple("[]" if isinstance(p, int) else p for p in path)
+
+
 def _location(path: _KeyPath) -> tuple[str | None, str | None]:
     """(service, dotted key) of a value's path; list positions are left out, as elsewhere."""
     service: str | None = None
@@ -134,7 +139,7 @@ class _Interpolator:
         if not isinstance(node, dict | list) or not self._contains_dollar(node, set()):
             return node
         ident = id(node)
-        done = (ident, tuple("[]" if isinstance(p, int) else p for p in path))
+        done = (ident, _shape(path))
         if done in self._done:
             return self._done[done]
         self._count(path)
@@ -202,7 +207,7 @@ class _Interpolator:
                 key=key,
             )
         if substituted:
-            shape = tuple("[]" if isinstance(p, int) else p for p in path)
+            shape = _shape(path)
             for pattern, cast in _TYPED_KEYS:
                 if len(pattern) == len(shape) and all(
                     want in ("*", got) for want, got in zip(pattern, shape, strict=True)
