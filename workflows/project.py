@@ -257,14 +257,11 @@ class ProjectWorkflow:
         """Register a deployment that brings back a retained revision."""
         last = self._find(inp.deployment_id)
         assert last is not None
-        current = self.state.current
-        later = (
-            inp.to_revision is None
-            and current is not None
-            and last.deployment.revision > current.revision
-            and workflow.patched("rollback-of-a-later-deployment")
+        # Rollbacks registered before the patch took, for a later deployment, the revision
+        # before the serving one.
+        target = self._rollback_target(
+            inp, later_ok=workflow.patched("rollback-of-a-later-deployment")
         )
-        target = self._rollback_target(inp, later_ok=later)
         # A rollback keeps zero downtime where the deployment had it: rolling unless it recreated.
         strategy = (
             Strategy.RECREATE
