@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.service import RPCError
 
 from api.routes import deployments, projects
@@ -34,6 +34,55 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _too_large() -> str:
+    return f"request body larger than {MAX_BODY_BYTES} bytes"
+
+
+def _length_over_cap(length: str) -> bool:
+    """Whether a ``Content-Length`` value is over the cap, or no length at all."""
+    # isdigit() alone takes '²' and 5,000 digits, which int() refuses (a 500).
+    return (
+        not (length.isascii() and length.isdigit())
+        or len(length.lstrip("0")) > len(str(MAX_BODY_BYTES))
+        or int(length) > MAX_BODY_BYTES
+    )
+
+
+class _BodyLimit:
+    """Refuses a request body over ``MAX_BODY_BYTES`` with 413, before it is read whole.
+
+    A stated ``Content-Length`` over the cap is refused before any of the body is read; a body
+    sent without one (chunked) is counted as it arrives, and the read that passes the cap fails
+    with the 413 (FastAPI passes an ``HTTPException`` raised while it reads a body through).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and _length_over_cap(length.decode("latin-1")):
+            await JSONResponse(status_code=413, content={"detail": _too_large()})(
+                scope, receive, send
+            )
+            return
+        read = 0
+
+        async def counted() -> Message:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > MAX_BODY_BYTES:
+                    raise HTTPException(status_code=413, detail=_too_large())
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app() -> FastAPI:
     """The Moorage API."""
     app = FastAPI(
@@ -44,23 +93,7 @@ def create_app() -> FastAPI:
     app.include_router(projects.router)
     app.include_router(deployments.router)
 
-    @app.middleware("http")
-    async def _limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Refuse oversized bodies before reading them (the Compose field has its own, lower cap).
-        length = request.headers.get("content-length")
-        # isdigit() alone takes '²' and 5,000 digits, which int() refuses (a 500).
-        if length is not None and (
-            not (length.isascii() and length.isdigit())
-            or len(length.lstrip("0")) > len(str(MAX_BODY_BYTES))
-            or int(length) > MAX_BODY_BYTES
-        ):
-            return JSONResponse(
-                status_code=413,
-                content={"detail": f"request body larger than {MAX_BODY_BYTES} bytes"},
-            )
-        return await call_next(request)
+    app.add_middleware(_BodyLimit)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from api.deps import get_service
-from api.main import create_app
+from api.main import MAX_BODY_BYTES, create_app
 from moorage.compose import ComposeError, parse_compose
 from moorage.service import DeploymentService
 from moorage.settings import Settings, get_settings
@@ -497,3 +497,43 @@ async def test_a_content_length_with_leading_zeros_is_its_number(
     assert (
         await offline_http.get("/healthz", headers=[(b"content-length", b"0" * 30)])
     ).status_code == 200
+
+
+async def test_a_chunked_body_over_the_cap_is_refused_before_it_is_read_whole(
+    offline_http: httpx.AsyncClient,
+) -> None:
+    """A body sent without Content-Length (chunked) was read whole, however large it was."""
+    chunk = b"x" * 65536
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'{"compose": "'
+        while sent < 64 * MAX_BODY_BYTES:  # 64 MiB: the old API read it all, then said 422
+            sent += len(chunk)
+            yield chunk
+
+    resp = await offline_http.put(
+        "/api/projects/x",
+        content=endless(),
+        headers={"Authorization": "Bearer key-a", "Content-Type": "application/json"},
+    )
+    assert resp.status_code == 413, resp.text[:200]
+    assert str(MAX_BODY_BYTES) in resp.json()["detail"]
+    assert sent <= MAX_BODY_BYTES + len(chunk)
+
+
+async def test_a_chunked_body_under_the_cap_is_read(offline_http: httpx.AsyncClient) -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b'{"compose": '
+        yield json.dumps("services: [").encode()
+        yield b"}"
+
+    resp = await offline_http.put(
+        "/api/projects/x",
+        content=parts(),
+        headers={"Authorization": "Bearer key-a", "Content-Type": "application/json"},
+    )
+    # The body arrived whole: the Compose text in it is refused naming the field.
+    assert resp.status_code == 422, resp.text
+    assert "compose" in loc_names(resp)
