@@ -8,12 +8,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.service import RPCError
 
 from api.routes import deployments, projects
 from moorage import __version__
 from moorage.service import MoorageError
+from moorage.settings import get_settings, settings_error
 
 MAX_BODY_BYTES = 1024 * 1024
 """Largest request body the API reads."""
@@ -83,6 +85,31 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
 
+class _SettingsCheck:
+    """Refuses to start with invalid ``MOORAGE_*`` settings, naming each variable at fault.
+
+    ``moorage api`` checks them before it starts uvicorn; this covers ``uvicorn api.main:app``
+    run directly, which would otherwise serve and fail every request that reads them (a 500).
+    The refusal is the lifespan's ``startup.failed`` message: one line, no traceback.
+    """
+
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            settings = self.fastapi_app.dependency_overrides.get(get_settings, get_settings)
+            try:
+                settings()
+            except ValidationError as exc:
+                await receive()  # lifespan.startup
+                message = f"invalid settings: {settings_error(exc)}"
+                await send({"type": "lifespan.startup.failed", "message": message})
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app() -> FastAPI:
     """The Moorage API."""
     app = FastAPI(
@@ -94,6 +121,7 @@ def create_app() -> FastAPI:
     app.include_router(deployments.router)
 
     app.add_middleware(_BodyLimit)
+    app.add_middleware(_SettingsCheck, fastapi_app=app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

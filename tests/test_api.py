@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from typing import cast
@@ -537,3 +539,31 @@ async def test_a_chunked_body_under_the_cap_is_read(offline_http: httpx.AsyncCli
     # The body arrived whole: the Compose text in it is refused naming the field.
     assert resp.status_code == 422, resp.text
     assert "compose" in loc_names(resp)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("MOORAGE_API_KEYS", "key-without-a-tenant"), ("MOORAGE_DRAIN_TIMEOUT", "nan")],
+)
+async def test_uvicorn_run_directly_refuses_invalid_settings_naming_the_variable(
+    name: str, value: str
+) -> None:
+    """``moorage api`` checks the settings before it starts uvicorn; run directly, uvicorn used to
+    serve, and every request that read them failed (a 500)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    env[name] = value
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "api.main:app", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = out.decode()
+    assert proc.returncode == 3, text  # uvicorn's exit when the app refuses to start
+    assert f"invalid settings: {name}" in text, text
+    assert "Traceback" not in text, text
+    assert value not in text, text
