@@ -41,7 +41,7 @@ from moorage.models import (
     ServiceInstance,
     Strategy,
 )
-from moorage.service import DeploymentService, MoorageError
+from moorage.service import DeploymentService, MoorageError, check_deploy_request
 from moorage.settings import Settings, settings_error
 from moorage.temporal import connect
 
@@ -551,6 +551,7 @@ def deploy(
         "progress_deadline": progress_deadline,
     }
     request = DeployRequest.model_validate({k: v for k, v in options.items() if v is not None})
+    check_deploy_request(request)
     dep = _with_service(
         ctx,
         lambda s, tenant, user: s.deploy(

@@ -137,6 +137,13 @@ class CanaryStep(BaseModel):
         return self
 
 
+MIN_HEALTH_CHECK_INTERVAL_S = 0.01
+"""Shortest ``health_check_interval`` a new deployment may ask (as an ``x-moorage`` probe's).
+
+Checked when a deployment is requested (:meth:`DeploymentService.deploy`), not by the model: a
+deployment's config is part of its workflow's history, which must keep decoding."""
+
+
 class DeploymentConfig(BaseModel):
     """How to carry out one deployment."""
 

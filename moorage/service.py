@@ -25,6 +25,7 @@ from moorage.compose import (
     resolve_compose,
 )
 from moorage.models import (
+    MIN_HEALTH_CHECK_INTERVAL_S,
     NAME_RE,
     Deployment,
     DeploymentEvent,
@@ -105,6 +106,21 @@ def _refusal(err: WorkflowUpdateFailedError) -> MoorageError:
     if isinstance(cause, ApplicationError) and cause.type in _KINDS:
         return _KINDS[cause.type](cause.message)
     return MoorageError(str(cause or err))
+
+
+def check_deploy_request(request: DeployRequest) -> None:
+    """What a new deployment may not ask, though the model takes it (its history must decode).
+
+    Raises:
+        InvalidError: ``health_check_interval`` is under ``MIN_HEALTH_CHECK_INTERVAL_S``.
+    """
+    if request.health_check_interval < MIN_HEALTH_CHECK_INTERVAL_S:
+        # A replica gets retries x interval to get ready: at 1e-300, no time at all (nor the old
+        # revision a rollback restores, which is waited for with the same interval).
+        raise InvalidError(
+            f"health_check_interval: at least {MIN_HEALTH_CHECK_INTERVAL_S} s",
+            field=["body", "health_check_interval"],
+        )
 
 
 class DeploymentService:
@@ -298,7 +314,9 @@ class DeploymentService:
             ConflictError: a deployment is running for this project.
             InvalidError: the project has no Compose text, or the strategy is not available.
             LimitError: the tenant runs as many deployments as it may.
+            InvalidError: ``health_check_interval`` is under ``MIN_HEALTH_CHECK_INTERVAL_S``.
         """
+        check_deploy_request(request)
         if idempotency_key:
             # A repeated request gets its deployment back, whatever the tenant runs meanwhile.
             known: Deployment | None = await self._query_project(

@@ -256,6 +256,9 @@ async def test_invalid_input_is_422_naming_the_field(
         ({"strategy": "yolo"}, "strategy"),
         ({"max_unavailable": "150%"}, "max_unavailable"),
         ({"unknown_field": 1}, "unknown_field"),
+        # Accepted by the model (its history must decode); no replica had time to get ready.
+        ({"health_check_interval": 1e-300}, "health_check_interval"),
+        ({"health_check_interval": 0.009}, "health_check_interval"),
     ]:
         resp = await http.post(f"/api/projects/{project}/deploy", json=body, headers=A)
         assert resp.status_code == 422, (body, resp.text)

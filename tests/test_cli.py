@@ -93,6 +93,7 @@ def nowhere() -> dict[str, str]:
         (["deploy", "x", "--canary-steps", "10,pause:-5"], ["canary_steps", "pause"]),
         (["deploy", "x", "--canary-steps", "150"], ["canary_steps", "100"]),
         (["deploy", "x", "--health-check-retries", "0"], ["health_check_retries", "greater"]),
+        (["deploy", "x", "--health-check-interval", "1e-300"], ["health_check_interval", "0.01"]),
         (["deploy", "x", "--version", "no spaces"], ["version"]),
         (["deploy", "x", "--strategy", "yolo"], ["--strategy", "yolo"]),
         (["deploy", "x", "--bogus"], ["--bogus"]),
