@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from activities import HEARTBEAT_EVERY_S, classified, heartbeat
 from activities.engine_view import EngineView, container_name, instance_of, label_filters
 from activities.inputs import ContainerSelector, HealthWait, WaitHealthyInput
-from activities.probes import probe
+from activities.probes import probe_all
 from moorage.models import ServiceInstance
 
 
@@ -176,13 +176,25 @@ class HealthWaits(EngineView):
                         f"expected {inp.expected} containers, found {len(infos)}", None, infos
                     )
                 not_counted: list[str] = []
-                now = time.monotonic()
+                states: list[tuple[dict[str, Any], bool | None, str]] = []
                 for info in infos:
                     name = container_name(info)
                     earlier = int(info.get("RestartCount") or 0) if inp.earlier_restarts_ok else 0
                     ok, seen = self._ready(
                         info, inp, checks, infos, restarts.setdefault(name, earlier)
                     )
+                    states.append((info, ok, seen))
+                # The replicas that run and wait for Moorage's probe: probed side by side.
+                running = [info for info, ok, _ in states if ok is None]
+                verdicts = iter(
+                    probe_all(inp.probe, running, partial(heartbeat, checks))
+                    if inp.probe is not None and running
+                    else []
+                )
+                now = time.monotonic()
+                for info, maybe, seen in states:
+                    name = container_name(info)
+                    ok, seen = next(verdicts) if maybe is None else (maybe, seen)
                     if ok:
                         since = ready_since.setdefault(name, now)
                         if now - since < inp.min_ready_s:
@@ -223,8 +235,10 @@ class HealthWaits(EngineView):
         attempt: int,
         infos: list[dict[str, Any]],
         earlier_restarts: int = 0,
-    ) -> tuple[bool, str]:
+    ) -> tuple[bool | None, str]:
         """Is one container ready now? Fails the wait at once when it exited or is unhealthy.
+
+        None: it runs, and Moorage's probe decides (the caller probes the replicas side by side).
 
         A replica its restart policy restarted (more than ``earlier_restarts`` times) or is about
         to restart has crashed: that fails the wait too, as an exit does without the policy.
@@ -256,7 +270,7 @@ class HealthWaits(EngineView):
         if not state["Running"]:
             return False, state["Status"]
         if inp.probe is not None:
-            return probe(inp.probe, info)
+            return None, "to probe"
         if health and health["Status"] != "healthy":
             return False, str(health["Status"])
         return True, str(health["Status"]) if health else "running"

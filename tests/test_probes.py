@@ -3,19 +3,22 @@ wakes on the engine's events, on the real parts."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 
 import docker
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities import health
+from activities import health, probes
 from activities.docker_executor import DockerExecutor
 from activities.health import StateChanges
 from activities.inputs import ContainerSelector, WaitHealthyInput
-from moorage.compose import parse_compose
+from moorage.compose import ProbeSpec, parse_compose
 from moorage.models import DeploymentStatus, DeployRequest, EventType, Strategy
 from moorage.service import DeploymentService
 from tests.helpers import TENANT, USER, labelled, start_web, wait_terminal
@@ -328,3 +331,105 @@ def test_a_long_pause_between_checks_keeps_heartbeating(monkeypatch: pytest.Monk
     assert len(beats) >= 4, beats
     threading.Timer(0.2, changes._changed.set).start()
     assert changes.wait(60, lambda: None) is True  # True: woken by the change
+
+
+@contextmanager
+def _server(answer: Callable[[socket.socket], None]) -> Iterator[dict[str, Any]]:
+    """A TCP server on 127.0.0.1 that hands each connection to ``answer`` (in a thread); yields
+    the inspect data of a container publishing port 80 there."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        binding = {"HostIp": "127.0.0.1", "HostPort": port}
+        yield {"NetworkSettings": {"Ports": {"80/tcp": [binding]}}}
+    finally:
+        done.set()
+        listener.close()
+
+
+def _trickle(conn: socket.socket) -> None:
+    """Read the request, then answer one byte of headers every 0.3 s, forever."""
+    with suppress(OSError), conn:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        while True:
+            conn.sendall(b"X")
+            time.sleep(0.3)
+
+
+def _endless_body(conn: socket.socket) -> None:
+    """A 200 whose body never ends (a stream), a chunk every 0.3 s."""
+    with suppress(OSError), conn:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+        while True:
+            conn.sendall(b"data\n")
+            time.sleep(0.3)
+
+
+def test_a_probe_answered_a_byte_at_a_time_fails_within_its_timeout() -> None:
+    """The socket timeout bounds each read, not the probe: a byte every 0.3 s held it forever."""
+    spec = ProbeSpec(port=80, timeout_s=1.0)
+    with _server(_trickle) as info:
+        t0 = time.monotonic()
+        ok, seen = probes.probe(spec, info)
+        took = time.monotonic() - t0
+    assert not ok
+    assert "no answer within 1s" in seen
+    assert took < 2
+
+
+def test_a_probe_of_a_path_that_streams_passes_on_its_status() -> None:
+    """The probe read the whole body: a stream that never ends held it forever."""
+    spec = ProbeSpec(port=80, timeout_s=1.0)
+    with _server(_endless_body) as info:
+        t0 = time.monotonic()
+        assert probes.probe(spec, info) == (True, "GET /: 200")
+        assert time.monotonic() - t0 < 1
+
+
+HANGING = (
+    "    command: ['sh', '-c', 'mkdir -p /tmp/w/cgi-bin && printf \"#!/bin/sh\\nsleep 600\\n\""
+    " >/tmp/w/cgi-bin/hang && chmod +x /tmp/w/cgi-bin/hang && exec httpd -f -p 80 -h /tmp/w']\n"
+)
+
+
+def test_hung_probes_of_several_replicas_run_side_by_side_and_keep_heartbeating(
+    docker_client: docker.DockerClient, project: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three replicas whose probe never answers, 2 s probe timeout: probed one after another,
+    a check took 6 s without a heartbeat (the activity's heartbeat timeout is 10 s: four such
+    replicas missed it), and the wait overran its 2 s window by whole checks."""
+    compose = probed("{type: http, path: /cgi-bin/hang, timeout: 2s, interval: 100ms}") + HANGING
+    start_web(docker_client, project, compose, slots=[0, 1, 2])
+    selector = ContainerSelector(tenant=TENANT, project=project, service="web", revision=1)
+    inp = WaitHealthyInput(
+        selector=selector,
+        expected=3,
+        interval_s=1.0,
+        retries=2,
+        probe=parse_compose(compose).service("web").probe,
+    )
+    beats: list[float] = []
+    monkeypatch.setattr(health, "heartbeat", lambda *_: beats.append(time.monotonic()))
+    t0 = time.monotonic()
+    with pytest.raises(ApplicationError) as failed:
+        DockerExecutor(docker_client).wait_healthy(inp)
+    took = time.monotonic() - t0
+    assert failed.value.type == "HealthCheckFailed"
+    assert "not healthy within 2s" in str(failed.value)
+    assert "no answer within 2s" in str(failed.value)
+    gaps = [b - a for a, b in zip([t0, *beats], [*beats, t0 + took], strict=True)]
+    assert max(gaps) < 3.5, gaps  # one probe timeout and a beat, not three timeouts
+    assert took < 2 + 2 * 2 + 1.5, took  # the window, at most one more check of 2 s, a margin
