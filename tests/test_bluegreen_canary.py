@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from datetime import timedelta
 
 import docker
 import pytest
@@ -214,6 +215,11 @@ async def test_canary_ten_percent_share_then_promote(
         TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
     )
     await wait_status(service, dep.id, lambda s: "paused until resumed" in s.deployment.message)
+    # A hold lasts until the operator ends it: the server used to end the strategy's workflow
+    # after 7 days, without its undo (the canary stayed routed).
+    strategy = service.client.get_workflow_handle(naming.deployment_workflow_id(TENANT, dep.id))
+    config = (await strategy.describe()).raw_description.execution_config
+    assert config.workflow_execution_timeout.ToTimedelta() == timedelta(0)
     with Load(url, connections=4, keepalive=False, pause_s=0.002) as load:
         while load.result.ok < 1500:  # noqa: ASYNC110 - polling a thread-fed counter
             await asyncio.sleep(0.2)

@@ -485,6 +485,10 @@ class ProjectWorkflow:
             target=parse_compose(compose, policy=UNRESTRICTED, stored=True),
             previous=previous,
         )
+        # A strategy workflow used to be ended by the server after 7 days, without its undo: a
+        # canary held longer stayed routed beside stable until a reconciliation removed it. Its
+        # steps have the progress deadline; a hold or a wait for promotion is the operator's.
+        unbounded = workflow.patched("strategy-without-execution-timeout")
         try:
             self._child = await workflow.start_child_workflow(
                 STRATEGY_WORKFLOWS[dep.strategy],
@@ -500,7 +504,7 @@ class ProjectWorkflow:
                     (sa.DEPLOYMENT_STATUS, DeploymentStatus.PENDING.value),
                 ),
                 static_summary=f"{dep.strategy.value} of {s.project_id} to {dep.version}",
-                execution_timeout=timedelta(days=7),
+                execution_timeout=None if unbounded else timedelta(days=7),
             )
             if self._cancel_pending:
                 self._cancel_pending = False
