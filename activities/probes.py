@@ -45,9 +45,10 @@ def probe(spec: ProbeSpec, info: dict[str, Any]) -> tuple[bool, str]:
 
     def cut_off() -> None:
         cut.set()
-        if conn.sock is not None:
+        sock = conn.sock  # once: the prober's thread sets it to None as it closes
+        if sock is not None:
             with suppress(OSError):  # closed meanwhile
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
 
     timer = threading.Timer(spec.timeout_s, cut_off)
     timer.start()

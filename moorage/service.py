@@ -316,7 +316,6 @@ class DeploymentService:
             LimitError: the tenant runs as many deployments as it may.
             InvalidError: ``health_check_interval`` is under ``MIN_HEALTH_CHECK_INTERVAL_S``.
         """
-        check_deploy_request(request)
         if idempotency_key:
             # A repeated request gets its deployment back, whatever the tenant runs meanwhile.
             known: Deployment | None = await self._query_project(
@@ -328,6 +327,7 @@ class DeploymentService:
             )
             if known is not None:
                 return known
+        check_deploy_request(request)
         return await self._start_deployment(
             tenant,
             project,
