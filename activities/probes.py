@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
 import socket
-import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import suppress
 from typing import Any
 
 from activities import HEARTBEAT_EVERY_S
@@ -24,12 +22,7 @@ def published_address(info: dict[str, Any], port: int) -> tuple[str, int] | None
 
 
 def probe(spec: ProbeSpec, info: dict[str, Any]) -> tuple[bool, str]:
-    """Run one probe against a container; ``(ready, what was seen)``, within ``spec.timeout_s``.
-
-    An HTTP probe decides on the status line and headers: it reads no body (a path that streams
-    would hold it), and a server that answers a byte at a time is cut off at the timeout (the
-    socket's timeout bounds each read, not the whole exchange).
-    """
+    """Run one probe against a container; ``(ready, what was seen)``, within ``spec.timeout_s``."""
     address = published_address(info, spec.port)
     if address is None:
         return False, f"port {spec.port}/tcp is not published"
@@ -40,34 +33,61 @@ def probe(spec: ProbeSpec, info: dict[str, Any]) -> tuple[bool, str]:
                 return True, "tcp connect ok"
         except OSError as exc:
             return False, f"tcp connect: {exc}"
-    conn = http.client.HTTPConnection(host, port, timeout=spec.timeout_s)
-    cut = threading.Event()
-
-    def cut_off() -> None:
-        cut.set()
-        sock = conn.sock  # once: the prober's thread sets it to None as it closes
-        if sock is not None:
-            with suppress(OSError):  # closed meanwhile
-                sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(spec.timeout_s, cut_off)
-    timer.start()
     try:
-        conn.request(
-            "GET", spec.path, headers={"Connection": "close", "User-Agent": "moorage-probe"}
-        )
-        status = conn.getresponse().status
-    except (OSError, http.client.HTTPException) as exc:
-        if not cut.is_set():
-            return False, f"GET {spec.path}: {exc}"
-    finally:
-        timer.cancel()
-        conn.close()
-    if cut.is_set():  # a response cut off may still parse (its headers end where it was cut)
+        status = _http_status(host, port, spec.path, spec.timeout_s)
+    except TimeoutError:
         return False, f"GET {spec.path}: no answer within {spec.timeout_s:g}s"
+    except (OSError, ValueError) as exc:
+        return False, f"GET {spec.path}: {exc}"
     if status != spec.status:
         return False, f"GET {spec.path}: status {status}, expected {spec.status}"
     return True, f"GET {spec.path}: {status}"
+
+
+STATUS_LINE_MAX = 8192
+"""Bytes read at most for a status line."""
+
+
+def _http_status(host: str, port: int, path: str, timeout_s: float) -> int:
+    """The status code a ``GET path`` gets, read within ``timeout_s`` in all.
+
+    Only the status line is read: a path that streams its body passes on its status, and a server
+    that answers a byte at a time fails at the timeout (a socket's timeout bounds each read, not
+    the exchange: ``http.client`` waited on such a server for ever, and read a stream's body).
+
+    Raises:
+        TimeoutError: no status line within ``timeout_s``.
+        OSError: the connection failed or closed before a status line.
+        ValueError: what came is no HTTP status line.
+    """
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: moorage-probe\r\n"
+            "Accept-Encoding: identity\r\nConnection: close\r\n\r\n".encode("ascii")
+        )
+        data = b""
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            chunk = sock.recv(1024)
+            if not chunk:
+                raise ConnectionError("connection closed before a status line")
+            data += chunk
+            if len(data) > STATUS_LINE_MAX and b"\n" not in data[:STATUS_LINE_MAX]:
+                raise ValueError(f"no status line in the first {STATUS_LINE_MAX} bytes")
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    parts = line.split(None, 2)
+    if (
+        len(parts) < 2
+        or not parts[0].startswith(b"HTTP/")
+        or len(parts[1]) != 3
+        or not parts[1].isdigit()
+    ):
+        raise ValueError(f"not an HTTP status line: {line[:80]!r}")
+    return int(parts[1])
 
 
 _PROBES = ThreadPoolExecutor(max_workers=32, thread_name_prefix="moorage-probe")
@@ -82,9 +102,12 @@ def probe_all(
     One after another, three hung replicas held a check three probe timeouts long, without a
     heartbeat.
     """
-    if len(infos) <= 1:
-        return [probe(spec, info) for info in infos]
-    futures = [_PROBES.submit(probe, spec, info) for info in infos]
-    while wait(futures, timeout=HEARTBEAT_EVERY_S).not_done:
+    if not infos:
+        return []
+    # The first on this thread: when every replica answers at once, as usual, it is done with
+    # the others by the time it is done with its own.
+    others = [_PROBES.submit(probe, spec, info) for info in infos[1:]]
+    first = probe(spec, infos[0])
+    while others and wait(others, timeout=HEARTBEAT_EVERY_S).not_done:
         beat()
-    return [f.result() for f in futures]
+    return [first, *(f.result() for f in others)]

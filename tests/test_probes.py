@@ -359,12 +359,11 @@ def _server(answer: Callable[[socket.socket], None]) -> Iterator[dict[str, Any]]
 
 
 def _trickle(conn: socket.socket) -> None:
-    """Read the request, then answer one byte of headers every 0.3 s, forever."""
+    """Read the request, then answer a byte every 0.3 s (the status line takes 4.5 s)."""
     with suppress(OSError), conn:
         conn.recv(4096)
-        conn.sendall(b"HTTP/1.1 200 OK\r\n")
-        while True:
-            conn.sendall(b"X")
+        for byte in b"HTTP/1.1 200 OK\r\n\r\n":
+            conn.sendall(bytes([byte]))
             time.sleep(0.3)
 
 
@@ -397,6 +396,33 @@ def test_a_probe_of_a_path_that_streams_passes_on_its_status() -> None:
         t0 = time.monotonic()
         assert probes.probe(spec, info) == (True, "GET /: 200")
         assert time.monotonic() - t0 < 1
+
+
+def _answer(raw: bytes) -> Callable[[socket.socket], None]:
+    def answer(conn: socket.socket) -> None:
+        with suppress(OSError), conn:
+            conn.recv(4096)
+            conn.sendall(raw)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("raw", "seen"),
+    [
+        (b"HTTP/1.0 200 OK\r\n\r\n", (True, "GET /: 200")),
+        (b"HTTP/1.1 503 Service Unavailable\r\n", (False, "GET /: status 503, expected 200")),
+        (b"", (False, "GET /: connection closed before a status line")),
+        (
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            (False, "GET /: not an HTTP status line: b'SSH-2.0-OpenSSH_9.2'"),
+        ),
+        (b"x" * 10000, (False, "GET /: no status line in the first 8192 bytes")),
+    ],
+)
+def test_a_probe_reads_the_status_line(raw: bytes, seen: tuple[bool, str]) -> None:
+    with _server(_answer(raw)) as info:
+        assert probes.probe(ProbeSpec(port=80, timeout_s=1.0), info) == seen
 
 
 HANGING = (
