@@ -63,16 +63,60 @@ def _bind_source(mount: MountSpec) -> str:
     return source
 
 
-def ensure_volumes(api: docker.APIClient, tenant: str, project: str, spec: ServiceSpec) -> None:
-    """Create the project's named volumes this service mounts (idempotent; data persists)."""
+def owned_labels(tenant: str, project: str, instance: str) -> dict[str, str]:
+    """The labels of a project's network or volume made by Moorage ``instance``."""
+    return {
+        naming.LABEL_TENANT: tenant,
+        naming.LABEL_PROJECT: project,
+        naming.LABEL_INSTANCE: instance,
+    }
+
+
+def refuse_another_instances(
+    kind: str, name: str, labels: dict[str, str] | None, instance: str
+) -> None:
+    """Refuse a project's network or volume that another Moorage instance made.
+
+    Their names are tenant and project (and volume): two installations deploying the same
+    project on one engine would share them. One made before the instance label (it has none)
+    is anyone's: an installation's own, made by an older Moorage, keeps working.
+
+    Raises:
+        ApplicationError: ``NetworkOfAnotherInstance`` or ``VolumeOfAnotherInstance`` (not
+            retryable).
+    """
+    owner = (labels or {}).get(naming.LABEL_INSTANCE)
+    if owner is None or owner == instance:
+        return
+    raise ApplicationError(
+        f"{kind} {name} belongs to Moorage instance {owner!r}, not to this one ({instance!r}): "
+        "two instances on one engine must not deploy the same tenant and project",
+        {kind: name, "instance": owner},
+        type=f"{kind.capitalize()}OfAnotherInstance",
+        non_retryable=True,
+    )
+
+
+def ensure_volumes(
+    api: docker.APIClient, tenant: str, project: str, spec: ServiceSpec, instance: str
+) -> None:
+    """Create the project's named volumes this service mounts (idempotent; data persists).
+
+    Raises:
+        ApplicationError: a volume is another Moorage instance's (see
+            :func:`refuse_another_instances`).
+    """
     for mount in spec.mounts:
         if mount.type == "volume" and mount.source:
-            api.create_volume(
-                naming.volume_name(tenant, project, mount.source),
+            name = naming.volume_name(tenant, project, mount.source)
+            # The engine answers with the volume there, if there is one (its labels unchanged).
+            volume = api.create_volume(
+                name,
                 driver="local",
                 driver_opts=mount.driver_opts or None,
-                labels={naming.LABEL_TENANT: tenant, naming.LABEL_PROJECT: project},
+                labels=owned_labels(tenant, project, instance),
             )
+            refuse_another_instances("volume", name, volume.get("Labels"), instance)
 
 
 def host_options(

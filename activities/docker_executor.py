@@ -30,6 +30,8 @@ from activities.container_config import (
     ensure_volumes,
     healthcheck_config,
     host_options,
+    owned_labels,
+    refuse_another_instances,
 )
 from activities.engine_view import container_name, instance_of
 from activities.health import HealthWaits
@@ -152,18 +154,21 @@ class DockerExecutor(HealthWaits):
         with classified(f"network {name}"):
             # The engine matches ``names`` as a substring: "moorage-t-shop" also finds
             # "moorage-t-shop2". Only the exact name counts.
-            if any(n["Name"] == name for n in self.api.networks(names=[name])):
-                return name
-            try:
-                self.api.create_network(
-                    name,
-                    driver="bridge",
-                    check_duplicate=True,
-                    labels={naming.LABEL_TENANT: inp.tenant, naming.LABEL_PROJECT: inp.project},
-                )
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:
-                    raise
+            found = [n for n in self.api.networks(names=[name]) if n["Name"] == name]
+            if not found:
+                try:
+                    self.api.create_network(
+                        name,
+                        driver="bridge",
+                        check_duplicate=True,
+                        labels=owned_labels(inp.tenant, inp.project, self.instance),
+                    )
+                    return name
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise
+                found = [self.api.inspect_network(name)]  # made meanwhile: whose?
+            refuse_another_instances("network", name, found[0].get("Labels"), self.instance)
         return name
 
     @activity.defn(name="start_service")
@@ -243,7 +248,7 @@ class DockerExecutor(HealthWaits):
             naming.LABEL_VERSION: inp.version,
             naming.LABEL_INSTANCE: self.instance,
         }
-        ensure_volumes(self.api, inp.tenant, inp.project, spec)
+        ensure_volumes(self.api, inp.tenant, inp.project, spec, self.instance)
         ports = (
             ephemeral(spec) if spec.restart == "no" else self.replica_ports.choose(spec, refused)
         )

@@ -36,7 +36,7 @@ from moorage.models import (
 )
 from moorage.service import ConflictError, DeploymentService
 from moorage.settings import Settings
-from tests.helpers import TENANT, USER, compose, labelled, wait_terminal
+from tests.helpers import TENANT, USER, compose, labelled, wait_terminal, web_input
 from worker import WORKFLOWS, ensure_reconcile_schedule
 from workflows.reconcile import SCHEDULE_ID
 
@@ -53,6 +53,16 @@ def orphan_input(project: str, revision: int, tenant: str = TENANT) -> StartServ
         service=parse_compose(compose(api_image=None)).service("web"),
         slots=[0],
     )
+
+
+def _legacy_labels(project: str) -> dict[str, str]:
+    """What a network or volume was labelled before the instance label: no instance."""
+    return {naming.LABEL_TENANT: TENANT, naming.LABEL_PROJECT: project}
+
+
+def legacy_network(client: docker.DockerClient, project: str) -> None:
+    """The project's network, as made before the instance label: any instance's."""
+    client.api.create_network(naming.network_name(TENANT, project), labels=_legacy_labels(project))
 
 
 def make_orphan(
@@ -133,6 +143,7 @@ async def test_reconcile_all_leaves_the_containers_of_another_instance(
 def test_only_the_instances_own_containers_are_listed_and_unlabelled_ones_are_defaults(
     docker_client: docker.DockerClient, project: str
 ) -> None:
+    legacy_network(docker_client, project)  # both instances may use it
     mine = make_orphan(docker_client, project, revision=1, instance="here")
     make_orphan(docker_client, project, revision=2, instance="elsewhere")
     # Made before the label: same labels otherwise, no moorage.instance.
@@ -170,6 +181,7 @@ def test_a_start_never_adopts_a_container_of_another_instance(
 ) -> None:
     """Names are tenant, project, service, revision and slot: a start used to take over the
     container of that name whatever made it."""
+    legacy_network(docker_client, project)  # both instances may use it (else it refuses first)
     theirs = make_orphan(docker_client, project, revision=1, instance="elsewhere")
     with pytest.raises(ApplicationError) as info:
         DockerExecutor(docker_client, instance="here").start_service(orphan_input(project, 1))
@@ -237,3 +249,51 @@ async def test_a_scheduled_reconcile_that_fails_leaves_the_project_running(
             assert (await svc.get_project(TENANT, project)).id == project
         finally:
             await handle.terminate("test over")
+
+
+VOLUMED = (
+    "services:\n  web:\n    image: moorage-demo:v1\n    volumes: ['data:/data']\n"
+    "volumes:\n  data: {}\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["network", "volume"])
+def test_a_start_never_uses_the_network_or_volume_of_another_instance(
+    docker_client: docker.DockerClient, project: str, kind: str
+) -> None:
+    """Their names are tenant and project (and volume): two installations deploying the same
+    project shared them (one database's files under two)."""
+    api = docker_client.api
+    theirs = {**_legacy_labels(project), naming.LABEL_INSTANCE: "elsewhere"}
+    network = naming.network_name(TENANT, project)
+    volume = naming.volume_name(TENANT, project, "data")
+    legacy = _legacy_labels(project)  # the other one: any instance's
+    api.create_network(network, driver="bridge", labels=theirs if kind == "network" else legacy)
+    api.create_volume(volume, driver="local", labels=theirs if kind == "volume" else legacy)
+    with pytest.raises(ApplicationError) as info:
+        DockerExecutor(docker_client, instance="here").start_service(web_input(project, VOLUMED))
+    kind_cap = kind.capitalize()
+    assert (info.value.type, info.value.non_retryable) == (f"{kind_cap}OfAnotherInstance", True)
+    name = network if kind == "network" else volume
+    assert f"{kind} {name} belongs to Moorage instance 'elsewhere'" in str(info.value)
+    assert labelled(docker_client, project) == []  # refused before any container was made
+
+
+def test_networks_and_volumes_carry_the_instance_and_unlabelled_ones_are_shared(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """Made before the label, a network or volume has none: any instance may use it (an
+    installation's own, made by an older Moorage, must keep working). New ones carry it."""
+    api = docker_client.api
+    api.create_network(naming.network_name(TENANT, project), labels=_legacy_labels(project))
+    api.create_volume(naming.volume_name(TENANT, project, "data"), labels=_legacy_labels(project))
+    DockerExecutor(docker_client, instance="here").start_service(web_input(project, VOLUMED))
+    other = f"{project}b"
+    try:
+        DockerExecutor(docker_client, instance="here").start_service(web_input(other, VOLUMED))
+        net = api.inspect_network(naming.network_name(TENANT, other))
+        vol = api.inspect_volume(naming.volume_name(TENANT, other, "data"))
+        assert net["Labels"][naming.LABEL_INSTANCE] == "here"
+        assert vol["Labels"][naming.LABEL_INSTANCE] == "here"
+    finally:
+        DockerExecutor(docker_client).purge_project(other)
