@@ -44,41 +44,66 @@ def probe(spec: ProbeSpec, info: dict[str, Any]) -> tuple[bool, str]:
     return True, f"GET {spec.path}: {status}"
 
 
-STATUS_LINE_MAX = 8192
-"""Bytes read at most for a status line."""
+HEAD_MAX = 8192
+"""Bytes read at most for the final status line (with any 1xx interim responses before it)."""
 
 
 def _http_status(host: str, port: int, path: str, timeout_s: float) -> int:
-    """The status code a ``GET path`` gets, read within ``timeout_s`` in all.
+    """The final status code a ``GET path`` gets, read within ``timeout_s`` in all.
 
-    Only the status line is read: a path that streams its body passes on its status, and a server
-    that answers a byte at a time fails at the timeout (a socket's timeout bounds each read, not
-    the exchange: ``http.client`` waited on such a server for ever, and read a stream's body).
+    Only the status line is read (after any interim 1xx responses, as RFC 9110 asks of every
+    client: 100 Continue, 103 Early Hints): a path that streams its body passes on its status,
+    and a server whose status line is not complete within ``timeout_s`` fails (a socket's
+    timeout bounds each read, not the exchange: ``http.client`` waited on a server sending a byte
+    at a time as long as it kept sending, and read a stream's body for ever).
 
     Raises:
-        TimeoutError: no status line within ``timeout_s``.
-        OSError: the connection failed or closed before a status line.
+        TimeoutError: no final status line within ``timeout_s``.
+        OSError: the connection failed or closed before a final status line.
         ValueError: what came is no HTTP status line.
     """
     deadline = time.monotonic() + timeout_s
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
         sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: moorage-probe\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: moorage-probe\r\n"
             "Accept-Encoding: identity\r\nConnection: close\r\n\r\n".encode("ascii")
         )
-        data = b""
-        while b"\n" not in data:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            sock.settimeout(left)
-            chunk = sock.recv(1024)
-            if not chunk:
-                raise ConnectionError("connection closed before a status line")
-            data += chunk
-            if len(data) > STATUS_LINE_MAX and b"\n" not in data[:STATUS_LINE_MAX]:
-                raise ValueError(f"no status line in the first {STATUS_LINE_MAX} bytes")
-    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+        data = bytearray()
+        pos = 0
+
+        def next_line() -> bytes:
+            nonlocal pos
+            while b"\n" not in data[pos:]:
+                if len(data) >= HEAD_MAX:
+                    raise ValueError(f"no final status line in the first {HEAD_MAX} bytes")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(1024)
+                if not chunk:
+                    raise ConnectionError("connection closed before a status line")
+                data.extend(chunk)
+            end = data.index(b"\n", pos)
+            line = bytes(data[pos:end]).rstrip(b"\r")
+            pos = end + 1
+            return line
+
+        while True:
+            status = _status(next_line())
+            if not 100 <= status < 200 or status == 101:
+                return status
+            while next_line():  # an interim response's headers, up to its blank line
+                pass
+
+
+def _status(line: bytes) -> int:
+    """The code of an HTTP status line.
+
+    Raises:
+        ValueError: the line is no HTTP status line.
+    """
     parts = line.split(None, 2)
     if (
         len(parts) < 2
@@ -108,6 +133,8 @@ def probe_all(
     # the others by the time it is done with its own.
     others = [_PROBES.submit(probe, spec, info) for info in infos[1:]]
     first = probe(spec, infos[0])
+    if others:
+        beat()  # the first may have taken its whole timeout
     while others and wait(others, timeout=HEARTBEAT_EVERY_S).not_done:
         beat()
     return [first, *(f.result() for f in others)]

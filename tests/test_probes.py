@@ -422,7 +422,17 @@ def _answer(raw: bytes) -> Callable[[socket.socket], None]:
             b"SSH-2.0-OpenSSH_9.2\r\n",
             (False, "GET /: not an HTTP status line: b'SSH-2.0-OpenSSH_9.2'"),
         ),
-        (b"x" * 10000, (False, "GET /: no status line in the first 8192 bytes")),
+        (b"x" * 10000, (False, "GET /: no final status line in the first 8192 bytes")),
+        # Interim responses come before the final one (RFC 9110): they were taken as final.
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", (True, "GET /: 200")),
+        (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 204 No Content\r\n",
+            (False, "GET /: status 204, expected 200"),
+        ),
+        (
+            b"HTTP/1.1 103 Early Hints\r\n\r\n",
+            (False, "GET /: connection closed before a status line"),
+        ),
     ],
 )
 def test_a_probe_reads_the_status_line(raw: bytes, seen: tuple[bool, str]) -> None:
