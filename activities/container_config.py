@@ -65,36 +65,67 @@ def _bind_source(mount: MountSpec) -> str:
 
 def owned_labels(tenant: str, project: str, instance: str) -> dict[str, str]:
     """The labels of a project's network or volume made by Moorage ``instance``."""
-    return {
-        naming.LABEL_TENANT: tenant,
-        naming.LABEL_PROJECT: project,
-        naming.LABEL_INSTANCE: instance,
-    }
+    return {**project_labels(tenant, project), naming.LABEL_INSTANCE: instance}
 
 
-def refuse_another_instances(
-    kind: str, name: str, labels: dict[str, str] | None, instance: str
+def refuse_not_ours(
+    kind: str,
+    name: str,
+    labels: dict[str, str] | None,
+    owner: dict[str, str],
+    instance: str,
 ) -> None:
-    """Refuse a project's network or volume that another Moorage instance made.
+    """Refuse a network, volume or container of this name that another project or instance made.
 
-    Their names are tenant and project (and volume): two installations deploying the same
-    project on one engine would share them. One made before the instance label (it has none)
-    is anyone's: an installation's own, made by an older Moorage, keeps working.
+    Names join tenant, project (and volume, or service) with dashes, which the names may hold
+    too: tenant ``a`` with project ``b-c`` and tenant ``a-b`` with project ``c`` both name their
+    network ``moorage-a-b-c``, and the second used to join the first's network, mount its
+    volumes and adopt its containers. ``owner``: the labels that say whose it must be (tenant,
+    project, service). Two installations on one engine deploying the same project would share
+    them too; one made before the instance label (it has none) is any instance's, so an
+    installation's own, made by an older Moorage, keeps working.
 
     Raises:
-        ApplicationError: ``NetworkOfAnotherInstance`` or ``VolumeOfAnotherInstance`` (not
+        ApplicationError: ``<Kind>OfAnotherProject`` or ``<Kind>OfAnotherInstance`` (not
             retryable).
     """
-    owner = (labels or {}).get(naming.LABEL_INSTANCE)
-    if owner is None or owner == instance:
+    refuse_another_projects(kind, name, labels, owner)
+    made_by = (labels or {}).get(naming.LABEL_INSTANCE)
+    if made_by is None or made_by == instance:
         return
     raise ApplicationError(
-        f"{kind} {name} belongs to Moorage instance {owner!r}, not to this one ({instance!r}): "
+        f"{kind} {name} belongs to Moorage instance {made_by!r}, not to this one ({instance!r}): "
         "two instances on one engine must not deploy the same tenant and project",
-        {kind: name, "instance": owner},
+        {kind: name, "instance": made_by},
         type=f"{kind.capitalize()}OfAnotherInstance",
         non_retryable=True,
     )
+
+
+def refuse_another_projects(
+    kind: str, name: str, labels: dict[str, str] | None, owner: dict[str, str]
+) -> None:
+    """Refuse what carries another tenant, project or service than ``owner`` says it must.
+
+    Raises:
+        ApplicationError: ``<Kind>OfAnotherProject`` (not retryable).
+    """
+    found = labels or {}
+    if any(k in found and found[k] != v for k, v in owner.items()):
+        whose = ", ".join(f"{k.removeprefix('moorage.')} {found[k]!r}" for k in owner if k in found)
+        ours = ", ".join(f"{k.removeprefix('moorage.')} {v!r}" for k, v in owner.items())
+        raise ApplicationError(
+            f"{kind} {name} belongs to {whose}, not to {ours}: their names are the same "
+            "(dashes join the parts); rename one of the projects",
+            {kind: name, **{k.removeprefix("moorage."): found[k] for k in owner if k in found}},
+            type=f"{kind.capitalize()}OfAnotherProject",
+            non_retryable=True,
+        )
+
+
+def project_labels(tenant: str, project: str) -> dict[str, str]:
+    """The labels that say which project a network or volume is."""
+    return {naming.LABEL_TENANT: tenant, naming.LABEL_PROJECT: project}
 
 
 def ensure_volumes(
@@ -103,8 +134,8 @@ def ensure_volumes(
     """Create the project's named volumes this service mounts (idempotent; data persists).
 
     Raises:
-        ApplicationError: a volume is another Moorage instance's (see
-            :func:`refuse_another_instances`).
+        ApplicationError: a volume is another project's or Moorage instance's (see
+            :func:`refuse_not_ours`).
     """
     for mount in spec.mounts:
         if mount.type == "volume" and mount.source:
@@ -116,7 +147,9 @@ def ensure_volumes(
                 driver_opts=mount.driver_opts or None,
                 labels=owned_labels(tenant, project, instance),
             )
-            refuse_another_instances("volume", name, volume.get("Labels"), instance)
+            refuse_not_ours(
+                "volume", name, volume.get("Labels"), project_labels(tenant, project), instance
+            )
 
 
 def host_options(

@@ -31,7 +31,9 @@ from activities.container_config import (
     healthcheck_config,
     host_options,
     owned_labels,
-    refuse_another_instances,
+    project_labels,
+    refuse_another_projects,
+    refuse_not_ours,
 )
 from activities.engine_view import container_name, instance_of
 from activities.health import HealthWaits
@@ -151,6 +153,7 @@ class DockerExecutor(HealthWaits):
             ApplicationError: the engine refused the network.
         """
         name = naming.network_name(inp.tenant, inp.project)
+        owner = project_labels(inp.tenant, inp.project)
         with classified(f"network {name}"):
             # The engine matches ``names`` as a substring: "moorage-t-shop" also finds
             # "moorage-t-shop2". Only the exact name counts.
@@ -163,12 +166,17 @@ class DockerExecutor(HealthWaits):
                         check_duplicate=True,
                         labels=owned_labels(inp.tenant, inp.project, self.instance),
                     )
-                    return name
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:
                         raise
-                found = [self.api.inspect_network(name)]  # made meanwhile: whose?
-            refuse_another_instances("network", name, found[0].get("Labels"), self.instance)
+                    found = [self.api.inspect_network(name)]  # made meanwhile: whose?
+            if found:
+                refuse_not_ours("network", name, found[0].get("Labels"), owner, self.instance)
+            # Another instance's volumes of this project: refused here, before any step (a
+            # service checks the volumes it mounts again as it starts).
+            wanted = [f"{k}={v}" for k, v in owner.items()]
+            for vol in self.api.volumes(filters={"label": wanted}).get("Volumes") or []:
+                refuse_not_ours("volume", vol["Name"], vol.get("Labels"), owner, self.instance)
         return name
 
     @activity.defn(name="start_service")
@@ -229,7 +237,7 @@ class DockerExecutor(HealthWaits):
         ``refused``: ports chosen for it before, which the engine found taken.
         """
         try:
-            found = self._adoptable(self.api.inspect_container(name))
+            found = self._adoptable(self.api.inspect_container(name), inp)
             if found["State"]["Status"] not in ("removing", "dead"):
                 return str(found["Id"])
             # Going or gone (a removal still running, or one that failed): not adoptable.
@@ -280,20 +288,31 @@ class DockerExecutor(HealthWaits):
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # another attempt created it meanwhile: adopt it
-                return str(self._adoptable(self.api.inspect_container(name))["Id"])
+                return str(self._adoptable(self.api.inspect_container(name), inp)["Id"])
             raise
         return str(created["Id"])
 
-    def _adoptable(self, found: dict[str, Any]) -> dict[str, Any]:
-        """A container of a replica's name, found there: it is this instance's, or the start fails.
+    def _adoptable(self, found: dict[str, Any], inp: StartServiceInput) -> dict[str, Any]:
+        """A container of a replica's name, found there: this instance's, of this service.
 
         Raises:
-            ApplicationError: ``ContainerOfAnotherInstance`` (not retryable).
+            ApplicationError: ``ContainerOfAnotherProject`` or ``ContainerOfAnotherInstance``
+                (not retryable).
         """
-        owner = naming.instance_label(found["Config"]["Labels"])
+        labels = found["Config"]["Labels"]
+        name = str(found["Name"]).lstrip("/")
+        refuse_another_projects(
+            "container",
+            name,
+            labels,
+            {
+                **project_labels(inp.tenant, inp.project),
+                naming.LABEL_SERVICE: inp.service.name,
+            },
+        )
+        owner = naming.instance_label(labels)
         if owner == self.instance:
             return found
-        name = str(found["Name"]).lstrip("/")
         raise ApplicationError(
             f"container {name} belongs to Moorage instance {owner!r}, not to this one "
             f"({self.instance!r}): two instances on one engine must not deploy the same tenant, "

@@ -16,10 +16,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.container_config import ensure_volumes
 from activities.docker_executor import DockerExecutor
 from activities.inputs import (
     ContainerSelector,
     ListLabelledInput,
+    NetworkInput,
     RouteServersInput,
     StartServiceInput,
 )
@@ -297,3 +299,67 @@ def test_networks_and_volumes_carry_the_instance_and_unlabelled_ones_are_shared(
         assert vol["Labels"][naming.LABEL_INSTANCE] == "here"
     finally:
         DockerExecutor(docker_client).purge_project(other)
+
+
+def test_a_project_whose_names_another_project_s_also_spell_is_refused(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """Names join tenant, project and the rest with dashes, which the parts may hold too: tenant
+    'acme' with project 'tX-pY' and tenant 'acme-tX' with project 'pY' name the same network,
+    volumes and containers. The second joined the first's network, mounted its volume and
+    adopted its container."""
+    other = f"p{uuid.uuid4().hex[:10]}"
+    first = (TENANT, f"{project}-{other}")
+    second = (f"{TENANT}-{project}", other)
+    assert naming.network_name(*first) == naming.network_name(*second)
+    spec = parse_compose(VOLUMED).service("web")
+
+    def start(tenant: str, name: str) -> StartServiceInput:
+        return StartServiceInput(
+            tenant=tenant, project=name, deployment_id="d", revision=1, version="v1",
+            service=spec, slots=[0],
+        )  # fmt: skip
+
+    executor = DockerExecutor(docker_client)
+    try:
+        [made] = executor.start_service(start(*first))
+        with pytest.raises(ApplicationError) as network:
+            executor.ensure_network(NetworkInput(tenant=second[0], project=second[1]))
+        with pytest.raises(ApplicationError) as volume:
+            ensure_volumes(docker_client.api, *second, spec, executor.instance)
+        with pytest.raises(ApplicationError) as container:
+            executor._adoptable(
+                docker_client.api.inspect_container(made.container_name), start(*second)
+            )
+        for refused, kind in [(network, "Network"), (volume, "Volume"), (container, "Container")]:
+            assert (refused.value.type, refused.value.non_retryable) == (
+                f"{kind}OfAnotherProject",
+                True,
+            )
+            assert f"belongs to tenant {TENANT!r}, project {first[1]!r}" in str(refused.value)
+        assert f"belongs to tenant {TENANT!r}, project {first[1]!r}, not to tenant" in str(
+            network.value
+        )
+        assert "rename one of the projects" in str(volume.value)
+        # Nothing of the second project was made; the first's container still runs.
+        assert labelled(docker_client, second[1]) == []
+        assert docker_client.containers.get(made.container_name).status == "running"
+    finally:
+        executor.purge_project(first[1])
+        executor.purge_project(second[1])
+
+
+def test_a_volume_another_instance_made_refuses_the_project_at_its_first_step(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """The network check runs first in every deployment; a volume was checked only when the
+    service mounting it started (in a recreate, after the old revision was stopped)."""
+    docker_client.api.create_volume(
+        naming.volume_name(TENANT, project, "data"),
+        labels={**_legacy_labels(project), naming.LABEL_INSTANCE: "elsewhere"},
+    )
+    with pytest.raises(ApplicationError) as info:
+        DockerExecutor(docker_client, instance="here").ensure_network(
+            NetworkInput(tenant=TENANT, project=project)
+        )
+    assert (info.value.type, info.value.non_retryable) == ("VolumeOfAnotherInstance", True)
