@@ -150,7 +150,9 @@ class DockerExecutor(HealthWaits):
         """Create the project's bridge network if it does not exist yet.
 
         Raises:
-            ApplicationError: the engine refused the network.
+            ApplicationError: the engine refused the network; or the network, or a volume
+                labelled with this tenant and project, is another project's or Moorage
+                instance's (see :func:`refuse_not_ours`; not retryable).
         """
         name = naming.network_name(inp.tenant, inp.project)
         owner = project_labels(inp.tenant, inp.project)
