@@ -187,9 +187,7 @@ class HealthWaits(EngineView):
                 # The replicas that run and wait for Moorage's probe: probed side by side.
                 running = [info for info, ok, _ in states if ok is None]
                 verdicts = iter(
-                    probe_all(inp.probe, running, partial(heartbeat, checks))
-                    if inp.probe is not None and running
-                    else []
+                    probe_all(inp.probe, running, partial(heartbeat, checks)) if inp.probe else []
                 )
                 now = time.monotonic()
                 for info, maybe, seen in states:

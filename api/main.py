@@ -36,12 +36,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _too_large() -> str:
-    return f"request body larger than {MAX_BODY_BYTES} bytes"
+TOO_LARGE = f"request body larger than {MAX_BODY_BYTES} bytes"
 
 
 def _length_over_cap(length: str) -> bool:
-    """Whether a ``Content-Length`` value is over the cap, or no length at all."""
+    """Whether a ``Content-Length`` value is over the cap, or no number at all."""
     # isdigit() alone takes '²' and 5,000 digits, which int() refuses (a 500).
     return (
         not (length.isascii() and length.isdigit())
@@ -67,9 +66,7 @@ class _BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and _length_over_cap(length.decode("latin-1")):
-            await JSONResponse(status_code=413, content={"detail": _too_large()})(
-                scope, receive, send
-            )
+            await JSONResponse(status_code=413, content={"detail": TOO_LARGE})(scope, receive, send)
             return
         read = 0
 
@@ -79,7 +76,7 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
                 if read > MAX_BODY_BYTES:
-                    raise HTTPException(status_code=413, detail=_too_large())
+                    raise HTTPException(status_code=413, detail=TOO_LARGE)
             return message
 
         await self.app(scope, counted, send)

@@ -312,9 +312,9 @@ class DeploymentService:
         Raises:
             NotFoundError: no such project.
             ConflictError: a deployment is running for this project.
-            InvalidError: the project has no Compose text, or the strategy is not available.
+            InvalidError: the project has no Compose text, the strategy is not available, or
+                ``health_check_interval`` is under ``MIN_HEALTH_CHECK_INTERVAL_S``.
             LimitError: the tenant runs as many deployments as it may.
-            InvalidError: ``health_check_interval`` is under ``MIN_HEALTH_CHECK_INTERVAL_S``.
         """
         if idempotency_key:
             # A repeated request gets its deployment back, whatever the tenant runs meanwhile.
