@@ -102,6 +102,32 @@ def refuse_not_ours(
     )
 
 
+def refuse_foreign_container(
+    name: str, labels: dict[str, str] | None, owner: dict[str, str], instance: str
+) -> None:
+    """Refuse a container of a replica's name that another project, service or instance made.
+
+    Unlike a network or volume, a container without the instance label is the default
+    instance's (see :func:`moorage.naming.instance_label`).
+
+    Raises:
+        ApplicationError: ``ContainerOfAnotherProject`` or ``ContainerOfAnotherInstance`` (not
+            retryable).
+    """
+    refuse_another_projects("container", name, labels, owner)
+    made_by = naming.instance_label(labels)
+    if made_by == instance:
+        return
+    raise ApplicationError(
+        f"container {name} belongs to Moorage instance {made_by!r}, not to this one "
+        f"({instance!r}): two instances on one engine must not deploy the same tenant, "
+        "project, service, revision and slot",
+        {"container": name, "instance": made_by},
+        type="ContainerOfAnotherInstance",
+        non_retryable=True,
+    )
+
+
 def refuse_another_projects(
     kind: str, name: str, labels: dict[str, str] | None, owner: dict[str, str]
 ) -> None:
@@ -117,7 +143,12 @@ def refuse_another_projects(
         raise ApplicationError(
             f"{kind} {name} belongs to {whose}, not to {ours}: their names are the same "
             "(dashes join the parts); rename one of the projects",
-            {kind: name, **{k.removeprefix("moorage."): found[k] for k in owner if k in found}},
+            # Whose it is, apart: a ``service`` key in the details names the deployment's
+            # service at fault in its failure event, and this one is the other project's.
+            {
+                kind: name,
+                "held_by": {k.removeprefix("moorage."): found[k] for k in owner if k in found},
+            },
             type=f"{kind.capitalize()}OfAnotherProject",
             non_retryable=True,
         )

@@ -32,7 +32,7 @@ from activities.container_config import (
     host_options,
     owned_labels,
     project_labels,
-    refuse_another_projects,
+    refuse_foreign_container,
     refuse_not_ours,
 )
 from activities.engine_view import container_name, instance_of
@@ -179,7 +179,49 @@ class DockerExecutor(HealthWaits):
             wanted = [f"{k}={v}" for k, v in owner.items()]
             for vol in self.api.volumes(filters={"label": wanted}).get("Volumes") or []:
                 refuse_not_ours("volume", vol["Name"], vol.get("Labels"), owner, self.instance)
+            if inp.revision is not None:
+                self._refuse_names_held(inp)
         return name
+
+    def _refuse_names_held(self, inp: NetworkInput) -> None:
+        """Refuse a deployment one of whose volume or container names another project holds.
+
+        Names join their parts with dashes, which the parts may hold: project ``b`` with volume
+        ``c-data`` and project ``b-c`` with volume ``data`` name the same volume, and so do
+        service ``c-web`` of the one and ``web`` of the other. Found here, at the deployment's
+        first step, such a deployment changes nothing; a service's start checks again.
+
+        Raises:
+            ApplicationError: see :func:`refuse_not_ours` and :func:`refuse_foreign_container`.
+        """
+        owner = project_labels(inp.tenant, inp.project)
+        for volume in inp.volumes:
+            name = naming.volume_name(inp.tenant, inp.project, volume)
+            try:
+                found = self.api.inspect_volume(name)
+            except docker.errors.NotFound:
+                continue
+            refuse_not_ours("volume", name, found.get("Labels"), owner, self.instance)
+        assert inp.revision is not None
+        services = {
+            naming.container_name(inp.tenant, inp.project, service, inp.revision, slot): service
+            for service, replicas in inp.replicas.items()
+            for slot in range(replicas)
+        }
+        if not services:
+            return
+        # ``name`` matches a substring: one call lists every container of the project's names.
+        prefix = naming.network_name(inp.tenant, inp.project)
+        for container in self.api.containers(all=True, filters={"name": prefix}):
+            for name in container["Names"]:
+                service = services.get(name.lstrip("/"))
+                if service is not None:
+                    refuse_foreign_container(
+                        name.lstrip("/"),
+                        container["Labels"],
+                        {**owner, naming.LABEL_SERVICE: service},
+                        self.instance,
+                    )
 
     @activity.defn(name="start_service")
     def start_service(self, inp: StartServiceInput) -> list[ServiceInstance]:
@@ -301,28 +343,13 @@ class DockerExecutor(HealthWaits):
             ApplicationError: ``ContainerOfAnotherProject`` or ``ContainerOfAnotherInstance``
                 (not retryable).
         """
-        labels = found["Config"]["Labels"]
-        name = str(found["Name"]).lstrip("/")
-        refuse_another_projects(
-            "container",
-            name,
-            labels,
-            {
-                **project_labels(inp.tenant, inp.project),
-                naming.LABEL_SERVICE: inp.service.name,
-            },
+        refuse_foreign_container(
+            str(found["Name"]).lstrip("/"),
+            found["Config"]["Labels"],
+            {**project_labels(inp.tenant, inp.project), naming.LABEL_SERVICE: inp.service.name},
+            self.instance,
         )
-        owner = naming.instance_label(labels)
-        if owner == self.instance:
-            return found
-        raise ApplicationError(
-            f"container {name} belongs to Moorage instance {owner!r}, not to this one "
-            f"({self.instance!r}): two instances on one engine must not deploy the same tenant, "
-            "project, service, revision and slot",
-            {"container": name, "instance": owner},
-            type="ContainerOfAnotherInstance",
-            non_retryable=True,
-        )
+        return found
 
     @activity.defn(name="stop_containers")
     def stop_containers(self, inp: StopContainersInput) -> list[str]:

@@ -21,10 +21,21 @@ class ContainerSelector(BaseModel):
 
 
 class NetworkInput(BaseModel):
-    """The project network to make sure of."""
+    """The project network to make sure of, at a deployment's first step.
+
+    With ``revision``, ``replicas`` and ``volumes`` (a deployment's first step; a service's start
+    gives none), the step also refuses a name the deployment would make that another project
+    or Moorage instance already holds, before anything changes.
+    """
 
     tenant: str
     project: str
+    revision: int | None = None
+    """The revision the deployment starts (its replicas' names hold it)."""
+    replicas: dict[str, int] = Field(default_factory=dict)
+    """Service → replicas of that revision."""
+    volumes: list[str] = Field(default_factory=list)
+    """The project's named volumes its services mount (Compose names)."""
 
 
 class StartServiceInput(BaseModel):

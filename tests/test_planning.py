@@ -6,6 +6,9 @@ import itertools
 
 import pytest
 
+from activities.inputs import NetworkInput
+from moorage.compose import parse_compose
+from moorage.models import Deployment, Strategy
 from workflows.planning import (
     MAX_SERVER_WEIGHT,
     SurgeError,
@@ -14,6 +17,7 @@ from workflows.planning import (
     resolve,
     resolve_surge,
 )
+from workflows.steps import network_input
 
 
 @pytest.mark.parametrize(
@@ -140,3 +144,24 @@ def test_canary_weights_at_the_ends() -> None:
     assert canary_weights(0, 3, 2) == (0, 100)  # stable takes everything
     assert canary_weights(100, 3, 2) == (100, 0)
     assert canary_weights(40, 3, 0) == (100, 0)  # nothing stable to weigh
+
+
+def test_a_deployment_s_first_step_names_its_replicas_and_the_named_volumes_they_mount() -> None:
+    """What the first step checks before anything changes (see ``ensure_network``)."""
+    target = parse_compose(
+        "services:\n"
+        "  db:\n    image: moorage-demo:v1\n"
+        "    volumes: ['data:/data', 'logs:/logs', '/anon']\n"
+        "    tmpfs: ['/run']\n"
+        "  web:\n    image: moorage-demo:v1\n    deploy: {replicas: 3}\n"
+        "    volumes: ['logs:/logs']\n"
+        "volumes:\n  data: {}\n  logs: {}\n  unused: {}\n"
+    )
+    dep = Deployment(
+        id="shop.4", project_id="shop", version="v4", revision=4,
+        strategy=Strategy.ROLLING_UPDATE, user_id="u", tenant_id="acme",
+    )  # fmt: skip
+    assert network_input(dep, target) == NetworkInput(
+        tenant="acme", project="shop", revision=4, replicas={"db": 1, "web": 3},
+        volumes=["data", "logs"],
+    )  # fmt: skip

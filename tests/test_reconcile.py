@@ -363,3 +363,58 @@ def test_a_volume_another_instance_made_refuses_the_project_at_its_first_step(
             NetworkInput(tenant=TENANT, project=project)
         )
     assert (info.value.type, info.value.non_retryable) == ("VolumeOfAnotherInstance", True)
+
+
+def test_a_deployment_s_first_step_refuses_volume_and_container_names_another_project_holds(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """Project 'p' with volume 'x-data' and service 'x-web' spells what project 'p-x' calls
+    volume 'data' and service 'web'; the network names differ, so only the start of the service
+    that mounts or names them found it, after the services before it had rolled."""
+    first = f"{project}-x"
+    executor = DockerExecutor(docker_client)
+    try:
+        [made] = executor.start_service(web_input(first, VOLUMED))  # revision 1
+        volume = NetworkInput(tenant=TENANT, project=project, revision=1, volumes=["x-data"])
+        container = NetworkInput(tenant=TENANT, project=project, revision=1, replicas={"x-web": 2})
+        for inp, kind, name in [
+            (volume, "Volume", naming.volume_name(TENANT, first, "data")),
+            (container, "Container", made.container_name),
+        ]:
+            with pytest.raises(ApplicationError) as info:
+                executor.ensure_network(inp)
+            assert (info.value.type, info.value.non_retryable) == (f"{kind}OfAnotherProject", True)
+            assert f"{kind.lower()} {name} belongs to tenant {TENANT!r}, project {first!r}" in str(
+                info.value
+            )
+        # Names of another revision, or nothing the deployment names: no refusal.
+        executor.ensure_network(container.model_copy(update={"revision": 2}))
+        executor.ensure_network(NetworkInput(tenant=TENANT, project=project))
+        assert docker_client.containers.get(made.container_name).status == "running"
+    finally:
+        executor.purge_project(first)
+        executor.purge_project(project)
+
+
+async def test_a_deployment_that_would_take_another_project_s_names_changes_nothing(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """Refused at the first step: no service of it rolled before the one whose name is
+    taken, and the other project's replica serves on."""
+    first = f"{project}-x"
+    executor = DockerExecutor(docker_client)
+    try:
+        [theirs] = executor.start_service(web_input(first, compose(api_image=None)))  # r1
+        ours = compose().replace("  web:", "  x-web:")  # api, then x-web (depends on api)
+        await service.apply_project(TENANT, project, ours)
+        dep = await service.deploy(TENANT, USER, project, DeployRequest(strategy="rolling_update"))
+        state = await wait_terminal(service, dep.id)
+        assert state.deployment.status == DeploymentStatus.ROLLED_BACK
+        assert [e for e in state.events if e.service_name] == []  # no service was touched
+        [failed] = [e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED]
+        assert f"container {theirs.container_name} belongs to tenant" in failed.message
+        assert failed.details["held_by"] == {"tenant": TENANT, "project": first, "service": "web"}
+        assert labelled(docker_client, project) == []
+        assert docker_client.containers.get(theirs.container_name).status == "running"
+    finally:
+        executor.purge_project(first)

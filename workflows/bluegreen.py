@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import NetworkInput, RouteInput
+    from activities.inputs import RouteInput
     from moorage.models import DeploymentState, EventType, RouteInfo, ServiceInstance
     from workflows import replicas, steps
     from workflows.inputs import SteerInput, StrategyInput
@@ -76,9 +76,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
         """The blue-green steps."""
         dep, prev, green = t.deployment, inp.previous, t.deployment.revision
         cfg = dep.config
-        await steps.call(
-            "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
-        )
+        await steps.call("ensure_network", steps.network_input(dep, inp.target))
         await replicas.ensure_routes(t, inp.target)
 
         self.undo.push(

@@ -16,7 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import NetworkInput, RouteWeightsInput
+    from activities.inputs import RouteWeightsInput
     from moorage import naming
     from moorage.compose import ServiceSpec
     from moorage.models import CanaryStep, DeploymentState, EventType, ServiceInstance
@@ -136,9 +136,7 @@ class CanaryWorkflow(StrategyWorkflow):
         """The canary steps."""
         dep, prev, new = t.deployment, inp.previous, t.deployment.revision
         plan = dep.config.canary_steps or DEFAULT_STEPS
-        await steps.call(
-            "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
-        )
+        await steps.call("ensure_network", steps.network_input(dep, inp.target))
         await replicas.ensure_routes(t, inp.target)
 
         # The canary: the new revision's replicas next to stable ones, routed at weight 0.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import NetworkInput
     from moorage.models import DeploymentState, EventType, ServiceInstance
     from workflows import replicas, steps
     from workflows.inputs import StrategyInput
@@ -30,9 +29,7 @@ class RecreateWorkflow(StrategyWorkflow):
         """The Recreate steps."""
         dep, prev, new = t.deployment, inp.previous, t.deployment.revision
         cfg = dep.config
-        await steps.call(
-            "ensure_network", NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
-        )
+        await steps.call("ensure_network", steps.network_input(dep, inp.target))
         await replicas.ensure_routes(t, inp.target)
 
         if prev is not None:

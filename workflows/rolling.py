@@ -13,7 +13,6 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import NetworkInput
     from moorage.compose import ServiceSpec
     from moorage.models import DeploymentState, EventType, ServiceInstance
     from workflows import replicas, steps
@@ -63,7 +62,7 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         plans = {spec.name: plan_service(inp, spec) for spec in inp.target.services}
         total = max(1, sum(len(b) for b in plans.values()))
         done = 0
-        network = NetworkInput(tenant=dep.tenant_id, project=dep.project_id)
+        network = steps.network_input(dep, inp.target)
         # Deployments started before this change ran these steps one after the other, and routed
         # new replicas with a step of their own (route_add) before the old ones drained.
         switch = workflow.patched("rolling-switch-traffic")

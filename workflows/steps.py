@@ -24,7 +24,8 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import ContainerSelector, WaitHealthyInput
+    from activities.inputs import ContainerSelector, NetworkInput, WaitHealthyInput
+    from moorage.compose import ProjectSpec
     from moorage.models import Deployment, EventType
     from workflows.tracking import Tracker
 
@@ -188,6 +189,29 @@ def selector(
         service=service,
         revision=revision,
         slots=slots,
+    )
+
+
+def network_input(dep: Deployment, target: ProjectSpec) -> NetworkInput:
+    """A deployment's first step: its project's network, and every name the deployment makes.
+
+    The replicas' container names and the named volumes are checked there too, so that a name
+    another project or Moorage instance holds refuses the deployment before it changes anything
+    (not when the service that needs it starts, after others have rolled).
+    """
+    return NetworkInput(
+        tenant=dep.tenant_id,
+        project=dep.project_id,
+        revision=dep.revision,
+        replicas={spec.name: spec.replicas for spec in target.services},
+        volumes=sorted(
+            {
+                mount.source
+                for spec in target.services
+                for mount in spec.mounts
+                if mount.type == "volume" and mount.source
+            }
+        ),
     )
 
 
