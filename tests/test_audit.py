@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,9 @@ import pytest_asyncio
 
 from api.deps import get_service
 from api.main import create_app
-from moorage.service import DeploymentService
+from moorage import naming
+from moorage.models import DeploymentStatus, DeployRequest, EventType
+from moorage.service import ConflictError, DeploymentService, NotFoundError
 from moorage.settings import Settings, get_settings
 from tests.helpers import TENANT, wait_status, wait_terminal
 
@@ -102,3 +105,31 @@ async def test_each_state_change_names_its_user(
     log = await events(rollback)
     assert by(log, "deployment_requested") == {"hal"}
     assert log[-1]["event_type"] == "deployment_completed"
+
+
+async def test_a_cancel_right_after_the_deploy_names_its_user(
+    service: DeploymentService, project: str
+) -> None:
+    """A cancel that reaches the project before its deployment's strategy workflow has started
+    was passed on as "operator" (or recorded with no user at all)."""
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    dep_id = naming.deployment_id(project, 1)
+
+    async def cancel_as_soon_as_it_exists() -> None:
+        while True:
+            try:
+                await service.cancel(TENANT, "eve", dep_id)
+                return
+            except (NotFoundError, ConflictError):  # not registered yet
+                await asyncio.sleep(0)
+
+    canceller = asyncio.create_task(cancel_as_soon_as_it_exists())
+    dep = await service.deploy(TENANT, "dora", project, DeployRequest(health_check_delay=2))
+    await asyncio.wait_for(canceller, 10)
+    assert dep.id == dep_id
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.CANCELLED
+    assert "operator" not in state.deployment.message
+    cancelled = [e for e in state.events if e.event_type == EventType.DEPLOYMENT_CANCELLED]
+    assert cancelled, state.events
+    assert {e.details.get("user") for e in cancelled} == {"eve"}

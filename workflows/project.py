@@ -96,7 +96,8 @@ class ProjectWorkflow:
     def __init__(self, state: ProjectState) -> None:
         self.s: ProjectState | None = state
         self._child: workflow.ChildWorkflowHandle[object, DeploymentState] | None = None
-        self._cancel_pending = False
+        self._cancel_pending: str | None = None
+        """Who cancelled the active deployment before its strategy workflow started."""
         self._reconciling = False
         self._reconcile_requested = False
         self._deletes_routes = False
@@ -301,7 +302,7 @@ class ProjectWorkflow:
         if self._child is not None:
             await self._child.signal("cancel", inp.user_id)
         else:
-            self._cancel_pending = True
+            self._cancel_pending = inp.user_id
         return found.deployment
 
     @cancel.validator
@@ -464,11 +465,12 @@ class ProjectWorkflow:
         dep = record.deployment
         compose = s.active_compose
         assert compose is not None
-        if self._cancel_pending:
-            self._cancel_pending = False
+        if self._cancel_pending is not None:
+            by, self._cancel_pending = self._cancel_pending, None
             self._finish(
-                record, dep, DeploymentStatus.CANCELLED, "cancelled before it started", compose
-            )
+                record, dep, DeploymentStatus.CANCELLED, f"cancelled by {by} before it started",
+                compose, user=by,
+            )  # fmt: skip
             return
         previous = None
         if s.current is not None:
@@ -506,9 +508,9 @@ class ProjectWorkflow:
                 static_summary=f"{dep.strategy.value} of {s.project_id} to {dep.version}",
                 execution_timeout=None if unbounded else timedelta(days=7),
             )
-            if self._cancel_pending:
-                self._cancel_pending = False
-                await self._child.signal("cancel", "operator")
+            if self._cancel_pending is not None:
+                by, self._cancel_pending = self._cancel_pending, None
+                await self._child.signal("cancel", by)
             result: DeploymentState = await self._child
         except ChildWorkflowError as err:
             self._child = None
@@ -538,6 +540,7 @@ class ProjectWorkflow:
         status: DeploymentStatus,
         message: str | None,
         compose: str,
+        user: str | None = None,
     ) -> None:
         s = self.state
         if message is not None:
@@ -550,6 +553,7 @@ class ProjectWorkflow:
                     if status == DeploymentStatus.CANCELLED
                     else EventType.DEPLOYMENT_FAILED,
                     message=message,
+                    details={"user": user} if user is not None else {},
                     created_at=workflow.now(),
                 )
             )
