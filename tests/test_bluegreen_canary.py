@@ -414,3 +414,58 @@ async def test_canary_of_a_project_with_a_service_off_the_router_rolls_back(
     assert {c.name for c in labelled(docker_client, project)} == stable
     assert routed(router, project) == {n for n in stable if "-web-" in n}
     assert set((await service.get_project(TENANT, project)).routes) == {"web"}
+
+
+async def test_blue_green_starts_a_dependent_once_its_dependency_is_healthy(
+    service: DeploymentService, project: str
+) -> None:
+    """README: a service others depend on is healthy before they start. Blue-green started the
+    whole green stack at once: a dependent that needs its dependency at start failed."""
+    slow_api = '["sh", "-c", "sleep 2; exec /init.sh"]'
+    needs_api = '["sh", "-c", "wget -q -O /dev/null http://api/ || exit 1; exec /init.sh"]'
+    compose = (
+        f"services:\n  api:\n    image: moorage-demo:v1\n    command: {slow_api}\n"
+        f"  web:\n    image: moorage-demo:v1\n    ports: ['80']\n    command: {needs_api}\n"
+        "    depends_on: [api]\n"
+    )
+    await service.apply_project(TENANT, project, compose)
+    dep = await service.deploy(TENANT, USER, project, BG.model_copy(update={"version": "v1"}))
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    passed = [e.service_name for e in state.events if e.event_type == EventType.HEALTH_CHECK_PASSED]
+    assert passed[:2] == ["api", "web"]
+
+
+async def test_a_verify_longer_than_the_progress_deadline_is_a_hold_not_a_stall(
+    service: DeploymentService, project: str
+) -> None:
+    """``post_switch_verify`` is a wait the operator asked for, as a scale-down delay: the
+    progress deadline used to count it, and a verify longer than it failed every deployment."""
+    await service.apply_project(TENANT, project, web("moorage-demo:v1", replicas=1))
+    request = BG.model_copy(update={"post_switch_verify": 4, "progress_deadline": 2.5})
+    dep = await service.deploy(TENANT, USER, project, request)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    [switched] = [e for e in state.events if e.event_type == EventType.TRAFFIC_SWITCHED]
+    [done] = [e for e in state.events if e.event_type == EventType.DEPLOYMENT_COMPLETED]
+    assert (done.created_at - switched.created_at).total_seconds() >= 4  # it did verify
+
+
+async def test_a_canary_step_s_gate_does_not_wait_the_health_delay_again(
+    service: DeploymentService, project: str
+) -> None:
+    """The canary's replicas passed their gate when they started; each step checks them once
+    more, and used to wait ``health_check_delay`` (and ``min_ready_seconds``) again first."""
+    await serve_v1(service, project)
+    await service.apply_project(TENANT, project, web("moorage-demo:v2", replicas=1))
+    steps = [CanaryStep(weight=50), CanaryStep(weight=100)]
+    request = CANARY.model_copy(update={"canary_steps": steps, "health_check_delay": 3})
+    dep = await service.deploy(TENANT, USER, project, request)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    gates = [e for e in state.events if e.event_type == EventType.HEALTH_CHECK_PASSED]
+    switches = [e for e in state.events if e.event_type == EventType.TRAFFIC_SWITCHED]
+    assert len(gates) == 4  # at the start, before each step, before the full shift
+    assert [e.details["weight"] for e in switches] == [50, 100, 100]
+    # Three more delays would be 9 s; the checks themselves take milliseconds.
+    assert (switches[-1].created_at - gates[0].created_at).total_seconds() < 3

@@ -39,11 +39,16 @@ class BlueGreenWorkflow(StrategyWorkflow):
         self._waiting_promotion = False
         self._promoted_by: str | None = None
         self._keeping_blue = False
+        self._verifying = False
 
     @property
     def holding(self) -> bool:
-        """Waiting for an operator's promotion, or keeping blue for the scale-down delay."""
-        return (self._waiting_promotion and self._promoted_by is None) or self._keeping_blue
+        """Promotion, ``post_switch_verify`` or the scale-down delay: waits the deadline skips."""
+        return (
+            (self._waiting_promotion and self._promoted_by is None)
+            or self._verifying
+            or self._keeping_blue
+        )
 
     @workflow.run
     async def run(self, inp: StrategyInput) -> DeploymentState:
@@ -82,10 +87,17 @@ class BlueGreenWorkflow(StrategyWorkflow):
         self.undo.push(
             f"remove green (revision {green})", "remove_containers", steps.selector(dep, green)
         )
+        # Deployments started before this change started every green service before any was
+        # healthy: a dependent that needs its dependency at start failed its gate.
+        in_order = workflow.patched("bluegreen-dependencies-first")
+        gated: set[str] = set()
         for spec in inp.target.services:
             await replicas.start_service(
                 dep, green, dep.version, dep.id, spec, list(range(spec.replicas))
             )
+            if in_order and inp.target.depended_on(spec.name):
+                await replicas.gate_healthy(t, green, spec)  # before its dependents start
+                gated.add(spec.name)
         t.event(
             EventType.GREEN_DEPLOYMENT_STARTED,
             f"green stack (revision {green}) started next to blue",
@@ -94,7 +106,8 @@ class BlueGreenWorkflow(StrategyWorkflow):
         t.progress(20, "green started")
 
         for spec in inp.target.services:
-            await replicas.gate_healthy(t, green, spec)
+            if spec.name not in gated:
+                await replicas.gate_healthy(t, green, spec)
         previews = await self._preview(t, inp)
         t.progress(
             50, "green healthy; previews: " + ", ".join(f"{k} {v}" for k, v in previews.items())
@@ -145,13 +158,19 @@ class BlueGreenWorkflow(StrategyWorkflow):
         )
 
         # Verify after the switch: green must stay healthy a while, or traffic goes back to blue.
-        for spec in inp.target.services:
-            verify = replicas.health_input(
-                cfg, steps.selector(dep, green, spec.name), spec.replicas, spec
-            )
-            verify.delay_s = 0
-            verify.min_ready_s = max(verify.min_ready_s, cfg.post_switch_verify)
-            await replicas.wait_healthy(verify)
+        # A declared wait, as the scale-down delay: the progress deadline does not count it
+        # (deployments started before this change failed when it outlasted the deadline).
+        self._verifying = workflow.patched("bluegreen-verify-holds")
+        try:
+            for spec in inp.target.services:
+                verify = replicas.health_input(
+                    cfg, steps.selector(dep, green, spec.name), spec.replicas, spec
+                )
+                verify.delay_s = 0
+                verify.min_ready_s = max(verify.min_ready_s, cfg.post_switch_verify)
+                await replicas.wait_healthy(verify)
+        finally:
+            self._verifying = False
         t.progress(70, "traffic switched and verified")
 
         if prev is not None:

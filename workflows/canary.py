@@ -170,6 +170,9 @@ class CanaryWorkflow(StrategyWorkflow):
             )
         t.progress(10, "canary started at weight 0")
 
+        # Deployments started before this change waited the health delay and min_ready_seconds
+        # again at every step's gate (30 s of delay: 30 s more per step).
+        again = workflow.patched("canary-gates-again")
         self._stepping = True
         for number, step in enumerate(plan, start=1):
             await self._hold_while_paused(t, number, len(plan))
@@ -178,7 +181,7 @@ class CanaryWorkflow(StrategyWorkflow):
             label = f"step {number}/{len(plan)}"
             if step.weight is not None:
                 for spec in inp.target.services:
-                    await replicas.gate_healthy(t, new, spec)
+                    await replicas.gate_healthy(t, new, spec, again=again)
                     if spec.route_port() is not None:
                         await steps.call(
                             "route_weights",
@@ -205,7 +208,7 @@ class CanaryWorkflow(StrategyWorkflow):
 
         # Full traffic on the canary; stable drained and retired.
         for spec in inp.target.services:
-            await replicas.gate_healthy(t, new, spec)
+            await replicas.gate_healthy(t, new, spec, again=again)
             if spec.route_port() is not None:
                 await steps.call(
                     "route_weights", self._weights(inp, spec, 100), result_type=dict[str, int]

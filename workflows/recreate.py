@@ -108,7 +108,7 @@ class RecreateWorkflow(StrategyWorkflow):
                 service=svc.name,
                 containers=[i.container_name for i in started],
             )
-            if any(svc.name in other.depends_on for other in inp.target.services):
+            if inp.target.depended_on(svc.name):
                 # Its dependents start only once it is healthy.
                 await replicas.gate_healthy(t, new, svc)
                 gated.add(svc.name)

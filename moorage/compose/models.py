@@ -174,6 +174,10 @@ class ProjectSpec(BaseModel):
         """Service names in start order."""
         return [s.name for s in self.services]
 
+    def depended_on(self, name: str) -> bool:
+        """Whether another service depends on ``name`` (it must be healthy before they start)."""
+        return any(name in other.depends_on for other in self.services)
+
     @property
     def routed(self) -> set[str]:
         """Names of the services the traffic router routes (see ``ServiceSpec.route_port``)."""
