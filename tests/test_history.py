@@ -7,9 +7,19 @@ import asyncio
 import docker
 import pytest
 
-from moorage.models import DeploymentStatus, DeployRequest, Strategy
+from activities.router import TrafficRouter
+from moorage import naming
+from moorage.models import DeploymentEvent, DeploymentStatus, DeployRequest, Strategy
 from moorage.service import ConflictError, DeploymentService, InvalidError
-from tests.helpers import TENANT, USER, compose, labelled, serving_version, wait_terminal
+from tests.helpers import (
+    TENANT,
+    USER,
+    compose,
+    labelled,
+    routed,
+    serving_version,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,13 +90,58 @@ async def test_rollback_to_any_retained_revision(
     rb3 = await service.rollback(TENANT, USER, failed.id)
     assert rb3.rollback_version == "v3"
     assert (await wait_terminal(service, rb3.id)).deployment.status == DeploymentStatus.COMPLETED
-    # What the failed one left is no deployment's now: the project's reconciliation removes it.
-    removed = await service.reconcile(TENANT, USER, project)
-    assert {e.details["revision"] for e in removed} == {failed.revision}
+    # What the failed one left is no deployment's now: the project removes it once the rollback
+    # has completed (it used to wait for the next scheduled reconciliation).
+    log = await wait_reconciled(service, project)
+    assert {e.details["revision"] for e in log} == {failed.revision}
+    assert {e.details["by"] for e in log} == {f"deployment {rb3.id}"}
+    assert await service.reconcile(TENANT, USER, project) == []
     assert serving_version(docker_client, project, "web") == {"v3"}
     assert {c.labels["moorage.revision"] for c in labelled(docker_client, project)} == {
         str(rb3.revision)
     }
+
+
+async def wait_reconciled(service: DeploymentService, project: str) -> list[DeploymentEvent]:
+    """The project's reconcile log, once it has an entry."""
+    handle = service.client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
+    for _ in range(100):
+        log: list[DeploymentEvent] = await handle.query(
+            "reconcile_log", result_type=list[DeploymentEvent]
+        )
+        if log:
+            return log
+        await asyncio.sleep(0.1)
+    raise AssertionError("nothing reconciled")
+
+
+async def test_what_a_failed_deployment_left_stays_until_a_later_one_completes(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """With ``rollback_on_failure`` off a deployment is left as it failed, for the operator; a
+    blue-green that failed after its switch leaves green as all the route has. Reconciliation
+    (the scheduled one too) used to remove it: nothing routed at all."""
+    assert await ship(service, project, "moorage-demo:v1", "v1") == "completed"
+    failing = web("moorage-demo:v2") + "    environment:\n      DEMO_FAIL_AFTER: '3'\n"
+    await service.apply_project(TENANT, project, failing)
+    failed = await service.deploy(
+        TENANT, USER, project,
+        DeployRequest(
+            strategy=Strategy.BLUE_GREEN, version="v2", rollback_on_failure=False,
+            post_switch_verify=20,
+        ),
+    )  # fmt: skip
+    state = await wait_terminal(service, failed.id)
+    assert state.deployment.status == DeploymentStatus.FAILED, state.deployment.message
+    green = {c.name for c in labelled(docker_client, project, revision="2")}
+    assert routed(router, project) == green  # blue was drained out at the switch
+
+    assert await service.reconcile(TENANT, USER, project) == []
+    assert routed(router, project) == green
+    assert {c.name for c in labelled(docker_client, project, revision="2")} == green
 
 
 async def test_same_idempotency_key_gives_the_same_deployment(

@@ -100,6 +100,8 @@ class ProjectWorkflow:
         """Who cancelled the active deployment before its strategy workflow started."""
         self._reconciling = False
         self._reconcile_requested = False
+        self._reconcile_by = "schedule"
+        """Who asked for the pass ``_reconcile_requested`` asks for."""
         self._deletes_routes = False
 
     @property
@@ -126,8 +128,9 @@ class ProjectWorkflow:
             if self._reconcile_requested and self.state.active_id is None and not self._reconciling:
                 self._reconcile_requested = False
                 self._reconciling = True
+                by, self._reconcile_by = self._reconcile_by, "schedule"
                 try:
-                    await upkeep.reconcile(self.state, "schedule")
+                    await upkeep.reconcile(self.state, by)
                 except (ActivityError, ApplicationError) as err:
                     # An engine down past the steps' retries must not end the project's workflow
                     # (and with it the project): the next scheduled pass tries again.
@@ -529,9 +532,16 @@ class ProjectWorkflow:
         record.instances = result.instances
         record.routes = result.routes
         s.routes.update(result.routes)
+        serving = s.current.revision if s.current else None
         self._finish(record, result.deployment, result.deployment.status, None, compose)
         if result.deployment.status == DeploymentStatus.COMPLETED:
             await upkeep.delete_routes_not_served(self.state, record, self._deletes_routes)
+            # What failed deployments before it left (kept while they were the latest, and
+            # maybe routed still) is no deployment's now: removed at once, not at the next
+            # scheduled pass. Runs started before this change left it to that pass.
+            if upkeep.left_by_failed(s, serving) and workflow.patched(upkeep.KEEP_FAILED):
+                self._reconcile_requested = True
+                self._reconcile_by = f"deployment {dep.id}"
 
     def _finish(
         self,

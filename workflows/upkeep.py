@@ -12,7 +12,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import ContainerSelector, DeleteRoutesInput, RouteServersInput
     from moorage.compose import UNRESTRICTED, parse_compose
-    from moorage.models import DeploymentEvent, DeploymentState, EventType, ServiceInstance
+    from moorage.models import (
+        DeploymentEvent,
+        DeploymentState,
+        DeploymentStatus,
+        EventType,
+        ServiceInstance,
+    )
     from workflows import replicas, steps
     from workflows.bluegreen import PREVIEW_PREFIX, preview_key
     from workflows.inputs import ProjectState
@@ -20,13 +26,35 @@ with workflow.unsafe.imports_passed_through():
 MAX_RECONCILE_LOG = 200
 """Reconcile events a project keeps (the oldest go first)."""
 
+KEEP_FAILED = "reconcile-keeps-failed"
+"""Patch: reconciliation keeps what a failed deployment left, until a later one completes."""
+
+
+def left_by_failed(s: ProjectState, after: int | None) -> set[int]:
+    """Revisions of the deployments after revision ``after`` that ended ``failed``.
+
+    A failed deployment (``rollback_on_failure`` off, or its rollback failed) is left as it
+    failed, and what it left may be all that serves: a blue-green's green after the switch, a
+    rolling update's new replicas once the old ones are gone.
+    """
+    return {
+        d.deployment.revision
+        for d in s.deployments
+        if d.deployment.status == DeploymentStatus.FAILED
+        and (after is None or d.deployment.revision > after)
+    }
+
 
 async def reconcile(s: ProjectState, user_id: str) -> list[DeploymentEvent]:
     """Remove the project's labelled containers that no deployment owns; one event each, logged.
 
-    Kept: the serving revision's. Each orphan leaves its route first.
+    Kept: the serving revision's, and what failed deployments since it left (until a later
+    deployment completes). Each orphan leaves its route first.
     """
     keep = {s.current.revision} if s.current else set()
+    # Runs started before this change removed what a failed deployment left, serving or not.
+    if workflow.patched(KEEP_FAILED):
+        keep |= left_by_failed(s, s.current.revision if s.current else None)
     found: list[ServiceInstance] = await steps.call(
         "list_containers",
         ContainerSelector(tenant=s.tenant_id, project=s.project_id),
@@ -58,7 +86,7 @@ async def reconcile(s: ProjectState, user_id: str) -> list[DeploymentEvent]:
             service_name=orphan.service_name,
             message=(
                 f"removed {orphan.container_name}: revision {orphan.revision} is neither "
-                f"serving ({', '.join(map(str, keep)) or 'none'}) nor deploying"
+                f"serving nor deploying (kept: {', '.join(map(str, sorted(keep))) or 'none'})"
             ),
             details={
                 "container": orphan.container_name,
