@@ -20,6 +20,7 @@ from tests.helpers import (
     serving_version,
     wait_terminal,
 )
+from workflows.inputs import ProjectState
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +156,32 @@ async def test_same_idempotency_key_gives_the_same_deployment(
     after = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
     assert after.id == first.id
     assert len(await service.list_deployments(TENANT, project)) == 1
+
+
+async def test_the_key_of_a_deployment_no_longer_kept_is_refused_by_name(
+    service: DeploymentService, project: str
+) -> None:
+    """A project keeps its last 100 deployments and 200 keys: a key whose deployment was let go
+    passed the update's validator and failed its handler, and with it every workflow task of the
+    project (the deploy hung, the project answered nothing more)."""
+    handle = await service.client.start_workflow(
+        "Project",
+        ProjectState(
+            tenant_id=TENANT, project_id=project, compose=web("moorage-demo:v1"),
+            next_revision=102, idempotency={"k-old": f"{project}.1"},
+        ),
+        id=naming.project_workflow_id(TENANT, project),
+        task_queue=service.settings.task_queue,
+    )  # fmt: skip
+    try:
+        with pytest.raises(ConflictError, match=f"'k-old' was used by deployment {project}.1"):
+            await asyncio.wait_for(
+                service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-old"), 20
+            )
+        assert (await service.get_project(TENANT, project)).id == project  # still answering
+        assert await service.list_deployments(TENANT, project) == []
+    finally:
+        await handle.terminate("test over")
 
 
 async def test_two_deploys_at_the_same_moment_one_runs_one_gets_409(

@@ -233,6 +233,17 @@ class ProjectWorkflow:
     def _validate_deploy(self, inp: DeployInput) -> None:
         s = self.state
         if inp.idempotency_key and inp.idempotency_key in s.idempotency:
+            used_by = s.idempotency[inp.idempotency_key]
+            if self._find(used_by) is None:
+                # Its record is gone (a project keeps the last MAX_DEPLOYMENTS_KEPT): neither
+                # the same deployment, nor a second one for a request that may be a retry. The
+                # handler used to fail on it, and with it the project's workflow task, forever.
+                raise _refuse(
+                    f"Idempotency-Key {inp.idempotency_key!r} was used by deployment {used_by}, "
+                    f"which this project no longer keeps (the last {MAX_DEPLOYMENTS_KEPT}): "
+                    "a new request needs a new key",
+                    "Conflict",
+                )
             return
         if s.compose is None:
             raise _refuse("the project has no Compose file yet: PUT it first", "Invalid")
