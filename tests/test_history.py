@@ -145,6 +145,28 @@ async def test_what_a_failed_deployment_left_stays_until_a_later_one_completes(
     assert {c.name for c in labelled(docker_client, project, revision="2")} == green
 
 
+async def test_a_rollback_whose_surge_cannot_roll_its_revision_rolls_with_the_defaults(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """A rollback rolls with its deployment's max_surge and max_unavailable, which may resolve
+    to 0 and 0 for the revision it brings back (here 0 and 50% of 1 replica): it was accepted,
+    then failed at once."""
+    assert await ship(service, project, "moorage-demo:v1", "v1") == "completed"
+    await service.apply_project(TENANT, project, compose("moorage-demo:v2", None, web_replicas=2))
+    two = await service.deploy(
+        TENANT, USER, project,
+        DeployRequest(
+            strategy=Strategy.ROLLING_UPDATE, version="v2", max_surge=0, max_unavailable="50%"
+        ),
+    )  # fmt: skip
+    assert (await wait_terminal(service, two.id)).deployment.status == DeploymentStatus.COMPLETED
+    rb = await service.rollback(TENANT, USER, two.id)
+    state = await wait_terminal(service, rb.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert (state.deployment.config.max_surge, state.deployment.config.max_unavailable) == (1, 0)
+    assert serving_version(docker_client, project, "web") == {"v1"}
+
+
 async def test_same_idempotency_key_gives_the_same_deployment(
     service: DeploymentService, project: str
 ) -> None:

@@ -70,6 +70,16 @@ STRATEGY_WORKFLOWS: dict[Strategy, str] = {
 _ = (RecreateWorkflow, RollingUpdateWorkflow)  # imported so the sandbox validates them alongside
 
 
+def _surge_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
+    """Why ``config``'s max_surge and max_unavailable cannot roll ``spec`` (None: they can)."""
+    for service in spec.services:
+        try:
+            resolve_surge(config.max_surge, config.max_unavailable, service.replicas)
+        except SurgeError as exc:
+            return f"service {service.name!r}: {exc}"
+    return None
+
+
 def _refuse(message: str, kind: str) -> ApplicationError:
     """A refusal the API maps to a status: ``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422."""
     return ApplicationError(message, type=kind, non_retryable=True)
@@ -258,13 +268,9 @@ class ProjectWorkflow:
                 "Invalid",
             )
         if inp.request.strategy == Strategy.ROLLING_UPDATE:
-            for service in spec.services:
-                try:
-                    resolve_surge(
-                        inp.request.max_surge, inp.request.max_unavailable, service.replicas
-                    )
-                except SurgeError as exc:
-                    raise _refuse(f"service {service.name!r}: {exc}", "Invalid") from exc
+            why = _surge_refusal(inp.request, spec)
+            if why is not None:
+                raise _refuse(why, "Invalid")
         self._refuse_if_active()
 
     @workflow.update(name="rollback")
@@ -284,6 +290,22 @@ class ProjectWorkflow:
             else Strategy.ROLLING_UPDATE
         )
         config = last.deployment.config.model_copy(update={"strategy": strategy})
+        if (
+            strategy == Strategy.ROLLING_UPDATE
+            and _surge_refusal(
+                config, parse_compose(target.compose, policy=UNRESTRICTED, stored=True)
+            )
+            and workflow.patched("rollback-surge-fits")
+        ):
+            # The surge the deployment asked for cannot roll this revision (other replica
+            # counts; or a blue-green's or canary's, never checked): the defaults can. Such a
+            # rollback used to be accepted, then fail at once.
+            config = config.model_copy(
+                update={
+                    "max_surge": DeploymentConfig.model_fields["max_surge"].default,
+                    "max_unavailable": DeploymentConfig.model_fields["max_unavailable"].default,
+                }
+            )
         dep = self._register(
             revision=self.state.next_revision,
             version=target.version,
