@@ -322,11 +322,13 @@ def dev(
         Path | None,
         typer.Option(help="Temporal database, logs and dev API key (default: MOORAGE_DATA_DIR)."),
     ] = None,
-    api_port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8000,
+    api_port: Annotated[int, typer.Option(help="Port of the HTTP API.", min=1, max=65535)] = 8000,
     temporal_port: Annotated[
-        int, typer.Option(help="gRPC port of the Temporal dev server.")
+        int, typer.Option(help="gRPC port of the Temporal dev server.", min=1, max=65535)
     ] = 7233,
-    ui_port: Annotated[int, typer.Option(help="Port of the Temporal Web UI.")] = 8233,
+    ui_port: Annotated[
+        int, typer.Option(help="Port of the Temporal Web UI.", min=1, max=65535)
+    ] = 8233,
 ) -> None:
     """Run the local stack in the foreground: Temporal dev server, worker and API. Ctrl-C stops it.
 
@@ -336,6 +338,11 @@ def dev(
     """  # noqa: D301 - the form feed ends the --help text (click convention)
     from moorage.dev import DevStack
 
+    ports = {"--api-port": api_port, "--temporal-port": temporal_port, "--ui-port": ui_port}
+    for flag, port in ports.items():
+        same = [other for other, p in ports.items() if p == port and other != flag]
+        if same:
+            raise typer.BadParameter(f"{port} is {same[0]}'s too", param_hint=flag)
     stack = DevStack(
         data_dir=data_dir or Settings().data_dir,
         api_port=api_port,

@@ -100,6 +100,10 @@ def nowhere() -> dict[str, str]:
         (["deploy"], ["name"]),
         (["status", "x.1", "--json", "extra"], ["extra"]),
         (["--tenant", "Not-Valid", "status", "x.1"], ["tenant", "Not-Valid"]),
+        # bind() raised OverflowError: exit 1, no flag named.
+        (["dev", "--temporal-port", "70000"], ["--temporal-port", "65535"]),
+        (["dev", "--api-port", "-1"], ["--api-port", "1"]),
+        (["dev", "--ui-port", "7233"], ["--ui-port", "--temporal-port"]),
     ],
 )
 async def test_bad_options_are_one_line_and_exit_2(
