@@ -8,6 +8,7 @@ import pytest
 
 from moorage.compose import (
     MAX_COMPOSE_BYTES,
+    MAX_EXPANDED_BYTES,
     MAX_INTERPOLATED_BYTES,
     MAX_REPLICAS,
     MAX_SERVICES,
@@ -2377,3 +2378,28 @@ def test_a_stored_revision_passes_checks_added_since_it_was_deployed() -> None:
             "services:\n  web:\n    image: a\n    stop_grace_period: " + "9" * 400 + "s\n",
             stored=True,
         )
+
+
+def test_a_project_that_aliases_expand_past_the_limit_is_refused_naming_the_service() -> None:
+    """A 256 KiB file whose command repeats a 100 KB string by alias 20 times was accepted,
+    and made a 2 MB (with 54,000 aliases: 5 GB) workflow input at the deployment's start."""
+    anchor = "x-s: &s " + "v" * 100_000 + "\n"
+    ok = anchor + "services:\n  web:\n    image: x\n    command: [*s, *s, *s, *s, *s]\n"
+    assert len(parse_compose(ok).service("web").command) == 5
+    err = refused_text(
+        anchor + "services:\n  web:\n    image: x\n    command: [" + ", ".join(["*s"] * 20) + "]\n"
+    )
+    assert (err.service, err.key) == ("web", None)
+    assert f"larger than {MAX_EXPANDED_BYTES} bytes once its YAML aliases are expanded" in str(err)
+    # Counted over the whole project: two services each under the limit, together over it.
+    half = "[" + ", ".join(["*s"] * 6) + "]"
+    two = anchor + f"services:\n  a:\n    image: x\n    command: {half}\n"
+    err = refused_text(two + f"  b:\n    image: x\n    command: {half}\n")
+    assert err.service == "b"
+    # And the top-level volumes.
+    vols = anchor + "services:\n  web:\n    image: x\nvolumes:\n  data:\n    labels:\n"
+    err = refused_text(vols + "".join(f"      l{i}: *s\n" for i in range(11)))
+    assert (err.service, err.key) == (None, "volumes")
+    # A stored revision passes (the check came after texts were stored).
+    stored = anchor + "services:\n  web:\n    image: x\n    command: [" + ", ".join(["*s"] * 11)
+    assert len(parse_compose(stored + "]\n", stored=True).service("web").command) == 11

@@ -31,6 +31,7 @@ from __future__ import annotations
 from moorage.compose.errors import (
     MAX_COMPOSE_BYTES,
     MAX_CPUS,
+    MAX_EXPANDED_BYTES,
     MAX_INTERPOLATED_BYTES,
     MAX_INTERPOLATED_VALUES,
     MAX_MEMORY_BYTES,
@@ -75,6 +76,7 @@ __all__ = [
     "LONG_VOLUME_KEYS",
     "MAX_COMPOSE_BYTES",
     "MAX_CPUS",
+    "MAX_EXPANDED_BYTES",
     "MAX_INTERPOLATED_BYTES",
     "MAX_INTERPOLATED_VALUES",
     "MAX_MEMORY_BYTES",

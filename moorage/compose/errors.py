@@ -26,6 +26,10 @@ MAX_INTERPOLATED_BYTES = 1024 * 1024
 strings YAML aliases repeat, must not blow memory up)."""
 MAX_INTERPOLATED_VALUES = 250_000
 """Most values interpolation visits (YAML aliases can repeat a node exponentially often)."""
+MAX_EXPANDED_BYTES = 1024 * 1024
+"""Largest size of the document once every YAML alias repeats what it names (about its JSON
+size): a project's spec travels in its deployments' workflow inputs, which Temporal caps at
+2 MiB, with the serving revision's beside it."""
 MAX_SERVICES = 50
 """Most services one project may hold."""
 MIN_MEMORY_BYTES = 6 * 1024 * 1024

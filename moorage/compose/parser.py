@@ -12,7 +12,14 @@ from typing import Any, NoReturn, cast
 
 import yaml
 
-from moorage.compose.errors import _STORED, MAX_COMPOSE_BYTES, MAX_SERVICES, ComposeError, strict
+from moorage.compose.errors import (
+    _STORED,
+    MAX_COMPOSE_BYTES,
+    MAX_EXPANDED_BYTES,
+    MAX_SERVICES,
+    ComposeError,
+    strict,
+)
 from moorage.compose.interpolation import _escape_dollars, _interpolate
 from moorage.compose.models import ProjectSpec, ServiceSpec, VolumeSpec
 from moorage.compose.policy import ComposePolicy
@@ -322,6 +329,43 @@ def parse_compose(
         _STORED.reset(token)
 
 
+def _refuse_expanded(parts: Mapping[str | None, object]) -> None:
+    """Refuse a project larger than :data:`MAX_EXPANDED_BYTES` with its aliases expanded.
+
+    An alias costs a few bytes and repeats what it names: 50,000 of them naming a 100 KB string
+    in a 256 KiB file made a 5 GB command, accepted, until the deployment's workflow input was
+    encoded. Counted without building it: each node costs its length (strings) or its number of
+    items (so a container is never walked for free), and the count stops at the limit.
+    ``parts``: service name (None: the top-level volumes) → its body as loaded.
+
+    Raises:
+        ComposeError: over the limit, naming the service where it was passed.
+    """
+    budget = MAX_EXPANDED_BYTES
+    for service, body in parts.items():
+        stack = [body]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                budget -= 2 + 2 * len(node)
+                if budget >= 0:
+                    stack.extend(node.keys())
+                    stack.extend(node.values())
+            elif isinstance(node, list):
+                budget -= 2 + len(node)
+                if budget >= 0:
+                    stack.extend(node)
+            else:
+                budget -= len(node) if isinstance(node, str) else 8
+            if budget < 0:
+                raise ComposeError(
+                    f"the project is larger than {MAX_EXPANDED_BYTES} bytes once its YAML "
+                    "aliases are expanded (each alias repeats what it names)",
+                    service=service,
+                    key=None if service else "volumes",
+                )
+
+
 def _parse(
     text: str, variables: Mapping[str, str] | None, policy: ComposePolicy | None
 ) -> ProjectSpec:
@@ -346,6 +390,8 @@ def _parse(
         str(name): _parse_service(str(name), body, policy=policy, volumes=volumes)
         for name, body in services_raw.items()
     }
+    if strict():  # a check added after texts were stored (see ``strict``)
+        _refuse_expanded({None: raw.get("volumes"), **{str(k): v for k, v in services_raw.items()}})
     _refuse_shared_route_ports(services)
     declared = {v.name: v for v in volume_specs}
     for spec in services.values():
