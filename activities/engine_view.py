@@ -17,6 +17,21 @@ from moorage.models import ServiceInstance
 
 LOG_TAIL_LINES = 20
 """Lines of a failed container's log carried into the failure and its event."""
+LOG_TAIL_CHARS = 4096
+"""At most this much of them: the event stays in the project's state, which travels whole
+through every continue-as-new (Temporal caps a payload at 2 MiB), and one line may be megabytes
+(a minified JSON log)."""
+
+
+def bounded_tail(text: str, limit: int = LOG_TAIL_CHARS) -> str:
+    """The end of ``text``, at most ``limit`` characters, cut at a line start where it can be."""
+    if len(text) <= limit:
+        return text
+    tail = text[-(limit - 1) :]
+    newline = tail.find("\n")
+    if 0 <= newline < len(tail) - 1:
+        tail = tail[newline + 1 :]
+    return "…" + tail
 
 
 def container_name(info: dict[str, Any]) -> str:
@@ -94,4 +109,5 @@ class EngineView:
             raw = self.api.logs(container_id, tail=LOG_TAIL_LINES)
         except docker.errors.APIError:
             return ""
-        return raw.decode(errors="replace").strip() if isinstance(raw, bytes) else str(raw)
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        return bounded_tail(text.strip())

@@ -167,6 +167,21 @@ async def test_a_rollback_whose_surge_cannot_roll_its_revision_rolls_with_the_de
     assert serving_version(docker_client, project, "web") == {"v1"}
 
 
+async def test_large_revisions_are_retained_within_a_byte_budget(
+    service: DeploymentService, project: str
+) -> None:
+    """Ten revisions of a 256 KiB file made the project's state larger than a Temporal payload
+    may be: its next continue-as-new, or answer, failed the workflow task, for ever."""
+    padding = "#" + "x" * 200 + "\n"
+    big = web("moorage-demo:v1") + padding * (200 * 1024 // len(padding))
+    for n in range(3):
+        await service.apply_project(TENANT, project, big + f"# {n}\n")
+        dep = await service.deploy(TENANT, USER, project, DeployRequest(version=f"v{n}"))
+        assert (await wait_terminal(service, dep.id)).deployment.status == "completed"
+    proj = await service.get_project(TENANT, project)
+    assert [r.version for r in proj.revisions] == ["v1", "v2"]  # 3 x 200 KiB > 512 KiB
+
+
 async def test_same_idempotency_key_gives_the_same_deployment(
     service: DeploymentService, project: str
 ) -> None:

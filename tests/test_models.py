@@ -20,6 +20,7 @@ from moorage.models import (
     DeploymentStatus,
     DeployRequest,
     EventType,
+    RevisionInfo,
     ServiceInstance,
     Strategy,
     is_zero,
@@ -495,3 +496,41 @@ def test_a_project_or_tenant_id_must_be_the_whole_text(name: str) -> None:
     part of a container's name."""
     assert NAME_RE.match(name) is None
     assert NAME_RE.match("shop-2") is not None
+
+
+def _revision(n: int, size: int) -> RevisionInfo:
+    return RevisionInfo(
+        revision=n, version=f"v{n}", deployment_id=f"shop.{n}",
+        status=DeploymentStatus.COMPLETED, compose="#" * size,
+        created_at=datetime(2025, 1, 2, tzinfo=UTC),
+    )  # fmt: skip
+
+
+def test_retained_revisions_fit_a_byte_budget_newest_first_and_keep_the_newest() -> None:
+    """Ten revisions of a 256 KiB file made the project's state and its answers larger than a
+    Temporal payload may be (2 MiB): every workflow task of the project failed."""
+    from workflows.project import RETAINED_COMPOSE_BYTES, retain_within, retained_bytes
+
+    small = [_revision(n, 5_000) for n in range(1, 11)]
+    assert retain_within(small, RETAINED_COMPOSE_BYTES) == small
+    big = [_revision(n, 256 * 1024) for n in range(1, 11)]
+    kept = retain_within(big, RETAINED_COMPOSE_BYTES)
+    assert [r.revision for r in kept] == [9, 10]
+    assert retained_bytes(kept) <= RETAINED_COMPOSE_BYTES
+    huge = [_revision(1, 10), _revision(2, RETAINED_COMPOSE_BYTES + 1)]
+    assert [r.revision for r in retain_within(huge, RETAINED_COMPOSE_BYTES)] == [2]
+
+
+def test_a_failed_container_s_log_tail_is_bounded_and_cut_at_a_line() -> None:
+    """Twenty lines could be megabytes (a minified JSON log): the event keeps them in the
+    project's state."""
+    from activities.engine_view import LOG_TAIL_CHARS, bounded_tail
+
+    assert bounded_tail("a\nb") == "a\nb"
+    one_line = "x" * 5_000_000
+    assert bounded_tail(one_line) == "\u2026" + "x" * (LOG_TAIL_CHARS - 1)
+    lines = "\n".join(f"line {i} " + "y" * 300 for i in range(20))
+    tail = bounded_tail(lines)
+    assert len(tail) <= LOG_TAIL_CHARS
+    assert tail.startswith("\u2026line ")
+    assert tail.endswith("line 19 " + "y" * 300)

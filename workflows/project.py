@@ -70,6 +70,30 @@ STRATEGY_WORKFLOWS: dict[Strategy, str] = {
 _ = (RecreateWorkflow, RollingUpdateWorkflow)  # imported so the sandbox validates them alongside
 
 
+RETAINED_COMPOSE_BYTES = 512 * 1024
+"""Most bytes of Compose text the retained revisions hold together. The project's state travels
+whole through every continue-as-new and its revisions in every answer about the project; Temporal
+caps a payload at 2 MiB, and ten revisions of a 256 KiB file passed it (the project's workflow
+then failed every task)."""
+
+
+def retained_bytes(revisions: list[RevisionInfo]) -> int:
+    """Bytes of Compose text the revisions hold."""
+    return sum(len(r.compose.encode()) for r in revisions)
+
+
+def retain_within(revisions: list[RevisionInfo], budget: int) -> list[RevisionInfo]:
+    """The newest revisions whose Compose texts fit ``budget`` together; always the newest."""
+    kept: list[RevisionInfo] = []
+    used = 0
+    for rev in reversed(revisions):
+        used += len(rev.compose.encode())
+        if kept and used > budget:
+            break
+        kept.append(rev)
+    return kept[::-1]
+
+
 def _surge_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
     """Why ``config``'s max_surge and max_unavailable cannot roll ``spec`` (None: they can)."""
     for service in spec.services:
@@ -614,6 +638,13 @@ class ProjectWorkflow:
             s.revisions.append(info)
             while len(s.revisions) > s.retained_revisions:
                 s.revisions.pop(0)
+            # Runs started before this change kept them whatever their size.
+            if (
+                len(s.revisions) > 1
+                and retained_bytes(s.revisions) > RETAINED_COMPOSE_BYTES
+                and workflow.patched("retained-revisions-bytes")
+            ):
+                s.revisions = retain_within(s.revisions, RETAINED_COMPOSE_BYTES)
         s.active_id = None
         s.active_compose = None
         # Also tells the UI how the project's last deployment ended. It matters for correctness
