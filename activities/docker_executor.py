@@ -24,7 +24,7 @@ import requests.exceptions
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import HEARTBEAT_EVERY_S, classified, heartbeat
+from activities import HEARTBEAT_EVERY_S, classified, heartbeat, paced_heartbeat
 from activities.container_config import (
     ResourceDefaults,
     ensure_volumes,
@@ -61,6 +61,30 @@ T = TypeVar("T")
 
 KILL_WAIT_S = 30.0
 """How long a stop waits for a container to exit after SIGKILL before it fails (retryable)."""
+
+
+PULL_REFUSED = (
+    "not found",
+    "manifest unknown",
+    "pull access denied",
+    "repository does not exist",
+    "unauthorized",
+    "denied",
+    "invalid reference format",
+)
+"""What a pull failure says when the registry does not have the image, or will not give it."""
+
+
+def _pull_failure(image: str, message: str, status: int | None = None) -> ApplicationError:
+    """A failed pull: for good if the image is not to be had, else retryable."""
+    lowered = message.lower()
+    if status == 404 or any(words in lowered for words in PULL_REFUSED):
+        return ApplicationError(
+            f"image {image!r} is not on the engine and could not be pulled: {message}",
+            type="ImageNotFound",
+            non_retryable=True,
+        )
+    return ApplicationError(f"image {image!r}: pull failed: {message}", type="ImagePullFailed")
 
 
 class DockerExecutor(HealthWaits):
@@ -110,18 +134,36 @@ class DockerExecutor(HealthWaits):
             time.sleep(0.1)  # the other removal runs; the next try ends with NotFound or redoes it
 
     def _ensure_image(self, image: str) -> None:
+        """Pull ``image`` unless the engine has it; the activity heartbeats while it downloads.
+
+        The engine reports a pull as a stream of progress events, and a failure met mid-way as
+        one of them (the HTTP status was 200 by then). An image the registry does not have, or
+        will not give, fails for good (``ImageNotFound``); anything else (a registry answering
+        500, a timeout, a connection cut) is retried (``ImagePullFailed``).
+
+        Raises:
+            ApplicationError: ``ImageNotFound`` (non-retryable) or ``ImagePullFailed``.
+        """
         try:
             self.api.inspect_image(image)
             return
         except docker.errors.ImageNotFound:
             pass
+        beat = paced_heartbeat()
+        heartbeat(f"pulling {image}")  # the wait for the first event may be long too
         try:
-            self.api.pull(image)
+            for event in self.api.pull(image, stream=True, decode=True):
+                if "error" in event:
+                    detail = event.get("errorDetail") or {}
+                    raise _pull_failure(image, str(detail.get("message") or event["error"]))
+                beat(f"pulling {image}: {event.get('status', '')}")
         except docker.errors.APIError as exc:
+            raise _pull_failure(image, str(exc.explanation or exc), exc.status_code) from exc
+        try:
+            self.api.inspect_image(image)
+        except docker.errors.ImageNotFound as exc:  # said done, is not there: try again
             raise ApplicationError(
-                f"image {image!r} is not on the engine and could not be pulled: {exc.explanation}",
-                type="ImageNotFound",
-                non_retryable=True,
+                f"image {image!r}: pulled, yet not on the engine", type="ImagePullFailed"
             ) from exc
 
     def _parallel(self, fn: Callable[[T], None], items: list[T]) -> None:
