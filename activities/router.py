@@ -257,6 +257,9 @@ class TrafficRouter:
     def ensure_route(self, inp: RouteInput) -> RouteInfo:
         """Create the route of a service if it does not exist; returns its URL.
 
+        A route whose Compose ``published`` port changed moves to the new one (``moved_from``
+        says from where); one without a published port keeps the port it has.
+
         Raises:
             ApplicationError: ``RouterPortTaken`` when no listen port is free,
                 ``RouterPortReserved`` when the published port is one replicas get, or
@@ -265,6 +268,24 @@ class TrafficRouter:
         key = route_key(inp.tenant, inp.project, inp.service)
         state = self.load()
         route = state.routes.get(key)
+        moved_from = None
+        if route is not None and inp.published_port not in (None, route.port):
+            # The Compose file names another published port: the route moves there (a reload:
+            # the old port's connections finish on the old process; new ones go to the new port).
+            self._refuse_reserved(inp)
+            moved: list[int] = []
+
+            def move(s: RouterState) -> dict[str, list[str]]:
+                found = s.routes.get(key)
+                if found is not None and found.port != inp.published_port:
+                    port = self._free_port(s, key, inp.published_port)
+                    moved.append(found.port)
+                    found.port = port
+                return {}
+
+            state = self._change(move)
+            moved_from = moved[0] if moved else None
+            route = state.routes.get(key)
         if route is None:
             self._refuse_reserved(inp)
 
@@ -291,7 +312,10 @@ class TrafficRouter:
                         state.routes[key].container_port = inp.container_port
                         self._save(state)
         return RouteInfo(
-            service=inp.service, url=f"http://{self.backend.bind}:{route.port}/", port=route.port
+            service=inp.service,
+            url=f"http://{self.backend.bind}:{route.port}/",
+            port=route.port,
+            moved_from=moved_from,
         )
 
     def _addresses(

@@ -247,6 +247,8 @@ class RouteInfo(BaseModel):
     service: str
     url: str
     port: int
+    moved_from: int | None = None
+    """The listen port the route had before this call moved it (a changed ``published`` port)."""
 
 
 class DeploymentEvent(BaseModel):

@@ -202,3 +202,31 @@ async def test_cancel_mid_deployment_restores_the_previous_revision(
     assert {c.name for c in labelled(docker_client, project)} == v1_containers
     assert serving_version(docker_client, project, "web") == {"v1"}
     assert (await service.get_project(TENANT, project)).current_version == "v1"
+
+
+async def test_a_route_moved_to_a_new_published_port_moves_back_when_the_deployment_is_undone(
+    service: DeploymentService, project: str
+) -> None:
+    """The old revision must serve where its clients know it: its published port."""
+    from activities.replica_ports import bindable
+    from tests.helpers import get_version, worker_ports
+
+    old, new = [p for p in worker_ports(16700, 16799) if bindable(p, "tcp")][:2]
+
+    def web(image: str, port: int) -> str:
+        return f"services:\n  web:\n    image: {image}\n    ports: ['{port}:80']\n"
+
+    await service.apply_project(TENANT, project, web("moorage-demo:v1", old))
+    dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
+    assert (await service.get_project(TENANT, project)).routes["web"].endswith(f":{old}/")
+
+    await service.apply_project(TENANT, project, web("moorage-demo:unhealthy", new))
+    bad = await service.deploy(TENANT, USER, project, DeployRequest(health_check_retries=2))
+    state = await wait_terminal(service, bad.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK
+    steps = [e.message for e in state.events if e.event_type == EventType.ROLLBACK_STEP]
+    assert f"route web back on port {old}" in steps
+    url = (await service.get_project(TENANT, project)).routes["web"]
+    assert url == f"http://127.0.0.1:{old}/"
+    assert get_version(url) == "v1"

@@ -6,6 +6,7 @@ Real HAProxy and nginx in front of real demo containers.
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,5 +162,39 @@ def test_a_published_port_among_the_replicas_ports_gets_no_route(
         port = next(p for p in worker_ports(16500, 16599) if bindable(p, "tcp"))
         info_ok = router.ensure_route(inp.model_copy(update={"published_port": port}))
         assert info_ok.port == port
+    finally:
+        router.stop()
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_route_moves_to_a_changed_published_port(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
+) -> None:
+    """A new revision's Compose file naming another ``published`` port left the route where it
+    was (and a second service asking for the old port then found it taken)."""
+    first, second = [p for p in worker_ports(16600, 16699) if bindable(p, "tcp")][:2]
+    [name] = [i.container_name for i in start_web(docker_client, project, WEB, slots=[0])]
+    router = make_router(kind, tmp_path, docker_client)
+    try:
+        inp = RouteInput(
+            tenant=TENANT, project=project, service="web", container_port="80/tcp",
+            published_port=first,
+        )  # fmt: skip
+        assert router.ensure_route(inp).port == first
+        router.route_add(servers(project, name))
+        assert get_all(f"http://127.0.0.1:{first}/", 3) == [200] * 3
+
+        moved = router.ensure_route(inp.model_copy(update={"published_port": second}))
+        assert (moved.port, moved.moved_from) == (second, first)
+        assert moved.url == f"http://127.0.0.1:{second}/"
+        assert get_all(moved.url, 3) == [200] * 3  # the servers came along
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):
+            urllib.request.urlopen(f"http://127.0.0.1:{first}/", timeout=5)
+        # No published port: the route keeps the one it has.
+        kept = router.ensure_route(inp.model_copy(update={"published_port": None}))
+        assert (kept.port, kept.moved_from) == (second, None)
+        # The old port is free for another service.
+        api = inp.model_copy(update={"service": "api", "published_port": first})
+        assert router.ensure_route(api).port == first
     finally:
         router.stop()

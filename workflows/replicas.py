@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from datetime import timedelta
 
 from temporalio import workflow
@@ -267,24 +268,37 @@ def route_servers(
     )
 
 
-async def ensure_routes(t: Tracker, target: ProjectSpec) -> None:
-    """Make sure every routed service (one with a TCP port) has its route; record the URLs."""
+def _record_route(t: Tracker, service: str, info: RouteInfo) -> None:
+    t.state.routes[service] = info.url
+
+
+async def ensure_routes(t: Tracker, target: ProjectSpec, undo: steps.CompensationStack) -> None:
+    """Make sure every routed service (one with a TCP port) has its route; record the URLs.
+
+    A route moved to another published port goes back to its old one if the deployment is
+    undone (the old revision serves where its clients know it).
+    """
     dep = t.deployment
     for spec in target.services:
         port = spec.route_port()
         if port is None:
             continue
-        info: RouteInfo = await steps.call(
-            "ensure_route",
-            RouteInput(
-                tenant=dep.tenant_id,
-                project=dep.project_id,
-                service=spec.name,
-                container_port=port.key,
-                published_port=port.published,
-            ),
-            result_type=RouteInfo,
+        inp = RouteInput(
+            tenant=dep.tenant_id,
+            project=dep.project_id,
+            service=spec.name,
+            container_port=port.key,
+            published_port=port.published,
         )
+        info: RouteInfo = await steps.call("ensure_route", inp, result_type=RouteInfo)
+        if info.moved_from is not None:
+            undo.push(
+                f"route {spec.name} back on port {info.moved_from}",
+                "ensure_route",
+                inp.model_copy(update={"published_port": info.moved_from}),
+                result_type=RouteInfo,
+                then=functools.partial(_record_route, t, spec.name),
+            )
         t.state.routes[spec.name] = info.url
 
 

@@ -71,11 +71,12 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         gate_all = workflow.patched("rolling-gate-all-new")
         if switch:
             await steps.side_by_side(
-                steps.call("ensure_network", network), replicas.ensure_routes(t, inp.target)
+                steps.call("ensure_network", network),
+                replicas.ensure_routes(t, inp.target, self.undo),
             )
         else:
             await steps.call("ensure_network", network)
-            await replicas.ensure_routes(t, inp.target)
+            await replicas.ensure_routes(t, inp.target, self.undo)
         t.progress(5, "routes ready")
 
         for spec in inp.target.services:

@@ -9,7 +9,7 @@ activities to a per-host queue (``moorage-host-<name>``) is a change in one plac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -251,6 +251,9 @@ class Compensation:
     activity: str
     arg: BaseModel
     timeout: timedelta = timedelta(minutes=5)
+    result_type: type | None = None
+    then: Callable[[Any], None] | None = None
+    """Called with the activity's result (decoded as ``result_type``) once it has run."""
 
 
 class CompensationStack:
@@ -260,11 +263,20 @@ class CompensationStack:
         self.steps: list[Compensation] = []
 
     def push(
-        self, description: str, activity_name: str, arg: BaseModel, timeout: timedelta | None = None
+        self,
+        description: str,
+        activity_name: str,
+        arg: BaseModel,
+        timeout: timedelta | None = None,
+        *,
+        result_type: type | None = None,
+        then: Callable[[Any], None] | None = None,
     ) -> None:
-        """Record how to undo the side effect about to happen."""
+        """Record how to undo the side effect about to happen (``then``: see Compensation)."""
         self.steps.append(
-            Compensation(description, activity_name, arg, timeout or timedelta(minutes=5))
+            Compensation(
+                description, activity_name, arg, timeout or timedelta(minutes=5), result_type, then
+            )
         )
 
     def push_wait_healthy(self, description: str, inp: WaitHealthyInput) -> None:
@@ -283,11 +295,14 @@ class CompensationStack:
         while self.steps:
             step = self.steps.pop()
             tracker.event(EventType.ROLLBACK_STEP, step.description)
-            await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 step.activity,
                 step.arg,
                 task_queue=activity_queue(step.activity),
                 start_to_close_timeout=step.timeout,
                 heartbeat_timeout=HEARTBEAT,
                 retry_policy=UNDO_RETRY,
+                result_type=step.result_type,
             )
+            if step.then is not None:
+                step.then(result)
