@@ -528,7 +528,7 @@ class HAProxyBackend(ProxyBackend):
             result[name] = weight
         return result
 
-    def _refuse_taken_ports(self, new: RouterState) -> None:
+    def _refuse_taken_ports(self, old: RouterState, new: RouterState) -> None:
         """Refuse, before the reload, a route's port another process listens on.
 
         A reload HAProxy cannot bind pauses every frontend it runs while it tries (~2 s of
@@ -546,7 +546,10 @@ class HAProxyBackend(ProxyBackend):
                 continue
             if served is None:
                 served = self.served_backends()
-            if route.backend not in served:
+            # HAProxy's own: the port of a route it serves, here given to another of the
+            # project's services (a swap or a hand-over of published ports).
+            ours = any(r.port == route.port and r.backend in served for r in old.routes.values())
+            if route.backend not in served and not ours:
                 raise ListenPortTaken(
                     f"port {route.port} on {self.bind} is taken by another process "
                     "(HAProxy was not reloaded)"
@@ -576,7 +579,7 @@ class HAProxyBackend(ProxyBackend):
         old_ports = {k: r.port for k, r in old.routes.items()}
         new_ports = {k: r.port for k, r in new.routes.items()}
         if old_ports != new_ports:
-            self._refuse_taken_ports(new)
+            self._refuse_taken_ports(old, new)
             previous = self.config.read_text() if self.config.exists() else None
             self._write(new)
             try:

@@ -205,7 +205,31 @@ class TrafficRouter:
                 non_retryable=True,
             ) from exc
 
-    def _free_port(self, state: RouterState, key: str, wanted: int | None) -> int:
+    def _take_from_sibling(self, state: RouterState, key: str, wanted: int | None) -> int | None:
+        """Move another service of the project off ``wanted``; the port it gave up, or None.
+
+        It goes to a port of the range, so that route ``key`` can take ``wanted``. A project's
+        services may swap or hand over published ports in one revision: the other service's own
+        step moves it on to its new port afterwards (its route is going, or moving: one Compose
+        file cannot publish a port twice).
+        """
+        project = key.rsplit("/", 1)[0]
+        for other_key, other in state.routes.items():
+            if other_key != key and other.port == wanted:
+                if other_key.rsplit("/", 1)[0] != project:
+                    return None  # another project's: taken
+                other.port = self._free_port(state, other_key, None)
+                return wanted
+        return None
+
+    def _free_port(
+        self, state: RouterState, key: str, wanted: int | None, released: int | None = None
+    ) -> int:
+        """A listen port for route ``key``: ``wanted``, else one of the range.
+
+        ``released``: a port the proxy listens on for another route, given up in this change
+        (see :meth:`_take_from_sibling`): free once the change is applied.
+        """
         taken = {r.port for r in state.routes.values()}
         # A killed attempt may have got the route into the proxy already: its port is ours.
         ours = self.backend.configured_port(backend_name(key))
@@ -222,7 +246,7 @@ class TrafficRouter:
             [wanted] if wanted else list(range(self.port_range[0], self.port_range[1] + 1))
         )
         for port in candidates:
-            if port not in taken and self._port_free(port):
+            if port not in taken and (port == released or self._port_free(port)):
                 return port
         what = (
             f"port {wanted}" if wanted else f"a port in {self.port_range[0]}-{self.port_range[1]}"
@@ -278,7 +302,8 @@ class TrafficRouter:
             def move(s: RouterState) -> dict[str, list[str]]:
                 found = s.routes.get(key)
                 if found is not None and found.port != inp.published_port:
-                    port = self._free_port(s, key, inp.published_port)
+                    released = self._take_from_sibling(s, key, inp.published_port)
+                    port = self._free_port(s, key, inp.published_port, released)
                     moved.append(found.port)
                     found.port = port
                 return {}
@@ -291,7 +316,8 @@ class TrafficRouter:
 
             def mutate(s: RouterState) -> dict[str, list[str]]:
                 if key not in s.routes:  # not made meanwhile by another worker
-                    port = self._free_port(s, key, inp.published_port)
+                    released = self._take_from_sibling(s, key, inp.published_port)
+                    port = self._free_port(s, key, inp.published_port, released)
                     s.routes[key] = RouteState(
                         key=key, port=port, container_port=inp.container_port
                     )

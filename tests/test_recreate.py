@@ -7,6 +7,7 @@ import asyncio
 import docker
 import pytest
 
+from activities.router import TrafficRouter
 from moorage.models import DeploymentStatus, DeployRequest, EventType
 from moorage.service import DeploymentService
 from tests.helpers import TENANT, USER, compose, labelled, serving_version, wait_terminal
@@ -220,6 +221,40 @@ async def test_a_route_moved_to_a_new_published_port_moves_back_when_the_deploym
     dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
     assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
     assert (await service.get_project(TENANT, project)).routes["web"].endswith(f":{old}/")
+
+    await service.apply_project(TENANT, project, web("moorage-demo:unhealthy", new))
+    bad = await service.deploy(TENANT, USER, project, DeployRequest(health_check_retries=2))
+    state = await wait_terminal(service, bad.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK
+    steps = [e.message for e in state.events if e.event_type == EventType.ROLLBACK_STEP]
+    assert f"route web back on port {old}" in steps
+    url = (await service.get_project(TENANT, project)).routes["web"]
+    assert url == f"http://127.0.0.1:{old}/"
+    assert get_version(url) == "v1"
+
+
+async def test_a_route_a_retried_step_found_moved_still_moves_back_when_undone(
+    service: DeploymentService, router: TrafficRouter, project: str
+) -> None:
+    """Only the attempt that moved a route said from where: a retry (the first attempt killed
+    after the move) found it moved, and the undo left the old revision on the new port."""
+    from activities.inputs import RouteInput
+    from activities.replica_ports import bindable
+    from tests.helpers import get_version, worker_ports
+
+    old, new = [p for p in worker_ports(16700, 16799) if bindable(p, "tcp")][2:4]
+
+    def web(image: str, port: int) -> str:
+        return f"services:\n  web:\n    image: {image}\n    ports: ['{port}:80']\n"
+
+    await service.apply_project(TENANT, project, web("moorage-demo:v1", old))
+    dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
+    # What the killed first attempt did: the route is on the new port already.
+    moved = RouteInput(
+        tenant=TENANT, project=project, service="web", container_port="80/tcp", published_port=new
+    )
+    assert router.ensure_route(moved).moved_from == old
 
     await service.apply_project(TENANT, project, web("moorage-demo:unhealthy", new))
     bad = await service.deploy(TENANT, USER, project, DeployRequest(health_check_retries=2))

@@ -198,3 +198,48 @@ def test_a_route_moves_to_a_changed_published_port(
         assert router.ensure_route(api).port == first
     finally:
         router.stop()
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_project_s_services_swap_and_hand_over_published_ports(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
+) -> None:
+    """Routes move one service at a time: a port another service of the project still held
+    was taken (``RouterPortTaken``), so a swap failed at the first step, whatever the order."""
+    a, b, c = [p for p in worker_ports(16600, 16699) if bindable(p, "tcp")][2:5]
+    [name] = [i.container_name for i in start_web(docker_client, project, WEB, slots=[0])]
+    router = make_router(kind, tmp_path, docker_client)
+
+    def route(service: str, port: int) -> RouteInput:
+        return RouteInput(
+            tenant=TENANT, project=project, service=service, container_port="80/tcp",
+            published_port=port,
+        )  # fmt: skip
+
+    def serves(port: int) -> bool:
+        return get_all(f"http://127.0.0.1:{port}/", 1) == [200]
+
+    try:
+        router.ensure_route(route("web", a))
+        router.ensure_route(route("api", b))
+        for service in ("web", "api"):
+            router.route_add(servers(project, name).model_copy(update={"service": service}))
+        # Swap: api takes a (web goes to a port of the range meanwhile), then web takes b.
+        assert router.ensure_route(route("api", a)).port == a
+        interim = router.load().routes[f"{TENANT}/{project}/web"].port
+        assert interim not in (a, b)
+        assert [serves(a), serves(interim)] == [True, True]  # web kept its servers
+        assert router.ensure_route(route("web", b)).port == b
+        assert [serves(a), serves(b)] == [True, True]
+        # Hand-over to a new service: "db" takes b, web moves on to c.
+        assert router.ensure_route(route("db", b)).port == b
+        assert router.ensure_route(route("web", c)).port == c
+        assert serves(c)
+        # Another project's port is not taken from it.
+        other = route("web", c).model_copy(update={"project": f"{project}x", "service": "web"})
+        with pytest.raises(ApplicationError) as info:
+            router.ensure_route(other)
+        assert info.value.type == "RouterPortTaken"
+        assert router.load().routes[f"{TENANT}/{project}/web"].port == c
+    finally:
+        router.stop()

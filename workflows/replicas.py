@@ -272,11 +272,17 @@ def _record_route(t: Tracker, service: str, info: RouteInfo) -> None:
     t.state.routes[service] = info.url
 
 
-async def ensure_routes(t: Tracker, target: ProjectSpec, undo: steps.CompensationStack) -> None:
+async def ensure_routes(
+    t: Tracker,
+    target: ProjectSpec,
+    undo: steps.CompensationStack,
+    previous: ProjectSpec | None = None,
+) -> None:
     """Make sure every routed service (one with a TCP port) has its route; record the URLs.
 
     A route moved to another published port goes back to its old one if the deployment is
-    undone (the old revision serves where its clients know it).
+    undone (the old revision serves where its clients know it): the port the step moved it
+    from, or, if a retried step found it moved already, the one ``previous`` publishes.
     """
     dep = t.deployment
     for spec in target.services:
@@ -291,11 +297,21 @@ async def ensure_routes(t: Tracker, target: ProjectSpec, undo: steps.Compensatio
             published_port=port.published,
         )
         info: RouteInfo = await steps.call("ensure_route", inp, result_type=RouteInfo)
-        if info.moved_from is not None:
+        back = info.moved_from
+        old = previous.service(spec.name) if previous and spec.name in previous.names else None
+        before = old.route_port() if old else None
+        if (
+            back is None
+            and before is not None
+            and before.published not in (None, port.published)
+            and workflow.patched("route-port-undo")
+        ):
+            back = before.published
+        if back is not None:
             undo.push(
-                f"route {spec.name} back on port {info.moved_from}",
+                f"route {spec.name} back on port {back}",
                 "ensure_route",
-                inp.model_copy(update={"published_port": info.moved_from}),
+                inp.model_copy(update={"published_port": back}),
                 result_type=RouteInfo,
                 then=functools.partial(_record_route, t, spec.name),
             )
