@@ -12,6 +12,7 @@ from moorage.compose import (
     MAX_INTERPOLATED_BYTES,
     MAX_REPLICAS,
     MAX_SERVICES,
+    MAX_SPEC_BYTES,
     MIN_MEMORY_BYTES,
     UNRESTRICTED,
     ComposeError,
@@ -2403,3 +2404,17 @@ def test_a_project_that_aliases_expand_past_the_limit_is_refused_naming_the_serv
     # A stored revision passes (the check came after texts were stored).
     stored = anchor + "services:\n  web:\n    image: x\n    command: [" + ", ".join(["*s"] * 11)
     assert len(parse_compose(stored + "]\n", stored=True).service("web").command) == 11
+
+
+def test_a_project_larger_parsed_than_a_workflow_input_may_carry_is_refused() -> None:
+    """A small file can be large parsed: 20,000 ``tmpfs`` entries are 150 KB of YAML and 2.4 MB
+    of spec, more than a deployment's workflow input may carry (Temporal's cap is 2 MiB)."""
+    many = "[" + ",".join(f"/t{i}" for i in range(20_000)) + "]"
+    text = f"services:\n  db:\n    image: x\n  web:\n    image: x\n    tmpfs: {many}\n"
+    assert len(text.encode()) < MAX_COMPOSE_BYTES
+    err = refused_text(text)
+    assert err.service == "web"
+    assert f"over {MAX_SPEC_BYTES}" in str(err)
+    assert len(parse_compose(text, stored=True).service("web").mounts) == 20_000
+    few = "[" + ",".join(f"/t{i}" for i in range(2_000)) + "]"
+    parse_compose(f"services:\n  web:\n    image: x\n    tmpfs: {few}\n")

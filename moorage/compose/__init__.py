@@ -38,6 +38,7 @@ from moorage.compose.errors import (
     MAX_PIDS,
     MAX_REPLICAS,
     MAX_SERVICES,
+    MAX_SPEC_BYTES,
     MIN_MEMORY_BYTES,
     ComposeError,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "MAX_PIDS",
     "MAX_REPLICAS",
     "MAX_SERVICES",
+    "MAX_SPEC_BYTES",
     "MIN_MEMORY_BYTES",
     "POLICY_HINT",
     "PROBE_KEYS",

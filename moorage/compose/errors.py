@@ -27,9 +27,12 @@ strings YAML aliases repeat, must not blow memory up)."""
 MAX_INTERPOLATED_VALUES = 250_000
 """Most values interpolation visits (YAML aliases can repeat a node exponentially often)."""
 MAX_EXPANDED_BYTES = 1024 * 1024
-"""Largest size of the document once every YAML alias repeats what it names (about its JSON
-size): a project's spec travels in its deployments' workflow inputs, which Temporal caps at
-2 MiB, with the serving revision's beside it."""
+"""Largest size of a project's services and volumes once every YAML alias repeats what it names
+(strings by length, mappings and lists by item): bounds what parsing builds."""
+MAX_SPEC_BYTES = 768 * 1024
+"""Largest parsed project, as JSON. It travels in its deployments' workflow inputs, which
+Temporal caps at 2 MiB, with the serving revision's beside it; a small file can be larger
+parsed (20,000 ``tmpfs`` entries: 169 KB of YAML, 2.4 MB of spec)."""
 MAX_SERVICES = 50
 """Most services one project may hold."""
 MIN_MEMORY_BYTES = 6 * 1024 * 1024

@@ -17,6 +17,7 @@ from moorage.compose.errors import (
     MAX_COMPOSE_BYTES,
     MAX_EXPANDED_BYTES,
     MAX_SERVICES,
+    MAX_SPEC_BYTES,
     ComposeError,
     strict,
 )
@@ -398,8 +399,29 @@ def _parse(
         for mount in spec.mounts:
             if mount.type == "volume" and mount.source in declared:
                 mount.driver_opts = dict(declared[mount.source].driver_opts)
-    return ProjectSpec(
+    project = ProjectSpec(
         services=_start_order(services),
         volumes=[v.name for v in volume_specs],
         volume_specs=volume_specs,
+    )
+    if strict():  # a check added after texts were stored (see ``strict``)
+        _refuse_large_spec(project)
+    return project
+
+
+def _refuse_large_spec(project: ProjectSpec) -> None:
+    """Refuse a project whose parsed form is over :data:`MAX_SPEC_BYTES` as JSON.
+
+    Raises:
+        ComposeError: naming the largest service.
+    """
+    size = len(project.model_dump_json())
+    if size <= MAX_SPEC_BYTES:
+        return
+    sizes = {s.name: len(s.model_dump_json()) for s in project.services}
+    largest = max(sizes, key=lambda name: sizes[name])
+    raise ComposeError(
+        f"the parsed project is {size} bytes, over {MAX_SPEC_BYTES} (it travels in every "
+        f"deployment's workflow input); service {largest!r} alone is {sizes[largest]}",
+        service=largest,
     )
