@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import docker
 import pytest
 
 from activities.router import TrafficRouter
 from moorage import naming
-from moorage.models import DeploymentEvent, DeploymentStatus, DeployRequest, Strategy
+from moorage.models import (
+    Deployment,
+    DeploymentEvent,
+    DeploymentState,
+    DeploymentStatus,
+    DeployRequest,
+    EventType,
+    Strategy,
+)
 from moorage.service import ConflictError, DeploymentService, InvalidError
 from tests.helpers import (
     TENANT,
@@ -21,6 +30,7 @@ from tests.helpers import (
     wait_terminal,
 )
 from workflows.inputs import ProjectState
+from workflows.project import STATE_BUDGET_BYTES, json_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -217,6 +227,51 @@ async def test_the_key_of_a_deployment_no_longer_kept_is_refused_by_name(
             )
         assert (await service.get_project(TENANT, project)).id == project  # still answering
         assert await service.list_deployments(TENANT, project) == []
+    finally:
+        await handle.terminate("test over")
+
+
+async def test_a_project_near_the_payload_cap_drops_old_logs_when_a_deployment_ends(
+    service: DeploymentService, project: str
+) -> None:
+    """The state travels whole through every continue-as-new (2 MiB at most): old records'
+    log tails go once it passes its budget."""
+    logs = "\n".join("x" * 1000 for _ in range(4))
+    old = [
+        DeploymentState(
+            deployment=Deployment(
+                id=f"{project}.{n}", project_id=project, version=f"v{n}", revision=n,
+                strategy=Strategy.RECREATE, status=DeploymentStatus.ROLLED_BACK,
+                user_id=USER, tenant_id=TENANT,
+            ),
+            events=[
+                DeploymentEvent(
+                    event_type=EventType.HEALTH_CHECK_FAILED, message=f"unhealthy:\n{logs}",
+                    details={"logs": logs * 10}, created_at=datetime.now(UTC),
+                )
+            ],
+        )
+        for n in range(1, 41)
+    ]  # fmt: skip
+    state = ProjectState(
+        tenant_id=TENANT, project_id=project, compose=web("moorage-demo:v1"), next_revision=41,
+        deployments=old,
+    )  # fmt: skip
+    assert STATE_BUDGET_BYTES < json_bytes(state) < 2 * 1024 * 1024
+    handle = await service.client.start_workflow(
+        "Project", state, id=naming.project_workflow_id(TENANT, project),
+        task_queue=service.settings.task_queue,
+    )  # fmt: skip
+    try:
+        dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v41"))
+        assert (await wait_terminal(service, dep.id)).deployment.status == "completed"
+        kept = await service.list_deployments(TENANT, project)
+        assert len(kept) == 41
+        first = await service.events(TENANT, f"{project}.1")
+        assert first[0].message.startswith("unhealthy: \u2026 (logs dropped")
+        assert "logs" not in first[0].details
+        last_old = await service.events(TENANT, f"{project}.40")
+        assert "logs" in last_old[0].details  # among the newest ten: whole
     finally:
         await handle.terminate("test over")
 

@@ -534,3 +534,42 @@ def test_a_failed_container_s_log_tail_is_bounded_and_cut_at_a_line() -> None:
     assert len(tail) <= LOG_TAIL_CHARS
     assert tail.startswith("\u2026line ")
     assert tail.endswith("line 19 " + "y" * 300)
+
+
+def _failed_record(n: int, log_kib: int) -> DeploymentState:
+    logs = "\n".join(f"line {i} " + "z" * 1000 for i in range(log_kib))
+    event = DeploymentEvent(
+        event_type=EventType.HEALTH_CHECK_FAILED,
+        message=f"replica not healthy; last log lines:\n{logs}",
+        details={"container": f"c{n}", "logs": logs, "health_output": "h" * 4000},
+        created_at=datetime(2025, 1, 2, tzinfo=UTC),
+    )
+    return DeploymentState(deployment=_deployment(id=f"shop.{n}", revision=n), events=[event])
+
+
+def test_the_project_state_is_kept_under_its_budget_newest_records_whole() -> None:
+    """A hundred failed deployments with their log tails made the project's state larger than
+    a continue-as-new may carry (2 MiB): the project's workflow then failed every task."""
+    from workflows.inputs import ProjectState
+    from workflows.project import KEPT_WHOLE, STATE_BUDGET_BYTES, fit_state, json_bytes
+
+    state = ProjectState(
+        tenant_id="acme", project_id="shop", deployments=[_failed_record(n, 20) for n in range(100)]
+    )
+    assert json_bytes(state) > 2 * 1024 * 1024
+    newest = [r.model_copy(deep=True) for r in state.deployments[-KEPT_WHOLE:]]
+    fit_state(state)
+    assert json_bytes(state) <= STATE_BUDGET_BYTES
+    assert len(state.deployments) == 100  # the logs were enough
+    assert state.deployments[-KEPT_WHOLE:] == newest
+    [slim] = state.deployments[0].events
+    assert slim.message.startswith("replica not healthy; last log lines: \u2026 (logs dropped")
+    assert slim.details == {"container": "c0"}
+    # Records go, oldest first, when dropping logs is not enough.
+    huge = ProjectState(
+        tenant_id="acme", project_id="shop", deployments=[_failed_record(n, 200) for n in range(12)]
+    )
+    fit_state(huge, budget=1024 * 1024)
+    assert json_bytes(huge) <= 1024 * 1024
+    assert [r.deployment.revision for r in huge.deployments][-1] == 11
+    assert len(huge.deployments) < 12

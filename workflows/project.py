@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
@@ -68,6 +69,44 @@ STRATEGY_WORKFLOWS: dict[Strategy, str] = {
 """Strategy → pinned workflow name of its child workflow."""
 
 _ = (RecreateWorkflow, RollingUpdateWorkflow)  # imported so the sandbox validates them alongside
+
+
+STATE_BUDGET = "project-state-budget"
+"""Patch: the project's state is kept under :data:`STATE_BUDGET_BYTES`."""
+STATE_BUDGET_BYTES = 1536 * 1024
+"""Most bytes the project's state may take as JSON: it travels whole through every
+continue-as-new, which Temporal caps at 2 MiB (the project's workflow then fails every task)."""
+KEPT_WHOLE = 10
+"""Newest deployment records whose events keep their logs whatever the budget."""
+
+
+def _slim(event: DeploymentEvent) -> None:
+    """An event without its logs: the first line of its message, no log tails in its details."""
+    first, _, rest = event.message.partition("\n")
+    if rest or len(first) > 500:
+        event.message = first[:500] + " … (logs dropped: the project's state is full)"
+    event.details = {k: v for k, v in event.details.items() if k not in ("logs", "health_output")}
+
+
+def fit_state(s: ProjectState, budget: int = STATE_BUDGET_BYTES) -> None:
+    """Bring the project's state under ``budget``.
+
+    First the logs of all but the newest :data:`KEPT_WHOLE` deployment records go, then the
+    oldest records (never the newest).
+    """
+    if json_bytes(s) <= budget:
+        return
+    for record in s.deployments[:-KEPT_WHOLE]:
+        for event in record.events:
+            _slim(event)
+    size = json_bytes(s)
+    while size > budget and len(s.deployments) > 1:
+        size -= json_bytes(s.deployments.pop(0)) + 1
+
+
+def json_bytes(model: BaseModel) -> int:
+    """Bytes of ``model`` as JSON (UTF-8), as it travels in a payload."""
+    return len(model.model_dump_json().encode())
 
 
 RETAINED_COMPOSE_BYTES = 512 * 1024
@@ -647,6 +686,9 @@ class ProjectWorkflow:
                 s.revisions = retain_within(s.revisions, RETAINED_COMPOSE_BYTES)
         s.active_id = None
         s.active_compose = None
+        # Runs started before this change let the state grow past what a continue-as-new takes.
+        if json_bytes(s) > STATE_BUDGET_BYTES and workflow.patched(STATE_BUDGET):
+            fit_state(s)
         # Also tells the UI how the project's last deployment ended. It matters for correctness
         # too: a workflow task that ends a deployment must emit a command, or a cold replay may
         # hand the next update over before the child's completion (temporalio/sdk-python#673).
