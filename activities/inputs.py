@@ -130,6 +130,12 @@ class RouteInput(BaseModel):
     """The listen port the Compose file asks for, if any."""
 
 
+class RoutesInput(BaseModel):
+    """Make sure of the routes of a project's routed services, in one change."""
+
+    routes: list[RouteInput]
+
+
 class DeleteRoutesInput(BaseModel):
     """Delete the routes of services a project no longer routes."""
 

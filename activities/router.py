@@ -29,6 +29,7 @@ from activities.inputs import (
     DeleteRoutesInput,
     RouteInput,
     RouteServersInput,
+    RoutesInput,
     RouteSwitchInput,
     RouteWeightsInput,
 )
@@ -205,31 +206,8 @@ class TrafficRouter:
                 non_retryable=True,
             ) from exc
 
-    def _take_from_sibling(self, state: RouterState, key: str, wanted: int | None) -> int | None:
-        """Move another service of the project off ``wanted``; the port it gave up, or None.
-
-        It goes to a port of the range, so that route ``key`` can take ``wanted``. A project's
-        services may swap or hand over published ports in one revision: the other service's own
-        step moves it on to its new port afterwards (its route is going, or moving: one Compose
-        file cannot publish a port twice).
-        """
-        project = key.rsplit("/", 1)[0]
-        for other_key, other in state.routes.items():
-            if other_key != key and other.port == wanted:
-                if other_key.rsplit("/", 1)[0] != project:
-                    return None  # another project's: taken
-                other.port = self._free_port(state, other_key, None)
-                return wanted
-        return None
-
-    def _free_port(
-        self, state: RouterState, key: str, wanted: int | None, released: int | None = None
-    ) -> int:
-        """A listen port for route ``key``: ``wanted``, else one of the range.
-
-        ``released``: a port the proxy listens on for another route, given up in this change
-        (see :meth:`_take_from_sibling`): free once the change is applied.
-        """
+    def _free_port(self, state: RouterState, key: str, wanted: int | None) -> int:
+        """A listen port for route ``key``: ``wanted``, else one of the range."""
         taken = {r.port for r in state.routes.values()}
         # A killed attempt may have got the route into the proxy already: its port is ours.
         ours = self.backend.configured_port(backend_name(key))
@@ -246,7 +224,7 @@ class TrafficRouter:
             [wanted] if wanted else list(range(self.port_range[0], self.port_range[1] + 1))
         )
         for port in candidates:
-            if port not in taken and (port == released or self._port_free(port)):
+            if port not in taken and self._port_free(port):
                 return port
         what = (
             f"port {wanted}" if wanted else f"a port in {self.port_range[0]}-{self.port_range[1]}"
@@ -279,68 +257,127 @@ class TrafficRouter:
 
     @activity.defn(name="ensure_route")
     def ensure_route(self, inp: RouteInput) -> RouteInfo:
-        """Create the route of a service if it does not exist; returns its URL.
+        """Make sure of the route of one service (see :meth:`ensure_routes`); its URL."""
+        [info] = self.ensure_routes(RoutesInput(routes=[inp]))
+        return info
 
-        A route whose Compose ``published`` port changed moves to the new one (``moved_from``
-        says from where); one without a published port keeps the port it has.
+    @activity.defn(name="ensure_routes")
+    def ensure_routes(self, inp: RoutesInput) -> list[RouteInfo]:
+        """Make sure of the routes of a project's routed services, in one change; their URLs.
+
+        A route that does not exist is made: on its Compose ``published`` port, else on the next
+        free port of the range. One whose published port changed moves there (``moved_from``
+        says from where; a graceful reload: the old port's connections finish, new ones go to
+        the new port); one without a published port keeps the port it has. All move at once,
+        so the project's services may swap or hand over their ports; a port another route holds
+        that does not move away in this change is refused.
 
         Raises:
-            ApplicationError: ``RouterPortTaken`` when no listen port is free,
-                ``RouterPortReserved`` when the published port is one replicas get, or
-                ``RouterConfigInvalid`` when the proxy refused the new route.
+            ApplicationError: ``RouterPortTaken`` when a port is not free (naming the route
+                that holds it, if one does), ``RouterPortReserved`` when a published port is one
+                replicas get, or ``RouterConfigInvalid`` when the proxy refused the change.
         """
-        key = route_key(inp.tenant, inp.project, inp.service)
+        keys = [route_key(r.tenant, r.project, r.service) for r in inp.routes]
         state = self.load()
-        route = state.routes.get(key)
-        moved_from = None
-        if route is not None and inp.published_port not in (None, route.port):
-            # The Compose file names another published port: the route moves there (a reload:
-            # the old port's connections finish on the old process; new ones go to the new port).
-            self._refuse_reserved(inp)
-            moved: list[int] = []
+        changing = [
+            r
+            for key, r in zip(keys, inp.routes, strict=True)
+            if key not in state.routes or r.published_port not in (None, state.routes[key].port)
+        ]
+        if not changing:
+            self._set_container_ports(keys, inp.routes)
+            return [
+                self._info(r, state.routes[k].port, None)
+                for k, r in zip(keys, inp.routes, strict=True)
+            ]
+        for r in changing:
+            self._refuse_reserved(r)
+        moved: dict[str, int] = {}
 
-            def move(s: RouterState) -> dict[str, list[str]]:
+        container_ports = {k: r.container_port for k, r in zip(keys, inp.routes, strict=True)}
+
+        def mutate(s: RouterState) -> dict[str, list[str]]:
+            moved.clear()
+            wants = {}  # routes to make or move: key -> published port (None: from the range)
+            for key, r in zip(keys, inp.routes, strict=True):
                 found = s.routes.get(key)
-                if found is not None and found.port != inp.published_port:
-                    released = self._take_from_sibling(s, key, inp.published_port)
-                    port = self._free_port(s, key, inp.published_port, released)
-                    moved.append(found.port)
-                    found.port = port
-                return {}
-
-            state = self._change(move)
-            moved_from = moved[0] if moved else None
-            route = state.routes.get(key)
-        if route is None:
-            self._refuse_reserved(inp)
-
-            def mutate(s: RouterState) -> dict[str, list[str]]:
-                if key not in s.routes:  # not made meanwhile by another worker
-                    released = self._take_from_sibling(s, key, inp.published_port)
-                    port = self._free_port(s, key, inp.published_port, released)
-                    s.routes[key] = RouteState(
-                        key=key, port=port, container_port=inp.container_port
+                if found is None or r.published_port not in (None, found.port):
+                    wants[key] = r.published_port
+                if found is not None:
+                    found.container_port = r.container_port
+            leaving = {s.routes[k].port for k in wants if k in s.routes}
+            published = [p for p in wants.values() if p is not None]
+            if len(set(published)) != len(published):
+                raise ApplicationError(
+                    f"no route: two routes ask for one port ({sorted(published)})",
+                    type="RouterPortTaken",
+                    non_retryable=True,
+                )
+            ports = {}
+            for key, port in wants.items():
+                if port is None:
+                    continue
+                holder = next(
+                    (k for k, x in s.routes.items() if x.port == port and k not in wants), None
+                )
+                if holder is not None:
+                    raise ApplicationError(
+                        f"no route for {key}: port {port} is the route of {holder}",
+                        {"port": port, "route": holder},
+                        type="RouterPortTaken",
+                        non_retryable=True,
                     )
-                return {}
+                # A port a route of this change leaves is the proxy's own until it reloads.
+                ports[key] = port if port in leaving else self._free_port(s, key, port)
+            for key, port in ports.items():
+                if key in s.routes:
+                    moved[key] = s.routes[key].port
+                    s.routes[key].port = port
+                else:
+                    s.routes[key] = RouteState(
+                        key=key,
+                        port=port,
+                        container_port=inp.routes[keys.index(key)].container_port,
+                    )
+            for key, port in wants.items():  # new routes without a published port, last
+                if port is None:
+                    s.routes[key] = RouteState(
+                        key=key,
+                        port=self._free_port(s, key, None),
+                        container_port=container_ports[key],
+                    )
+            return {}
 
-            state = self._change(mutate)
-            route = state.routes[key]
-        else:
-            with self._locked():
-                self._up()
-                if route.container_port != inp.container_port:
-                    # A new revision serves on another container port: a change of the state
-                    # only. The old replicas serve on theirs until the roll takes them out
-                    # (emptying the route drained them all before a new replica was up), and the
-                    # proxy's config does not name it (nginx would reload for nothing).
-                    state = self.load()
-                    if key in state.routes:
-                        state.routes[key].container_port = inp.container_port
-                        self._save(state)
+        state = self._change(mutate)
+        return [
+            self._info(r, state.routes[k].port, moved.get(k))
+            for k, r in zip(keys, inp.routes, strict=True)
+        ]
+
+    def _set_container_ports(self, keys: list[str], routes: list[RouteInput]) -> None:
+        """Record the container port each route's new replicas serve on (the state only).
+
+        The old replicas serve on theirs until the roll takes them out (emptying the route
+        drained them all before a new replica was up), and the proxy's config does not name it
+        (nginx would reload for nothing).
+        """
+        with self._locked():
+            self._up()
+            state = self.load()
+            changed = False
+            for key, r in zip(keys, routes, strict=True):
+                route = state.routes.get(key)
+                if route is not None and route.container_port != r.container_port:
+                    route.container_port = r.container_port
+                    changed = True
+            if changed:
+                self._save(state)
+
+    def _info(self, r: RouteInput, port: int, moved_from: int | None) -> RouteInfo:
         return RouteInfo(
-            service=inp.service,
-            url=f"http://{self.backend.bind}:{route.port}/",
-            port=route.port,
+            service=r.service,
+            url=f"http://{self.backend.bind}:{port}/",
+            port=port,
             moved_from=moved_from,
         )
 
@@ -544,6 +581,7 @@ class TrafficRouter:
         """Every activity of the router, for the worker."""
         return [
             self.ensure_route,
+            self.ensure_routes,
             self.route_add,
             self.route_remove,
             self.route_switch,

@@ -227,7 +227,7 @@ async def test_a_route_moved_to_a_new_published_port_moves_back_when_the_deploym
     state = await wait_terminal(service, bad.id)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK
     steps = [e.message for e in state.events if e.event_type == EventType.ROLLBACK_STEP]
-    assert f"route web back on port {old}" in steps
+    assert f"routes back on their ports: web {old}" in steps
     url = (await service.get_project(TENANT, project)).routes["web"]
     assert url == f"http://127.0.0.1:{old}/"
     assert get_version(url) == "v1"
@@ -261,7 +261,35 @@ async def test_a_route_a_retried_step_found_moved_still_moves_back_when_undone(
     state = await wait_terminal(service, bad.id)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK
     steps = [e.message for e in state.events if e.event_type == EventType.ROLLBACK_STEP]
-    assert f"route web back on port {old}" in steps
+    assert f"routes back on their ports: web {old}" in steps
     url = (await service.get_project(TENANT, project)).routes["web"]
     assert url == f"http://127.0.0.1:{old}/"
     assert get_version(url) == "v1"
+
+
+async def test_services_that_swapped_ports_swap_back_when_the_deployment_is_undone(
+    service: DeploymentService, project: str
+) -> None:
+    from activities.replica_ports import bindable
+    from tests.helpers import get_version, worker_ports
+
+    a, b = [p for p in worker_ports(16700, 16799) if bindable(p, "tcp")][4:6]
+
+    def two(image: str, web: int, api: int) -> str:
+        return (
+            f"services:\n  api:\n    image: moorage-demo:v1\n    ports: ['{api}:80']\n"
+            f"  web:\n    image: {image}\n    ports: ['{web}:80']\n"
+        )
+
+    await service.apply_project(TENANT, project, two("moorage-demo:v1", a, b))
+    dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
+    await service.apply_project(TENANT, project, two("moorage-demo:unhealthy", b, a))
+    bad = await service.deploy(TENANT, USER, project, DeployRequest(health_check_retries=2))
+    state = await wait_terminal(service, bad.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    steps = [e.message for e in state.events if e.event_type == EventType.ROLLBACK_STEP]
+    assert f"routes back on their ports: api {b}, web {a}" in steps
+    routes = (await service.get_project(TENANT, project)).routes
+    assert routes == {"api": f"http://127.0.0.1:{b}/", "web": f"http://127.0.0.1:{a}/"}
+    assert get_version(routes["web"]) == "v1"

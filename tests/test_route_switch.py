@@ -17,7 +17,7 @@ import docker
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.inputs import RouteInput, RouteServersInput, RouteSwitchInput
+from activities.inputs import RouteInput, RouteServersInput, RoutesInput, RouteSwitchInput
 from activities.nginx import NginxBackend
 from activities.replica_ports import bindable
 from activities.router import TrafficRouter
@@ -204,13 +204,13 @@ def test_a_route_moves_to_a_changed_published_port(
 def test_a_project_s_services_swap_and_hand_over_published_ports(
     docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
 ) -> None:
-    """Routes move one service at a time: a port another service of the project still held
+    """Routes moved one service at a time: a port another service of the project still held
     was taken (``RouterPortTaken``), so a swap failed at the first step, whatever the order."""
     a, b, c = [p for p in worker_ports(16600, 16699) if bindable(p, "tcp")][2:5]
     [name] = [i.container_name for i in start_web(docker_client, project, WEB, slots=[0])]
     router = make_router(kind, tmp_path, docker_client)
 
-    def route(service: str, port: int) -> RouteInput:
+    def route(service: str, port: int | None) -> RouteInput:
         return RouteInput(
             tenant=TENANT, project=project, service=service, container_port="80/tcp",
             published_port=port,
@@ -220,26 +220,28 @@ def test_a_project_s_services_swap_and_hand_over_published_ports(
         return get_all(f"http://127.0.0.1:{port}/", 1) == [200]
 
     try:
-        router.ensure_route(route("web", a))
-        router.ensure_route(route("api", b))
+        router.ensure_routes(RoutesInput(routes=[route("web", a), route("api", b)]))
         for service in ("web", "api"):
             router.route_add(servers(project, name).model_copy(update={"service": service}))
-        # Swap: api takes a (web goes to a port of the range meanwhile), then web takes b.
-        assert router.ensure_route(route("api", a)).port == a
-        interim = router.load().routes[f"{TENANT}/{project}/web"].port
-        assert interim not in (a, b)
-        assert [serves(a), serves(interim)] == [True, True]  # web kept its servers
-        assert router.ensure_route(route("web", b)).port == b
+        # Swap, in one change: both move, their servers with them.
+        web, api = router.ensure_routes(RoutesInput(routes=[route("web", b), route("api", a)]))
+        assert (web.port, web.moved_from, api.port, api.moved_from) == (b, a, a, b)
         assert [serves(a), serves(b)] == [True, True]
-        # Hand-over to a new service: "db" takes b, web moves on to c.
-        assert router.ensure_route(route("db", b)).port == b
-        assert router.ensure_route(route("web", c)).port == c
+        # Hand-over to a new service: "db" takes b while web moves on to c.
+        web, db = router.ensure_routes(RoutesInput(routes=[route("web", c), route("db", b)]))
+        assert (web.port, web.moved_from, db.port, db.moved_from) == (c, b, b, None)
         assert serves(c)
-        # Another project's port is not taken from it.
-        other = route("web", c).model_copy(update={"project": f"{project}x", "service": "web"})
+        # A port a route holds that does not move in the same change is refused, by name.
         with pytest.raises(ApplicationError) as info:
-            router.ensure_route(other)
+            router.ensure_route(route("api", c))
         assert info.value.type == "RouterPortTaken"
-        assert router.load().routes[f"{TENANT}/{project}/web"].port == c
+        assert f"port {c} is the route of {TENANT}/{project}/web" in str(info.value)
+        other = route("web", b).model_copy(update={"project": f"{project}x"})
+        with pytest.raises(ApplicationError, match=f"port {b} is the route of"):
+            router.ensure_route(other)
+        ports = {k.rsplit("/", 1)[1]: r.port for k, r in router.load().routes.items()}
+        assert ports == {"web": c, "api": a, "db": b}
+        # No published port: a route keeps the one it has.
+        assert router.ensure_routes(RoutesInput(routes=[route("api", None)]))[0].port == a
     finally:
         router.stop()

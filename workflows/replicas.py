@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         HealthWait,
         RouteInput,
         RouteServersInput,
+        RoutesInput,
         RouteSwitchInput,
         StartServiceInput,
         StopContainersInput,
@@ -268,8 +269,13 @@ def route_servers(
     )
 
 
-def _record_route(t: Tracker, service: str, info: RouteInfo) -> None:
-    t.state.routes[service] = info.url
+ROUTES_AT_ONCE = "routes-at-once"
+"""Patch: a deployment makes sure of its routes in one step, moved routes going back on undo."""
+
+
+def _record_routes(t: Tracker, infos: list[RouteInfo]) -> None:
+    for info in infos:
+        t.state.routes[info.service] = info.url
 
 
 async def ensure_routes(
@@ -280,42 +286,56 @@ async def ensure_routes(
 ) -> None:
     """Make sure every routed service (one with a TCP port) has its route; record the URLs.
 
-    A route moved to another published port goes back to its old one if the deployment is
-    undone (the old revision serves where its clients know it): the port the step moved it
-    from, or, if a retried step found it moved already, the one ``previous`` publishes.
+    One step for all of them, so that services may swap or hand over published ports. A route
+    moved to another published port goes back if the deployment is undone (the old revision
+    serves where its clients know it): to the port ``previous`` publishes, else to the one the
+    step moved it from (a retried step that found it moved already does not know that one).
     """
     dep = t.deployment
+    inputs = []
     for spec in target.services:
         port = spec.route_port()
-        if port is None:
-            continue
-        inp = RouteInput(
-            tenant=dep.tenant_id,
-            project=dep.project_id,
-            service=spec.name,
-            container_port=port.key,
-            published_port=port.published,
-        )
-        info: RouteInfo = await steps.call("ensure_route", inp, result_type=RouteInfo)
-        back = info.moved_from
-        old = previous.service(spec.name) if previous and spec.name in previous.names else None
-        before = old.route_port() if old else None
-        if (
-            back is None
-            and before is not None
-            and before.published not in (None, port.published)
-            and workflow.patched("route-port-undo")
-        ):
-            back = before.published
-        if back is not None:
-            undo.push(
-                f"route {spec.name} back on port {back}",
-                "ensure_route",
-                inp.model_copy(update={"published_port": back}),
-                result_type=RouteInfo,
-                then=functools.partial(_record_route, t, spec.name),
+        if port is not None:
+            inputs.append(
+                RouteInput(
+                    tenant=dep.tenant_id,
+                    project=dep.project_id,
+                    service=spec.name,
+                    container_port=port.key,
+                    published_port=port.published,
+                )
             )
-        t.state.routes[spec.name] = info.url
+    if not inputs:
+        return
+    # Deployments started before this change made sure of the routes one at a time, and moved
+    # none back.
+    if not workflow.patched(ROUTES_AT_ONCE):
+        for inp in inputs:
+            info: RouteInfo = await steps.call("ensure_route", inp, result_type=RouteInfo)
+            t.state.routes[inp.service] = info.url
+        return
+    infos: list[RouteInfo] = await steps.call(
+        "ensure_routes", RoutesInput(routes=inputs), result_type=list[RouteInfo]
+    )
+    _record_routes(t, infos)
+    back = []
+    for inp, info in zip(inputs, infos, strict=True):
+        old = previous.service(inp.service) if previous and inp.service in previous.names else None
+        before = old.route_port() if old else None
+        to = info.moved_from
+        if before is not None and before.published is not None and inp.published_port is not None:
+            to = before.published if before.published != inp.published_port else None
+        if to is not None:
+            back.append(inp.model_copy(update={"published_port": to}))
+    if back:
+        undo.push(
+            "routes back on their ports: "
+            + ", ".join(f"{b.service} {b.published_port}" for b in back),
+            "ensure_routes",
+            RoutesInput(routes=back),
+            result_type=list[RouteInfo],
+            then=functools.partial(_record_routes, t),
+        )
 
 
 async def route_add(dep: Deployment, spec: ServiceSpec, revision: int, slots: list[int]) -> None:

@@ -62,7 +62,9 @@ def activity_queue(activity_name: str) -> str | None:
     return None
 
 
-QUICK_STEPS = frozenset({"ensure_network", "ensure_route", "list_containers", "remove_containers"})
+QUICK_STEPS = frozenset(
+    {"ensure_network", "ensure_route", "ensure_routes", "list_containers", "remove_containers"}
+)
 """Steps that only ask the engine or the proxy for one thing and never wait for a container.
 
 They run as local activities (see :func:`runs_local`): inside the workflow task, on the worker that
