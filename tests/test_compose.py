@@ -2418,3 +2418,7 @@ def test_a_project_larger_parsed_than_a_workflow_input_may_carry_is_refused() ->
     assert len(parse_compose(text, stored=True).service("web").mounts) == 20_000
     few = "[" + ",".join(f"/t{i}" for i in range(2_000)) + "]"
     parse_compose(f"services:\n  web:\n    image: x\n    tmpfs: {few}\n")
+    # Counted in bytes: 60,000 emoji are 60,000 characters and 240,000 bytes.
+    emoji = "x-s: &s " + "\U0001f600" * 60_000 + "\n"
+    err = refused_text(emoji + "services:\n  web:\n    image: x\n    command: [*s, *s, *s, *s]\n")
+    assert (err.service, f"over {MAX_SPEC_BYTES}" in str(err)) == ("web", True)

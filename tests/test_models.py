@@ -565,11 +565,14 @@ def test_the_project_state_is_kept_under_its_budget_newest_records_whole() -> No
     [slim] = state.deployments[0].events
     assert slim.message.startswith("replica not healthy; last log lines: \u2026 (logs dropped")
     assert slim.details == {"container": "c0"}
-    # Records go, oldest first, when dropping logs is not enough.
+    # Then the logs of the newest ten but one; then records go, oldest first.
     huge = ProjectState(
         tenant_id="acme", project_id="shop", deployments=[_failed_record(n, 200) for n in range(12)]
     )
     fit_state(huge, budget=1024 * 1024)
     assert json_bytes(huge) <= 1024 * 1024
-    assert [r.deployment.revision for r in huge.deployments][-1] == 11
-    assert len(huge.deployments) < 12
+    assert len(huge.deployments) == 12
+    assert "logs" in huge.deployments[-1].events[0].details
+    assert "logs" not in huge.deployments[-2].events[0].details
+    fit_state(huge, budget=300 * 1024)  # the newest alone is ~400 KiB: it stays, alone
+    assert [r.deployment.revision for r in huge.deployments] == [11]

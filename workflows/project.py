@@ -91,14 +91,15 @@ def _slim(event: DeploymentEvent) -> None:
 def fit_state(s: ProjectState, budget: int = STATE_BUDGET_BYTES) -> None:
     """Bring the project's state under ``budget``.
 
-    First the logs of all but the newest :data:`KEPT_WHOLE` deployment records go, then the
-    oldest records (never the newest).
+    First the logs of all but the newest :data:`KEPT_WHOLE` deployment records go, then those
+    of all but the newest record, then the oldest records (never the newest).
     """
-    if json_bytes(s) <= budget:
-        return
-    for record in s.deployments[:-KEPT_WHOLE]:
-        for event in record.events:
-            _slim(event)
+    for keep in (KEPT_WHOLE, 1):
+        if json_bytes(s) <= budget:
+            return
+        for record in s.deployments[:-keep]:
+            for event in record.events:
+                _slim(event)
     size = json_bytes(s)
     while size > budget and len(s.deployments) > 1:
         size -= json_bytes(s.deployments.pop(0)) + 1

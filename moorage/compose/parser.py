@@ -415,10 +415,10 @@ def _refuse_large_spec(project: ProjectSpec) -> None:
     Raises:
         ComposeError: naming the largest service.
     """
-    size = len(project.model_dump_json())
+    size = len(project.model_dump_json().encode())  # UTF-8 bytes: "😀" is 1 char, 4 bytes
     if size <= MAX_SPEC_BYTES:
         return
-    sizes = {s.name: len(s.model_dump_json()) for s in project.services}
+    sizes = {s.name: len(s.model_dump_json().encode()) for s in project.services}
     largest = max(sizes, key=lambda name: sizes[name])
     raise ComposeError(
         f"the parsed project is {size} bytes, over {MAX_SPEC_BYTES} (it travels in every "
