@@ -166,6 +166,14 @@ def test_a_published_port_among_the_replicas_ports_gets_no_route(
         router.stop()
 
 
+def published(project: str, service: str, port: int | None) -> RouteInput:
+    """The route of ``service`` on the Compose file's published ``port``."""
+    return RouteInput(
+        tenant=TENANT, project=project, service=service, container_port="80/tcp",
+        published_port=port,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
 def test_a_route_moves_to_a_changed_published_port(
     docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
@@ -176,10 +184,7 @@ def test_a_route_moves_to_a_changed_published_port(
     [name] = [i.container_name for i in start_web(docker_client, project, WEB, slots=[0])]
     router = make_router(kind, tmp_path, docker_client)
     try:
-        inp = RouteInput(
-            tenant=TENANT, project=project, service="web", container_port="80/tcp",
-            published_port=first,
-        )  # fmt: skip
+        inp = published(project, "web", first)
         assert router.ensure_route(inp).port == first
         router.route_add(servers(project, name))
         assert get_all(f"http://127.0.0.1:{first}/", 3) == [200] * 3
@@ -211,10 +216,7 @@ def test_a_project_s_services_swap_and_hand_over_published_ports(
     router = make_router(kind, tmp_path, docker_client)
 
     def route(service: str, port: int | None) -> RouteInput:
-        return RouteInput(
-            tenant=TENANT, project=project, service=service, container_port="80/tcp",
-            published_port=port,
-        )  # fmt: skip
+        return published(project, service, port)
 
     def serves(port: int) -> bool:
         return get_all(f"http://127.0.0.1:{port}/", 1) == [200]
