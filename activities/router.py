@@ -293,7 +293,6 @@ class TrafficRouter:
         for r in changing:
             self._refuse_reserved(r)
         moved: dict[str, int] = {}
-
         container_ports = {k: r.container_port for k, r in zip(keys, inp.routes, strict=True)}
 
         def mutate(s: RouterState) -> dict[str, list[str]]:
@@ -335,9 +334,7 @@ class TrafficRouter:
                     s.routes[key].port = port
                 else:
                     s.routes[key] = RouteState(
-                        key=key,
-                        port=port,
-                        container_port=inp.routes[keys.index(key)].container_port,
+                        key=key, port=port, container_port=container_ports[key]
                     )
             for key, port in wants.items():  # new routes without a published port, last
                 if port is None:
