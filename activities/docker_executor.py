@@ -222,10 +222,10 @@ class DockerExecutor(HealthWaits):
             for vol in self.api.volumes(filters={"label": wanted}).get("Volumes") or []:
                 refuse_not_ours("volume", vol["Name"], vol.get("Labels"), owner, self.instance)
             if inp.revision is not None:
-                self._refuse_names_held(inp)
+                self._refuse_names_held(inp, inp.revision)
         return name
 
-    def _refuse_names_held(self, inp: NetworkInput) -> None:
+    def _refuse_names_held(self, inp: NetworkInput, revision: int) -> None:
         """Refuse a deployment one of whose volume or container names another project holds.
 
         Names join their parts with dashes, which the parts may hold: project ``b`` with volume
@@ -244,9 +244,8 @@ class DockerExecutor(HealthWaits):
             except docker.errors.NotFound:
                 continue
             refuse_not_ours("volume", name, found.get("Labels"), owner, self.instance)
-        assert inp.revision is not None
         services = {
-            naming.container_name(inp.tenant, inp.project, service, inp.revision, slot): service
+            naming.container_name(inp.tenant, inp.project, service, revision, slot): service
             for service, replicas in inp.replicas.items()
             for slot in range(replicas)
         }

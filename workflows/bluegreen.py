@@ -82,7 +82,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
         dep, prev, green = t.deployment, inp.previous, t.deployment.revision
         cfg = dep.config
         await steps.call("ensure_network", steps.network_input(dep, inp.target))
-        await replicas.ensure_routes(t, inp.target, self.undo, steps.previous_spec(inp))
+        await replicas.ensure_routes(t, inp, self.undo)
 
         self.undo.push(
             f"remove green (revision {green})", "remove_containers", steps.selector(dep, green)

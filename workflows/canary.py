@@ -137,7 +137,7 @@ class CanaryWorkflow(StrategyWorkflow):
         dep, prev, new = t.deployment, inp.previous, t.deployment.revision
         plan = dep.config.canary_steps or DEFAULT_STEPS
         await steps.call("ensure_network", steps.network_input(dep, inp.target))
-        await replicas.ensure_routes(t, inp.target, self.undo, steps.previous_spec(inp))
+        await replicas.ensure_routes(t, inp, self.undo)
 
         # The canary: the new revision's replicas next to stable ones, routed at weight 0.
         for spec in inp.target.services:

@@ -30,7 +30,7 @@ class RecreateWorkflow(StrategyWorkflow):
         dep, prev, new = t.deployment, inp.previous, t.deployment.revision
         cfg = dep.config
         await steps.call("ensure_network", steps.network_input(dep, inp.target))
-        await replicas.ensure_routes(t, inp.target, self.undo, steps.previous_spec(inp))
+        await replicas.ensure_routes(t, inp, self.undo)
 
         if prev is not None:
             # Dependents stop first; restoring (the undo) goes in start order.

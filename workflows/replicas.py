@@ -29,9 +29,10 @@ with workflow.unsafe.imports_passed_through():
         WaitHealthyInput,
     )
     from moorage import naming
-    from moorage.compose import ProjectSpec, ServiceSpec
+    from moorage.compose import ServiceSpec
     from moorage.models import Deployment, DeploymentConfig, EventType, RouteInfo, ServiceInstance
     from workflows import steps
+    from workflows.inputs import StrategyInput
     from workflows.tracking import Tracker
 
 
@@ -278,22 +279,18 @@ def _record_routes(t: Tracker, infos: list[RouteInfo]) -> None:
         t.state.routes[info.service] = info.url
 
 
-async def ensure_routes(
-    t: Tracker,
-    target: ProjectSpec,
-    undo: steps.CompensationStack,
-    previous: ProjectSpec | None = None,
-) -> None:
+async def ensure_routes(t: Tracker, inp: StrategyInput, undo: steps.CompensationStack) -> None:
     """Make sure every routed service (one with a TCP port) has its route; record the URLs.
 
     One step for all of them, so that services may swap or hand over published ports. A route
     moved to another published port goes back if the deployment is undone (the old revision
-    serves where its clients know it): to the port ``previous`` publishes, else to the one the
-    step moved it from (a retried step that found it moved already does not know that one).
+    serves where its clients know it): to the port the serving revision publishes, else to the
+    one the step moved it from (a retried step that found it moved already does not know that).
     """
     dep = t.deployment
+    previous = inp.previous.spec if inp.previous is not None else None
     inputs = []
-    for spec in target.services:
+    for spec in inp.target.services:
         port = spec.route_port()
         if port is not None:
             inputs.append(
@@ -310,23 +307,27 @@ async def ensure_routes(
     # Deployments started before this change made sure of the routes one at a time, and moved
     # none back.
     if not workflow.patched(ROUTES_AT_ONCE):
-        for inp in inputs:
-            info: RouteInfo = await steps.call("ensure_route", inp, result_type=RouteInfo)
-            t.state.routes[inp.service] = info.url
+        for route in inputs:
+            info: RouteInfo = await steps.call("ensure_route", route, result_type=RouteInfo)
+            t.state.routes[route.service] = info.url
         return
     infos: list[RouteInfo] = await steps.call(
         "ensure_routes", RoutesInput(routes=inputs), result_type=list[RouteInfo]
     )
     _record_routes(t, infos)
     back = []
-    for inp, info in zip(inputs, infos, strict=True):
-        old = previous.service(inp.service) if previous and inp.service in previous.names else None
+    for route, info in zip(inputs, infos, strict=True):
+        old = (
+            previous.service(route.service)
+            if previous and route.service in previous.names
+            else None
+        )
         before = old.route_port() if old else None
         to = info.moved_from
-        if before is not None and before.published is not None and inp.published_port is not None:
-            to = before.published if before.published != inp.published_port else None
+        if before is not None and before.published is not None and route.published_port is not None:
+            to = before.published if before.published != route.published_port else None
         if to is not None:
-            back.append(inp.model_copy(update={"published_port": to}))
+            back.append(route.model_copy(update={"published_port": to}))
     if back:
         undo.push(
             "routes back on their ports: "

@@ -72,11 +72,11 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         if switch:
             await steps.side_by_side(
                 steps.call("ensure_network", network),
-                replicas.ensure_routes(t, inp.target, self.undo, steps.previous_spec(inp)),
+                replicas.ensure_routes(t, inp, self.undo),
             )
         else:
             await steps.call("ensure_network", network)
-            await replicas.ensure_routes(t, inp.target, self.undo, steps.previous_spec(inp))
+            await replicas.ensure_routes(t, inp, self.undo)
         t.progress(5, "routes ready")
 
         for spec in inp.target.services:

@@ -27,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.inputs import ContainerSelector, NetworkInput, WaitHealthyInput
     from moorage.compose import ProjectSpec
     from moorage.models import Deployment, EventType
-    from workflows.inputs import StrategyInput
     from workflows.tracking import Tracker
 
 STEP_RETRY = RetryPolicy(
@@ -193,11 +192,6 @@ def selector(
         revision=revision,
         slots=slots,
     )
-
-
-def previous_spec(inp: StrategyInput) -> ProjectSpec | None:
-    """The serving revision's project, if one serves."""
-    return inp.previous.spec if inp.previous is not None else None
 
 
 def network_input(dep: Deployment, target: ProjectSpec) -> NetworkInput:
