@@ -73,7 +73,10 @@ class StateChanges:
         while True:
             left = end - time.monotonic()
             woke = self._changed.wait(max(0.0, min(left, HEARTBEAT_EVERY_S)))
-            self._changed.clear()
+            if woke:
+                # Cleared only when it woke the wait: a change set between a timed-out wait and
+                # a clear was lost (the next check came a whole interval later).
+                self._changed.clear()
             if woke or left <= HEARTBEAT_EVERY_S:
                 return woke
             if beat is not None:

@@ -338,6 +338,30 @@ def test_a_long_pause_between_checks_keeps_heartbeating(monkeypatch: pytest.Monk
     assert changes.wait(60, lambda: None) is True  # True: woken by the change
 
 
+def test_a_change_just_after_a_timed_out_slice_of_the_wait_still_wakes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait cleared the change event after every slice: a change set between a slice that
+    timed out and the clear was lost, and the check came a whole interval later (seen in CI)."""
+    monkeypatch.setattr(health, "HEARTBEAT_EVERY_S", 0.1)
+
+    class LateChange(threading.Event):
+        landed = False
+
+        def wait(self, timeout: float | None = None) -> bool:
+            woke = super().wait(timeout)
+            if not woke and not self.landed:  # a change lands right after the slice timed out
+                self.landed = True
+                self.set()
+            return woke
+
+    changes = StateChanges(cast(Any, None), ContainerSelector(tenant=TENANT, project="quiet"))
+    changes._changed = LateChange()
+    started = time.monotonic()
+    assert changes.wait(5, lambda: None) is True
+    assert time.monotonic() - started < 1
+
+
 @contextmanager
 def _server(answer: Callable[[socket.socket], None]) -> Iterator[dict[str, Any]]:
     """A TCP server on 127.0.0.1 that hands each connection to ``answer`` (in a thread); yields
