@@ -353,6 +353,41 @@ async def test_routes_the_router_refused_to_delete_are_kept_and_deleted_after_th
         socket.create_connection(("127.0.0.1", port_of(cache_url)), timeout=2).close()
 
 
+async def test_an_undone_deployment_deletes_the_route_it_made_for_a_new_service(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """v2 adds ``cache``, whose replica never gets healthy: the rollback removes its container,
+    and its route (made at the first step) used to stay, listed under the project's routes and
+    listening on its port with no server (503)."""
+    fast = ROLL.model_copy(update={"health_check_interval": 0.2})
+    await service.apply_project(TENANT, project, web_and_cache("v1", cache=False))
+    first = await service.deploy(TENANT, USER, project, fast.model_copy(update={"version": "v1"}))
+    assert (await wait_terminal(service, first.id)).deployment.status == (
+        DeploymentStatus.COMPLETED
+    )
+    web_url = (await service.get_project(TENANT, project)).routes["web"]
+    broken = web_and_cache("v2", cache=True) + "    command: [sh, -c, 'sleep 1000000']\n"
+    await service.apply_project(TENANT, project, broken)
+    second = await service.deploy(
+        TENANT, USER, project, fast.model_copy(update={"health_check_retries": 10})
+    )
+    state = await wait_terminal(service, second.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    cache_url = state.routes["cache"]  # the deployment made it
+    deleted = await wait_event(service, second.id, EventType.ROUTE_DELETED)
+    assert deleted.service_name == "cache"
+    assert "the deployment that made it was undone" in deleted.message
+    assert (await service.get_project(TENANT, project)).routes == {"web": web_url}
+    assert route_key(TENANT, project, "cache") not in router.load().routes
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port_of(cache_url)), timeout=2).close()
+    assert get_version(web_url) == "v1"
+    assert labelled(docker_client, project, revision=str(state.deployment.revision)) == []
+
+
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].strip("/"))
 

@@ -628,9 +628,13 @@ class ProjectWorkflow:
         record.events = [*record.events, *result.events]
         record.instances = result.instances
         record.routes = result.routes
+        made = upkeep.routes_made_by(s, set(s.routes), result)
         s.routes.update(result.routes)
         serving = s.current.revision if s.current else None
         self._finish(record, result.deployment, result.deployment.status, None, compose)
+        # Runs started before this change kept them listed (and listening, answering 503).
+        if made and workflow.patched(upkeep.UNDONE_ROUTES):
+            await upkeep.delete_routes(s, record, made, "the deployment that made it was undone")
         if result.deployment.status == DeploymentStatus.COMPLETED:
             await upkeep.delete_routes_not_served(self.state, record, self._deletes_routes)
             # What failed deployments before it left (kept while they were the latest, and

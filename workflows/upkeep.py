@@ -127,6 +127,36 @@ async def delete_routes_not_served(s: ProjectState, record: DeploymentState, ena
     gone = sorted(n for n in s.routes if n not in routed and ":" not in n)
     if not gone or not enabled:
         return
+    await delete_routes(s, record, gone, f"revision {s.current.revision} does not route it")
+
+
+UNDONE_ROUTES = "undone-routes-deleted"
+"""Patch: an undone deployment deletes the routes it made for services nothing serves."""
+
+
+def routes_made_by(s: ProjectState, before: set[str], result: DeploymentState) -> list[str]:
+    """Services an undone deployment made a route for that the serving revision does not route.
+
+    ``before``: the services the project had routes for before the deployment. Those stay: a
+    failed deployment before it (``rollback_on_failure`` off) may have left one serving.
+    """
+    if result.deployment.status not in (DeploymentStatus.ROLLED_BACK, DeploymentStatus.CANCELLED):
+        return []
+    routed: set[str] = (
+        parse_compose(s.current.compose, policy=UNRESTRICTED, stored=True).routed
+        if s.current is not None
+        else set()
+    )
+    return sorted(n for n in result.routes if n not in before | routed and ":" not in n)
+
+
+async def delete_routes(
+    s: ProjectState, record: DeploymentState, gone: list[str], why: str
+) -> None:
+    """Delete the routes of services ``gone`` and their preview routes; events on record.
+
+    A failure leaves them listed, for the next completed deployment to try again.
+    """
     # A service's blue-green preview route goes with it (if it ever had one).
     services = [*gone, *(PREVIEW_PREFIX + n for n in gone)]
     try:
@@ -154,8 +184,7 @@ async def delete_routes_not_served(s: ProjectState, record: DeploymentState, ena
                 DeploymentEvent(
                     event_type=EventType.ROUTE_DELETED,
                     service_name=name,
-                    message=f"route of {name} deleted ({url}): revision "
-                    f"{s.current.revision} does not route it",
+                    message=f"route of {name} deleted ({url}): {why}",
                     created_at=workflow.now(),
                 )
             )
