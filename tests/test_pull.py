@@ -6,6 +6,8 @@ from the registry in ``tests/registry.py`` (no registry is reachable from here).
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -103,4 +105,50 @@ async def test_an_image_the_registry_does_not_have_fails_at_once(
     assert failed.details.get("error_type") == "ImageNotFound"
     assert [r for r in asked if r.startswith("HEAD")] == [f"HEAD /v2/{image_name}/manifests/nope"]
     assert await start_attempts(service, dep.id) == [1]
+    assert labelled(docker_client, project) == []
+
+
+async def test_a_progress_deadline_that_stops_a_pull_fails_the_deployment_as_the_deadline(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str, image_name: str
+) -> None:
+    """The deadline stopped the start in its pull: the step ended with the activity's
+    cancellation, and the deployment failed with the reason "Activity cancelled" (only a health
+    gate stopped by the deadline said so)."""
+    with Registry("v2", Behaviour(layer_seconds=13)) as registry:
+        await service.apply_project(TENANT, project, compose(registry.ref(image_name, "v2")))
+        dep = await service.deploy(
+            TENANT, USER, project, DeployRequest(version="v2", progress_deadline=3)
+        )
+        state = await wait_terminal(service, dep.id, timeout=60)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    assert "progress deadline exceeded" in (state.deployment.message or "")
+    failed = next(e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED)
+    assert failed.details["error_type"] == "ProgressDeadlineExceeded"
+    assert await start_attempts(service, dep.id) == [1]
+    assert labelled(docker_client, project) == []
+
+
+async def test_a_cancel_of_the_workflow_itself_in_a_pull_undoes_the_deployment(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str, image_name: str
+) -> None:
+    """A cancel from Temporal (its UI, its CLI, or the project's workflow ending) that stopped an
+    activity was taken for a failure: with ``rollback_on_failure`` off nothing was undone."""
+    with Registry("v2", Behaviour(layer_seconds=13)) as registry:
+        await service.apply_project(TENANT, project, compose(registry.ref(image_name, "v2")))
+        dep = await service.deploy(
+            TENANT, USER, project, DeployRequest(version="v2", rollback_on_failure=False)
+        )
+        deadline = time.monotonic() + 30
+        while await start_attempts(service, dep.id) != [1]:  # the pull runs
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        handle = service.client.get_workflow_handle(naming.deployment_workflow_id(TENANT, dep.id))
+        await handle.cancel()
+        state = await wait_terminal(service, dep.id, timeout=60)
+    assert state.deployment.status == DeploymentStatus.CANCELLED, state.deployment.message
+    kinds = [e.event_type for e in state.events]
+    assert EventType.CANCEL_REQUESTED in kinds
+    assert EventType.ROLLBACK_COMPLETED in kinds
+    assert EventType.DEPLOYMENT_FAILED not in kinds
     assert labelled(docker_client, project) == []

@@ -127,26 +127,18 @@ class StrategyWorkflow:
             try:
                 await self._task
             except asyncio.CancelledError:
-                t.in_flow = False
-                if self._aborted_by is not None and self._cancel_requested_by is None:
-                    raise ApplicationError(
-                        f"aborted by {self._aborted_by}",
-                        {"reason": f"aborted by {self._aborted_by}"},
-                        type="Aborted",
-                        non_retryable=True,
-                    ) from None
-                if self._deadline_hit is not None and self._cancel_requested_by is None:
-                    raise ApplicationError(
-                        f"progress deadline exceeded: {self._deadline_hit} ({dep.message})",
-                        {"reason": "progress deadline exceeded"},
-                        type="ProgressDeadlineExceeded",
-                        non_retryable=True,
-                    ) from None
-                if self._cancel_requested_by is None:
-                    # The workflow itself was cancelled (parent or operator): undo just the same.
-                    self._cancel_requested_by = "temporal"
-                    t.event(EventType.CANCEL_REQUESTED, "workflow cancellation requested")
+                self._stopped(t)
                 raise
+            except (ActivityError, ChildWorkflowError, ApplicationError):
+                # A step that is an activity ends with the activity's cancellation, not with
+                # CancelledError, when a cancel, an abort or the deadline stops it (the health
+                # gate alone turned it back). Deployments started before this change took it for
+                # a failure: the reason "Activity cancelled", and a cancel of the workflow itself
+                # left undone with rollback_on_failure off.
+                if not (self._task.cancelling() and workflow.patched("stopped-in-a-step")):
+                    raise
+                self._stopped(t)
+                raise asyncio.CancelledError from None
             finally:
                 t.in_flow = False
                 deadline.cancel()
@@ -178,6 +170,34 @@ class StrategyWorkflow:
         t.status(DeploymentStatus.COMPLETED, "deployment completed")
         t.event(EventType.DEPLOYMENT_COMPLETED, f"revision {dep.revision} is serving")
         return t.state
+
+    def _stopped(self, t: Tracker) -> None:
+        """The steps were stopped: by an abort or the deadline (their failure), else by a cancel.
+
+        A cancel is the operator's, or the workflow's own; the caller raises CancelledError.
+
+        Raises:
+            ApplicationError: ``Aborted`` or ``ProgressDeadlineExceeded``.
+        """
+        t.in_flow = False
+        if self._aborted_by is not None and self._cancel_requested_by is None:
+            raise ApplicationError(
+                f"aborted by {self._aborted_by}",
+                {"reason": f"aborted by {self._aborted_by}"},
+                type="Aborted",
+                non_retryable=True,
+            ) from None
+        if self._deadline_hit is not None and self._cancel_requested_by is None:
+            raise ApplicationError(
+                f"progress deadline exceeded: {self._deadline_hit} ({t.deployment.message})",
+                {"reason": "progress deadline exceeded"},
+                type="ProgressDeadlineExceeded",
+                non_retryable=True,
+            ) from None
+        if self._cancel_requested_by is None:
+            # The workflow itself was cancelled (parent or operator): undo just the same.
+            self._cancel_requested_by = "temporal"
+            t.event(EventType.CANCEL_REQUESTED, "workflow cancellation requested")
 
     def steps_stopped(self) -> str | None:
         """Why the steps stopped (cancel, abort, deadline, a failed step), None while they run.
