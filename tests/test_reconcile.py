@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,16 @@ from moorage.models import (
 )
 from moorage.service import ConflictError, DeploymentService
 from moorage.settings import Settings
-from tests.helpers import TENANT, USER, compose, labelled, wait_terminal, web_input
+from tests.helpers import (
+    TENANT,
+    USER,
+    compose,
+    free_ports,
+    get_version,
+    labelled,
+    wait_terminal,
+    web_input,
+)
 from worker import WORKFLOWS, ensure_reconcile_schedule
 from workflows.reconcile import SCHEDULE_ID
 
@@ -416,5 +426,43 @@ async def test_a_deployment_that_would_take_another_project_s_names_changes_noth
         assert failed.details["held_by"] == {"tenant": TENANT, "project": first, "service": "web"}
         assert labelled(docker_client, project) == []
         assert docker_client.containers.get(theirs.container_name).status == "running"
+    finally:
+        executor.purge_project(first)
+
+
+async def test_a_refused_rolling_update_leaves_a_moved_route_where_it_was(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """v2 moves web's published port and mounts a volume another project holds. The rolling
+    update made sure of its routes beside the name check, so the route had moved when the
+    refusal came; with ``rollback_on_failure`` off nothing moved it back (v1 served on the new
+    port only)."""
+    first = f"{project}-x"
+    executor = DockerExecutor(docker_client)
+    old_port, new_port = free_ports(2)
+    v1 = f"services:\n  web:\n    image: moorage-demo:v1\n    ports: ['{old_port}:80']\n"
+    v2 = (
+        f"services:\n  web:\n    image: moorage-demo:v2\n    ports: ['{new_port}:80']\n"
+        "    volumes: ['x-data:/data']\nvolumes:\n  x-data: {}\n"
+    )
+    roll = DeployRequest(strategy="rolling_update", rollback_on_failure=False)
+    try:
+        executor.start_service(web_input(first, VOLUMED))  # volume "data" of project first
+        await service.apply_project(TENANT, project, v1)
+        dep = await service.deploy(TENANT, USER, project, roll.model_copy(update={"version": "v1"}))
+        assert (await wait_terminal(service, dep.id)).deployment.status == (
+            DeploymentStatus.COMPLETED
+        )
+        url = (await service.get_project(TENANT, project)).routes["web"]
+        await service.apply_project(TENANT, project, v2)
+        dep = await service.deploy(TENANT, USER, project, roll)
+        state = await wait_terminal(service, dep.id)
+        assert state.deployment.status == DeploymentStatus.FAILED
+        [failed] = [e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED]
+        assert failed.details["error_type"] == "VolumeOfAnotherProject", failed.message
+        assert (await service.get_project(TENANT, project)).routes["web"] == url
+        assert get_version(url) == "v1"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", new_port), timeout=2).close()
     finally:
         executor.purge_project(first)

@@ -69,7 +69,10 @@ class RollingUpdateWorkflow(StrategyWorkflow):
         # Deployments started before this change gated each batch's new replicas only, and not
         # all of them again at the end of the service.
         gate_all = workflow.patched("rolling-gate-all-new")
-        if switch:
+        # Deployments started before this change made sure of the routes beside the names
+        # check: a refused deployment had moved a route already (for good, with
+        # rollback_on_failure off), or made a new service's.
+        if switch and not workflow.patched("rolling-names-before-routes"):
             await steps.side_by_side(
                 steps.call("ensure_network", network),
                 replicas.ensure_routes(t, inp, self.undo),
