@@ -513,12 +513,29 @@ def test_retained_revisions_fit_a_byte_budget_newest_first_and_keep_the_newest()
 
     small = [_revision(n, 5_000) for n in range(1, 11)]
     assert retain_within(small, RETAINED_COMPOSE_BYTES) == small
-    big = [_revision(n, 256 * 1024) for n in range(1, 11)]
+    big = [_revision(n, 250 * 1024) for n in range(1, 11)]
     kept = retain_within(big, RETAINED_COMPOSE_BYTES)
     assert [r.revision for r in kept] == [9, 10]
     assert retained_bytes(kept) <= RETAINED_COMPOSE_BYTES
     huge = [_revision(1, 10), _revision(2, RETAINED_COMPOSE_BYTES + 1)]
     assert [r.revision for r in retain_within(huge, RETAINED_COMPOSE_BYTES)] == [2]
+
+
+def test_retained_revisions_are_counted_as_they_travel_escapes_and_all() -> None:
+    """A 256 KiB Compose file of blank lines is 512 KiB as a JSON string: counted raw, two such
+    revisions fitted the budget, and with the project's applied file and its serving revision
+    beside them the state passed 2 MiB (its next continue-as-new failed)."""
+    from workflows.inputs import ProjectState
+    from workflows.project import RETAINED_COMPOSE_BYTES, json_bytes, retain_within
+
+    text = "services:\n  web: {image: a}\n" + "\n" * (256 * 1024 - 30)
+    revisions = [_revision(n, 0).model_copy(update={"compose": text + f"#{n}"}) for n in (1, 2)]
+    kept = retain_within(revisions, RETAINED_COMPOSE_BYTES)
+    assert [r.revision for r in kept] == [2]
+    state = ProjectState(
+        tenant_id="acme", project_id="shop", compose=text, current=revisions[1], revisions=kept
+    )
+    assert json_bytes(state) < 2 * 1024 * 1024
 
 
 def test_a_failed_container_s_log_tail_is_bounded_and_cut_at_a_line() -> None:
