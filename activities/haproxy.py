@@ -35,6 +35,7 @@ from activities.proxy import (
     RouterState,
     RouteState,
     ServerState,
+    drain_deadline,
     process_alive,
 )
 from moorage.net import port_free
@@ -596,6 +597,7 @@ class HAProxyBackend(ProxyBackend):
                 raise
             return
         stats = self._all_stats()
+        leaving: list[tuple[str, str]] = []  # (backend, server) to drain and delete
         for key, route in new.routes.items():
             be = route.backend
             live = stats.get(be, {})
@@ -605,8 +607,8 @@ class HAProxyBackend(ProxyBackend):
                     row = self._add(be, name, server)
                 self._converge(be, name, server, row)
             extra = [n for n in live if n not in route.servers]
-            for name in sorted(set(extra) | set(draining.get(key, []))):
-                self._drain_and_delete(be, name)
+            leaving += [(be, n) for n in sorted(set(extra) | set(draining.get(key, [])))]
+        self._drain_and_delete(leaving)
         self._write(new, check=False)
         if self.managed:
             self._log_mark()  # its servers' state changes add to it between reloads
@@ -642,19 +644,37 @@ class HAProxyBackend(ProxyBackend):
             self._ok(f"enable health {be}/{name}", "not configured")
             self._ok(f"set server {be}/{name} state ready")
 
-    def _drain_and_delete(self, be: str, name: str) -> None:
-        if name not in self._stats(be):
+    def _drain_and_delete(self, leaving: list[tuple[str, str]]) -> None:
+        """Drain servers (``(backend, server)``) side by side, then delete them.
+
+        A change drained its servers one after the other, each up to the drain timeout: a
+        switch that took out four replicas holding long requests waited four times as long.
+        """
+        if not leaving:
             return
-        self._ok(f"set server {be}/{name} state drain")
-        deadline = time.monotonic() + self.drain_timeout_s
+        known = self._all_stats()
+        leaving = [(be, name) for be, name in leaving if name in known.get(be, {})]
+        for be, name in leaving:
+            self._ok(f"set server {be}/{name} state drain")
+        deadline = drain_deadline(self.drain_timeout_s)
         beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
         pauses = poll_pauses()
-        while time.monotonic() < deadline:
-            row = self._stats(be).get(name)
-            if row is None or int(row.get("scur") or 0) == 0:
-                break
-            beat(f"draining {name}: {row.get('scur')} connections")
-            time.sleep(next(pauses))
+        busy = leaving
+        while busy and time.monotonic() < deadline:
+            stats = self._all_stats()
+            busy = [
+                (be, name)
+                for be, name in busy
+                if int(stats.get(be, {}).get(name, {}).get("scur") or 0) > 0
+            ]
+            if busy:
+                beat(f"draining {', '.join(n for _, n in busy)}")
+                time.sleep(next(pauses))
+        for be, name in leaving:
+            self._delete(be, name)
+
+    def _delete(self, be: str, name: str) -> None:
+        """Take a drained server out of HAProxy (maintenance, its sessions shut, deleted)."""
         heartbeat(f"deleting {name}")
         self._ok(f"set server {be}/{name} state maint")
         for _ in range(20):

@@ -23,6 +23,7 @@ from activities.proxy import (
     RouterError,
     RouterState,
     RouteState,
+    drain_deadline,
 )
 
 NGINX = "nginx"
@@ -159,7 +160,7 @@ class NginxBackend(ProxyBackend):
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         self._wait_reloaded(master, before, log, offset, old)
         # The old workers finish their in-flight requests, then exit: that is the drain.
-        deadline = time.monotonic() + self.drain_timeout_s
+        deadline = drain_deadline(self.drain_timeout_s)
         beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
         pauses = poll_pauses()
         while time.monotonic() < deadline:

@@ -13,9 +13,11 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+from temporalio import activity
 
 
 class ServerState(BaseModel):
@@ -82,6 +84,30 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+DRAIN_MARGIN_S = 10.0
+"""Time a drain leaves its step for what comes after it (deleting the servers, saving the state)."""
+
+
+def drain_deadline(drain_timeout_s: float) -> float:
+    """When a drain that starts now gives up, as a ``time.monotonic()`` value.
+
+    After the drain timeout, or before the step it runs in would time out, whichever comes
+    first: a router step has 2 minutes, ``MOORAGE_DRAIN_TIMEOUT`` may be up to an hour. A drain
+    that outlasted its step failed the attempt, and every retry drained again, as long: the
+    deployment failed, and its undo (another router step) the same way.
+    """
+    now = time.monotonic()
+    deadline = now + drain_timeout_s
+    if not activity.in_activity():
+        return deadline
+    info = activity.info()
+    if info.start_to_close_timeout is None:
+        return deadline
+    elapsed = max(0.0, (datetime.now(UTC) - info.started_time).total_seconds())
+    left = info.start_to_close_timeout.total_seconds() - elapsed
+    return min(deadline, now + max(0.0, left - min(DRAIN_MARGIN_S, left / 4)))
 
 
 class ProxyBackend(ABC):

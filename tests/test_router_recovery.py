@@ -7,12 +7,15 @@ state says. Real HAProxy and nginx; the servers are plain TCP listeners on 127.0
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import docker
@@ -319,6 +322,93 @@ def test_a_config_haproxy_refuses_is_refused_with_haproxys_reason(tmp_path: Path
     assert not backend.config.exists()  # nothing written in its place
 
 
+def step_environment(timeout: timedelta) -> ActivityEnvironment:
+    """An activity environment whose step started now, with ``timeout`` to run (the default one
+    started in 1970, with 1 s)."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, started_time=datetime.now(UTC), start_to_close_timeout=timeout
+    )
+    return env
+
+
+@contextlib.contextmanager
+def held_servers(router: TrafficRouter, backend: ProxyBackend, names: list[str]) -> Iterator[None]:
+    """Servers ``names`` on the web route, each holding one request in flight: listeners that
+    accept (the kernel does) and never answer."""
+    silent = [socket.socket() for _ in names]
+    clients: list[socket.socket] = []
+    try:
+        for sock in silent:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        info = router.ensure_route(WEB)
+        state = router.load()
+        for name, sock in zip(names, silent, strict=True):
+            state.routes[KEY].servers[name] = ServerState(
+                address=f"127.0.0.1:{sock.getsockname()[1]}"
+            )
+        backend.apply(router.load(), state, {})
+        router._save(state)
+        time.sleep(1.5)  # every server's first check passed
+        for _ in names:  # round robin: one request to each server
+            client = socket.create_connection(("127.0.0.1", info.port), timeout=2)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(client)
+        time.sleep(0.5)
+        yield
+    finally:
+        for sock in [*clients, *silent]:
+            sock.close()
+
+
+def test_the_servers_a_change_takes_out_drain_side_by_side(tmp_path: Path) -> None:
+    """They drained one after the other, each up to the drain timeout: taking out three
+    replicas that held long requests took three drain timeouts."""
+    backend = HAProxyBackend(tmp_path, drain_timeout_s=3)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"], drain_timeout_s=3)
+    names = ["r1", "r2", "r3"]
+    try:
+        with held_servers(router, backend, names):
+            assert backend.live_servers(router.load().routes[KEY]).keys() == set(names)
+            t0 = time.monotonic()
+            step_environment(timedelta(minutes=2)).run(
+                router.route_remove,
+                RouteServersInput(
+                    tenant=TENANT, project="recovery", service="web", containers=names
+                ),
+            )
+            took = time.monotonic() - t0
+            assert 2.5 <= took < 7.5, took  # one drain timeout, not three (9 s)
+            assert router.load().routes[KEY].servers == {}
+    finally:
+        router.stop()
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_drain_ends_before_its_step_would_time_out(tmp_path: Path, kind: str) -> None:
+    """MOORAGE_DRAIN_TIMEOUT may be up to an hour, a router step has 2 minutes: a drain longer
+    than its step failed every attempt (each drained again), then the undo's step the same way.
+    Here: a 30 s drain timeout in a step of 8 s ends after 6 s (2 s left for the rest)."""
+    cls = HAProxyBackend if kind == "haproxy" else NginxBackend
+    backend: ProxyBackend = cls(tmp_path, drain_timeout_s=30)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS[kind], drain_timeout_s=30)
+    try:
+        with held_servers(router, backend, ["r1"]):
+            t0 = time.monotonic()
+            step_environment(timedelta(seconds=8)).run(
+                router.route_remove,
+                RouteServersInput(
+                    tenant=TENANT, project="recovery", service="web", containers=["r1"]
+                ),
+            )
+            took = time.monotonic() - t0
+            assert 5 <= took < 7.5, took
+            assert "r1" not in router.load().routes[KEY].servers
+    finally:
+        router.stop()
+
+
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
 def test_a_long_drain_keeps_heartbeating(tmp_path: Path, kind: str) -> None:
     """A request in flight holds the drain until the drain timeout (10 s by default, as long as
@@ -343,7 +433,7 @@ def test_a_long_drain_keeps_heartbeating(tmp_path: Path, kind: str) -> None:
         with socket.create_connection(("127.0.0.1", info.port), timeout=2) as client:
             client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # in flight from now on
             time.sleep(0.5)
-            env = ActivityEnvironment()
+            env = step_environment(timedelta(minutes=2))
             beats: list[float] = []
             env.on_heartbeat = lambda *details: beats.append(time.monotonic())
             t0 = time.monotonic()
