@@ -106,6 +106,9 @@ class DevStack:
     key: str = field(default="", init=False)
     """The dev API key, once started."""
     _stop_signal: int | None = field(default=None, init=False)
+    _router_ours: bool = field(default=False, init=False)
+    """The worker this ``dev`` started starts the proxy: only then does ``dev`` stop it (a
+    ``dev`` that could not start stopped the proxy of the one already running)."""
 
     @property
     def temporal_address(self) -> str:
@@ -119,22 +122,24 @@ class DevStack:
             0 after a signal, 1 when a child died or could not start, 2 when it could not start
             at all (port taken, temporal missing).
         """
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal left every child running (each in a session of its own).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            self._stop()  # also after an unexpected error (a print into a closed pipe)
+
+    def _run(self) -> int:
         try:
             self._start()
         except DevError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-            code = 2 if not self.children else 1
-            self._stop()
-            return code
+            return 2 if not self.children else 1
         if self._stop_signal is not None:
-            self._stop()
             return 0
         self._print_banner()
-        code = self._supervise()
-        self._stop()
-        return code
+        return self._supervise()
 
     # --- starting ------------------------------------------------------------------------------
 
@@ -151,8 +156,11 @@ class DevStack:
                 raise DevError(f"port {port} ({what}) is in use: is another `moorage dev` running?")
         binary = temporal_binary()
         logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        key = dev_api_key(self.data_dir)
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            key = dev_api_key(self.data_dir)
+        except OSError as exc:
+            raise DevError(f"--data-dir {self.data_dir}: {exc.strerror or exc}") from exc
         self._build_images()
 
         self._spawn(
@@ -219,6 +227,7 @@ class DevStack:
                 start_new_session=True,  # own process group: Ctrl-C reaches only the supervisor
             )
         self.children.append(Child(name, proc, log))
+        self._router_ours = self._router_ours or name == "worker"
 
     def _wait(self, what: str, ready: Callable[[], bool]) -> bool:
         """Wait until ``ready()``; False when a signal asked to stop meanwhile."""
@@ -308,7 +317,9 @@ class DevStack:
                     _signal_group(child.proc, signal.SIGKILL)
                     child.proc.wait()
         self.children.clear()
-        self._stop_router()
+        if self._router_ours:
+            self._stop_router()
+            self._router_ours = False
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

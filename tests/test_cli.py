@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -415,10 +417,62 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def test_a_dev_that_cannot_start_leaves_the_running_proxy_alone(short_dir: Path) -> None:
+    """A second ``moorage dev`` in a checkout (its ports taken by the first) stopped the first's
+    HAProxy on its way out: every route of the running stack went dark."""
+    fake = short_dir / "bin" / "haproxy"  # a process the router takes for its HAProxy
+    fake.parent.mkdir()
+    shutil.copy("/bin/sleep", fake)
+    proxy = subprocess.Popen([str(fake), "60"])
+    router = short_dir / "router-haproxy"
+    router.mkdir()
+    (router / "haproxy.pid").write_text(f"{proxy.pid}\n")
+    temporal_port, ui_port, api_port = free_ports(3)
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", temporal_port))
+        taken.listen()
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "moorage.cli", "dev", "--data-dir", str(short_dir),
+                "--temporal-port", str(temporal_port), "--ui-port", str(ui_port),
+                "--api-port", str(api_port),
+            ],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"port {temporal_port} (Temporal) is in use" in done.stderr
+        assert proxy.poll() is None, "dev stopped the running stack's proxy"
+    finally:
+        taken.close()
+        proxy.kill()
+        proxy.wait()
+
+
+def test_dev_with_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    """It exited 1 with a NotADirectoryError traceback."""
+    path = tmp_path / "a-file"
+    path.write_text("")
+    temporal_port, ui_port, api_port = free_ports(3)
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "moorage.cli", "dev", "--data-dir", str(path),
+            "--temporal-port", str(temporal_port), "--ui-port", str(ui_port),
+            "--api-port", str(api_port),
+        ],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: --data-dir {path}: Not a directory"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.integration
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["sigint", "sighup"])
 async def test_dev_starts_the_stack_and_stops_it_on_sigint(
-    short_dir: Path, docker_client: object
+    short_dir: Path, docker_client: object, stop: signal.Signals
 ) -> None:
+    """And on SIGHUP (a closed terminal), which left every child running."""
     temporal_port, ui_port, api_port = free_ports(3)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moorage.cli", "dev",
@@ -464,7 +518,7 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
         assert len(children) == 3, children
         assert all(os.getpgid(c) == c for c in children)  # each its own group
 
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         output, _ = await asyncio.wait_for(proc.communicate(), 20)
     finally:
         if proc.returncode is None:
