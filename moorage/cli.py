@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -55,8 +56,10 @@ EXIT_REFUSED = 2
 """Exit status of every refusal: usage, validation, not found, conflict, Temporal unreachable."""
 
 # Piped output (scripts, logs) gets wide tables instead of rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
+# No markup: messages quote container logs and proxy errors ("[ALERT] ... [haproxy.cfg:12]"),
+# which Rich took for markup (the text dropped, or MarkupError and no output at all).
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, markup=False)
 
 app = typer.Typer(
     name="moorage",
@@ -200,7 +203,11 @@ def _variables(env_file: Path | None, pairs: list[str]) -> dict[str, str]:
 
 def _print_deployment(dep: Deployment) -> None:
     style = _status_style(dep.status)
-    out.print(f"deployment [bold]{dep.id}[/bold]  [{style}]{dep.status}[/{style}]  {dep.progress}%")
+    out.print(
+        Text.assemble(
+            "deployment ", (dep.id, "bold"), "  ", (str(dep.status), style), f"  {dep.progress}%"
+        )
+    )
     out.print(f"  project   {dep.project_id}  revision {dep.revision}  version {dep.version}")
     out.print(f"  strategy  {dep.strategy}  by {dep.user_id}")
     if dep.rollback_version:
@@ -209,7 +216,7 @@ def _print_deployment(dep: Deployment) -> None:
         out.print(f"  previous  revision {dep.previous_revision}")
     out.print(f"  started   {_when(dep.started_at)}  completed {_when(dep.completed_at)}")
     if dep.message:
-        out.print(f"  message   {dep.message}", markup=False)
+        out.print(f"  message   {dep.message}")
 
 
 def _events_table(events: Sequence[DeploymentEvent]) -> Table:
@@ -287,8 +294,11 @@ def _watch_and_report(
     else:
         out.print(_events_table(state.events[-10:]))
         style = _status_style(dep.status)
-        line = f"{dep.id} [{style}]{dep.status}[/{style}]"
-        out.print(line + (f": {dep.message}" if dep.message else ""))
+        out.print(
+            Text.assemble(
+                f"{dep.id} ", (str(dep.status), style), f": {dep.message}" if dep.message else ""
+            )
+        )
         for service_name, url in sorted(state.routes.items()):
             out.print(f"  route  {service_name}  {url}")
     return 0 if dep.status == success else 1
@@ -459,7 +469,7 @@ def project_show(
     if as_json:
         sys.stdout.write(project.model_dump_json(indent=2) + "\n")
         return
-    out.print(f"project [bold]{project.id}[/bold]  (tenant {project.tenant_id})")
+    out.print(Text.assemble("project ", (project.id, "bold"), f"  (tenant {project.tenant_id})"))
     out.print(f"  services  {', '.join(project.services) or '-'}")
     current = (
         f"{project.current_revision} ({project.current_version})"
@@ -471,7 +481,7 @@ def project_show(
     for service_name, url in sorted(project.routes.items()):
         out.print(f"  route     {service_name}  {url}")
     out.print("compose:")
-    out.print(project.compose or "(none)", markup=False)
+    out.print(project.compose or "(none)")
 
 
 @app.command()
@@ -666,7 +676,7 @@ def history(
     for d in deployments:
         style = _status_style(d.status)
         table.add_row(
-            d.id, d.version, str(d.strategy), f"[{style}]{d.status}[/{style}]", f"{d.progress}%",
+            d.id, d.version, str(d.strategy), Text(str(d.status), style=style), f"{d.progress}%",
             _when(d.started_at), d.user_id, d.message,
         )  # fmt: skip
     out.print(table)

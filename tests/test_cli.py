@@ -534,3 +534,29 @@ async def test_dev_starts_the_stack_and_stops_it_on_sigint(
     assert not alive(haproxy)  # dev stopped the proxy too
     for name in ("temporal", "worker", "api"):
         assert (short_dir / "logs" / f"{name}.log").exists()
+
+
+def test_messages_with_brackets_print_as_they_are() -> None:
+    """Event messages quote container logs and proxy errors. Rich took their brackets for
+    markup: ``[emerg]`` vanished, and ``[/x/haproxy.cfg:12]`` (a closing tag) raised MarkupError,
+    so ``moorage events`` printed nothing but the error."""
+    from datetime import UTC, datetime
+
+    from moorage import cli
+
+    text = "[ALERT] parsing [/x/haproxy.cfg:12] : [emerg] unknown keyword"
+    event = DeploymentEvent(
+        event_type=EventType.DEPLOYMENT_FAILED, message=text, created_at=datetime.now(UTC)
+    )
+    dep = Deployment(
+        id="shop.2", project_id="shop", version="v2", revision=2, strategy="rolling_update",
+        status=DeploymentStatus.ROLLED_BACK, user_id="cli", tenant_id="acme",
+        message=f"rolled back: {text}",
+    )  # fmt: skip
+    with cli.out.capture() as captured:
+        cli.out.print(cli._events_table([event]))
+        cli._print_deployment(dep)
+    printed = captured.get()
+    assert text in printed
+    assert f"message   rolled back: {text}" in printed
+    assert "deployment shop.2  rolled_back  0%" in printed
