@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import struct
 import tarfile
 from pathlib import Path
 
@@ -69,17 +70,38 @@ NEVER_HEALTHY = "HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD exit 1"
 def find_busybox() -> Path:
     """The static busybox binary (Debian's ``busybox-static``).
 
+    A dynamic one (Debian's ``busybox``, which ``initramfs-tools`` recommends) does not run in a
+    demo image, which holds no C library: its containers never started.
+
     Raises:
-        FileNotFoundError: busybox is not installed.
+        FileNotFoundError: no static busybox is installed.
     """
-    for candidate in BUSYBOX_CANDIDATES:
-        path = Path(candidate)
-        if path.exists():
-            return path
     found = shutil.which("busybox")
-    if found:
-        return Path(found)
-    raise FileNotFoundError("busybox not found: apt-get install busybox-static")
+    for candidate in (*BUSYBOX_CANDIDATES, *([found] if found else [])):
+        path = Path(candidate)
+        if path.exists() and is_static(path):
+            return path
+    raise FileNotFoundError("no static busybox found: apt-get install busybox-static")
+
+
+def is_static(path: Path) -> bool:
+    """Whether an ELF executable needs no program interpreter (no ``PT_INTERP`` header)."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF":
+        return False
+    wide = data[4] == 2  # ELFCLASS64
+    order = "<" if data[5] == 1 else ">"
+    if wide:
+        (phoff,) = struct.unpack_from(order + "Q", data, 0x20)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x36)
+    else:
+        (phoff,) = struct.unpack_from(order + "I", data, 0x1C)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x2A)
+    for i in range(phnum):
+        (kind,) = struct.unpack_from(order + "I", data, phoff + i * phentsize)
+        if kind == 3:  # PT_INTERP
+            return False
+    return True
 
 
 def _rootfs_tar(version: str, mode: str) -> bytes:

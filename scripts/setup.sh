@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
-# Everything Moorage needs on this machine: a Docker engine, busybox-static for the demo images,
-# a virtualenv with Moorage and its dev tools, and the demo images on the engine.
-# On a fresh Debian machine, as root, it installs what is missing from Debian and says so.
+# Everything Moorage needs on this machine: a Docker engine, HAProxy (the default router),
+# busybox-static for the demo images, a virtualenv with Moorage and its dev tools, and the demo
+# images on the engine. With --tests, also what the tests use: nginx (the other router), wrk and
+# socat. On a fresh Debian machine, as root, it installs what is missing from Debian and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "[moorage] $*" >&2; }
 
+# A static busybox: a dynamic one (Debian's busybox) does not run in the demo images.
+static_busybox() {
+  local b
+  for b in /bin/busybox /usr/bin/busybox; do
+    if [ -x "$b" ] && ! ldd "$b" >/dev/null 2>&1; then return 0; fi
+  done
+  return 1
+}
+
 need_apt=()
-command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || need_apt+=(busybox-static)
+static_busybox || need_apt+=(busybox-static)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+python3 -c 'import ensurepip' 2>/dev/null || [ -x .venv/bin/python ] || need_apt+=(python3-venv)
+if [ "${1:-}" = "--tests" ]; then
+  command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+  command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+  command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     log "installing from Debian: ${need_apt[*]}"

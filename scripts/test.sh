@@ -11,7 +11,7 @@
 # `./scripts/test.sh tests/test_rolling.py -k nginx`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh || exit $?
+./scripts/setup.sh --tests || exit $?
 workers="${MOORAGE_TEST_WORKERS:-2}"
 if [ $# -gt 0 ] || [ "$workers" = "1" ]; then
   exec .venv/bin/pytest "$@"
