@@ -134,7 +134,41 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MOORAGE_ROUTER_MANAGED=false is supported with MOORAGE_ROUTER=haproxy only"
             )
+        self._check_temporal()
         return self
+
+    def _check_temporal(self) -> None:
+        """Refuse a bad Temporal address or TLS file at start.
+
+        They failed at the first connection: a traceback (the CLI, the worker), or a 500 for
+        every request (the API).
+        """
+        if not re.fullmatch(r"\S+:(\d{1,5})", self.temporal_address) or not (
+            0 < int(self.temporal_address.rsplit(":", 1)[1]) < 65536
+        ):
+            raise ValueError(
+                f"MOORAGE_TEMPORAL_ADDRESS {self.temporal_address!r}: host:port, e.g. "
+                "127.0.0.1:7233"
+            )
+        files = {
+            "MOORAGE_TEMPORAL_TLS_CERT": self.temporal_tls_cert,
+            "MOORAGE_TEMPORAL_TLS_KEY": self.temporal_tls_key,
+            "MOORAGE_TEMPORAL_TLS_CA": self.temporal_tls_ca,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and not self.temporal_tls:
+            raise ValueError(f"{given[0]} is set but MOORAGE_TEMPORAL_TLS is not true")
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            raise ValueError(
+                "MOORAGE_TEMPORAL_TLS_CERT and MOORAGE_TEMPORAL_TLS_KEY go together (mTLS)"
+            )
+        for name, path in files.items():
+            if path is None:
+                continue
+            try:
+                path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"{name} {str(path)!r}: {exc.strerror or exc}") from None
 
     def default_memory_bytes(self) -> int:
         """``default_memory`` in bytes."""

@@ -186,6 +186,9 @@ async def test_apply_env_file_that_is_not_utf8_is_refused_naming_it(
         (["worker"], "MOORAGE_RECONCILE_EVERY", "inf"),
         (["worker"], "MOORAGE_DEFAULT_PIDS", "99999999999999999999"),
         (["status", "x.1"], "MOORAGE_API_KEYS", "k=acme/alice:root"),
+        # These failed at the first connection: a traceback, exit 1 (the API: a 500 each time).
+        (["status", "x.1"], "MOORAGE_TEMPORAL_ADDRESS", ""),
+        (["worker"], "MOORAGE_TEMPORAL_TLS_CA", "/nonexistent/ca.pem"),
     ],
 )
 async def test_a_bad_setting_stops_every_command_at_start_naming_it(

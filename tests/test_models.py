@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -360,6 +362,39 @@ def test_settings_read_moorage_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.parsed_api_keys() == {"secret": ApiKey(tenant_id="acme", user_id="alice")}
     assert settings.temporal_address == "temporal.example:7233"
     assert settings.temporal_tls is True
+
+
+def test_temporal_address_and_tls_files_are_checked_at_start(tmp_path: Path) -> None:
+    """They failed at the first connection (a traceback; every API request a 500)."""
+    pem = tmp_path / "x.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    ok = Settings(
+        temporal_address="temporal.example:7233", temporal_tls=True,
+        temporal_tls_cert=pem, temporal_tls_key=pem, temporal_tls_ca=pem,
+    )  # fmt: skip
+    assert ok.temporal_tls_ca == pem
+    assert Settings(temporal_address="[::1]:7233").temporal_address == "[::1]:7233"
+    refused: dict[str, dict[str, Any]] = {
+        "MOORAGE_TEMPORAL_ADDRESS '': host:port": {"temporal_address": ""},
+        "MOORAGE_TEMPORAL_ADDRESS 'temporal.example': host:port": {
+            "temporal_address": "temporal.example"
+        },
+        "MOORAGE_TEMPORAL_ADDRESS 'h:70000'": {"temporal_address": "h:70000"},
+        "MOORAGE_TEMPORAL_TLS_CA is set but MOORAGE_TEMPORAL_TLS is not true": {
+            "temporal_tls_ca": pem
+        },
+        "MOORAGE_TEMPORAL_TLS_CERT and MOORAGE_TEMPORAL_TLS_KEY go together": {
+            "temporal_tls": True,
+            "temporal_tls_cert": pem,
+        },
+        f"MOORAGE_TEMPORAL_TLS_CA '{tmp_path}/none.pem': No such file": {
+            "temporal_tls": True,
+            "temporal_tls_ca": tmp_path / "none.pem",
+        },
+    }
+    for message, fields in refused.items():
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            Settings(**fields)
 
 
 def test_instance_setting(monkeypatch: pytest.MonkeyPatch) -> None:
