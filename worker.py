@@ -22,6 +22,7 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    ScheduleUpdate,
 )
 from temporalio.worker import Worker
 
@@ -102,33 +103,43 @@ def build_worker(
 
 
 async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
-    """Create the schedule that runs ReconcileAll every ``reconcile_every`` seconds (once).
+    """Make sure of the schedule that runs ReconcileAll every ``reconcile_every`` seconds.
+
+    One that exists with another interval or task queue is brought to these settings (it was
+    kept as first made: a changed ``MOORAGE_RECONCILE_EVERY`` did nothing, and a changed
+    ``MOORAGE_TASK_QUEUE`` left it starting passes on a queue no worker polls). With 0, this
+    worker makes none and leaves one that exists alone (workers of one installation may differ).
 
     Returns:
-        True when this call created it, False when it existed already or is switched off (0).
+        True when this call created or changed it, False when it was as asked or is switched off.
     """
     if settings.reconcile_every <= 0:
         return False
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            "ReconcileAll", ListLabelledInput(), id=WORKFLOW_ID, task_queue=settings.task_queue
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_every))]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
     try:
-        await client.create_schedule(
-            SCHEDULE_ID,
-            Schedule(
-                action=ScheduleActionStartWorkflow(
-                    "ReconcileAll",
-                    ListLabelledInput(),
-                    id=WORKFLOW_ID,
-                    task_queue=settings.task_queue,
-                ),
-                spec=ScheduleSpec(
-                    intervals=[
-                        ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_every))
-                    ]
-                ),
-                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-            ),
-        )
+        await client.create_schedule(SCHEDULE_ID, schedule)
     except ScheduleAlreadyRunningError:
+        pass
+    else:
+        return True
+    handle = client.get_schedule_handle(SCHEDULE_ID)
+    found = (await handle.describe()).schedule
+    action = found.action
+    if (
+        isinstance(action, ScheduleActionStartWorkflow)
+        and action.task_queue == settings.task_queue
+        and [i.every for i in found.spec.intervals] == [schedule.spec.intervals[0].every]
+    ):
         return False
+    await handle.update(lambda _: ScheduleUpdate(schedule=schedule))
     return True
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import docker
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -214,11 +214,23 @@ async def test_the_worker_schedules_reconciliation_once(
         )
         is False
     )
+    handle = temporal_client.get_schedule_handle(SCHEDULE_ID)
     try:
         assert await ensure_reconcile_schedule(temporal_client, settings) is True
         assert await ensure_reconcile_schedule(temporal_client, settings) is False
-        desc = await temporal_client.get_schedule_handle(SCHEDULE_ID).describe()
+        desc = await handle.describe()
         assert desc.schedule.spec.intervals[0].every.total_seconds() == settings.reconcile_every
+        # Changed settings change it (it was kept as first made); 0 leaves it alone.
+        changed = settings.model_copy(update={"reconcile_every": 42.0, "task_queue": "elsewhere"})
+        assert await ensure_reconcile_schedule(temporal_client, changed) is True
+        desc = await handle.describe()
+        assert [i.every.total_seconds() for i in desc.schedule.spec.intervals] == [42.0]
+        assert isinstance(desc.schedule.action, ScheduleActionStartWorkflow)
+        assert desc.schedule.action.task_queue == "elsewhere"
+        assert await ensure_reconcile_schedule(temporal_client, changed) is False
+        off = settings.model_copy(update={"reconcile_every": 0})
+        assert await ensure_reconcile_schedule(temporal_client, off) is False
+        assert (await handle.describe()).schedule.spec.intervals[0].every.total_seconds() == 42
     finally:
         await temporal_client.get_schedule_handle(SCHEDULE_ID).delete()
 
