@@ -638,12 +638,14 @@ def status(
         bool, typer.Option("--json", help="Print the deployment record as JSON.")
     ] = False,
 ) -> None:
-    """Print a deployment's record: status, progress, message."""
-    dep = _with_service(ctx, lambda s, tenant, _user: s.get_deployment(tenant, deployment_id))
+    """Print a deployment's record (status, progress, message) and routes, previews included."""
+    state = _with_service(ctx, lambda s, tenant, _user: s.get_state(tenant, deployment_id))
     if as_json:
-        sys.stdout.write(dep.model_dump_json(indent=2) + "\n")
+        sys.stdout.write(state.deployment.model_dump_json(indent=2) + "\n")
     else:
-        _print_deployment(dep)
+        _print_deployment(state.deployment)
+        for service_name, url in sorted(state.routes.items()):
+            out.print(f"  route     {service_name}  {url}")
 
 
 @app.command()

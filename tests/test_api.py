@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -21,7 +22,7 @@ from api.main import MAX_BODY_BYTES, create_app
 from moorage.compose import ComposeError, parse_compose
 from moorage.service import DeploymentService
 from moorage.settings import Settings, get_settings
-from tests.helpers import TENANT, compose, labelled, wait_terminal
+from tests.helpers import TENANT, compose, get_version, labelled, wait_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +42,41 @@ async def http(service: DeploymentService, settings: Settings) -> AsyncIterator[
         transport=httpx.ASGITransport(app=app), base_url="http://moorage"
     ) as client:
         yield client
+
+
+async def test_the_status_shows_a_blue_green_s_preview_route(
+    http: httpx.AsyncClient, project: str
+) -> None:
+    """The README sent operators to ``routes["web:preview"]`` in the deployment status, which
+    had no routes: nothing the API answered named the preview route to try before promoting."""
+    put = await http.put(
+        f"/api/projects/{project}", json={"compose": compose(api_image=None)}, headers=A
+    )
+    assert put.status_code == 200, put.text
+    dep = await http.post(
+        f"/api/projects/{project}/deploy",
+        json={"strategy": "blue_green", "auto_promote": False, "health_check_retries": 20},
+        headers=A,
+    )
+    assert dep.status_code == 202, dep.text
+    dep_id = dep.json()["id"]
+    deadline = time.monotonic() + 60
+    while (
+        "waiting for promotion"
+        not in (body := (await http.get(f"/api/deployments/{dep_id}/status", headers=A)).json())[
+            "message"
+        ]
+    ):
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.2)
+    preview = body["routes"]["web:preview"]
+    assert get_version(preview) == "v1"
+    cancel = await http.post(f"/api/deployments/{dep_id}/cancel", headers=A)
+    assert cancel.status_code == 202, cancel.text
+    while body["status"] != "cancelled":
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.2)
+        body = (await http.get(f"/api/deployments/{dep_id}/status", headers=A)).json()
 
 
 def loc_names(resp: httpx.Response) -> list[str]:

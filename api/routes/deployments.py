@@ -22,6 +22,9 @@ class DeploymentStatusPublic(BaseModel):
     status: DeploymentStatus
     progress: int
     message: str
+    routes: dict[str, str] = {}
+    """Where the deployment's services are routed (service → URL); a blue-green's preview
+    routes, which reach green only, under ``<service>:preview``."""
 
 
 class RollbackRequest(BaseModel):
@@ -45,9 +48,12 @@ async def get_deployment(
 async def get_status(
     deployment_id: DeploymentId, caller: CallerDep, svc: ServiceDep
 ) -> DeploymentStatusPublic:
-    """Status, progress (0-100) and message."""
-    d = await svc.get_deployment(caller.tenant_id, deployment_id)
-    return DeploymentStatusPublic(id=d.id, status=d.status, progress=d.progress, message=d.message)
+    """Status, progress (0-100), message and routes (a blue-green's previews among them)."""
+    state = await svc.get_state(caller.tenant_id, deployment_id)
+    d = state.deployment
+    return DeploymentStatusPublic(
+        id=d.id, status=d.status, progress=d.progress, message=d.message, routes=state.routes
+    )
 
 
 @router.get("/{deployment_id}/events", response_model=list[DeploymentEvent])
