@@ -38,6 +38,7 @@ from moorage.models import (
     DeploymentState,
     DeploymentStatus,
     DeployRequest,
+    EventType,
     ProjectPublic,
     ServiceInstance,
     Strategy,
@@ -778,7 +779,12 @@ def reconcile(
         bool, typer.Option("--all", help="Every project of every tenant (what the schedule runs).")
     ] = False,
 ) -> None:
-    """Remove labelled containers no deployment owns; prints one line per container removed."""
+    """Remove labelled containers no deployment owns; prints one line per container removed.
+
+    With --all, the containers of unknown projects are removed here; every project that exists
+    is asked to reconcile itself, on its own (its reconcile log says what it removed). Exit 1
+    when a project's containers could not be removed.
+    """
     if all_projects == (name is not None):
         raise CliError("give a project NAME or --all")
     if all_projects:
@@ -787,7 +793,16 @@ def reconcile(
         events = _with_service(ctx, lambda s, tenant, user: s.reconcile(tenant, user, name or ""))
     for e in events:
         out.print(e.message)
-    out.print(f"{len(events)} orphan container(s) removed")
+    removed = sum(e.event_type == EventType.ORPHAN_REMOVED for e in events)
+    if all_projects:
+        out.print(
+            f"{removed} container(s) of unknown projects removed; the projects that exist "
+            "reconcile themselves (see their reconcile log)"
+        )
+    else:
+        out.print(f"{removed} orphan container(s) removed")
+    if any(e.event_type == EventType.RECONCILE_FAILED for e in events):
+        raise typer.Exit(1)
 
 
 # --- entry point ------------------------------------------------------------------------------

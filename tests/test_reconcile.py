@@ -139,6 +139,55 @@ async def test_reconcile_all_removes_containers_of_unknown_projects(
     assert labelled(docker_client, project) == []
 
 
+async def test_reconcile_all_goes_on_past_a_project_whose_containers_cannot_be_removed(
+    temporal_client: Client,
+    settings: Settings,
+    docker_client: docker.DockerClient,
+    project: str,
+) -> None:
+    """One unknown project's removal failing (the engine: "device or resource busy") failed
+    the whole pass: the projects after it were never reconciled while the fault lasted."""
+    stuck, other = f"{project}-a", f"{project}-b"  # the stuck one comes first
+    executor = DockerExecutor(docker_client)
+
+    @activity.defn(name="remove_containers")
+    def busy_for_one(sel: ContainerSelector) -> list[str]:
+        """The real removal, except for ``stuck``'s containers (workflow logic under test)."""
+        if sel.project == stuck:
+            raise ApplicationError(
+                "device or resource busy (stub)", type="EngineRefused", non_retryable=True
+            )
+        return executor.remove_containers(sel)
+
+    queue = f"reconcile-busy-{uuid.uuid4().hex[:6]}"
+    svc = DeploymentService(temporal_client, settings.model_copy(update={"task_queue": queue}))
+    kept = make_orphan(docker_client, stuck, revision=1)
+    gone = make_orphan(docker_client, other, revision=1)
+    try:
+        async with Worker(
+            temporal_client,
+            task_queue=queue,
+            workflows=WORKFLOWS,
+            activities=[executor.list_labelled, busy_for_one],
+            activity_executor=ThreadPoolExecutor(2),
+        ):
+            events = await svc.reconcile_all(TENANT)
+        mine = {
+            e.details["project"]: e for e in events if e.details.get("project") in (stuck, other)
+        }
+        assert mine[stuck].event_type == EventType.RECONCILE_FAILED
+        assert "device or resource busy (stub)" in mine[stuck].message
+        assert (mine[other].event_type, mine[other].details["container"]) == (
+            EventType.ORPHAN_REMOVED,
+            gone,
+        )
+        assert labelled(docker_client, other) == []
+        assert [c.name for c in labelled(docker_client, stuck)] == [kept]
+    finally:
+        executor.purge_project(stuck)
+        executor.purge_project(other)
+
+
 async def test_reconcile_all_leaves_the_containers_of_another_instance(
     service: DeploymentService, docker_client: docker.DockerClient, project: str
 ) -> None:

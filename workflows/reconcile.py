@@ -8,7 +8,7 @@ belong to nobody and are removed here, each with an event in the result.
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import ContainerSelector, LabelledContainer, ListLabelledInput
@@ -41,9 +41,26 @@ class ReconcileAllWorkflow:
                 continue
             except FailureError:
                 pass  # no such (running) project workflow: nobody owns these containers
-            removed = await replicas.remove_containers(
-                ContainerSelector(tenant=tenant, project=project)
-            )
+            try:
+                removed = await replicas.remove_containers(
+                    ContainerSelector(tenant=tenant, project=project)
+                )
+            except (ActivityError, ApplicationError) as err:
+                # Passes started before this change failed here, and never reached the projects
+                # after this one (while the fault lasted, no scheduled pass did).
+                if not workflow.patched("reconcile-all-goes-on"):
+                    raise
+                reason, details = steps.failure_reason(err)
+                events.append(
+                    DeploymentEvent(
+                        event_type=EventType.RECONCILE_FAILED,
+                        message=f"containers of project {project} of tenant {tenant} kept, the "
+                        f"next pass tries again: {reason}",
+                        details={**details, "tenant": tenant, "project": project},
+                        created_at=workflow.now(),
+                    )
+                )
+                continue
             events += [
                 DeploymentEvent(
                     event_type=EventType.ORPHAN_REMOVED,
@@ -53,8 +70,11 @@ class ReconcileAllWorkflow:
                 )
                 for name in removed
             ]
+        removed_count = sum(e.event_type == EventType.ORPHAN_REMOVED for e in events)
+        failed = len(events) - removed_count
         workflow.set_current_details(
             f"{len(projects)} project(s) checked; "
-            f"{len(events)} orphan(s) of unknown projects removed"
+            f"{removed_count} orphan(s) of unknown projects removed"
+            + (f"; {failed} project(s) failed (see the result)" if failed else "")
         )
         return events
