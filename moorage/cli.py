@@ -43,7 +43,12 @@ from moorage.models import (
     ServiceInstance,
     Strategy,
 )
-from moorage.service import DeploymentService, MoorageError, check_deploy_request
+from moorage.service import (
+    DeploymentService,
+    MoorageError,
+    UnavailableError,
+    check_deploy_request,
+)
 from moorage.settings import Settings, settings_error
 from moorage.temporal import connect
 
@@ -850,6 +855,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 130
     except CliError as exc:
         return _fail(exc.message, exc.code)
+    except UnavailableError as exc:  # a step failed: not the command's fault
+        return _fail(exc.message, 1)
     except MoorageError as exc:
         return _fail(exc.message)
     except ValidationError as exc:

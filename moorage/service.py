@@ -87,6 +87,15 @@ class LimitError(MoorageError):
     status_code = 429
 
 
+class UnavailableError(MoorageError):
+    """A step the request ran failed (the engine or the router did not answer).
+
+    Not the request's fault, and it may succeed later.
+    """
+
+    status_code = 503
+
+
 _KINDS: dict[str, type[MoorageError]] = {
     "NotFound": NotFoundError,
     "Conflict": ConflictError,
@@ -105,6 +114,10 @@ def _refusal(err: WorkflowUpdateFailedError) -> MoorageError:
         cause = cause.__cause__
     if isinstance(cause, ApplicationError) and cause.type in _KINDS:
         return _KINDS[cause.type](cause.message)
+    if isinstance(cause, ApplicationError):
+        # A refusal has one of the kinds above; anything else is a step that failed (a
+        # reconcile's engine down): it answered 400, as if the request were wrong.
+        return UnavailableError(cause.message)
     return MoorageError(str(cause or err))
 
 

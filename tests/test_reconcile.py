@@ -37,7 +37,7 @@ from moorage.models import (
     EventType,
     ServiceInstance,
 )
-from moorage.service import ConflictError, DeploymentService
+from moorage.service import ConflictError, DeploymentService, UnavailableError
 from moorage.settings import Settings
 from tests.helpers import (
     TENANT,
@@ -320,6 +320,29 @@ async def test_a_scheduled_reconcile_that_fails_leaves_the_project_running(
             assert "engine unreachable (stub)" in log[0].message
             assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
             assert (await svc.get_project(TENANT, project)).id == project
+        finally:
+            await handle.terminate("test over")
+
+
+async def test_a_reconcile_whose_engine_is_down_answers_unavailable(
+    temporal_client: Client, settings: Settings, project: str
+) -> None:
+    """It answered 400 (API) and exit 2 (CLI), as if the request were wrong."""
+    queue = f"reconcile-down-{uuid.uuid4().hex[:6]}"
+    svc = DeploymentService(temporal_client, settings.model_copy(update={"task_queue": queue}))
+    async with Worker(
+        temporal_client,
+        task_queue=queue,
+        workflows=WORKFLOWS,
+        activities=[engine_down],
+        activity_executor=ThreadPoolExecutor(2),
+    ):
+        await svc.apply_project(TENANT, project, compose(api_image=None))
+        handle = temporal_client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
+        try:
+            with pytest.raises(UnavailableError, match=r"engine unreachable \(stub\)") as info:
+                await svc.reconcile(TENANT, USER, project)
+            assert info.value.status_code == 503
         finally:
             await handle.terminate("test over")
 
