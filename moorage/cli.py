@@ -48,6 +48,7 @@ from moorage.service import (
     MoorageError,
     UnavailableError,
     check_deploy_request,
+    check_idempotency_key,
 )
 from moorage.settings import Settings, settings_error
 from moorage.temporal import connect
@@ -391,7 +392,9 @@ def worker(ctx: typer.Context) -> None:
 @app.command()
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (0: any free one).", min=0, max=65535)
+    ] = 8000,
 ) -> None:
     """Serve the HTTP API (api.main:app) with uvicorn until Ctrl-C or SIGTERM."""
     import uvicorn
@@ -540,7 +543,8 @@ def deploy(
         typer.Option(help="Canary steps, e.g. '10,pause:30,50,pause:manual,100' (weights in %)."),
     ] = None,
     progress_deadline: Annotated[
-        float | None, typer.Option(help="Seconds the whole deployment may take.")
+        float | None,
+        typer.Option(help="Seconds without progress after which the deployment fails."),
     ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Repeat-safe key: same key, same deployment.")
@@ -575,6 +579,7 @@ def deploy(
     }
     request = DeployRequest.model_validate({k: v for k, v in options.items() if v is not None})
     check_deploy_request(request)
+    check_idempotency_key(idempotency_key)
     dep = _with_service(
         ctx,
         lambda s, tenant, user: s.deploy(

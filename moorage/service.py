@@ -121,6 +121,23 @@ def _refusal(err: WorkflowUpdateFailedError) -> MoorageError:
     return MoorageError(str(cause or err))
 
 
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+"""Longest ``Idempotency-Key``: a project keeps 200 of them in its state."""
+
+
+def check_idempotency_key(key: str | None) -> None:
+    """Refuse an ``Idempotency-Key`` longer than :data:`MAX_IDEMPOTENCY_KEY_CHARS`.
+
+    Raises:
+        InvalidError: naming the key's field.
+    """
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidError(
+            f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            field=["header", "Idempotency-Key"],
+        )
+
+
 def check_deploy_request(request: DeployRequest) -> None:
     """What a new deployment may not ask, though the model takes it (its history must decode).
 
@@ -329,6 +346,7 @@ class DeploymentService:
                 ``health_check_interval`` is under ``MIN_HEALTH_CHECK_INTERVAL_S``.
             LimitError: the tenant runs as many deployments as it may.
         """
+        check_idempotency_key(idempotency_key)
         if idempotency_key:
             # A repeated request gets its deployment back, whatever the tenant runs meanwhile.
             known: Deployment | None = await self._query_project(

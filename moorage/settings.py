@@ -270,6 +270,13 @@ class Settings(BaseSettings):
                         f"MOORAGE_API_KEYS: role {maybe_role!r} is not one of {', '.join(ROLES)}"
                     )
                 user, role = name, maybe_role
+            if ":" in user:  # k=t/u:viewer:deployer was user "u:viewer", a deployer
+                raise ValueError(f"MOORAGE_API_KEYS: user {user!r} has a ':' (one role at most)")
+            if key in keys:  # the later entry won, silently (never print the key: a secret)
+                raise ValueError(
+                    f"MOORAGE_API_KEYS: a key is given twice (tenants {keys[key].tenant_id!r} "
+                    f"and {tenant!r})"
+                )
             keys[key] = ApiKey(tenant_id=tenant, user_id=user, role=role)
         return keys
 

@@ -106,6 +106,10 @@ def nowhere() -> dict[str, str]:
         (["dev", "--temporal-port", "70000"], ["--temporal-port", "65535"]),
         (["dev", "--api-port", "-1"], ["--api-port", "1"]),
         (["dev", "--ui-port", "7233"], ["--ui-port", "--temporal-port"]),
+        # uvicorn raised OverflowError: exit 1 (or, with a host name, listened on port 4464).
+        (["api", "--port", "70000"], ["--port", "65535"]),
+        # The API refuses over 200 characters; the CLI took any, into the project's state.
+        (["deploy", "x", "--idempotency-key", "k" * 201], ["Idempotency-Key", "200"]),
     ],
 )
 async def test_bad_options_are_one_line_and_exit_2(

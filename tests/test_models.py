@@ -330,6 +330,20 @@ def test_parsed_api_keys() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("k=acme/alice:viewer:deployer", "user 'alice:viewer' has a ':'"),
+        ("k=acme/alice,k=beta/bob", "a key is given twice (tenants 'acme' and 'beta')"),
+    ],
+)
+def test_api_keys_that_meant_something_else_are_refused(raw: str, message: str) -> None:
+    """A doubled role made user "alice:viewer" a deployer; a key given twice went silently to
+    the later tenant."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings(api_keys=raw).parsed_api_keys()
+
+
 @pytest.mark.parametrize("raw", ["", " ", ",", " , "])
 def test_parsed_api_keys_empty(raw: str) -> None:
     assert Settings(api_keys=raw).parsed_api_keys() == {}

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from api.deps import CallerDep, DeployerDep, ServiceDep
 from moorage.compose import MAX_COMPOSE_BYTES
 from moorage.models import Deployment, DeploymentEvent, DeployRequest, ProjectPublic
+from moorage.service import MAX_IDEMPOTENCY_KEY_CHARS
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -51,7 +52,9 @@ async def deploy(
     caller: DeployerDep,
     svc: ServiceDep,
     body: Annotated[DeployRequest | None, Body()] = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_CHARS)
+    ] = None,
 ) -> Deployment:
     """Start a deployment of the stored Compose file; answers at once (status ``pending``)."""
     return await svc.deploy(
