@@ -122,15 +122,40 @@ async def _connect(settings: Settings) -> Client:
         ) from exc
 
 
+WAIT_NOTICE_S = 10.0
+"""After this long without an answer, the CLI says what it waits for (it waits on)."""
+
+
 def _with_service(
-    ctx: typer.Context, body: Callable[[DeploymentService, str, str], Awaitable[T]]
+    ctx: typer.Context,
+    body: Callable[[DeploymentService, str, str], Awaitable[T]],
+    *,
+    notice: bool = True,
 ) -> T:
-    """Connect to Temporal and run ``body(service, tenant, user)`` on a fresh event loop."""
+    """Connect to Temporal and run ``body(service, tenant, user)`` on a fresh event loop.
+
+    A request waits for a worker to take it: with none running it waited in silence, for ever.
+    After :data:`WAIT_NOTICE_S` a line on stderr says so (not with ``notice=False``: a watch).
+    """
     settings = _settings(ctx)
 
     async def go() -> T:
         client = await _connect(settings)
-        return await body(DeploymentService(client, settings), settings.tenant, settings.user)
+        task = asyncio.ensure_future(
+            body(DeploymentService(client, settings), settings.tenant, settings.user)
+        )
+        if notice:
+            done, _ = await asyncio.wait({task}, timeout=WAIT_NOTICE_S)
+            if not done:
+                print(  # one line, not wrapped to a width
+                    f"no answer after {WAIT_NOTICE_S:.0f}s: still waiting for a worker on task "
+                    f"queue {settings.task_queue!r} at {settings.temporal_address} (is "
+                    "`moorage worker` or `moorage dev` running?); Ctrl-C stops waiting, and a "
+                    "request already sent may still be carried out once a worker runs",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return await task
 
     return asyncio.run(go())
 
@@ -291,7 +316,7 @@ def _watch_and_report(
 ) -> int:
     """Watch a deployment to its end; 0 when it ends in ``success``, else 1."""
     try:
-        state = _with_service(ctx, lambda s, tenant, _user: _watch(s, tenant, dep_id))
+        state = _with_service(ctx, lambda s, tenant, _user: _watch(s, tenant, dep_id), notice=False)
     except KeyboardInterrupt:
         err.print(f"interrupted: {dep_id} goes on; follow it with `moorage status {dep_id}`")
         return 130

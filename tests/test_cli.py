@@ -7,6 +7,7 @@ Subprocesses are awaited with asyncio so the in-process worker keeps running on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from moorage import naming
 from moorage.dev import dev_api_key
 from moorage.models import Deployment, DeploymentEvent, DeploymentStatus, EventType, ServiceInstance
 from tests.conftest import TASK_QUEUE
@@ -234,6 +236,38 @@ def cli_env(temporal_env: WorkflowEnvironment, worker: None) -> dict[str, str]:
         "MOORAGE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
         "MOORAGE_TASK_QUEUE": TASK_QUEUE,
     }
+
+
+@pytest.mark.integration
+async def test_a_request_no_worker_takes_says_what_it_waits_for(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """With Temporal up and no worker on the task queue, the CLI waited in silence, for ever."""
+    queue = f"no-worker-{os.getpid()}-{time.monotonic_ns()}"
+    compose_file = tmp_path / "c.yaml"
+    compose_file.write_text(compose(api_image=None))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "moorage.cli", "project", "apply", "lonely", "-f", str(compose_file),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL, cwd=ROOT,
+        env={
+            **os.environ, "MOORAGE_TENANT": TENANT, "MOORAGE_TASK_QUEUE": queue,
+            "MOORAGE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        },
+    )  # fmt: skip
+    try:
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)  # type: ignore[union-attr]
+        assert b"no answer after 10s: still waiting for a worker on task queue" in line, line
+        assert queue.encode() in line
+        assert proc.returncode is None  # it waits on
+    finally:
+        proc.kill()
+        await proc.wait()
+        handle = temporal_env.client.get_workflow_handle(
+            naming.project_workflow_id(TENANT, "lonely")
+        )
+        with contextlib.suppress(Exception):
+            await handle.terminate("test over")
 
 
 @pytest.mark.integration
