@@ -48,12 +48,18 @@ stop_dev() {
   remove_demo_project
 }
 trap stop_dev EXIT
-for _ in $(seq 1 120); do
-  grep -q "export MOORAGE_TEMPORAL_ADDRESS" "$DATA_DIR/dev.out" 2>/dev/null && break
+# dev waits up to 30 s for each of Temporal, the worker and the API (and builds missing images).
+started=0
+for _ in $(seq 1 360); do
+  grep -q "export MOORAGE_TEMPORAL_ADDRESS" "$DATA_DIR/dev.out" 2>/dev/null && { started=1; break; }
   kill -0 "$DEV" 2>/dev/null || { cat "$DATA_DIR/dev.out"; echo "moorage dev did not start" >&2; exit 1; }
   sleep 0.5
 done
 cat "$DATA_DIR/dev.out"
+if [ "$started" != 1 ]; then
+  echo "moorage dev did not come up within 180 s (logs: $DATA_DIR/logs)" >&2
+  exit 1
+fi
 
 latest() { $M history "$PROJECT" --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["deployments"][0]["id"])'; }
 
@@ -74,6 +80,12 @@ step "v3: web never gets healthy -> Moorage rolls back to v2 by itself"
 $M project apply "$PROJECT" -f demo/compose.broken.yaml
 if $M deploy "$PROJECT" --version v3-broken --health-check-retries 15 --watch; then
   echo "unexpected: the broken revision completed" >&2
+  exit 1
+fi
+# Not any failure (a refused deploy exits non-zero too): the deployment rolled back.
+V3_STATUS=$($M status "$(latest)" --json | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); print(d["version"], d["status"])')
+if [ "$V3_STATUS" != "v3-broken rolled_back" ]; then
+  echo "unexpected: the broken revision ended as: $V3_STATUS (wanted: v3-broken rolled_back)" >&2
   exit 1
 fi
 $M status "$(latest)"
