@@ -12,6 +12,7 @@ non-retryable ``ApplicationError``; an engine or network hiccup is left retryabl
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -365,7 +366,7 @@ class DockerExecutor(HealthWaits):
                 networking_config=networking,
                 healthcheck=healthcheck_config(spec),
                 stop_signal=spec.stop_signal,
-                stop_timeout=int(spec.stop_grace_period_s),
+                stop_timeout=math.ceil(spec.stop_grace_period_s),
                 working_dir=spec.working_dir,
                 user=spec.user,
                 hostname=f"{spec.name}-{slot}",
@@ -414,7 +415,7 @@ class DockerExecutor(HealthWaits):
             def stop(info: dict[str, Any]) -> None:
                 with suppress(docker.errors.NotFound):
                     if not inp.signalled:
-                        self.api.stop(info["Id"], timeout=int(grace))
+                        self.api.stop(info["Id"], timeout=math.ceil(grace))
                     elif not self._exited_within(info["Id"], grace):
                         self._kill(info["Id"], "SIGKILL")
                         if not self._exited_within(info["Id"], KILL_WAIT_S):

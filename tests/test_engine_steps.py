@@ -215,3 +215,27 @@ def test_a_start_does_not_adopt_a_container_being_removed(
     other.join()
     assert instance.container_id != container_id
     assert docker_client.api.inspect_container(instance.container_id)["State"]["Running"]
+
+
+# Shuts down in 0.3 s on SIGTERM: within a grace period of 800 ms.
+QUICK_ENOUGH = (
+    "services:\n  web:\n    image: moorage-demo:v1\n    stop_grace_period: 800ms\n"
+    "    command: ['sh', '-c', \"n=0; trap 'n=1' TERM; echo ready; while :; do"
+    ' if [ $$n = 1 ]; then sleep 0.3; exit 0; fi; sleep 0.05; done"]\n'
+)
+
+
+def test_a_grace_period_under_a_second_is_not_cut_to_nothing(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """The engine takes whole seconds, and 800 ms was cut to 0: SIGKILL right after SIGTERM
+    (the full stop, and the container's own stop timeout, as ``docker stop`` and a dockerd
+    shutdown use it)."""
+    executor = DockerExecutor(docker_client)
+    [started] = start_web(docker_client, project, QUICK_ENOUGH, slots=[0])
+    info = docker_client.api.inspect_container(started.container_name)
+    assert info["Config"]["StopTimeout"] == 1
+    trap_set(docker_client, started.container_name)
+    ActivityEnvironment().run(executor.stop_containers, _stop_input(project, 0.8))
+    state = docker_client.api.inspect_container(started.container_name)["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 0)  # not SIGKILL'd (137)
