@@ -195,6 +195,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
                     replicas.start_input(
                         dep, prev.revision, prev.version, prev.deployment_id, old, old_slots
                     ),
+                    replicas.START_TIMEOUT,
                 )
                 await replicas.stop_containers(
                     steps.selector(dep, prev.revision, old.name), old.stop_grace_period_s

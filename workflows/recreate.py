@@ -59,6 +59,7 @@ class RecreateWorkflow(StrategyWorkflow):
                         svc,
                         list(range(svc.replicas)),
                     ),
+                    replicas.START_TIMEOUT,
                 )
                 t.event(
                     EventType.SERVICE_STOPPING,

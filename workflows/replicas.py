@@ -56,6 +56,12 @@ def start_input(
     )
 
 
+START_TIMEOUT = timedelta(minutes=10)
+"""A start's attempt, image pull included; the same for the undo that starts old replicas again
+(it had the default 5 minutes: a rollback's pull of a pruned image timed out where the
+deployment's would not have)."""
+
+
 async def start_service(
     dep: Deployment,
     revision: int,
@@ -68,7 +74,7 @@ async def start_service(
     result: list[ServiceInstance] = await steps.call(
         "start_service",
         start_input(dep, revision, version, deployment_id, spec, slots),
-        start_to_close=timedelta(minutes=10),
+        start_to_close=START_TIMEOUT,
         result_type=list[ServiceInstance],
     )
     return result
@@ -458,6 +464,7 @@ async def take_out(
         f"restore {old.name} replicas {slots} (revision {ref_revision})",
         "start_service",
         start_input(dep, ref_revision, ref_version, ref_deployment, old, slots),
+        START_TIMEOUT,
     )
     if routed_in is not None:
         await switch_traffic(dep, old, ref_revision, slots, routed_in)
