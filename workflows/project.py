@@ -12,7 +12,12 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from pydantic_core import to_json
@@ -411,7 +416,14 @@ class ProjectWorkflow:
         found = self._find(inp.deployment_id)
         assert found is not None
         if self._child is not None:
-            await self._child.signal("cancel", inp.user_id)
+            try:
+                await self._child.signal("cancel", inp.user_id)
+            except FailureError as err:
+                # The child ended in the moment before: its end is in this same workflow task.
+                # The signal's failure used to fail the update as a bare error (HTTP 400).
+                raise _refuse(
+                    f"deployment {inp.deployment_id} has just ended: nothing to cancel", "Conflict"
+                ) from err
         else:
             self._cancel_pending = inp.user_id
         return found.deployment
