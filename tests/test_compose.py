@@ -2422,3 +2422,45 @@ def test_a_project_larger_parsed_than_a_workflow_input_may_carry_is_refused() ->
     emoji = "x-s: &s " + "\U0001f600" * 60_000 + "\n"
     err = refused_text(emoji + "services:\n  web:\n    image: x\n    command: [*s, *s, *s, *s]\n")
     assert (err.service, f"over {MAX_SPEC_BYTES}" in str(err)) == ("web", True)
+
+
+@pytest.mark.parametrize(
+    ("line", "scalar", "as_11"),
+    [
+        ("    ports: [50:50]\n", "50:50", "3050"),  # container port 3050, nothing published
+        ("    environment: {TIME: 12:30}\n", "12:30", "750"),
+        ("    command: [sleep, 017]\n", "017", "15"),
+        ("    environment: {N: 1_000}\n", "1_000", "1000"),
+        ("    environment: {B: 0b101}\n", "0b101", "5"),
+        ("    environment: {T: 1:30.5}\n", "1:30.5", "90.5"),
+    ],
+)
+def test_a_scalar_yaml_1_1_reads_otherwise_than_compose_is_refused(
+    line: str, scalar: str, as_11: str
+) -> None:
+    """PyYAML reads YAML 1.1, Docker Compose YAML 1.2: ``ports: [50:50]`` became container port
+    3050 (base 60), ``TIME: 12:30`` reached the container as ``TIME=750``; no error."""
+    err = refused_text("services:\n  web:\n    image: a\n" + line)
+    column = line.rindex(scalar) + 1
+    assert f"line 4, column {column}: {scalar} reads as {as_11}" in str(err)
+    assert f'quote it ("{scalar}")' in str(err)
+    # Quoted, it is the text Compose reads.
+    quoted = line.replace(scalar, f"'{scalar}'")
+    assert parse_compose("services:\n  web:\n    image: a\n" + quoted)
+
+
+def test_scalars_both_yaml_versions_read_alike_are_taken() -> None:
+    web = one(
+        "environment: {F: 1.5, G: -3, H: 0x1F, I: 0, T: true, U: False, E: 1e3}\n"
+        "deploy: {replicas: 2}\n"
+    )
+    assert web.environment == {
+        "F": "1.5", "G": "-3", "H": "31", "I": "0", "T": "true", "U": "false", "E": "1e3"
+    }  # fmt: skip
+    assert web.replicas == 2
+
+
+def test_a_stored_revision_keeps_its_yaml_1_1_reading() -> None:
+    """Deployed as read then: its rollback and its replays must read it the same."""
+    spec = parse_compose("services:\n  web:\n    image: a\n    ports: [50:50]\n", stored=True)
+    assert [(p.target, p.published) for p in spec.services[0].ports] == [(3050, None)]

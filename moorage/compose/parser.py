@@ -260,8 +260,49 @@ def _unicode_str(loader: yaml.SafeLoader, node: yaml.Node) -> str:
     return value
 
 
+class _ReadsOtherwise(yaml.YAMLError):
+    """A plain scalar that YAML 1.1 (PyYAML, Moorage) and YAML 1.2 (Docker Compose) read apart."""
+
+    def __init__(self, node: yaml.Node, as_11: object):
+        mark = node.start_mark
+        super().__init__(
+            f"line {mark.line + 1}, column {mark.column + 1}: {node.value} reads as {as_11!r} "
+            "in YAML 1.1 (as Moorage reads it) and otherwise in YAML 1.2 (as Docker Compose "
+            f'reads it): quote it ("{node.value}") for the text, or write what you mean'
+        )
+
+
+def _int_as_compose(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    """An integer; the forms YAML 1.2 reads otherwise refused.
+
+    Those are base 60 (``50:50``, 3050), a leading 0 (octal), ``0b`` (binary) and ``_``
+    separators. ``ports: [50:50]`` made container port 3050 with no published port; Compose
+    reads the mapping ``50:50``.
+    """
+    value = int(loader.construct_yaml_int(cast(yaml.ScalarNode, node)))
+    digits = str(node.value).lstrip("+-")
+    if strict() and (
+        ":" in digits
+        or "_" in digits
+        or digits[:2] in ("0b", "0B")
+        or (len(digits) > 1 and digits[0] == "0" and digits[1].isdigit())
+    ):
+        raise _ReadsOtherwise(node, value)
+    return value
+
+
+def _float_as_compose(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    """A float; base 60 (``1:30.5``) and ``_`` separators (YAML 1.1 only) refused."""
+    value = float(loader.construct_yaml_float(cast(yaml.ScalarNode, node)))
+    if strict() and (":" in node.value or "_" in node.value):
+        raise _ReadsOtherwise(node, value)
+    return value
+
+
 _ComposeLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_written)
 _ComposeLoader.add_constructor("tag:yaml.org,2002:str", _unicode_str)
+_ComposeLoader.add_constructor("tag:yaml.org,2002:int", _int_as_compose)
+_ComposeLoader.add_constructor("tag:yaml.org,2002:float", _float_as_compose)
 
 
 def _load(text: str) -> dict[str, Any]:
@@ -275,6 +316,8 @@ def _load(text: str) -> dict[str, Any]:
         raise ComposeError(f"the Compose file is larger than {MAX_COMPOSE_BYTES} bytes")
     try:
         raw = yaml.load(text, Loader=_ComposeLoader)  # a SafeLoader
+    except _ReadsOtherwise as exc:
+        raise ComposeError(str(exc)) from exc
     except yaml.YAMLError as exc:
         raise ComposeError(f"not valid YAML: {exc}") from exc
     except ValueError as exc:  # a number PyYAML cannot convert (an int of over 4,300 digits)
