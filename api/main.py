@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -25,10 +26,16 @@ def _json_safe(value: Any) -> Any:
     r"""``value`` with every string encodable as UTF-8 (a lone surrogate written ``\ud800``).
 
     A JSON body may escape a lone surrogate; pydantic refuses it, and FastAPI's 422 quotes the
-    input, which the response then failed to encode: a 500 instead of the 422.
+    input, which the response then failed to encode: a 500 instead of the 422. The same for a
+    number JSON has not (Python's parser takes ``NaN``, ``Infinity`` and ``1e400``) and for bytes
+    that are not UTF-8.
     """
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes):  # a body sent without a JSON content type, quoted as it came
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN, Infinity, 1e400: JSON has no such number
     if isinstance(value, dict):
         return {_json_safe(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -137,7 +144,7 @@ def create_app() -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler, with the input it quotes made encodable.
-        detail = _json_safe(jsonable_encoder(exc.errors()))
+        detail = _json_safe(jsonable_encoder(_json_safe(exc.errors())))
         return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(RPCError)

@@ -523,6 +523,40 @@ async def test_compose_text_the_parser_choked_on_is_422_naming_the_field(
     assert loc_names(resp) == ["body", "compose", *(n for n in (service, key) if n)], resp.text
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type", "field"),
+    [
+        ("POST", "/api/projects/x/deploy", b'{"progress_deadline": NaN}', "application/json",
+         "progress_deadline"),
+        ("POST", "/api/projects/x/deploy", b'{"max_surge": 1e400}', "application/json",
+         "max_surge"),
+        ("POST", "/api/projects/x/deploy", b'{"version": Infinity}', "application/json",
+         "version"),
+        ("POST", "/api/deployments/x.1/rollback", b'{"to_revision": NaN}', "application/json",
+         "to_revision"),
+        ("PUT", "/api/projects/x", b'{"compose": -Infinity}', "application/json", "compose"),
+        ("PUT", "/api/projects/x", b"\xff", "text/plain", None),
+        ("POST", "/api/projects/x/deploy", b"\xff\xfe", "application/octet-stream", None),
+    ],
+)  # fmt: skip
+async def test_numbers_json_has_not_and_bytes_that_are_no_text_are_422(
+    offline_http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: bytes,
+    content_type: str,
+    field: str | None,
+) -> None:
+    """Python's JSON parser takes NaN, Infinity and 1e400, and a body without a JSON content
+    type is quoted as bytes: FastAPI's 422 quoted them and failed to encode them (a 500)."""
+    resp = await offline_http.request(
+        method, path, content=body, headers={**A, "Content-Type": content_type}
+    )
+    assert resp.status_code == 422, resp.text
+    if field is not None:
+        assert field in loc_names(resp), resp.text
+
+
 @pytest.mark.parametrize("length", [b"\xb2", b"9" * 5000])
 async def test_a_content_length_int_refuses_is_413_not_500(
     offline_http: httpx.AsyncClient, length: bytes
