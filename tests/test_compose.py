@@ -2464,3 +2464,13 @@ def test_a_stored_revision_keeps_its_yaml_1_1_reading() -> None:
     """Deployed as read then: its rollback and its replays must read it the same."""
     spec = parse_compose("services:\n  web:\n    image: a\n    ports: [50:50]\n", stored=True)
     assert [(p.target, p.published) for p in spec.services[0].ports] == [(3050, None)]
+
+
+def test_a_service_named_like_a_preview_route_is_refused() -> None:
+    """A blue-green's preview of ``web`` is the route of the pseudo-service ``preview-of-web``:
+    a real service so named shared its route (green replicas in its traffic), and lost it when
+    a later revision dropped ``web``."""
+    err = refused_text("services:\n  web: {image: a}\n  preview-of-web: {image: a}\n")
+    assert err.service == "preview-of-web"
+    assert "'preview-of-' are Moorage's" in str(err)
+    assert parse_compose("services:\n  preview-web: {image: a}\n").names == ["preview-web"]

@@ -15,14 +15,12 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import RouteInput
+    from moorage.compose.models import PREVIEW_PREFIX
     from moorage.models import DeploymentState, EventType, RouteInfo, ServiceInstance
     from workflows import replicas, steps
     from workflows.inputs import SteerInput, StrategyInput
     from workflows.strategy import StrategyWorkflow
     from workflows.tracking import Tracker
-
-PREVIEW_PREFIX = "preview-of-"
-"""Preview routes are routes of a pseudo-service ``preview-of-<service>``."""
 
 
 def preview_key(service: str) -> str:

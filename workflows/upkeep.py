@@ -12,6 +12,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import ContainerSelector, DeleteRoutesInput, RouteServersInput
     from moorage.compose import UNRESTRICTED, parse_compose
+    from moorage.compose.models import PREVIEW_PREFIX
     from moorage.models import (
         DeploymentEvent,
         DeploymentState,
@@ -20,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
         ServiceInstance,
     )
     from workflows import replicas, steps
-    from workflows.bluegreen import PREVIEW_PREFIX, preview_key
+    from workflows.bluegreen import preview_key
     from workflows.inputs import ProjectState
 
 MAX_RECONCILE_LOG = 200

@@ -10,6 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+PREVIEW_PREFIX = "preview-of-"
+"""Preview routes are routes of a pseudo-service ``preview-of-<service>`` (blue-green); no
+service of a project may be named so."""
+
 
 class PortSpec(BaseModel):
     """A container port to publish."""

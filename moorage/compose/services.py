@@ -26,7 +26,13 @@ from moorage.compose.errors import (
     ComposeError,
     strict,
 )
-from moorage.compose.models import HealthcheckSpec, PortSpec, ProbeSpec, ServiceSpec
+from moorage.compose.models import (
+    PREVIEW_PREFIX,
+    HealthcheckSpec,
+    PortSpec,
+    ProbeSpec,
+    ServiceSpec,
+)
 from moorage.compose.mounts import _parse_mounts, _parse_privileges
 from moorage.compose.policy import ComposePolicy
 from moorage.compose.values import (
@@ -394,6 +400,14 @@ def _parse_service(
     if not _SERVICE_NAME_RE.fullmatch(name) or len(name) > MAX_SERVICE_NAME:
         raise ComposeError(
             f"service names may hold letters, digits, '_', '.', '-' (at most {MAX_SERVICE_NAME})",
+            service=name,
+        )
+    if name.startswith(PREVIEW_PREFIX) and strict():
+        # A blue-green names its preview routes so: such a service shared its route with the
+        # preview of the other (green replicas in its traffic), and lost it when that one went.
+        raise ComposeError(
+            f"service names starting with {PREVIEW_PREFIX!r} are Moorage's (blue-green preview "
+            "routes)",
             service=name,
         )
     if not isinstance(raw, dict):
