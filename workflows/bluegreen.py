@@ -121,13 +121,16 @@ class BlueGreenWorkflow(StrategyWorkflow):
                     timeout=timedelta(seconds=cfg.blue_green_timeout),
                 )
             except TimeoutError:
-                raise ApplicationError(
-                    f"not promoted within blue_green_timeout ({cfg.blue_green_timeout}s): "
-                    "green removed, blue untouched",
-                    {"reason": f"not promoted within blue_green_timeout ({timeout_s}s)"},
-                    type="PromotionTimeout",
-                    non_retryable=True,
-                ) from None
+                # A promote answered in the task the timer fired in was answered "switching to
+                # green": it goes on so (today the SDK runs the update first; that may change).
+                if self._promoted_by is None:
+                    raise ApplicationError(
+                        f"not promoted within blue_green_timeout ({cfg.blue_green_timeout}s): "
+                        "green removed, blue untouched",
+                        {"reason": f"not promoted within blue_green_timeout ({timeout_s}s)"},
+                        type="PromotionTimeout",
+                        non_retryable=True,
+                    ) from None
             finally:
                 self._waiting_promotion = False
 

@@ -80,6 +80,11 @@ class CanaryWorkflow(StrategyWorkflow):
         self._require_stepping("pause")
         if self._paused_by is not None:
             raise _conflict(f"already paused by {self._paused_by}")
+        if self._promoted_by is not None:
+            # Until the current step ended, a pause was answered "paused", then ignored.
+            raise _conflict(
+                f"cannot pause: promoted by {self._promoted_by}, all traffic goes to the canary"
+            )
 
     @workflow.update(name="resume")
     def resume(self, inp: SteerInput) -> str:
