@@ -12,7 +12,7 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.inputs import ListLabelledInput
@@ -118,6 +118,13 @@ def _refusal(err: WorkflowUpdateFailedError) -> MoorageError:
         # A refusal has one of the kinds above; anything else is a step that failed (a
         # reconcile's engine down): it answered 400, as if the request were wrong.
         return UnavailableError(cause.message)
+    if isinstance(err.cause, FailureError):  # a step timed out, or was cancelled
+        chain: list[str] = []
+        link: BaseException | None = err.cause
+        while link is not None:
+            chain.append(str(getattr(link, "message", "") or link))
+            link = link.__cause__
+        return UnavailableError("a step failed: " + ": ".join(chain))
     return MoorageError(str(cause or err))
 
 

@@ -18,3 +18,25 @@ def test_a_canary_promoted_refuses_a_pause() -> None:
     canary._promoted_by = "carol"
     with pytest.raises(ApplicationError, match="cannot pause: promoted by carol"):
         canary._validate_pause(SteerInput(user_id="u"))
+
+
+def test_an_update_whose_step_timed_out_is_unavailable_not_a_bad_request() -> None:
+    """Only an ``ApplicationError`` in the chain was told apart: a step that timed out (no
+    ``ApplicationError`` in it) answered 400, as if the request were wrong."""
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.exceptions import ActivityError, RetryState, TimeoutError, TimeoutType
+
+    from moorage.service import UnavailableError, _refusal
+
+    timeout = TimeoutError(
+        "heartbeat timeout", type=TimeoutType.HEARTBEAT, last_heartbeat_details=[]
+    )
+    step = ActivityError(
+        "Activity task timed out", scheduled_event_id=5, started_event_id=6, identity="w",
+        activity_type="list_containers", activity_id="1", retry_state=RetryState.TIMEOUT,
+    )  # fmt: skip
+    step.__cause__ = timeout
+    refusal = _refusal(WorkflowUpdateFailedError(step))
+    assert isinstance(refusal, UnavailableError)
+    assert refusal.status_code == 503
+    assert refusal.message == "a step failed: Activity task timed out: heartbeat timeout"
