@@ -151,6 +151,17 @@ def check_deploy_request(request: DeployRequest) -> None:
     Raises:
         InvalidError: ``health_check_interval`` is under ``MIN_HEALTH_CHECK_INTERVAL_S``.
     """
+    if (
+        request.strategy == Strategy.BLUE_GREEN
+        and not request.auto_promote
+        and request.blue_green_timeout < 1
+    ):
+        # It could only fail: the promotion's wait timed out at once, and green went.
+        raise InvalidError(
+            "blue_green_timeout: at least 1 s when auto_promote is off (the time an operator "
+            "has to promote)",
+            field=["body", "blue_green_timeout"],
+        )
     if request.health_check_interval < MIN_HEALTH_CHECK_INTERVAL_S:
         # A replica gets retries x interval to get ready: at 1e-300, no time at all (nor the old
         # revision a rollback restores, which is waited for with the same interval).

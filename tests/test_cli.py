@@ -112,6 +112,19 @@ def nowhere() -> dict[str, str]:
         (["api", "--port", "70000"], ["--port", "65535"]),
         # The API refuses over 200 characters; the CLI took any, into the project's state.
         (["deploy", "x", "--idempotency-key", "k" * 201], ["Idempotency-Key", "200"]),
+        # It could only fail: the wait for a promotion timed out at once.
+        (
+            [
+                "deploy",
+                "x",
+                "--strategy",
+                "blue_green",
+                "--manual-promote",
+                "--blue-green-timeout",
+                "0",
+            ],
+            ["blue_green_timeout", "auto_promote"],
+        ),
     ],
 )
 async def test_bad_options_are_one_line_and_exit_2(
@@ -458,6 +471,20 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def dev_that_fails(
+    data_dir: Path, temporal_port: int, ui_port: int, api_port: int
+) -> subprocess.CompletedProcess[str]:
+    """``moorage dev`` run to its end (it is expected to refuse to start)."""
+    return subprocess.run(
+        [
+            sys.executable, "-m", "moorage.cli", "dev", "--data-dir", str(data_dir),
+            "--temporal-port", str(temporal_port), "--ui-port", str(ui_port),
+            "--api-port", str(api_port),
+        ],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+
+
 def test_a_dev_that_cannot_start_leaves_the_running_proxy_alone(short_dir: Path) -> None:
     """A second ``moorage dev`` in a checkout (its ports taken by the first) stopped the first's
     HAProxy on its way out: every route of the running stack went dark."""
@@ -473,14 +500,7 @@ def test_a_dev_that_cannot_start_leaves_the_running_proxy_alone(short_dir: Path)
     try:
         taken.bind(("127.0.0.1", temporal_port))
         taken.listen()
-        done = subprocess.run(
-            [
-                sys.executable, "-m", "moorage.cli", "dev", "--data-dir", str(short_dir),
-                "--temporal-port", str(temporal_port), "--ui-port", str(ui_port),
-                "--api-port", str(api_port),
-            ],
-            capture_output=True, text=True, cwd=ROOT, timeout=60,
-        )  # fmt: skip
+        done = dev_that_fails(short_dir, temporal_port, ui_port, api_port)
         assert done.returncode == 2, done.stderr
         assert f"port {temporal_port} (Temporal) is in use" in done.stderr
         assert proxy.poll() is None, "dev stopped the running stack's proxy"
@@ -494,15 +514,7 @@ def test_dev_with_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
     """It exited 1 with a NotADirectoryError traceback."""
     path = tmp_path / "a-file"
     path.write_text("")
-    temporal_port, ui_port, api_port = free_ports(3)
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "moorage.cli", "dev", "--data-dir", str(path),
-            "--temporal-port", str(temporal_port), "--ui-port", str(ui_port),
-            "--api-port", str(api_port),
-        ],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+    done = dev_that_fails(path, *free_ports(3))
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: --data-dir {path}: Not a directory"), done.stderr
     assert "Traceback" not in done.stderr
