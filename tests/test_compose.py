@@ -2276,6 +2276,17 @@ def test_x_moorage_refusals_name_the_key(body: str, key: str) -> None:
     assert err.key == key, str(err)
 
 
+def test_a_probe_goes_to_a_tcp_port() -> None:
+    """The probe connects over TCP: by default it took the first port listed, UDP or not, and a
+    probe of a UDP port failed every check, then the deployment, after the health window."""
+    spec = one('ports: ["53/udp", "8080"]\nx-moorage: {probe: {type: tcp}}\n')
+    assert spec.probe is not None
+    assert spec.probe.port == 8080
+    err = refused('ports: ["53/udp", "8080"]\nx-moorage: {probe: {type: tcp, port: 53}}\n')
+    assert err.key == "x-moorage.probe.port"
+    assert "must name a TCP container port" in str(err)
+
+
 # --- YAML read as Docker Compose reads it --------------------------------------------------------
 
 

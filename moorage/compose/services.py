@@ -685,16 +685,21 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
     kind = probe.get("type", "http")
     if kind not in ("http", "tcp"):
         raise ComposeError("must be 'http' or 'tcp'", service=name, key="x-moorage.probe.type")
+    # The probe connects over TCP: a UDP port (the first listed one was the default) failed
+    # every check, then the deployment, after the whole health window.
+    tcp = [p.target for p in spec.ports if p.protocol == "tcp"]
     port = probe.get("port")
     if port is None and spec.ports:
-        port = spec.ports[0].target
+        port = tcp[0] if tcp else spec.ports[0].target
     if (
         isinstance(port, bool)
         or not isinstance(port, int)
-        or port not in {p.target for p in spec.ports}
+        or port not in (tcp if strict() else {p.target for p in spec.ports})
     ):
         raise ComposeError(
-            "must name a container port listed in 'ports'", service=name, key="x-moorage.probe.port"
+            "must name a TCP container port listed in 'ports'",
+            service=name,
+            key="x-moorage.probe.port",
         )
     status = probe.get("status", 200)
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
