@@ -176,7 +176,8 @@ def ensure_volumes(
                 name,
                 driver="local",
                 driver_opts=mount.driver_opts or None,
-                labels=owned_labels(tenant, project, instance),
+                # The Compose file's own (no moorage.* among them: refused), then Moorage's.
+                labels={**mount.volume_labels, **owned_labels(tenant, project, instance)},
             )
             refuse_not_ours(
                 "volume", name, volume.get("Labels"), project_labels(tenant, project), instance
@@ -195,7 +196,9 @@ def host_options(
     tmpfs: dict[str, str] = {}
     for m in spec.mounts:
         if m.type == "tmpfs":
-            tmpfs[m.target] = f"size={m.tmpfs_size_bytes}" if m.tmpfs_size_bytes else ""
+            # A read-only tmpfs was mounted writable (its read_only dropped).
+            size = [f"size={m.tmpfs_size_bytes}"] if m.tmpfs_size_bytes else []
+            tmpfs[m.target] = ",".join([*size, *(["ro"] if m.read_only else [])])
         elif m.type == "bind":
             mounts.append(
                 docker.types.Mount(m.target, _bind_source(m), type="bind", read_only=m.read_only)

@@ -239,3 +239,26 @@ def test_a_grace_period_under_a_second_is_not_cut_to_nothing(
     ActivityEnvironment().run(executor.stop_containers, _stop_input(project, 0.8))
     state = docker_client.api.inspect_container(started.container_name)["State"]
     assert (state["Status"], state["ExitCode"]) == ("exited", 0)  # not SIGKILL'd (137)
+
+
+def test_a_read_only_tmpfs_and_a_volume_s_labels_reach_the_engine(
+    docker_client: docker.DockerClient, project: str
+) -> None:
+    """A tmpfs mounted ``read_only`` was writable (its ``ro`` dropped), and a volume's Compose
+    ``labels`` were checked, then dropped."""
+    text = (
+        "services:\n  web:\n    image: moorage-demo:v1\n    volumes:\n"
+        "      - {type: tmpfs, target: /cache, read_only: true}\n"
+        "      - {type: tmpfs, target: /scratch, tmpfs: {size: 1048576}}\n"
+        "      - data:/data\n"
+        "volumes:\n  data:\n    labels: {team: web}\n"
+    )
+    try:
+        [started] = start_web(docker_client, project, text)
+        host = docker_client.api.inspect_container(started.container_name)["HostConfig"]
+        assert host["Tmpfs"] == {"/cache": "ro", "/scratch": "size=1048576"}
+        volume = docker_client.api.inspect_volume(naming.volume_name(TENANT, project, "data"))
+        assert volume["Labels"]["team"] == "web"
+        assert volume["Labels"][naming.LABEL_PROJECT] == project
+    finally:
+        DockerExecutor(docker_client).purge_project(project)

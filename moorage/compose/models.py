@@ -81,6 +81,8 @@ class MountSpec(BaseModel):
     """``volume`` only: do not copy the image's files at ``target`` into a new volume."""
     driver_opts: dict[str, str] = Field(default_factory=dict)
     """``volume`` only: the named volume's ``local`` driver options, from its declaration."""
+    volume_labels: dict[str, str] = Field(default_factory=dict)
+    """``volume`` only: the named volume's labels, from its declaration (they were dropped)."""
 
 
 class VolumeSpec(BaseModel):

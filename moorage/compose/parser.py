@@ -442,6 +442,7 @@ def _parse(
         for mount in spec.mounts:
             if mount.type == "volume" and mount.source in declared:
                 mount.driver_opts = dict(declared[mount.source].driver_opts)
+                mount.volume_labels = dict(declared[mount.source].labels)
     project = ProjectSpec(
         services=_start_order(services),
         volumes=[v.name for v in volume_specs],
