@@ -7,12 +7,19 @@ import contextlib
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import docker
 import pytest
 from temporalio import activity
-from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    ScheduleActionStartWorkflow,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -292,11 +299,11 @@ def engine_down(inp: ContainerSelector) -> list[ServiceInstance]:
     )
 
 
-async def test_a_scheduled_reconcile_that_fails_leaves_the_project_running(
+@contextlib.asynccontextmanager
+async def project_with_the_engine_down(
     temporal_client: Client, settings: Settings, project: str
-) -> None:
-    """The scheduled pass runs in the project's own loop: its failure is logged, and the
-    project's workflow (the project itself) lives on."""
+) -> AsyncIterator[tuple[DeploymentService, WorkflowHandle[Any, Any]]]:
+    """``project`` applied on a worker whose engine does not answer (:func:`engine_down`)."""
     queue = f"reconcile-down-{uuid.uuid4().hex[:6]}"
     svc = DeploymentService(temporal_client, settings.model_copy(update={"task_queue": queue}))
     async with Worker(
@@ -309,42 +316,36 @@ async def test_a_scheduled_reconcile_that_fails_leaves_the_project_running(
         await svc.apply_project(TENANT, project, compose(api_image=None))
         handle = temporal_client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
         try:
-            await handle.signal("reconcile_requested")
-            deadline = time.monotonic() + 15
-            while not (
-                log := await handle.query("reconcile_log", result_type=list[DeploymentEvent])
-            ):
-                assert time.monotonic() < deadline, "no reconcile logged"
-                await asyncio.sleep(0.1)
-            assert [e.event_type for e in log] == [EventType.RECONCILE_FAILED]
-            assert "engine unreachable (stub)" in log[0].message
-            assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
-            assert (await svc.get_project(TENANT, project)).id == project
+            yield svc, handle
         finally:
             await handle.terminate("test over")
+
+
+async def test_a_scheduled_reconcile_that_fails_leaves_the_project_running(
+    temporal_client: Client, settings: Settings, project: str
+) -> None:
+    """The scheduled pass runs in the project's own loop: its failure is logged, and the
+    project's workflow (the project itself) lives on."""
+    async with project_with_the_engine_down(temporal_client, settings, project) as (svc, handle):
+        await handle.signal("reconcile_requested")
+        deadline = time.monotonic() + 15
+        while not (log := await handle.query("reconcile_log", result_type=list[DeploymentEvent])):
+            assert time.monotonic() < deadline, "no reconcile logged"
+            await asyncio.sleep(0.1)
+        assert [e.event_type for e in log] == [EventType.RECONCILE_FAILED]
+        assert "engine unreachable (stub)" in log[0].message
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        assert (await svc.get_project(TENANT, project)).id == project
 
 
 async def test_a_reconcile_whose_engine_is_down_answers_unavailable(
     temporal_client: Client, settings: Settings, project: str
 ) -> None:
     """It answered 400 (API) and exit 2 (CLI), as if the request were wrong."""
-    queue = f"reconcile-down-{uuid.uuid4().hex[:6]}"
-    svc = DeploymentService(temporal_client, settings.model_copy(update={"task_queue": queue}))
-    async with Worker(
-        temporal_client,
-        task_queue=queue,
-        workflows=WORKFLOWS,
-        activities=[engine_down],
-        activity_executor=ThreadPoolExecutor(2),
-    ):
-        await svc.apply_project(TENANT, project, compose(api_image=None))
-        handle = temporal_client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
-        try:
-            with pytest.raises(UnavailableError, match=r"engine unreachable \(stub\)") as info:
-                await svc.reconcile(TENANT, USER, project)
-            assert info.value.status_code == 503
-        finally:
-            await handle.terminate("test over")
+    async with project_with_the_engine_down(temporal_client, settings, project) as (svc, _):
+        with pytest.raises(UnavailableError, match=r"engine unreachable \(stub\)") as info:
+            await svc.reconcile(TENANT, USER, project)
+        assert info.value.status_code == 503
 
 
 VOLUMED = (
