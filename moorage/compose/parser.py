@@ -261,7 +261,7 @@ def _unicode_str(loader: yaml.SafeLoader, node: yaml.Node) -> str:
 
 
 class _ReadsOtherwise(yaml.YAMLError):
-    """A plain scalar that YAML 1.1 (PyYAML, Moorage) and YAML 1.2 (Docker Compose) read apart."""
+    """A plain scalar that PyYAML (YAML 1.1) and Docker Compose (go-yaml) read apart: base 60."""
 
     def __init__(self, node: yaml.Node, as_11: object):
         mark = node.start_mark
@@ -273,28 +273,21 @@ class _ReadsOtherwise(yaml.YAMLError):
 
 
 def _int_as_compose(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    """An integer; the forms YAML 1.2 reads otherwise refused.
+    """An integer; base 60 (``50:50``: 3050), which YAML 1.1 alone has, refused.
 
-    Those are base 60 (``50:50``, 3050), a leading 0 (octal), ``0b`` (binary) and ``_``
-    separators. ``ports: [50:50]`` made container port 3050 with no published port; Compose
-    reads the mapping ``50:50``.
+    ``ports: [50:50]`` made container port 3050 with no published port; Compose (go-yaml)
+    reads the mapping ``50:50``. Octal ``017``, ``0b101`` and ``1_000`` it reads as PyYAML does.
     """
     value = int(loader.construct_yaml_int(cast(yaml.ScalarNode, node)))
-    digits = str(node.value).lstrip("+-")
-    if strict() and (
-        ":" in digits
-        or "_" in digits
-        or digits[:2] in ("0b", "0B")
-        or (len(digits) > 1 and digits[0] == "0" and digits[1].isdigit())
-    ):
+    if strict() and ":" in str(node.value):
         raise _ReadsOtherwise(node, value)
     return value
 
 
 def _float_as_compose(loader: yaml.SafeLoader, node: yaml.Node) -> float:
-    """A float; base 60 (``1:30.5``) and ``_`` separators (YAML 1.1 only) refused."""
+    """A float; base 60 (``1:30.5``: 90.5), which YAML 1.1 alone has, refused."""
     value = float(loader.construct_yaml_float(cast(yaml.ScalarNode, node)))
-    if strict() and (":" in node.value or "_" in node.value):
+    if strict() and ":" in str(node.value):
         raise _ReadsOtherwise(node, value)
     return value
 
