@@ -8,6 +8,7 @@ Each deployment runs as a child strategy workflow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -133,17 +134,32 @@ def compose_bytes(text: str) -> int:
     return len(to_json(text))
 
 
-def retained_bytes(revisions: list[RevisionInfo]) -> int:
+def raw_bytes(text: str) -> int:
+    """Bytes of a Compose text in UTF-8 (how runs before patch ``RETAINED_JSON`` counted)."""
+    return len(text.encode())
+
+
+RETAINED_JSON = "retained-revisions-json"
+"""Patch: retained revisions are counted as JSON strings (:func:`compose_bytes`)."""
+
+
+def retained_bytes(
+    revisions: list[RevisionInfo], measure: Callable[[str], int] = compose_bytes
+) -> int:
     """Bytes of Compose text the revisions hold (:func:`compose_bytes`)."""
-    return sum(compose_bytes(r.compose) for r in revisions)
+    return sum(measure(r.compose) for r in revisions)
 
 
-def retain_within(revisions: list[RevisionInfo], budget: int) -> list[RevisionInfo]:
+def retain_within(
+    revisions: list[RevisionInfo],
+    budget: int,
+    measure: Callable[[str], int] = compose_bytes,
+) -> list[RevisionInfo]:
     """The newest revisions whose Compose texts fit ``budget`` together; always the newest."""
     kept: list[RevisionInfo] = []
     used = 0
     for rev in reversed(revisions):
-        used += compose_bytes(rev.compose)
+        used += measure(rev.compose)
         if kept and used > budget:
             break
         kept.append(rev)
@@ -708,8 +724,15 @@ class ProjectWorkflow:
             # Runs started before this change kept them whatever their size.
             if (
                 len(s.revisions) > 1
-                and retained_bytes(s.revisions) > RETAINED_COMPOSE_BYTES
+                and retained_bytes(s.revisions, raw_bytes) > RETAINED_COMPOSE_BYTES
                 and workflow.patched("retained-revisions-bytes")
+            ):
+                s.revisions = retain_within(s.revisions, RETAINED_COMPOSE_BYTES, raw_bytes)
+            # Runs started before this change counted them raw (escapes not counted).
+            if (
+                len(s.revisions) > 1
+                and retained_bytes(s.revisions) > RETAINED_COMPOSE_BYTES
+                and workflow.patched(RETAINED_JSON)
             ):
                 s.revisions = retain_within(s.revisions, RETAINED_COMPOSE_BYTES)
         s.active_id = None
