@@ -131,8 +131,9 @@ async def test_a_progress_deadline_that_stops_a_pull_fails_the_deployment_as_the
 async def test_a_cancel_of_the_workflow_itself_in_a_pull_undoes_the_deployment(
     service: DeploymentService, docker_client: docker.DockerClient, project: str, image_name: str
 ) -> None:
-    """A cancel from Temporal (its UI, its CLI, or the project's workflow ending) that stopped an
-    activity was taken for a failure: with ``rollback_on_failure`` off nothing was undone."""
+    """A cancel from Temporal (its UI, its CLI, or the project's workflow ending) that stops an
+    activity undoes the deployment, ``rollback_on_failure`` off or not. (A guard: it passed on
+    the code before the abort and deadline fix too.)"""
     with Registry("v2", Behaviour(layer_seconds=13)) as registry:
         await service.apply_project(TENANT, project, compose(registry.ref(image_name, "v2")))
         dep = await service.deploy(

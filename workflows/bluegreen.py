@@ -23,6 +23,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.tracking import Tracker
 
 
+PROMOTE_AT_TIMEOUT = "bluegreen-promote-at-timeout"
+"""Patch: a promote that came in the task the promotion's timeout fired in goes on."""
+
+
 def preview_key(service: str) -> str:
     """The key of a service's preview URL among a deployment's (and a project's) routes."""
     return f"{service}:preview"
@@ -121,9 +125,11 @@ class BlueGreenWorkflow(StrategyWorkflow):
                     timeout=timedelta(seconds=cfg.blue_green_timeout),
                 )
             except TimeoutError:
-                # A promote answered in the task the timer fired in was answered "switching to
-                # green": it goes on so (today the SDK runs the update first; that may change).
-                if self._promoted_by is None:
+                # A promote that came in the task the timer fired in was answered "switching to
+                # green": it goes on so. Runs started before this change rolled back then.
+                if self._promoted_by is None or not workflow.patched(
+                    "bluegreen-promote-at-timeout"
+                ):
                     raise ApplicationError(
                         f"not promoted within blue_green_timeout ({cfg.blue_green_timeout}s): "
                         "green removed, blue untouched",

@@ -131,11 +131,15 @@ class StrategyWorkflow:
                 raise
             except (ActivityError, ChildWorkflowError, ApplicationError):
                 # A step that is an activity ends with the activity's cancellation, not with
-                # CancelledError, when a cancel, an abort or the deadline stops it (the health
-                # gate alone turned it back). Deployments started before this change took it for
-                # a failure: the reason "Activity cancelled", and a cancel of the workflow itself
-                # left undone with rollback_on_failure off.
-                if not (self._task.cancelling() and workflow.patched("stopped-in-a-step")):
+                # CancelledError, when an abort or the deadline stops it (the health gate alone
+                # turned it back). Deployments started before this change took it for a failure
+                # with the reason "Activity cancelled". (An operator's cancel was always told
+                # apart, below: the patch is not asked for it.)
+                if not (
+                    self._task.cancelling()
+                    and self._cancel_requested_by is None
+                    and workflow.patched("stopped-in-a-step")
+                ):
                     raise
                 self._stopped(t)
                 raise asyncio.CancelledError from None
