@@ -23,6 +23,7 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
     ScheduleUpdate,
+    ScheduleUpdateInput,
 )
 from temporalio.worker import Worker
 
@@ -139,7 +140,14 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
         and [i.every for i in found.spec.intervals] == [schedule.spec.intervals[0].every]
     ):
         return False
-    await handle.update(lambda _: ScheduleUpdate(schedule=schedule))
+
+    def bring(update: ScheduleUpdateInput) -> ScheduleUpdate:
+        # Its action and spec only: a pause and note an operator set stay.
+        found = update.description.schedule
+        found.action, found.spec = schedule.action, schedule.spec
+        return ScheduleUpdate(schedule=found)
+
+    await handle.update(bring)
     return True
 
 

@@ -276,10 +276,13 @@ async def test_the_worker_schedules_reconciliation_once(
         assert await ensure_reconcile_schedule(temporal_client, settings) is False
         desc = await handle.describe()
         assert desc.schedule.spec.intervals[0].every.total_seconds() == settings.reconcile_every
-        # Changed settings change it (it was kept as first made); 0 leaves it alone.
+        # Changed settings change it (it was kept as first made), not an operator's pause;
+        # 0 leaves it alone.
+        await handle.pause(note="held by ops")
         changed = settings.model_copy(update={"reconcile_every": 42.0, "task_queue": "elsewhere"})
         assert await ensure_reconcile_schedule(temporal_client, changed) is True
         desc = await handle.describe()
+        assert (desc.schedule.state.paused, desc.schedule.state.note) == (True, "held by ops")
         assert [i.every.total_seconds() for i in desc.schedule.spec.intervals] == [42.0]
         assert isinstance(desc.schedule.action, ScheduleActionStartWorkflow)
         assert desc.schedule.action.task_queue == "elsewhere"
