@@ -123,7 +123,26 @@ async def _connect(settings: Settings) -> Client:
 
 
 WAIT_NOTICE_S = 10.0
-"""After this long without an answer, the CLI says what it waits for (it waits on)."""
+"""After this long without an answer, the CLI looks whether a worker polls its task queue."""
+
+
+async def _worker_polls(client: Client, settings: Settings) -> bool | None:
+    """Whether a worker polls the task queue for workflow tasks (None: Temporal did not say)."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    try:
+        found = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=settings.task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+    except RPCError:
+        return None
+    return bool(found.pollers)
 
 
 def _with_service(
@@ -135,7 +154,8 @@ def _with_service(
     """Connect to Temporal and run ``body(service, tenant, user)`` on a fresh event loop.
 
     A request waits for a worker to take it: with none running it waited in silence, for ever.
-    After :data:`WAIT_NOTICE_S` a line on stderr says so (not with ``notice=False``: a watch).
+    After :data:`WAIT_NOTICE_S` without an answer, a line on stderr says so when no worker polls
+    the task queue (not with ``notice=False``: a watch).
     """
     settings = _settings(ctx)
 
@@ -146,12 +166,12 @@ def _with_service(
         )
         if notice:
             done, _ = await asyncio.wait({task}, timeout=WAIT_NOTICE_S)
-            if not done:
+            if not done and await _worker_polls(client, settings) is False:
                 print(  # one line, not wrapped to a width
-                    f"no answer after {WAIT_NOTICE_S:.0f}s: still waiting for a worker on task "
-                    f"queue {settings.task_queue!r} at {settings.temporal_address} (is "
-                    "`moorage worker` or `moorage dev` running?); Ctrl-C stops waiting, and a "
-                    "request already sent may still be carried out once a worker runs",
+                    f"no worker polls task queue {settings.task_queue!r} at "
+                    f"{settings.temporal_address}: the request waits until one does (start "
+                    "`moorage worker` or `moorage dev`); Ctrl-C stops waiting, and a request "
+                    "already sent may still be carried out once a worker runs",
                     file=sys.stderr,
                     flush=True,
                 )
