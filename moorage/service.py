@@ -398,7 +398,34 @@ class DeploymentService:
         result: list[Deployment] = await self._query_project(
             tenant, project, "deployments", result_type=list[Deployment]
         )
-        return result
+        # The running one as it is now (the project's record said pending, 0%, until its end).
+        return [await self._now(tenant, d) for d in result]
+
+    async def _now(self, tenant: str, dep: Deployment) -> Deployment:
+        """``dep`` as its strategy workflow has it while it runs (the project's record else)."""
+        if dep.status.terminal:
+            return dep
+        live = await self._live(tenant, dep.id)
+        return live.deployment if live is not None else dep
+
+    async def _live(self, tenant: str, deployment_id: str) -> DeploymentState | None:
+        """A running deployment's state from its strategy workflow; None before it started.
+
+        The project's record of it says ``pending`` until it ends.
+        """
+        handle = self.client.get_workflow_handle(
+            naming.deployment_workflow_id(tenant, deployment_id)
+        )
+        try:
+            live: DeploymentState | None = await handle.query(
+                "state",
+                result_type=DeploymentState | None,  # type: ignore[arg-type]  # a union decodes fine
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None  # the strategy workflow has not started yet
+            raise
+        return live
 
     async def get_state(self, tenant: str, deployment_id: str) -> DeploymentState:
         """A deployment's record, events and instances (live from its workflow while it runs).
@@ -424,18 +451,7 @@ class DeploymentService:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         if state.deployment.status.terminal:
             return state
-        handle = self.client.get_workflow_handle(
-            naming.deployment_workflow_id(tenant, deployment_id)
-        )
-        try:
-            live: DeploymentState | None = await handle.query(
-                "state",
-                result_type=DeploymentState | None,  # type: ignore[arg-type]  # a union decodes fine
-            )
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return state  # the strategy workflow has not started yet
-            raise
+        live = await self._live(tenant, deployment_id)
         if live is None:
             return state
         # The project's request event first, then the strategy's own log.
@@ -483,7 +499,7 @@ class DeploymentService:
             CancelInput(deployment_id=deployment_id, user_id=user),
             Deployment,
         )
-        return result
+        return await self._now(tenant, result)
 
     async def rollback(
         self, tenant: str, user: str, deployment_id: str, to_revision: int | None = None

@@ -27,6 +27,7 @@ from tests.helpers import (
     labelled,
     routed,
     serving_version,
+    wait_status,
     wait_terminal,
 )
 from workflows.inputs import ProjectState
@@ -316,3 +317,27 @@ async def test_bad_after_bad_then_good(
     # Only the serving revision's containers exist.
     revisions = {c.labels["moorage.revision"] for c in labelled(docker_client, project)}
     assert revisions == {str((await service.get_project(TENANT, project)).current_revision)}
+
+
+async def test_the_deployment_list_and_a_cancel_answer_a_running_deployment_as_it_is(
+    service: DeploymentService, project: str
+) -> None:
+    """The project's record of a running deployment says pending, 0%, until it ends: the list
+    (``history``) and the cancel's answer showed that while the deployment was half done."""
+    await service.apply_project(TENANT, project, compose(api_image=None))
+    dep = await service.deploy(TENANT, USER, project, DeployRequest(health_check_delay=5))
+    running = await wait_status(
+        service,
+        dep.id,
+        lambda s: s.deployment.status == DeploymentStatus.IN_PROGRESS and s.deployment.progress > 0,
+    )
+    [listed] = await service.list_deployments(TENANT, project)
+    assert listed.status == DeploymentStatus.IN_PROGRESS
+    assert listed.progress >= running.deployment.progress > 0
+    answered = await service.cancel(TENANT, USER, dep.id)
+    assert answered.status != DeploymentStatus.PENDING
+    assert answered.progress > 0
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.CANCELLED
+    [ended] = await service.list_deployments(TENANT, project)
+    assert ended.status == DeploymentStatus.CANCELLED
