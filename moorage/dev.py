@@ -311,9 +311,11 @@ class DevStack:
                 try:
                     child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    print(
-                        f"{child.name} did not stop in {STOP_TIMEOUT:.0f}s: killing it", flush=True
-                    )
+                    with contextlib.suppress(OSError):  # a closed terminal (SIGHUP): kill anyway
+                        print(
+                            f"{child.name} did not stop in {STOP_TIMEOUT:.0f}s: killing it",
+                            flush=True,
+                        )
                     _signal_group(child.proc, signal.SIGKILL)
                     child.proc.wait()
         self.children.clear()

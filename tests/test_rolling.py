@@ -376,11 +376,13 @@ async def test_an_undone_deployment_deletes_the_route_it_made_for_a_new_service(
     )
     state = await wait_terminal(service, second.id)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
-    cache_url = state.routes["cache"]  # the deployment made it
     deleted = await wait_event(service, second.id, EventType.ROUTE_DELETED)
     assert deleted.service_name == "cache"
     assert "the deployment that made it was undone" in deleted.message
+    cache_url = deleted.message.split("(", 1)[1].split(")", 1)[0]  # "route of cache deleted (url)"
     assert (await service.get_project(TENANT, project)).routes == {"web": web_url}
+    # Nor does the deployment's status list it any more.
+    assert (await service.get_state(TENANT, second.id)).routes == {"web": web_url}
     assert route_key(TENANT, project, "cache") not in router.load().routes
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port_of(cache_url)), timeout=2).close()

@@ -180,6 +180,10 @@ async def delete_routes(
     for name in gone:
         url = s.routes.pop(name)
         s.routes.pop(preview_key(name), None)
+        # The deployment's own list too (its status answers routes): an undone one listed the
+        # route it made after the route was gone.
+        record.routes.pop(name, None)
+        record.routes.pop(preview_key(name), None)
         if name in deleted:
             record.events.append(
                 DeploymentEvent(
