@@ -341,3 +341,25 @@ async def test_the_deployment_list_and_a_cancel_answer_a_running_deployment_as_i
     assert state.deployment.status == DeploymentStatus.CANCELLED
     [ended] = await service.list_deployments(TENANT, project)
     assert ended.status == DeploymentStatus.CANCELLED
+
+
+async def test_a_healthcheck_slower_than_the_health_window_is_refused_at_deploy(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """Docker's first check comes one interval after the start: an interval of 90 s under the
+    default window (60 checks 1 s apart) failed every deployment, after the whole minute."""
+    text = compose(api_image=None) + (
+        "    healthcheck:\n      test: ['CMD', 'true']\n      interval: 90s\n"
+    )
+    await service.apply_project(TENANT, project, text)
+    with pytest.raises(InvalidError, match=r"service 'web': its healthcheck.interval \(90s\)"):
+        await service.deploy(TENANT, USER, project, DeployRequest())
+    assert await service.list_deployments(TENANT, project) == []
+    assert labelled(docker_client, project) == []
+    # Given the time, it deploys.
+    dep = await service.deploy(
+        TENANT, USER, project, DeployRequest(health_check_retries=100, health_check_interval=1)
+    )
+    assert dep.status == DeploymentStatus.PENDING
+    await service.cancel(TENANT, USER, dep.id)
+    await wait_terminal(service, dep.id)

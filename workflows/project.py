@@ -176,6 +176,38 @@ def _surge_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
     return None
 
 
+DOCKER_HEALTHCHECK_INTERVAL_S = 30.0
+"""Docker's healthcheck interval when a Compose healthcheck gives a test but no interval."""
+
+
+def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
+    """Why a service can never be healthy in time under ``config`` (None: it can).
+
+    Docker runs a healthcheck's first check one ``interval`` after the start: one of 90 s under
+    the default window (60 checks 1 s apart) failed every deployment, after the whole window.
+    """
+    for service in spec.services:
+        check = service.healthcheck
+        if check is None or check.disable or check.test == ["NONE"]:
+            continue
+        interval = check.interval_s or (DOCKER_HEALTHCHECK_INTERVAL_S if check.test else None)
+        if interval is None:
+            continue  # the image's healthcheck: not known here
+        delay = config.health_check_delay
+        if service.health_check_delay is not None:
+            delay = service.health_check_delay
+        retries = service.health_check_retries or config.health_check_retries
+        window = delay + retries * config.health_check_interval + service.min_ready_seconds
+        if interval >= window:
+            return (
+                f"service {service.name!r}: its healthcheck.interval ({interval:g}s) is no "
+                f"shorter than the time its replicas get to be healthy ({window:g}s: "
+                "health_check_delay + health_check_retries x health_check_interval): Docker's "
+                "first check would come too late; shorten the interval or give more time"
+            )
+    return None
+
+
 def _refuse(message: str, kind: str) -> ApplicationError:
     """A refusal the API maps to a status: ``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422."""
     return ApplicationError(message, type=kind, non_retryable=True)
@@ -367,6 +399,9 @@ class ProjectWorkflow:
             why = _surge_refusal(inp.request, spec)
             if why is not None:
                 raise _refuse(why, "Invalid")
+        why = _health_refusal(inp.request, spec)
+        if why is not None:
+            raise _refuse(why, "Invalid")
         self._refuse_if_active()
 
     @workflow.update(name="rollback")
