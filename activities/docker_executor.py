@@ -121,7 +121,9 @@ class DockerExecutor(HealthWaits):
             ApplicationError: still there after ``timeout_s`` (retryable).
         """
         deadline = time.monotonic() + timeout_s
+        beat = paced_heartbeat()  # up to a minute: past the 10 s heartbeat timeout
         while True:
+            beat(f"removing {container_id[:12]}")
             try:
                 self.api.remove_container(container_id, force=True, v=True)
                 return
