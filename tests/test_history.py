@@ -356,6 +356,13 @@ async def test_a_healthcheck_slower_than_the_health_window_is_refused_at_deploy(
         await service.deploy(TENANT, USER, project, DeployRequest())
     assert await service.list_deployments(TENANT, project) == []
     assert labelled(docker_client, project) == []
+    # With an x-moorage probe, the probe decides: the healthcheck's interval does not matter.
+    probed = text + "    x-moorage: {probe: {type: tcp}}\n"
+    await service.apply_project(TENANT, project, probed)
+    dep = await service.deploy(TENANT, USER, project, DeployRequest())
+    await service.cancel(TENANT, USER, dep.id)
+    await wait_terminal(service, dep.id)
+    await service.apply_project(TENANT, project, text)
     # Given the time, it deploys.
     dep = await service.deploy(
         TENANT, USER, project, DeployRequest(health_check_retries=100, health_check_interval=1)

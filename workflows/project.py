@@ -188,8 +188,8 @@ def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
     """
     for service in spec.services:
         check = service.healthcheck
-        if check is None or check.disable or check.test == ["NONE"]:
-            continue
+        if service.probe is not None or check is None or check.disable or check.test == ["NONE"]:
+            continue  # (with an x-moorage probe, the probe decides, not Docker's healthcheck)
         interval = check.interval_s or (DOCKER_HEALTHCHECK_INTERVAL_S if check.test else None)
         if interval is None:
             continue  # the image's healthcheck: not known here
