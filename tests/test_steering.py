@@ -40,3 +40,33 @@ def test_an_update_whose_step_timed_out_is_unavailable_not_a_bad_request() -> No
     assert isinstance(refusal, UnavailableError)
     assert refusal.status_code == 503
     assert refusal.message == "a step failed: Activity task timed out: heartbeat timeout"
+
+
+@pytest.mark.parametrize(
+    ("healthcheck", "request_", "refused"),
+    [
+        ("{test: [CMD, 'true'], interval: 90s}", {}, True),  # 90 s against 60 x 1 s
+        ("{test: [CMD, 'true'], interval: 90s}", {"health_check_retries": 100}, False),
+        ("{test: [CMD, 'true'], interval: 50s}", {"health_check_delay": 5}, False),
+        ("{test: [CMD, 'true']}", {"health_check_retries": 10}, True),  # Docker's 30 s
+        # Docker 25+ checks every 5 s during a start period.
+        ("{test: [CMD, 'true'], interval: 90s, start_period: 60s}", {}, False),
+        ("{interval: 90s}", {}, False),  # the image's healthcheck, if any: not known
+        ("{disable: true}", {}, False),
+    ],
+)
+def test_a_healthcheck_that_could_never_pass_in_time_is_told(
+    healthcheck: str, request_: dict[str, object], refused: bool
+) -> None:
+    from moorage.compose import parse_compose
+    from moorage.models import DeployRequest
+    from workflows.project import _health_refusal
+
+    spec = parse_compose(f"services:\n  web:\n    image: a\n    healthcheck: {healthcheck}\n")
+    why = _health_refusal(DeployRequest.model_validate(request_), spec)
+    assert (why is not None) == refused, why
+    probed = parse_compose(
+        f"services:\n  web:\n    image: a\n    ports: ['80']\n    healthcheck: {healthcheck}\n"
+        "    x-moorage: {probe: {type: tcp}}\n"
+    )
+    assert _health_refusal(DeployRequest.model_validate(request_), probed) is None

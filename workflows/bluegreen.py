@@ -127,9 +127,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
             except TimeoutError:
                 # A promote that came in the task the timer fired in was answered "switching to
                 # green": it goes on so. Runs started before this change rolled back then.
-                if self._promoted_by is None or not workflow.patched(
-                    "bluegreen-promote-at-timeout"
-                ):
+                if self._promoted_by is None or not workflow.patched(PROMOTE_AT_TIMEOUT):
                     raise ApplicationError(
                         f"not promoted within blue_green_timeout ({cfg.blue_green_timeout}s): "
                         "green removed, blue untouched",

@@ -188,16 +188,21 @@ def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
     """
     for service in spec.services:
         check = service.healthcheck
-        if service.probe is not None or check is None or check.disable or check.test == ["NONE"]:
-            continue  # (with an x-moorage probe, the probe decides, not Docker's healthcheck)
-        interval = check.interval_s or (DOCKER_HEALTHCHECK_INTERVAL_S if check.test else None)
-        if interval is None:
-            continue  # the image's healthcheck: not known here
+        if (
+            service.probe is not None  # the probe decides, not Docker's healthcheck
+            or check is None
+            or check.disable
+            or not check.test  # the image's healthcheck (if it has one): not known here
+            or check.test == ["NONE"]
+            or check.start_period_s  # Docker 25+ checks every 5 s during a start period
+        ):
+            continue
+        interval = check.interval_s or DOCKER_HEALTHCHECK_INTERVAL_S
         delay = config.health_check_delay
         if service.health_check_delay is not None:
             delay = service.health_check_delay
         retries = service.health_check_retries or config.health_check_retries
-        window = delay + retries * config.health_check_interval + service.min_ready_seconds
+        window = delay + retries * config.health_check_interval  # healthy by then, at the latest
         if interval >= window:
             return (
                 f"service {service.name!r}: its healthcheck.interval ({interval:g}s) is no "
