@@ -16,7 +16,7 @@ import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -126,6 +126,11 @@ WAIT_NOTICE_S = 10.0
 """After this long without an answer, the CLI looks whether a worker polls its task queue."""
 
 
+POLLED_WITHIN_S = 90.0
+"""A worker polled the task queue this recently: it runs (a poll waits up to a minute for a
+task; Temporal lists the pollers of the last 5 minutes, a stopped worker among them)."""
+
+
 async def _worker_polls(client: Client, settings: Settings) -> bool | None:
     """Whether a worker polls the task queue for workflow tasks (None: Temporal did not say)."""
     from temporalio.api.enums.v1 import TaskQueueType
@@ -142,7 +147,11 @@ async def _worker_polls(client: Client, settings: Settings) -> bool | None:
         )
     except RPCError:
         return None
-    return bool(found.pollers)
+    now = datetime.now(UTC)
+    return any(
+        (now - p.last_access_time.ToDatetime(UTC)).total_seconds() < POLLED_WITHIN_S
+        for p in found.pollers
+    )
 
 
 def _with_service(
@@ -164,9 +173,13 @@ def _with_service(
         task = asyncio.ensure_future(
             body(DeploymentService(client, settings), settings.tenant, settings.user)
         )
-        if notice:
+        looking = notice
+        while looking:  # looked at again every WAIT_NOTICE_S, until it says so once
             done, _ = await asyncio.wait({task}, timeout=WAIT_NOTICE_S)
-            if not done and await _worker_polls(client, settings) is False:
+            if done:
+                break
+            if await _worker_polls(client, settings) is False:
+                looking = False
                 print(  # one line, not wrapped to a width
                     f"no worker polls task queue {settings.task_queue!r} at "
                     f"{settings.temporal_address}: the request waits until one does (start "

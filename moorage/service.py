@@ -10,7 +10,13 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
@@ -405,7 +411,12 @@ class DeploymentService:
         """``dep`` as its strategy workflow has it while it runs (the project's record else)."""
         if dep.status.terminal:
             return dep
-        live = await self._live(tenant, dep.id)
+        try:
+            live = await self._live(tenant, dep.id)
+        except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+            # A strategy workflow that cannot answer (its task failing) must not make the list
+            # or a cancel fail: the project's record, then.
+            return dep
         return live.deployment if live is not None else dep
 
     async def _live(self, tenant: str, deployment_id: str) -> DeploymentState | None:
