@@ -8,6 +8,7 @@ per reload; clients without keep-alive see none.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -32,10 +33,23 @@ RELOAD_S = 10.0
 fails is retried for ~2.5 s first)."""
 
 
-def render_config(state: RouterState, directory: Path, bind: str, extra_http: str = "") -> str:
-    """The nginx config serving ``state``."""
+def render_config(
+    state: RouterState,
+    directory: Path,
+    bind: str,
+    extra_http: str = "",
+    shutdown_s: float = 10.0,
+) -> str:
+    """The nginx config serving ``state``.
+
+    Requests reach the replicas as HAProxy passes them: the client's ``Host`` (nginx sent the
+    upstream's name, ``be_<tenant>_<project>_<service>``, which Django, for one, refuses) and any
+    body size (nginx refused bodies over 1 MB). Old workers end ``shutdown_s`` after a reload (the
+    drain timeout): one long response kept one alive for ever, and every later change waited on it.
+    """
     lines = [
         "worker_processes 1;",
+        f"worker_shutdown_timeout {max(1, math.ceil(shutdown_s))}s;",
         f"pid {directory / 'nginx.pid'};",
         f"error_log {directory / 'error.log'} warn;",
         "events { worker_connections 4096; }",
@@ -47,6 +61,7 @@ def render_config(state: RouterState, directory: Path, bind: str, extra_http: st
         f"    uwsgi_temp_path {directory / 'tmp'};",
         f"    scgi_temp_path {directory / 'tmp'};",
         "    keepalive_timeout 10s;",
+        "    client_max_body_size 0;",
     ]
     if extra_http.strip():
         lines.append(f"    {extra_http.strip()}")
@@ -66,6 +81,11 @@ def render_config(state: RouterState, directory: Path, bind: str, extra_http: st
             f"        listen {bind}:{route.port};",
             "        location / {",
             f"            proxy_pass http://{route.backend};",
+            "            proxy_set_header Host $http_host;",
+            # Streamed both ways, as HAProxy does: no temp file (its directory may be one the
+            # workers, user nobody, cannot enter: a body over 16 KB answered 500).
+            "            proxy_request_buffering off;",
+            "            proxy_max_temp_file_size 0;",
             "            proxy_next_upstream error timeout http_502 http_503;",
             "            proxy_connect_timeout 3s;",
             "        }",
@@ -87,6 +107,9 @@ class NginxBackend(ProxyBackend):
         self.extra_http = ""
         """Operator-provided directives for the ``http`` block (e.g. logging)."""
 
+    def _render(self, state: RouterState) -> str:
+        return render_config(state, self.dir, self.bind, self.extra_http, self.drain_timeout_s)
+
     def running(self) -> bool:
         """True when the nginx master is alive."""
         return self._pid() is not None
@@ -94,7 +117,7 @@ class NginxBackend(ProxyBackend):
     def _write_checked(self, state: RouterState) -> None:
         (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
         candidate = self.dir / "nginx.conf.new"
-        candidate.write_text(render_config(state, self.dir, self.bind, self.extra_http))
+        candidate.write_text(self._render(state))
         check = subprocess.run(
             [NGINX, "-t", "-q", "-p", str(self.dir), "-c", str(candidate)],
             capture_output=True,
@@ -207,7 +230,7 @@ class NginxBackend(ProxyBackend):
     def _put_back(self, state: RouterState) -> None:
         """Write the config of ``state`` (what nginx still runs) unchecked: it ran before."""
         tmp = self.dir / "nginx.conf.back"
-        tmp.write_text(render_config(state, self.dir, self.bind, self.extra_http))
+        tmp.write_text(self._render(state))
         os.replace(tmp, self.config)
 
     def configured_port(self, backend: str) -> int | None:

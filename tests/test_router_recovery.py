@@ -13,9 +13,12 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
@@ -777,3 +780,54 @@ def test_a_route_address_not_of_this_host_is_refused_by_name(tmp_path: Path) -> 
         assert router.load().routes == {}
     finally:
         router.stop()
+
+
+def test_nginx_passes_the_client_s_host_and_any_body_size(tmp_path: Path) -> None:
+    """nginx sent the upstream's name as ``Host`` (``be_<tenant>_<project>_<service>``, which
+    Django refuses), refused bodies over 1 MB, and spooled bodies over 16 KB to a temp file in
+    the router directory, which its workers (user nobody) may not enter (here: a 500); HAProxy
+    passes all of it as it comes."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            size = int(self.headers["Content-Length"])
+            self.rfile.read(size)
+            body = f"{self.headers['Host']} {size}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            body = b"y" * (3 * 1024 * 1024)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    backend = NginxBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["nginx"])
+    try:
+        info = router.ensure_route(WEB)
+        state = router.load()
+        state.routes[KEY].servers["r1"] = ServerState(
+            address=f"127.0.0.1:{server.server_address[1]}"
+        )
+        backend.apply(router.load(), state, {})
+        router._save(state)
+        request = urllib.request.Request(
+            info.url, data=b"x" * (2 * 1024 * 1024), headers={"Host": "shop.example"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.read() == b"shop.example 2097152"
+        # A large answer too (nginx spooled it to a temp file its workers may not write).
+        with urllib.request.urlopen(info.url, timeout=10) as answer:
+            assert len(answer.read()) == 3 * 1024 * 1024
+    finally:
+        router.stop()
+        server.shutdown()
