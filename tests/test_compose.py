@@ -2485,3 +2485,14 @@ def test_a_service_named_like_a_preview_route_is_refused() -> None:
     assert err.service == "preview-of-web"
     assert "'preview-of-' are Moorage's" in str(err)
     assert parse_compose("services:\n  preview-web: {image: a}\n").names == ["preview-web"]
+
+
+def test_service_names_that_differ_only_in_case_are_refused() -> None:
+    """nginx takes upstream names without case: ``Web`` and ``web`` failed every deployment's
+    ``nginx -t``; ``Preview-of-web`` met the blue-green preview of ``web`` there."""
+    err = refused_text("services:\n  web: {image: a}\n  Web: {image: a}\n")
+    assert err.service == "Web"
+    assert "differ only in case from 'web'" in str(err)
+    err = refused_text("services:\n  web: {image: a}\n  Preview-of-web: {image: a}\n")
+    assert "'preview-of-' are Moorage's" in str(err)
+    assert parse_compose("services:\n  web: {image: a}\n  Web2: {image: a}\n").names

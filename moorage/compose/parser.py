@@ -140,6 +140,22 @@ def _refuse_networks(value: Any) -> NoReturn:
     raise ComposeError("top-level key 'networks' is not supported by Moorage", key="networks")
 
 
+def _refuse_names_alike(names: list[str]) -> None:
+    """Refuse two services whose names differ only in case.
+
+    nginx takes upstream names without case: ``Web`` and ``web`` made one upstream twice, and
+    every deployment of the project failed ``nginx -t``.
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            raise ComposeError(
+                f"service names differ only in case from {first!r} (the router takes them alike)",
+                service=name,
+            )
+
+
 def _refuse_shared_route_ports(services: dict[str, ServiceSpec]) -> None:
     """Refuse two routes on one ``published`` port: the router listens on one port per route.
 
@@ -429,6 +445,8 @@ def _parse(
     }
     if strict():  # a check added after texts were stored (see ``strict``)
         _refuse_expanded({None: raw.get("volumes"), **{str(k): v for k, v in services_raw.items()}})
+    if strict():  # a check added after texts were stored (see ``strict``)
+        _refuse_names_alike(list(services))
     _refuse_shared_route_ports(services)
     declared = {v.name: v for v in volume_specs}
     for spec in services.values():

@@ -402,7 +402,7 @@ def _parse_service(
             f"service names may hold letters, digits, '_', '.', '-' (at most {MAX_SERVICE_NAME})",
             service=name,
         )
-    if name.startswith(PREVIEW_PREFIX) and strict():
+    if name.lower().startswith(PREVIEW_PREFIX) and strict():
         # A blue-green names its preview routes so: such a service shared its route with the
         # preview of the other (green replicas in its traffic), and lost it when that one went.
         raise ComposeError(
