@@ -11,6 +11,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import docker
 from temporalio.client import (
@@ -159,6 +160,23 @@ FORCED_EXIT = GRACEFUL_SHUTDOWN + timedelta(seconds=10)
 signal does): its steps time out on their heartbeats and are retried on another worker."""
 
 
+def refuse_router_dir(path: Path) -> None:
+    """Refuse a router directory the proxy's config cannot hold (it goes there unquoted).
+
+    A space made every router step fail to start the proxy, and the worker's start with a
+    traceback.
+
+    Raises:
+        ValueError: naming the setting.
+    """
+    if any(c.isspace() or c in "\"';#{}" for c in str(path)):
+        raise ValueError(
+            f"MOORAGE_ROUTER_DIR {str(path)!r} (by default under MOORAGE_DATA_DIR): the router's "
+            "directory may not hold spaces, quotes, ';', '#', '{' or '}' (it goes into the "
+            "proxy's config)"
+        )
+
+
 def force_exit(why: str) -> None:
     """End the process now, without the rest of the shutdown."""
     print(f"moorage worker: {why}: exiting now", file=sys.stderr, flush=True)
@@ -176,8 +194,9 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     try:
         replica_ports = settings.replica_port_range()  # and MOORAGE_ROUTE_PORTS
+        refuse_router_dir(settings.resolved_router_dir())
     except ValueError as exc:
-        print(f"moorage worker: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
     client = await connect(settings)
     executor = DockerExecutor(replica_ports=replica_ports, instance=settings.instance)

@@ -476,9 +476,21 @@ async def test_the_worker_refuses_to_start_with_overlapping_port_ranges(
     with pytest.raises(SystemExit) as exited:
         await run_worker(settings)
     assert exited.value.code == 2
-    assert (
-        "MOORAGE_REPLICA_PORTS 20000-21000 overlaps MOORAGE_ROUTE_PORTS" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(
+        "error: MOORAGE_REPLICA_PORTS 20000-21000 overlaps MOORAGE_ROUTE_PORTS"
     )
+
+
+async def test_the_worker_refuses_a_router_directory_the_proxy_config_cannot_hold(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It went unquoted into nginx's and HAProxy's config: a space made every router step fail
+    to start the proxy, and the worker's start with a traceback."""
+    for bad in ("My Projects", "a;b"):
+        with pytest.raises(SystemExit) as exited:
+            await run_worker(Settings(router_dir=tmp_path / bad))
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: MOORAGE_ROUTER_DIR '{tmp_path / bad}'")
 
 
 @pytest.mark.parametrize(
