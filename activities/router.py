@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ import docker.errors
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import classified, heartbeat
+from activities import HEARTBEAT_EVERY_S, classified, heartbeat, paced_heartbeat, poll_pauses
 from activities.inputs import (
     DeleteRoutesInput,
     RouteInput,
@@ -83,13 +84,31 @@ class TrafficRouter:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        # A thread lock for this worker and a file lock for other workers on this host.
-        with self._lock, open(self.dir / "state.lock", "w") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+        """A thread lock for this worker and a file lock for other workers on this host.
+
+        The wait heartbeats: another change may hold them through its drain (up to the drain
+        timeout), and a step waiting silently past the 10 s heartbeat timeout was timed out
+        and run again, to wait again.
+        """
+        beat = paced_heartbeat()
+        while not self._lock.acquire(timeout=HEARTBEAT_EVERY_S / 2):
+            beat("waiting for another router change")
+        try:
+            with open(self.dir / "state.lock", "w") as lock_file:
+                pauses = poll_pauses()
+                while True:
+                    try:
+                        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        beat("waiting for another worker's router change")
+                        time.sleep(next(pauses))
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
 
     def load(self) -> RouterState:
         """The desired state on disk."""

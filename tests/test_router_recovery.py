@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import HEARTBEAT_EVERY_S
 from activities.haproxy import HAPROXY, HAProxyBackend
-from activities.inputs import RouteInput, RouteServersInput
+from activities.inputs import DeleteRoutesInput, RouteInput, RouteServersInput
 from activities.nginx import NginxBackend
 from activities.proxy import (
     ListenPortTaken,
@@ -831,3 +832,30 @@ def test_nginx_passes_the_client_s_host_and_any_body_size(tmp_path: Path) -> Non
     finally:
         router.stop()
         server.shutdown()
+
+
+def test_a_change_waiting_for_another_heartbeats(tmp_path: Path) -> None:
+    """A change waits for the one before it (which may drain up to the drain timeout) in
+    silence: past the 10 s heartbeat timeout its attempt was timed out and run again."""
+    backend = HAProxyBackend(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"])
+    try:
+        router.ensure_route(WEB)
+        with open(tmp_path / "state.lock", "w") as other:  # another worker's change
+            fcntl.flock(other, fcntl.LOCK_EX)
+            threading.Timer(5, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+            env = step_environment(timedelta(minutes=2))
+            beats: list[float] = []
+            env.on_heartbeat = lambda *details: beats.append(time.monotonic())
+            t0 = time.monotonic()
+            deleted = env.run(
+                router.delete_routes,
+                DeleteRoutesInput(tenant=TENANT, project="recovery", services=["web"]),
+            )
+            t1 = time.monotonic()
+        assert deleted == ["web"]
+        assert t1 - t0 >= 4.5, "it waited for the other change"
+        gaps = [b - a for a, b in zip([t0, *beats], [*beats, t1], strict=True)]
+        assert max(gaps) <= HEARTBEAT_EVERY_S + 1, gaps
+    finally:
+        router.stop()
