@@ -169,10 +169,10 @@ def refuse_router_dir(path: Path) -> None:
     Raises:
         ValueError: naming the setting.
     """
-    if any(c.isspace() or c in "\"';#{}" for c in str(path)):
+    if any(c.isspace() or c in "\"';#{}\\" for c in str(path)):
         raise ValueError(
             f"MOORAGE_ROUTER_DIR {str(path)!r} (by default under MOORAGE_DATA_DIR): the router's "
-            "directory may not hold spaces, quotes, ';', '#', '{' or '}' (it goes into the "
+            "directory may not hold spaces, quotes, '\\', ';', '#', '{' or '}' (it goes into the "
             "proxy's config)"
         )
 

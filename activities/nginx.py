@@ -44,12 +44,13 @@ def render_config(
 
     Requests reach the replicas as HAProxy passes them: the client's ``Host`` (nginx sent the
     upstream's name, ``be_<tenant>_<project>_<service>``, which Django, for one, refuses) and any
-    body size (nginx refused bodies over 1 MB). Old workers end ``shutdown_s`` after a reload (the
-    drain timeout): one long response kept one alive for ever, and every later change waited on it.
+    body size (nginx refused bodies over 1 MB). Old workers end at most 60 s (or ``shutdown_s``,
+    the drain timeout, if longer) after a reload, as HAProxy's ``hard-stop-after 60s``: one long
+    response kept one alive for ever, and every later change waited on it.
     """
     lines = [
         "worker_processes 1;",
-        f"worker_shutdown_timeout {max(1, math.ceil(shutdown_s))}s;",
+        f"worker_shutdown_timeout {max(60, math.ceil(shutdown_s))}s;",
         f"pid {directory / 'nginx.pid'};",
         f"error_log {directory / 'error.log'} warn;",
         "events { worker_connections 4096; }",
@@ -85,6 +86,7 @@ def render_config(
             # Streamed both ways, as HAProxy does: no temp file (its directory may be one the
             # workers, user nobody, cannot enter: a body over 16 KB answered 500).
             "            proxy_request_buffering off;",
+            "            proxy_http_version 1.1;",  # else a chunked body is buffered all the same
             "            proxy_max_temp_file_size 0;",
             "            proxy_next_upstream error timeout http_502 http_503;",
             "            proxy_connect_timeout 3s;",

@@ -50,6 +50,13 @@ from moorage.net import port_free
 from moorage.settings import replica_port_refusal
 
 
+def _cancel_deferred() -> contextlib.AbstractContextManager[None]:
+    """Inside an activity, a cancel raised into its thread waits until the block ends."""
+    if activity.in_activity():
+        return activity.shield_thread_cancel_exception()
+    return contextlib.nullcontext()
+
+
 class TrafficRouter:
     """Routes, their servers and weights; the activities of the traffic router."""
 
@@ -91,9 +98,14 @@ class TrafficRouter:
         and run again, to wait again.
         """
         beat = paced_heartbeat()
-        while not self._lock.acquire(timeout=HEARTBEAT_EVERY_S / 2):
-            beat("waiting for another router change")
+        acquired = False
         try:
+            # A cancel raised into this thread between the acquire and the flag would leave the
+            # lock held for good: it waits until the flag is set.
+            with _cancel_deferred():
+                while not self._lock.acquire(timeout=HEARTBEAT_EVERY_S / 2):
+                    beat("waiting for another router change")
+                acquired = True
             with open(self.dir / "state.lock", "w") as lock_file:
                 pauses = poll_pauses()
                 while True:
@@ -108,7 +120,8 @@ class TrafficRouter:
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
         finally:
-            self._lock.release()
+            if acquired:
+                self._lock.release()
 
     def load(self) -> RouterState:
         """The desired state on disk."""

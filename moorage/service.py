@@ -53,6 +53,9 @@ from workflows.inputs import (
     SteerInput,
 )
 
+QUERY_ERRORS = (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError)
+"""What a query of a workflow that cannot answer raises (its task failing, a handler error)."""
+
 STEER_ACTIONS = ("promote", "pause", "resume", "abort")
 COUNTED_WITHIN_S = 10.0
 """How long an admission waits for the visibility store to count the deployment it admitted."""
@@ -413,7 +416,7 @@ class DeploymentService:
             return dep
         try:
             live = await self._live(tenant, dep.id)
-        except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        except QUERY_ERRORS:
             # A strategy workflow that cannot answer (its task failing) must not make the list
             # or a cancel fail: the project's record, then.
             return dep
@@ -462,7 +465,10 @@ class DeploymentService:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         if state.deployment.status.terminal:
             return state
-        live = await self._live(tenant, deployment_id)
+        try:
+            live = await self._live(tenant, deployment_id)
+        except QUERY_ERRORS:
+            return state  # a strategy workflow that cannot answer: the project's record
         if live is None:
             return state
         # The project's request event first, then the strategy's own log.

@@ -791,8 +791,14 @@ def test_nginx_passes_the_client_s_host_and_any_body_size(tmp_path: Path) -> Non
 
     class Echo(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            size = int(self.headers["Content-Length"])
-            self.rfile.read(size)
+            if self.headers.get("Transfer-Encoding") == "chunked":
+                size = 0
+                while chunk := int(self.rfile.readline().split(b";")[0], 16):
+                    size += len(self.rfile.read(chunk))
+                    self.rfile.readline()
+                self.rfile.readline()
+            else:
+                size = len(self.rfile.read(int(self.headers["Content-Length"])))
             body = f"{self.headers['Host']} {size}".encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -825,6 +831,14 @@ def test_nginx_passes_the_client_s_host_and_any_body_size(tmp_path: Path) -> Non
             info.url, data=b"x" * (2 * 1024 * 1024), headers={"Host": "shop.example"}
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.read() == b"shop.example 2097152"
+        # Chunked (no Content-Length): buffered to the temp file all the same over HTTP/1.0.
+        chunked = urllib.request.Request(
+            info.url,
+            data=iter([b"z" * 65536] * 32),
+            headers={"Host": "shop.example", "Transfer-Encoding": "chunked"},
+        )
+        with urllib.request.urlopen(chunked, timeout=10) as answer:
             assert answer.read() == b"shop.example 2097152"
         # A large answer too (nginx spooled it to a temp file its workers may not write).
         with urllib.request.urlopen(info.url, timeout=10) as answer:

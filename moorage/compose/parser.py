@@ -151,7 +151,8 @@ def _refuse_names_alike(names: list[str]) -> None:
         first = seen.setdefault(name.lower(), name)
         if first != name:
             raise ComposeError(
-                f"service names differ only in case from {first!r} (the router takes them alike)",
+                f"service names differ only in case from {first!r} (nginx, one of the routers, "
+                "takes them alike)",
                 service=name,
             )
 
