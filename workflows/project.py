@@ -42,8 +42,8 @@ with workflow.unsafe.imports_passed_through():
         RevisionInfo,
         Strategy,
     )
+    from workflows import replicas, upkeep
     from workflows import search_attributes as sa
-    from workflows import upkeep
     from workflows.inputs import (
         ApplyInput,
         CancelInput,
@@ -198,10 +198,7 @@ def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
         ):
             continue
         interval = check.interval_s or DOCKER_HEALTHCHECK_INTERVAL_S
-        delay = config.health_check_delay
-        if service.health_check_delay is not None:
-            delay = service.health_check_delay
-        retries = service.health_check_retries or config.health_check_retries
+        delay, retries = replicas.health_delay_and_retries(config, service)
         window = delay + retries * config.health_check_interval  # healthy by then, at the latest
         if interval >= window:
             return (

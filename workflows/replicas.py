@@ -80,6 +80,18 @@ async def start_service(
     return result
 
 
+def health_delay_and_retries(
+    cfg: DeploymentConfig, spec: ServiceSpec | None = None
+) -> tuple[float, int]:
+    """A service's health delay and retries: its own ``x-moorage`` ones, else the deployment's."""
+    delay = spec.health_check_delay if spec else None
+    retries = spec.health_check_retries if spec else None
+    return (
+        cfg.health_check_delay if delay is None else delay,
+        cfg.health_check_retries if retries is None else retries,
+    )
+
+
 def health_input(
     cfg: DeploymentConfig, sel: ContainerSelector, expected: int, spec: ServiceSpec | None = None
 ) -> WaitHealthyInput:
@@ -87,13 +99,12 @@ def health_input(
 
     The service's own ``x-moorage`` delay and retries come first.
     """
-    delay = spec.health_check_delay if spec else None
-    retries = spec.health_check_retries if spec else None
+    delay_s, retries = health_delay_and_retries(cfg, spec)
     return WaitHealthyInput(
         selector=sel,
         expected=expected,
-        delay_s=cfg.health_check_delay if delay is None else delay,
-        retries=cfg.health_check_retries if retries is None else retries,
+        delay_s=delay_s,
+        retries=retries,
         interval_s=cfg.health_check_interval,
         probe=spec.probe if spec else None,
         min_ready_s=spec.min_ready_seconds if spec else 0.0,
