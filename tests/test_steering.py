@@ -43,6 +43,38 @@ def test_an_update_whose_step_timed_out_is_unavailable_not_a_bad_request() -> No
 
 
 @pytest.mark.parametrize(
+    ("x_moorage", "request_", "refused"),
+    [
+        ("", {"health_check_delay": 900}, True),  # the default deadline: 900 s
+        ("", {"health_check_delay": 899}, False),
+        ("", {"health_check_delay": 60, "progress_deadline": 60}, True),
+        ("{min_ready_seconds: 30}", {"health_check_delay": 30, "progress_deadline": 60}, True),
+        ("{min_ready_seconds: 29}", {"health_check_delay": 30, "progress_deadline": 60}, False),
+        # The service's own delay comes first.
+        ("{health_check_delay: 100}", {"health_check_delay": 1, "progress_deadline": 100}, True),
+        ("{health_check_delay: 1}", {"health_check_delay": 100, "progress_deadline": 100}, False),
+    ],
+)
+def test_a_health_gate_no_shorter_than_the_progress_deadline_is_told(
+    x_moorage: str, request_: dict[str, object], refused: bool
+) -> None:
+    """The gate records nothing until it ends: one that cannot end before the deadline failed
+    every deployment there (15 minutes in, by default)."""
+    from moorage.compose import parse_compose
+    from moorage.models import DeployRequest
+    from workflows.project import _health_refusal
+
+    text = "services:\n  db:\n    image: a\n"
+    if x_moorage:
+        text += f"    x-moorage: {x_moorage}\n"
+    why = _health_refusal(DeployRequest.model_validate(request_), parse_compose(text))
+    assert (why is not None) == refused, why
+    if refused:
+        assert why is not None and why.startswith("service 'db': its health gate takes at least")
+        assert "progress_deadline" in why
+
+
+@pytest.mark.parametrize(
     ("healthcheck", "request_", "refused"),
     [
         ("{test: [CMD, 'true'], interval: 90s}", {}, True),  # 90 s against 60 x 1 s

@@ -185,8 +185,20 @@ def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
 
     Docker runs a healthcheck's first check one ``interval`` after the start: one of 90 s under
     the default window (60 checks 1 s apart) failed every deployment, after the whole window.
+    A health gate no shorter than the progress deadline (its delay and ``min_ready_seconds``)
+    failed every deployment at the deadline, 15 minutes in by default.
     """
     for service in spec.services:
+        delay, retries = replicas.health_delay_and_retries(config, service)
+        if delay + service.min_ready_seconds >= config.progress_deadline:
+            # A health gate records nothing until it ends, and ends no sooner than this.
+            return (
+                f"service {service.name!r}: its health gate takes at least "
+                f"{delay + service.min_ready_seconds:g}s (health_check_delay + "
+                f"min_ready_seconds), no shorter than progress_deadline "
+                f"({config.progress_deadline:g}s): every deployment would fail at the deadline; "
+                "raise progress_deadline or shorten the wait"
+            )
         check = service.healthcheck
         if (
             service.probe is not None  # the probe decides, not Docker's healthcheck
@@ -198,7 +210,6 @@ def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
         ):
             continue
         interval = check.interval_s or DOCKER_HEALTHCHECK_INTERVAL_S
-        delay, retries = replicas.health_delay_and_retries(config, service)
         window = delay + retries * config.health_check_interval  # healthy by then, at the latest
         if interval >= window:
             return (
