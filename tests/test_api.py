@@ -470,13 +470,15 @@ def test_only_a_routes_published_port_is_kept_out_of_the_replicas_ports() -> Non
     """The route's listen port is the only published port Moorage binds (on the router)."""
     service = DeploymentService(cast(Client, None), Settings())
 
-    def check(body: str) -> None:
+    def check(body: str, stored: bool = False) -> None:
         text = "services:\n  web:\n    image: moorage-demo:v1\n" + textwrap.indent(body, "    ")
-        service._check_published_ports(parse_compose(text))
+        service._check_published_ports(parse_compose(text, stored=stored))
 
-    check('ports: ["8080:80", "17001:81"]\n')  # the route is the first TCP port
-    check('ports: ["8080:80", "17002:53/udp"]\n')
-    check('ports: ["17003:80"]\nx-moorage: {route: false}\n')
+    # Other published ports are refused when parsed (nothing would serve them); a stored
+    # revision's, which deployed unserved, are not the route's.
+    check('ports: ["8080:80", "17001:81"]\n', stored=True)  # the route is the first TCP port
+    check('ports: ["8080:80", "17002:53/udp"]\n', stored=True)
+    check('ports: ["17003:80"]\nx-moorage: {route: false}\n', stored=True)
     check('ports: ["20000:80"]\n')
     with pytest.raises(ComposeError) as info:
         check('ports: ["19999:80"]\n')

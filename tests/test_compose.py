@@ -239,12 +239,53 @@ def test_label_merely_containing_moorage_is_accepted() -> None:
         ('"127.0.0.1:8080:80"', PortSpec(target=80, published=8080)),
         ('"127.0.0.1::80"', PortSpec(target=80)),
         ('"80/udp"', PortSpec(target=80, protocol="udp")),
-        ('"5353:53/udp"', PortSpec(target=53, protocol="udp", published=5353)),
         ('"443/tcp"', PortSpec(target=443)),
     ],
 )
 def test_short_port_syntax(entry: str, expected: PortSpec) -> None:
     assert one(f"ports:\n  - {entry}\n").ports == [expected]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("ports: ['5353:53/udp']", "the router serves TCP only"),
+        ("ports: ['8080:80', '8443:443']", "one port per service, its first TCP one (80"),
+        (
+            "ports: [{target: 80, published: 8080}, {target: 53, published: 53, protocol: udp}]",
+            "the router serves TCP only",
+        ),
+        ("ports: ['5432:5432']\nx-moorage: {route: false}", "x-moorage.route is false"),
+    ],
+)
+def test_a_published_port_nothing_would_serve_is_refused(body: str, why: str) -> None:
+    """Only the route's published port is served (by the router); the others were dropped:
+    nothing listened on them."""
+    with pytest.raises(ComposeError) as info:
+        one(body)
+    assert info.value.service == "web"
+    assert info.value.key == "ports"
+    assert "would not be served" in str(info.value)
+    assert why in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "ports: ['8080:80', '443', '53/udp']",
+        "ports: ['53/udp', '8080:80']",  # the route: the first TCP port
+        "ports: ['5432']\nx-moorage: {route: false}",
+    ],
+)
+def test_published_ports_the_router_serves_are_accepted(body: str) -> None:
+    assert one(body).ports
+
+
+def test_a_stored_revision_keeps_its_unserved_published_port() -> None:
+    """It deployed (the port unserved): its text must keep parsing."""
+    text = "services:\n  web:\n    image: a\n    ports: ['5353:53/udp']\n"
+    [port] = parse_compose(text, stored=True).services[0].ports
+    assert port == PortSpec(target=53, protocol="udp", published=5353)
 
 
 def test_port_key_is_dockers_name() -> None:
@@ -379,17 +420,14 @@ def test_two_routes_on_one_published_port_are_refused_naming_the_second_service(
     "api",
     [
         '["8081:80"]',
-        '["9000:9000", "8080:80"]',  # only the first TCP port is a route's
-        '["8080:53/udp"]',
+        '["9000:9000", "8080"]',  # only the first TCP port is a route's
+        '["8080/udp", "8081:80"]',
+        '["53/udp", "9000:9000"]',
     ],
 )
 def test_published_ports_that_no_two_routes_share_are_accepted(api: str) -> None:
     parse(
         f"services:\n  web: {{image: a, ports: ['8080:80']}}\n  api: {{image: b, ports: {api}}}\n"
-    )
-    parse(
-        "services:\n  web: {image: a, ports: ['8080:80']}\n"
-        "  db: {image: b, ports: ['8080:5432'], x-moorage: {route: false}}\n"
     )
 
 

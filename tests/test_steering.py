@@ -70,7 +70,8 @@ def test_a_health_gate_no_shorter_than_the_progress_deadline_is_told(
     why = _health_refusal(DeployRequest.model_validate(request_), parse_compose(text))
     assert (why is not None) == refused, why
     if refused:
-        assert why is not None and why.startswith("service 'db': its health gate takes at least")
+        assert why is not None
+        assert why.startswith("service 'db': its health gate takes at least")
         assert "progress_deadline" in why
 
 

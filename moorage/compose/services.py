@@ -254,6 +254,37 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
     return PortSpec(target=target, protocol=protocol, published=published)
 
 
+def _refuse_unserved_published(spec: ServiceSpec) -> None:
+    """Refuse a ``published`` host port that nothing would listen on.
+
+    Moorage binds no host port of a replica directly (two revisions' replicas run side by side):
+    the router listens on the published port of the service's route, its first TCP port. Any
+    other published port (a second TCP port, a UDP port, any port of a service off the router)
+    was parsed and dropped: ``"8443:443"`` deployed with nothing on 8443.
+    """
+    route = spec.route_port()
+    for port in spec.ports:
+        if port.published is None or port is route:
+            continue
+        if not spec.route:
+            why = "x-moorage.route is false, so no host port of this service is served"
+        elif route is None or port.protocol != "tcp":
+            why = "the router serves TCP only"
+        else:
+            why = (
+                f"the router serves one port per service, its first TCP one ({route.target}; "
+                "list the one to route first)"
+            )
+        shown = f"{port.target}/udp" if port.protocol == "udp" else str(port.target)
+        raise ComposeError(
+            f"published port {port.published} (container port {shown}) would not be served: "
+            f"{why}; leave the host port out (\"{shown}\": other services of the project "
+            "still reach it by the service's name)",
+            service=spec.name,
+            key="ports",
+        )
+
+
 _EXPOSE_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(?:tcp|udp|sctp))?")
 
 
@@ -511,6 +542,8 @@ def _parse_service(
         spec.restart, spec.restart_max_retries = restart
     if raw.get("x-moorage") is not None:
         _parse_x_moorage(raw["x-moorage"], spec)
+    if strict():  # a stored revision's other published ports were dropped unchecked
+        _refuse_unserved_published(spec)
     for key in ("stop_signal", "working_dir", "user"):
         if raw.get(key) is not None:
             if isinstance(raw[key], bool) or not isinstance(raw[key], str | int):
