@@ -278,7 +278,7 @@ def _refuse_unserved_published(spec: ServiceSpec) -> None:
         shown = f"{port.target}/udp" if port.protocol == "udp" else str(port.target)
         raise ComposeError(
             f"published port {port.published} (container port {shown}) would not be served: "
-            f"{why}; leave the host port out (\"{shown}\": other services of the project "
+            f'{why}; leave the host port out ("{shown}": other services of the project '
             "still reach it by the service's name)",
             service=spec.name,
             key="ports",
