@@ -164,6 +164,7 @@ class HealthWaits(EngineView):
         """
         last: dict[str, str] = {}
         ready_since: dict[str, float] = {}
+        misses: dict[str, int] = {}  # per replica, the checks in a row it was not ready at
         restarts: dict[str, int] = {}  # per replica, the engine's restarts that do not count
         window = inp.retries * inp.interval_s + inp.min_ready_s
         began = time.monotonic()
@@ -197,6 +198,7 @@ class HealthWaits(EngineView):
                     name = container_name(info)
                     ok, seen = next(verdicts) if maybe is None else (maybe, seen)
                     if ok:
+                        misses.pop(name, None)
                         since = ready_since.setdefault(name, now)
                         if now - since < inp.min_ready_s:
                             not_counted.append(name)
@@ -204,6 +206,14 @@ class HealthWaits(EngineView):
                     else:
                         not_counted.append(name)
                         ready_since.pop(name, None)
+                        misses[name] = misses.get(name, 0) + 1
+                        if inp.fail_after is not None and misses[name] >= inp.fail_after:
+                            self._fail_health(
+                                f"container {name} not ready at {misses[name]} checks in a row "
+                                f"({seen})",
+                                info,
+                                infos,
+                            )
                     last[name] = seen
                 if not not_counted:
                     return [instance_of(i) for i in infos], checks, now - began

@@ -104,6 +104,10 @@ class WaitHealthyInput(BaseModel):
     running since before the deployment: a restart in its past is not this deployment's fault."""
     budget_s: float | None = None
     """``wait_healthy_briefly`` only: give up without a verdict after this long."""
+    fail_after: int | None = Field(default=None, ge=1)
+    """A replica not ready at this many checks in a row fails the wait at once (a verify: the
+    replicas were ready and must stay so). None: only the window's end fails a replica that is not
+    ready (or Docker's ``unhealthy``, or an exit)."""
 
 
 class HealthWait(BaseModel):

@@ -24,7 +24,15 @@ from moorage.models import (
 )
 from moorage.service import ConflictError, DeploymentService
 from tests.conftest import TASK_QUEUE
-from tests.helpers import TENANT, USER, labelled, routed, wait_status, wait_terminal
+from tests.helpers import (
+    TENANT,
+    USER,
+    labelled,
+    routed,
+    wait_status,
+    wait_terminal,
+    wait_until,
+)
 from tests.load import Load
 from workflows.inputs import SteerInput, StrategyInput
 
@@ -161,6 +169,79 @@ async def test_blue_green_failing_health_after_switch_goes_back_to_blue(
     types = [e.event_type for e in state.events]
     assert EventType.TRAFFIC_SWITCHED in types
     assert types.index(EventType.TRAFFIC_SWITCHED) < types.index(EventType.DEPLOYMENT_FAILED)
+    assert load.last_versions(20) == {"v1"}
+    assert {c.name for c in labelled(docker_client, project)} == blue
+    assert routed(router, project) == blue
+
+
+async def test_a_probe_failing_after_the_switch_sends_traffic_back_without_waiting_the_window(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """With an x-moorage probe, a failed check only restarted a replica's "ready since" clock:
+    the verify failed at the end of its window (here 20 x 1 s + 30 s), with traffic on the
+    broken green all along. Now three failed checks in a row fail it."""
+    probe = "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 200ms}\n"
+    await service.apply_project(TENANT, project, web("moorage-demo:v1") + probe)
+    first = await service.deploy(TENANT, USER, project, BG.model_copy(update={"version": "v1"}))
+    assert (await wait_terminal(service, first.id)).deployment.status == (
+        DeploymentStatus.COMPLETED
+    )
+    blue = {c.name for c in labelled(docker_client, project)}
+    # Green's "/" answers 404 four seconds after it starts: after the switch.
+    failing = web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "4"}) + probe
+    await service.apply_project(TENANT, project, failing)
+    dep = await service.deploy(
+        TENANT, USER, project, BG.model_copy(update={"post_switch_verify": 30})
+    )
+    state = await wait_terminal(service, dep.id, timeout=90)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    at = {e.event_type: e.created_at for e in state.events}
+    assert (at[EventType.DEPLOYMENT_FAILED] - at[EventType.TRAFFIC_SWITCHED]).total_seconds() < 10
+    assert "checks in a row" in state.deployment.message
+    assert {c.name for c in labelled(docker_client, project)} == blue
+    assert routed(router, project) == blue
+
+
+async def test_green_that_fails_while_waiting_for_promotion_never_takes_traffic(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """Green's gate passed before the wait; the promote came after a replica turned unhealthy:
+    it was switched to unchecked, then taken back after the verify."""
+    url = await serve_v1(service, project)
+    blue = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(
+        TENANT, project, web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "3"})
+    )
+    with Load(url, connections=4, keepalive=True) as load:
+        dep = await service.deploy(
+            TENANT, USER, project, BG.model_copy(update={"auto_promote": False})
+        )
+        await wait_status(
+            service, dep.id, lambda s: "waiting for promotion" in s.deployment.message
+        )
+
+        def green_unhealthy() -> bool:
+            green = labelled(docker_client, project, revision=str(dep.revision))
+            return bool(green) and all(
+                c.attrs["State"].get("Health", {}).get("Status") == "unhealthy" for c in green
+            )
+
+        await asyncio.to_thread(wait_until, green_unhealthy, 30, "green unhealthy")
+        await service.steer(TENANT, "carol", dep.id, "promote")
+        state = await wait_terminal(service, dep.id, timeout=90)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    types = [e.event_type for e in state.events]
+    assert EventType.PROMOTED in types
+    assert EventType.TRAFFIC_SWITCHED not in types
+    assert "unhealthy" in state.deployment.message
+    assert load.result.failed == 0, load.result.errors
     assert load.last_versions(20) == {"v1"}
     assert {c.name for c in labelled(docker_client, project)} == blue
     assert routed(router, project) == blue

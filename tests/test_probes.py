@@ -145,12 +145,16 @@ async def test_a_service_s_own_health_retries_come_before_the_deployment_s(
 async def test_progress_deadline_fails_and_rolls_back(
     service: DeploymentService, docker_client: docker.DockerClient, project: str
 ) -> None:
-    await service.apply_project(TENANT, project, probed())
+    """A probe that never passes under a health window of 60 s: the deadline comes first.
+
+    (A health delay past the deadline is refused at deploy: see ``test_steering``.)"""
+    never = "{type: http, port: 80, path: /nowhere, interval: 200ms}"
+    await service.apply_project(TENANT, project, probed(never))
     dep = await service.deploy(
         TENANT,
         USER,
         project,
-        ROLL.model_copy(update={"health_check_delay": 60, "progress_deadline": 3}),
+        ROLL.model_copy(update={"health_check_retries": 120, "progress_deadline": 3}),
     )
     state = await wait_terminal(service, dep.id, timeout=60)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message

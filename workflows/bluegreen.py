@@ -26,6 +26,13 @@ with workflow.unsafe.imports_passed_through():
 PROMOTE_AT_TIMEOUT = "bluegreen-promote-at-timeout"
 """Patch: a promote that came in the task the promotion's timeout fired in goes on."""
 
+GATE_AT_SWITCH = "bluegreen-gate-at-switch"
+"""Patch: after a wait for promotion, green's replicas are checked again before the switch."""
+
+VERIFY_MISSES = 3
+"""A green replica not ready at this many checks in a row fails the verify after the switch at
+once (Docker's own default retries before ``unhealthy``); it waited out the whole health window."""
+
 
 def preview_key(service: str) -> str:
     """The key of a service's preview URL among a deployment's (and a project's) routes."""
@@ -137,6 +144,11 @@ class BlueGreenWorkflow(StrategyWorkflow):
                     ) from None
             finally:
                 self._waiting_promotion = False
+            # The wait may have lasted hours: a replica that died or failed its probe meanwhile
+            # took traffic at the switch (runs started before this change switched unchecked).
+            if workflow.patched(GATE_AT_SWITCH):
+                for spec in inp.target.services:
+                    await replicas.gate_healthy(t, green, spec, again=True)
 
         # Switch: green in, blue out. The undo puts blue back before it takes green out.
         for spec in inp.target.services:
@@ -173,6 +185,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
                 )
                 verify.delay_s = 0
                 verify.min_ready_s = max(verify.min_ready_s, cfg.post_switch_verify)
+                verify.fail_after = VERIFY_MISSES
                 await replicas.wait_healthy(verify)
         finally:
             self._verifying = False
