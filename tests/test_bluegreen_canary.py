@@ -145,6 +145,9 @@ async def test_blue_green_timeout_without_promote_leaves_blue(
     assert any("not promoted within blue_green_timeout" in e.message for e in state.events)
     assert {c.name for c in labelled(docker_client, project)} == blue
     assert routed(router, project) == blue
+    # The preview it dropped is no longer listed (it was, answering 503).
+    assert set(state.routes) == {"web"}
+    assert set((await service.get_project(TENANT, project)).routes) == {"web"}
 
 
 async def test_blue_green_failing_health_after_switch_goes_back_to_blue(

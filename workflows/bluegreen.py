@@ -8,6 +8,7 @@ scale-down delay → 80 blue stopped → blue removed → 90 instances recorded 
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import timedelta
 
 from temporalio import workflow
@@ -25,6 +26,9 @@ with workflow.unsafe.imports_passed_through():
 
 PROMOTE_AT_TIMEOUT = "bluegreen-promote-at-timeout"
 """Patch: a promote that came in the task the promotion's timeout fired in goes on."""
+
+UNLIST_PREVIEW = "bluegreen-undo-unlists-preview"
+"""Patch: an undone blue-green no longer lists the preview URLs it dropped."""
 
 GATE_AT_SWITCH = "bluegreen-gate-at-switch"
 """Patch: after a wait for promotion, green's replicas are checked again before the switch."""
@@ -250,11 +254,25 @@ class BlueGreenWorkflow(StrategyWorkflow):
             )
             servers = replicas.route_servers(dep, spec, green, list(range(spec.replicas)))
             servers.service = name
-            self.undo.push(f"drop preview of {spec.name}", "route_remove", servers)
+            self.undo.push(
+                f"drop preview of {spec.name}",
+                "route_remove",
+                servers,
+                then=functools.partial(self._unlist_preview, t, spec.name),
+            )
             await steps.call("route_add", servers, result_type=list[str])
             previews[spec.name] = info.url
             t.state.routes[preview_key(spec.name)] = info.url
         return previews
+
+    @staticmethod
+    def _unlist_preview(t: Tracker, service: str, _: object) -> None:
+        """The undo dropped a preview: its URL leaves the deployment's routes.
+
+        Runs started before this change listed it after the deployment was undone (503).
+        """
+        if workflow.patched(UNLIST_PREVIEW):
+            t.state.routes.pop(preview_key(service), None)
 
     async def _drop_previews(self, t: Tracker, inp: StrategyInput) -> None:
         dep, green = t.deployment, t.deployment.revision
