@@ -506,9 +506,16 @@ class DeploymentService:
 
         Raises:
             NotFoundError: no such deployment.
-            ConflictError: the deployment is not running.
+            ConflictError: the deployment is not running, or is being undone already.
         """
         project = self._project_of(deployment_id)
+        # Its undo goes on whatever comes: a cancel then was answered 202 and did nothing.
+        if (await self.get_state(tenant, deployment_id)).deployment.status == (
+            DeploymentStatus.ROLLING_BACK
+        ):
+            raise ConflictError(
+                f"cannot cancel: deployment {deployment_id} is rolling_back (its undo goes on)"
+            )
         result: Deployment = await self._update(
             tenant,
             project,

@@ -34,7 +34,7 @@ from moorage.models import (
     EventType,
     Strategy,
 )
-from moorage.service import DeploymentService
+from moorage.service import ConflictError, DeploymentService
 from moorage.settings import Settings
 from tests.helpers import (
     TENANT,
@@ -891,3 +891,29 @@ async def test_a_drain_held_past_the_workflow_task_timeout_completes_and_answers
     assert "workflow_task_failed_event_attributes" not in kinds
     switches = [m for m in local_activity_markers(history) if m["activity_type"] == "route_switch"]
     assert [m["attempt"] for m in switches] == [1]
+
+
+async def test_a_cancel_while_the_deployment_is_rolling_back_is_refused(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """Its undo goes on whatever comes: the cancel was answered 202 and did nothing. The old
+    revision's healthcheck runs every 3 s, so restoring the replica the roll replaced takes a
+    few seconds of ``rolling_back``."""
+    slow = "    healthcheck:\n      interval: 3s\n"
+    await service.apply_project(TENANT, project, web("moorage-demo:v1", 2) + slow)
+    first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
+    assert (await wait_terminal(service, first.id)).deployment.status == (
+        DeploymentStatus.COMPLETED
+    )
+    # The second new replica never gets healthy: the first one, which replaced an old one, is
+    # undone by starting that old one again.
+    await service.apply_project(TENANT, project, web("moorage-demo:v2", 2, fail_host="web-1"))
+    dep = await service.deploy(TENANT, USER, project, ROLL)
+    await wait_status(
+        service, dep.id, lambda s: s.deployment.status == DeploymentStatus.ROLLING_BACK, 90
+    )
+    with pytest.raises(ConflictError, match="rolling_back"):
+        await service.cancel(TENANT, USER, dep.id)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    assert EventType.CANCEL_REQUESTED not in [e.event_type for e in state.events]
