@@ -31,6 +31,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from moorage.compose import ComposeError, parse_compose, resolve_compose
+from moorage.envfile import VARIABLE_NAME_RE, EnvFileError, parse_env_file
 from moorage.models import (
     NAME_RE,
     Deployment,
@@ -219,9 +220,6 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid options: " + "; ".join(parts)
 
 
-VARIABLE_NAME_RE = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
-
-
 def _read_compose(path: Path) -> str:
     try:
         return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
@@ -234,29 +232,28 @@ def _read_compose(path: Path) -> str:
 def _variables(env_file: Path | None, pairs: list[str]) -> dict[str, str]:
     """The variables of ``env_file`` then ``pairs``; a later name wins.
 
-    ``env_file`` holds ``NAME=value`` lines (blank lines and ``#`` comments skipped; ``export``
-    and surrounding quotes allowed).
+    ``env_file`` is read as Compose reads a ``.env`` file (:mod:`moorage.envfile`): comments,
+    quotes, escapes and ``${NAME}`` of names set above. A ``pair`` is ``NAME=value`` as the shell
+    gave it (surrounding quotes dropped).
 
     Raises:
         CliError: a file that cannot be read, or an entry that is not ``NAME=value``.
     """
-    lines: list[tuple[str, str]] = []
+    variables: dict[str, str] = {}
     if env_file is not None:
         try:
             text = env_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CliError(f"--env-file {env_file}: cannot read: {exc}") from exc
-        for number, line in enumerate(text.splitlines(), start=1):
-            stripped = line.strip()
-            if stripped and not stripped.startswith("#"):
-                lines.append((f"--env-file {env_file}:{number}", stripped))
-    lines += [("--var", pair) for pair in pairs]
-    variables: dict[str, str] = {}
-    for where, entry in lines:
+        try:
+            variables.update(parse_env_file(text))
+        except EnvFileError as exc:
+            raise CliError(f"--env-file {env_file}: {exc}") from exc
+    for entry in pairs:
         name, sep, value = entry.partition("=")
         name = name.strip().removeprefix("export ").strip()
         if not sep or not VARIABLE_NAME_RE.match(name):
-            raise CliError(f"{where}: {entry!r} is not NAME=value")
+            raise CliError(f"--var: {entry!r} is not NAME=value")
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         variables[name] = value
