@@ -317,7 +317,9 @@ class DeploymentService:
         policy = self.policy(tenant)
         try:
             compose = resolve_compose(compose, variables)
-            self._check_published_ports(parse_compose(compose, policy=policy))
+            self._check_published_ports(
+                parse_compose(compose, policy=policy, route_address=self.settings.router_bind)
+            )
         except ComposeError as exc:
             field: list[str | int] = ["body", "compose"]
             if exc.service:

@@ -525,6 +525,17 @@ async def test_compose_text_the_parser_choked_on_is_422_naming_the_field(
     assert loc_names(resp) == ["body", "compose", *(n for n in (service, key) if n)], resp.text
 
 
+async def test_a_route_port_on_an_address_the_router_does_not_listen_on_is_422(
+    offline_http: httpx.AsyncClient,
+) -> None:
+    """The route listens on MOORAGE_ROUTER_BIND (127.0.0.1 here), whatever the file says."""
+    text = WEB + "    ports: ['10.0.0.1:8080:80']\n"
+    resp = await offline_http.put("/api/projects/x", json={"compose": text}, headers=A)
+    assert resp.status_code == 422, resp.text
+    assert loc_names(resp) == ["body", "compose", "web", "ports"], resp.text
+    assert "routes listen on 127.0.0.1" in resp.text
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "content_type", "field"),
     [

@@ -288,6 +288,35 @@ def test_a_stored_revision_keeps_its_unserved_published_port() -> None:
     assert port == PortSpec(target=53, protocol="udp", published=5353)
 
 
+@pytest.mark.parametrize(
+    ("address", "port", "refused"),
+    [
+        ("0.0.0.0", "'127.0.0.1:8080:80'", True),  # it was open on every address
+        ("0.0.0.0", "'8080:80'", False),
+        ("0.0.0.0", "'0.0.0.0:8080:80'", False),
+        ("127.0.0.1", "'127.0.0.1:8080:80'", False),
+        ("127.0.0.1", "'[::1]:8080:80'", True),
+        ("127.0.0.1", "{target: 80, published: 8080, host_ip: 10.0.0.1}", True),
+        ("127.0.0.1", "{target: 80, published: 8080, host_ip: 127.0.0.1}", False),
+        ("127.0.0.1", "'10.0.0.1::80'", False),  # no published port: the range's, on the router
+        (None, "'10.0.0.1:8080:80'", False),  # the address routes listen on: not known here
+    ],
+)
+def test_a_route_port_bound_to_an_address_routes_do_not_listen_on_is_refused(
+    address: str | None, port: str, refused: bool
+) -> None:
+    text = f"services:\n  web:\n    image: a\n    ports: [{port}]\n"
+    if not refused:
+        assert parse_compose(text, route_address=address).services[0].route_port()
+        return
+    with pytest.raises(ComposeError) as info:
+        parse_compose(text, route_address=address)
+    assert (info.value.service, info.value.key) == ("web", "ports")
+    assert f"routes listen on {address} (MOORAGE_ROUTER_BIND)" in str(info.value)
+    # A stored revision deployed so: it keeps parsing.
+    assert parse_compose(text, route_address=address, stored=True).services[0].ports
+
+
 def test_port_key_is_dockers_name() -> None:
     ports = one("ports: ['80', '53/udp']").ports
     assert [p.key for p in ports] == ["80/tcp", "53/udp"]

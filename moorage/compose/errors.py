@@ -7,6 +7,14 @@ from contextvars import ContextVar
 _STORED: ContextVar[bool] = ContextVar("moorage_compose_stored", default=False)
 
 
+_ROUTE_ADDRESS: ContextVar[str | None] = ContextVar("moorage_compose_route_address", default=None)
+
+
+def route_address() -> str | None:
+    """The address routes listen on (``MOORAGE_ROUTER_BIND``), when the caller knows it."""
+    return _ROUTE_ADDRESS.get()
+
+
 def strict() -> bool:
     """False while a stored revision's text is parsed (``parse_compose(..., stored=True)``).
 

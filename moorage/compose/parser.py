@@ -13,6 +13,7 @@ from typing import Any, NoReturn, cast
 import yaml
 
 from moorage.compose.errors import (
+    _ROUTE_ADDRESS,
     _STORED,
     MAX_COMPOSE_BYTES,
     MAX_EXPANDED_BYTES,
@@ -362,6 +363,7 @@ def parse_compose(
     variables: Mapping[str, str] | None = None,
     policy: ComposePolicy | None = None,
     stored: bool = False,
+    route_address: str | None = None,
 ) -> ProjectSpec:
     """Parse Compose YAML into a :class:`ProjectSpec`.
 
@@ -371,15 +373,19 @@ def parse_compose(
         policy: what the tenant may use beyond the safe default (None: the default policy).
         stored: the text of a revision Moorage stored (and deployed) under earlier rules: checks
             added since (:func:`~moorage.compose.errors.strict`) let it pass.
+        route_address: the address routes listen on (``MOORAGE_ROUTER_BIND``): a route's port
+            that names another host address is refused. None: not checked.
 
     Raises:
         ComposeError: the text is not valid YAML, not a Compose file, names a variable that is not
             set, or uses what Moorage (or the policy) refuses.
     """
     token = _STORED.set(stored)
+    address = _ROUTE_ADDRESS.set(route_address)
     try:
         return _parse(text, variables, policy)
     finally:
+        _ROUTE_ADDRESS.reset(address)
         _STORED.reset(token)
 
 

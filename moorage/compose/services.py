@@ -24,6 +24,7 @@ from moorage.compose.errors import (
     MIN_PROBE_INTERVAL_S,
     MIN_PROBE_TIMEOUT_S,
     ComposeError,
+    route_address,
     strict,
 )
 from moorage.compose.models import (
@@ -285,6 +286,42 @@ def _refuse_unserved_published(spec: ServiceSpec) -> None:
         )
 
 
+def _host_ip(item: Any) -> str | None:
+    """The host address a (valid) ``ports`` entry names, if any."""
+    if isinstance(item, dict):
+        return str(item["host_ip"]) if item.get("host_ip") not in (None, "") else None
+    text = str(item).strip().rsplit("/", 1)[0]
+    if text.startswith("["):
+        return text[1:].partition("]")[0] or None
+    parts = text.split(":")
+    return parts[0] or None if len(parts) == 3 else None
+
+
+_EVERY_ADDRESS = frozenset({"0.0.0.0", "::"})
+
+
+def _refuse_other_route_address(spec: ServiceSpec, host_ips: list[str | None]) -> None:
+    """Refuse a route's published port bound to an address the router does not listen on.
+
+    The route listens on ``MOORAGE_ROUTER_BIND`` whatever the file says: ``"127.0.0.1:8080:80"``
+    under a router bound to 0.0.0.0 was open on every address of the host.
+    """
+    address = route_address()
+    route = spec.route_port()
+    if address is None or route is None or route.published is None:
+        return
+    wanted = host_ips[spec.ports.index(route)]
+    if wanted is None or wanted in _EVERY_ADDRESS or wanted == address:
+        return
+    raise ComposeError(
+        f"published port {route.published} is bound to {wanted}, but routes listen on {address} "
+        "(MOORAGE_ROUTER_BIND), whatever the file says; leave the address out, or run the "
+        f"router on {wanted}",
+        service=spec.name,
+        key="ports",
+    )
+
+
 _EXPOSE_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(?:tcp|udp|sctp))?")
 
 
@@ -481,10 +518,12 @@ def _parse_service(
                     service=name,
                     key=f"labels.{label}",
                 )
+    host_ips: list[str | None] = []
     if raw.get("ports") is not None:
         if not isinstance(raw["ports"], list):
             raise ComposeError("must be a list", service=name, key="ports")
         spec.ports = [_parse_port(p, service=name) for p in raw["ports"]]
+        host_ips = [_host_ip(p) for p in raw["ports"]]
     if raw.get("expose") is not None and strict():  # a stored revision's were dropped unchecked
         _check_expose(raw["expose"], service=name)
     if raw.get("healthcheck") is not None:
@@ -544,6 +583,7 @@ def _parse_service(
         _parse_x_moorage(raw["x-moorage"], spec)
     if strict():  # a stored revision's other published ports were dropped unchecked
         _refuse_unserved_published(spec)
+        _refuse_other_route_address(spec, host_ips)
     for key in ("stop_signal", "working_dir", "user"):
         if raw.get(key) is not None:
             if isinstance(raw[key], bool) or not isinstance(raw[key], str | int):
