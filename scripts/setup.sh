@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything Moorage needs on this machine: a Docker engine, HAProxy (the default router),
 # busybox-static for the demo images, a virtualenv with Moorage and its dev tools, and the demo
-# images on the engine. With --tests, also what the tests use: nginx (the other router), wrk and
-# socat. On a fresh Debian machine, as root, it installs what is missing from Debian and says so.
+# images on the engine. With --tests, also nginx (the other router, which the tests use) and wrk
+# (the benchmark's load). On a fresh Debian machine, as root, it installs what is missing from
+# Debian and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,6 @@ python3 -c 'import ensurepip' 2>/dev/null || [ -x .venv/bin/python ] || need_apt
 if [ "${1:-}" = "--tests" ]; then
   command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
-  command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
