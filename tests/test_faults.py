@@ -194,7 +194,7 @@ async def test_temporal_server_restarted_mid_rollout(
         HAProxyBackend(router_dir).stop()
 
 
-async def test_worker_killed_while_switching_traffic(
+async def test_worker_killed_after_a_replica_passed_its_gate_completes_the_roll(
     temporal_client: Client, docker_client: docker.DockerClient, project: str, tmp_path: Path
 ) -> None:
     queue = f"moorage-kill-{uuid.uuid4().hex[:6]}"
@@ -212,7 +212,8 @@ async def test_worker_killed_while_switching_traffic(
         dep = await service.deploy(
             TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE)
         )
-        # The first new replica is healthy: the next steps route it and drain the old one.
+        # The first new replica is healthy: the next steps route it and drain the old one. (The
+        # kill lands in whatever step runs when the event is seen: the switch, or one after it.)
         await wait_status(service, dep.id, passed(1))
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
