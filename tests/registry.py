@@ -2,8 +2,8 @@
 
 No registry is reachable here, and a test of a pull needs one: this serves one image, the demo
 image's busybox rootfs as a gzipped layer with its config, under any name, on 127.0.0.1 (the
-engine pulls from loopback over plain HTTP). It can answer a manifest with 500 a few times, or
-404, and trickle the layer out slowly.
+engine pulls from loopback over plain HTTP). It can answer a manifest with 500 a few times, 404,
+or a refusal (401, 403), and trickle the layer out slowly.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Behaviour:
     failed: two per failed pull)."""
     missing: bool = False
     """Answer every manifest request with 404 (MANIFEST_UNKNOWN)."""
+    refuse: tuple[int, str, str] | None = None
+    """Answer every manifest request with this status, error code and message (the registry
+    will not give the image: ``(403, "DENIED", "requested access to the resource is denied")``)."""
     layer_seconds: float = 0.0
     """Send the layer over this long, in small pieces."""
     manifest_requests: list[str] = field(default_factory=list)
@@ -129,6 +132,10 @@ class Registry:
         if "/manifests/" in path:
             b = self.behaviour
             b.manifest_requests.append(f"{req.command} {path}")
+            if b.refuse is not None:
+                status, code, message = b.refuse
+                error = {"errors": [{"code": code, "message": message}]}
+                return self._send(req, status, json.dumps(error).encode(), "application/json", body)
             if b.missing:
                 error = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
                 return self._send(req, 404, json.dumps(error).encode(), "application/json", body)

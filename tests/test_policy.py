@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,10 +109,16 @@ async def test_an_allowed_bind_mount_serves_host_files_and_a_symlink_out_is_refu
     )
     await policed.apply_project(TRUSTED, project, text)
     await deploy_ok(policed, TRUSTED, project)
-    mounts = only_container(docker_client, project)["Mounts"]
+    info = only_container(docker_client, project)
+    mounts = info["Mounts"]
     assert [(m["Type"], m["Source"], m["RW"]) for m in mounts] == [  # type: ignore[attr-defined]
         ("bind", str(bind_dir), False)
     ]
+    # The replica serves the host's file (its published port, on 127.0.0.1).
+    [binding] = info["NetworkSettings"]["Ports"]["80/tcp"]  # type: ignore[index]
+    url = f"http://127.0.0.1:{binding['HostPort']}/host/index.html"
+    with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: ASYNC210
+        assert answer.read().decode() == "from the host\n"
 
     # Allowed as written, but it resolves to /etc on the host: the worker refuses it.
     link = bind_dir / "etc"

@@ -108,6 +108,32 @@ async def test_an_image_the_registry_does_not_have_fails_at_once(
     assert labelled(docker_client, project) == []
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        (403, "DENIED", "requested access to the resource is denied"),
+        (401, "UNAUTHORIZED", "authentication required"),
+    ],
+)
+async def test_an_image_the_registry_will_not_give_fails_at_once(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    project: str,
+    image_name: str,
+    refusal: tuple[int, str, str],
+) -> None:
+    """A registry that refuses access (no credentials, or not these): no retry gets the image."""
+    with Registry("v2", Behaviour(refuse=refusal)) as registry:
+        await service.apply_project(TENANT, project, compose(registry.ref(image_name, "v2")))
+        dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v2"))
+        state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    [failed] = [e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED]
+    assert failed.details.get("error_type") == "ImageNotFound", failed.message
+    assert await start_attempts(service, dep.id) == [1]
+    assert labelled(docker_client, project) == []
+
+
 async def test_a_progress_deadline_that_stops_a_pull_fails_the_deployment_as_the_deadline(
     service: DeploymentService, docker_client: docker.DockerClient, project: str, image_name: str
 ) -> None:
