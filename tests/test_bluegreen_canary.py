@@ -435,6 +435,36 @@ async def test_a_canary_paused_during_its_last_step_holds_before_the_full_shift(
     assert not stable & {c.name for c in labelled(docker_client, project)}
 
 
+async def test_a_first_canary_serves_from_its_start_and_says_it_takes_all_traffic(
+    service: DeploymentService, project: str
+) -> None:
+    """No stable replicas: routed at weight 0, the canary left its route with no server to send
+    to (503) until the first weight step, here through a first pause; and "canary weight 10%"
+    hid that it took every request."""
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    steps = [CanaryStep(pause="manual"), CanaryStep(weight=10)]
+    dep = await service.deploy(
+        TENANT,
+        USER,
+        project,
+        CANARY.model_copy(update={"canary_steps": steps, "version": "v1"}),
+    )
+    paused = await wait_status(service, dep.id, lambda s: "paused" in s.deployment.message)
+    url = paused.routes["web"]
+    with Load(url, connections=2, keepalive=True) as load:
+        await asyncio.sleep(1)
+        await service.steer(TENANT, "erin", dep.id, "resume")
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.3)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.ok > 0
+    [ten] = [e for e in state.events if e.event_type == EventType.TRAFFIC_SWITCHED][:1]
+    assert ten.message == (
+        "step 2/2: canary weight 10% (web: no stable replicas, all traffic on the canary)"
+    )
+
+
 async def test_a_cancel_that_comes_with_the_start_is_honoured(
     temporal_client: Client, worker: None, docker_client: docker.DockerClient, project: str
 ) -> None:

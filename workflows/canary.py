@@ -25,6 +25,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.strategy import StrategyWorkflow
     from workflows.tracking import Tracker
 
+CANARY_ALONE_SERVES = "canary-alone-serves"
+"""Patch: a canary with no stable replicas on its route is routed at full weight from the start."""
+
 DEFAULT_STEPS = [
     CanaryStep(weight=10),
     CanaryStep(pause=30),
@@ -162,9 +165,14 @@ class CanaryWorkflow(StrategyWorkflow):
             )
             await replicas.gate_healthy(t, new, spec)
             if spec.route_port() is not None:
+                # With no stable replicas of the service on its route, weight 0 left the route
+                # with no server to send to (503) until the first step, for all of a first pause.
+                alone = self._stable(inp, spec) is None and workflow.patched(CANARY_ALONE_SERVES)
                 await steps.call(
                     "route_add",
-                    replicas.route_servers(dep, spec, new, list(range(spec.replicas)), weight=0),
+                    replicas.route_servers(
+                        dep, spec, new, list(range(spec.replicas)), weight=100 if alone else 0
+                    ),
                     result_type=list[str],
                 )
             # Undo of any weight change: stable gets everything again, before the canary goes.
@@ -193,12 +201,9 @@ class CanaryWorkflow(StrategyWorkflow):
                             self._weights(inp, spec, step.weight),
                             result_type=dict[str, int],
                         )
-                t.event(
-                    EventType.TRAFFIC_SWITCHED,
-                    f"{label}: canary weight {step.weight}%",
-                    weight=step.weight,
-                )
-                t.progress(10 + 80 * number // len(plan), f"{label}: canary weight {step.weight}%")
+                said = f"{label}: canary weight {step.weight}%{self._alone_note(inp)}"
+                t.event(EventType.TRAFFIC_SWITCHED, said, weight=step.weight)
+                t.progress(10 + 80 * number // len(plan), said)
             else:
                 await self._pause_step(t, step, label, 10 + 80 * number // len(plan))
         if (
@@ -241,6 +246,31 @@ class CanaryWorkflow(StrategyWorkflow):
         t.event(EventType.INSTANCES_RECORDED, f"{len(instances)} instances recorded")
         t.progress(95, "instances recorded")
 
+    def _alone_note(self, inp: StrategyInput) -> str:
+        """What a weight does not say: routed services with no stable replicas ("" when none).
+
+        Those send the canary all of their traffic, whatever its weight.
+        """
+        alone = [
+            spec.name
+            for spec in inp.target.services
+            if spec.route_port() is not None and self._stable(inp, spec) is None
+        ]
+        if not alone:
+            return ""
+        return f" ({', '.join(alone)}: no stable replicas, all traffic on the canary)"
+
+    @staticmethod
+    def _stable(inp: StrategyInput, spec: ServiceSpec) -> ServiceSpec | None:
+        """The serving revision's ``spec`` when it routes the service; None: no stable servers.
+
+        An old revision that did not route it has no servers on the route: the canary is all the
+        route will have.
+        """
+        prev = inp.previous
+        old = prev.spec.service(spec.name) if prev and spec.name in prev.spec.names else None
+        return old if old is not None and old.route_port() is not None else None
+
     def _weights(
         self, inp: StrategyInput, spec: ServiceSpec, canary_weight: int
     ) -> RouteWeightsInput:
@@ -261,9 +291,8 @@ class CanaryWorkflow(StrategyWorkflow):
             for s in range(spec.replicas)
         }
         prev = inp.previous
-        old = prev.spec.service(spec.name) if prev and spec.name in prev.spec.names else None
-        # An old revision that did not route the service has no servers on the route to weigh.
-        if old is not None and prev is not None and old.route_port() is not None:
+        old = self._stable(inp, spec)
+        if old is not None and prev is not None:
             # Per-server weights for the share, whatever the replica counts on either side.
             canary, stable = planning.canary_weights(canary_weight, spec.replicas, old.replicas)
             for name in weights:
