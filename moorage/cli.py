@@ -233,22 +233,13 @@ def _variables(env_file: Path | None, pairs: list[str]) -> dict[str, str]:
     """The variables of ``env_file`` then ``pairs``; a later name wins.
 
     ``env_file`` is read as Compose reads a ``.env`` file (:mod:`moorage.envfile`): comments,
-    quotes, escapes and ``${NAME}`` of names set above. A ``pair`` is ``NAME=value`` as the shell
-    gave it (surrounding quotes dropped).
+    quotes, escapes and ``${NAME}`` of names set above it or by a ``pair``. A ``pair`` is
+    ``NAME=value`` as the shell gave it (surrounding quotes dropped).
 
     Raises:
         CliError: a file that cannot be read, or an entry that is not ``NAME=value``.
     """
-    variables: dict[str, str] = {}
-    if env_file is not None:
-        try:
-            text = env_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"--env-file {env_file}: cannot read: {exc}") from exc
-        try:
-            variables.update(parse_env_file(text))
-        except EnvFileError as exc:
-            raise CliError(f"--env-file {env_file}: {exc}") from exc
+    given: dict[str, str] = {}
     for entry in pairs:
         name, sep, value = entry.partition("=")
         name = name.strip().removeprefix("export ").strip()
@@ -256,8 +247,18 @@ def _variables(env_file: Path | None, pairs: list[str]) -> dict[str, str]:
             raise CliError(f"--var: {entry!r} is not NAME=value")
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        variables[name] = value
-    return variables
+        given[name] = value
+    variables: dict[str, str] = {}
+    if env_file is not None:
+        try:
+            text = env_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--env-file {env_file}: cannot read: {exc}") from exc
+        try:
+            variables.update(parse_env_file(text, given))
+        except EnvFileError as exc:
+            raise CliError(f"--env-file {env_file}: {exc}") from exc
+    return {**variables, **given}
 
 
 # --- rendering --------------------------------------------------------------------------------

@@ -3,22 +3,22 @@ r"""``--env-file``: a ``.env`` file read as Docker Compose reads one.
 ``NAME=value`` per line; blank lines and ``#`` comments skipped; ``export NAME=value`` too. Like
 Compose (compose-go's dotenv):
 
-- an unquoted value is trimmed, and ends at a ``#`` that follows a blank (``TAG=v2 # prod`` is
-  ``v2``);
+- an unquoted value is trimmed, and ends at `` #`` (``TAG=v2 # prod`` is ``v2``);
 - a single-quoted value is taken as written, over several lines if need be;
 - a double-quoted value may span lines and knows the escapes ``\n``, ``\r``, ``\t``, ``\"``,
   ``\\`` and ``\$``;
-- an unquoted or double-quoted value has ``${NAME}``, ``$NAME``, ``${NAME:-default}`` and
-  ``${NAME-default}`` of the names set above it substituted.
+- an unquoted or double-quoted value has ``$NAME``, ``${NAME}`` and ``${NAME:-default}``,
+  ``-default``, ``:+alt``, ``+alt``, ``:?error``, ``?error`` substituted, ``$$`` for ``$``.
 
-Unlike Compose, no value is read from the environment of the process: a ``${NAME}`` that the file
-has not set above (and gives no default for) is refused, naming its line, rather than read from
-the operator's shell or left empty.
+Unlike Compose, no value is read from the environment of the process: a ``${NAME}`` that neither
+the file has set above nor a ``--var`` sets (and that gives no default) is refused, naming its
+line, rather than read from the operator's shell or left empty.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 
 VARIABLE_NAME_RE = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 """A variable's name, as Compose takes it."""
@@ -26,59 +26,64 @@ VARIABLE_NAME_RE = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
 """The escapes of a double-quoted value (another backslash stays as written)."""
 
-_REFERENCE = (
-    r"\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
-    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-)
-_DOUBLE_QUOTED = re.compile(r"\\(?P<escaped>.)|" + _REFERENCE, re.S)
-_UNQUOTED = re.compile(r"\\(?P<escaped>\$)|" + _REFERENCE)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACED = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+?])(?P<arg>.*))?", re.S)
 
 
 class EnvFileError(ValueError):
     """A line that is not ``NAME=value``, an unclosed quote, or a name not set above."""
 
 
-def parse_env_file(text: str) -> dict[str, str]:
+def parse_env_file(text: str, environment: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables ``text`` sets, in order; a name set twice keeps its last value.
+
+    ``environment``: what a ``${NAME}`` the file has not set above reads (``--var`` pairs); never
+    the process's own environment.
 
     Raises:
         EnvFileError: naming the line (``line N: ...``).
     """
     variables: dict[str, str] = {}
-    lines = text.splitlines()
+    # Lines end at "\n" alone (str.splitlines also splits at form feeds and U+2028).
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     index = 0
     while index < len(lines):
         number = index + 1
-        line = lines[index].strip()
+        line = lines[index].lstrip()
         index += 1
-        if not line or line.startswith("#"):
+        if not line.strip() or line.startswith("#"):
             continue
         if line.startswith("export ") or line.startswith("export\t"):
             line = line[len("export") :].lstrip()
         name, sep, rest = line.partition("=")
         name = name.strip()
         if not sep or not VARIABLE_NAME_RE.fullmatch(name):
-            raise EnvFileError(f"line {number}: {line!r} is not NAME=value")
+            raise EnvFileError(f"line {number}: {line.strip()!r} is not NAME=value")
+        where = f"line {number}: {name}"
+
+        def lookup(ref: str) -> str | None:
+            return variables[ref] if ref in variables else (environment or {}).get(ref)
+
         rest = rest.lstrip()
         if rest[:1] in ("'", '"'):
             quote = rest[0]
             body = rest[1:]
             while (end := _closing(body, quote)) is None:
                 if index >= len(lines):
-                    raise EnvFileError(f"line {number}: {name}: the {quote} is never closed")
+                    raise EnvFileError(f"{where}: the {quote} is never closed")
                 body += "\n" + lines[index]
                 index += 1
             after = body[end + 1 :].strip()
             if after and not after.startswith("#"):
                 raise EnvFileError(
-                    f"line {number}: {name}: {after!r} follows the closing {quote} "
-                    "(a comment starts with #)"
+                    f"{where}: {after!r} follows the closing {quote} (a comment starts with #)"
                 )
             value = body[:end]
             if quote == '"':
-                value = _expand(_DOUBLE_QUOTED, value, variables, f"line {number}: {name}")
+                value = _expand(value, lookup, where, escapes=True)
         else:
-            value = _expand(_UNQUOTED, _uncommented(rest), variables, f"line {number}: {name}")
+            # Compose cuts an unquoted value at " #", then trims it.
+            value = _expand(rest.partition(" #")[0].strip(), lookup, where, escapes=False)
         variables[name] = value
     return variables
 
@@ -97,28 +102,63 @@ def _closing(body: str, quote: str) -> int | None:
     return None
 
 
-def _uncommented(value: str) -> str:
-    """An unquoted value without its comment: from a ``#`` that follows a blank."""
-    match = re.search(r"[ \t]#", value)
-    return (value[: match.start()] if match else value).strip()
+def _expand(value: str, lookup: Callable[[str], str | None], where: str, *, escapes: bool) -> str:
+    r"""``value`` with its escapes, ``$$`` and its references replaced, as Compose reads them.
+
+    ``escapes``: a double-quoted value's (``\n``, ``\"``...); else ``\$`` alone.
+    """
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        char = value[i]
+        following = value[i + 1] if i + 1 < n else ""
+        if char == "\\" and (following in _ESCAPES if escapes else following == "$"):
+            out.append(_ESCAPES[following])
+            i += 2
+        elif char == "$" and following == "$":
+            out.append("$")
+            i += 2
+        elif char == "$" and following == "{":
+            depth, j = 1, i + 2
+            while j < n and depth:
+                depth += {"{": 1, "}": -1}.get(value[j], 0)
+                j += 1
+            if depth:
+                raise EnvFileError(f"{where}: '${{' is never closed")
+            out.append(_braced(value[i + 2 : j - 1], lookup, where))
+            i = j
+        elif char == "$" and (match := _NAME.match(value, i + 1)):
+            out.append(_braced(match.group(), lookup, where))
+            i = match.end()
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
 
 
-def _expand(pattern: re.Pattern[str], value: str, variables: dict[str, str], where: str) -> str:
-    """``value`` with its escapes and its references to ``variables`` replaced."""
+def _braced(inner: str, lookup: Callable[[str], str | None], where: str) -> str:
+    """What ``${inner}`` stands for.
 
-    def one(match: re.Match[str]) -> str:
-        if match.group("escaped") is not None:
-            return _ESCAPES.get(match.group("escaped"), match.group(0))
-        ref = match.group("braced") or match.group("bare")
-        found = variables.get(ref)
-        op = match.group("op")
-        if op is not None and (found is None or (op == ":-" and found == "")):
-            return str(match.group("default"))
-        if found is None:
-            raise EnvFileError(
-                f"{where}: ${{{ref}}} is not set above it in the file (Moorage reads no "
-                f"environment; set {ref} first, or give a default: ${{{ref}:-value}})"
-            )
-        return found
-
-    return pattern.sub(one, value)
+    ``NAME``, or ``NAME`` with ``:-``, ``-``, ``:+``, ``+``, ``:?`` or ``?`` and its text (expanded
+    in turn).
+    """
+    match = _BRACED.fullmatch(inner)
+    if match is None:
+        raise EnvFileError(f"{where}: '${{{inner}}}' is no variable reference")
+    name, op, arg = match.group("name"), match.group("op"), match.group("arg") or ""
+    found = lookup(name)
+    set_ = found is not None and (found != "" or not (op or "").startswith(":"))
+    if op in (":-", "-"):
+        return found if set_ and found is not None else _expand(arg, lookup, where, escapes=False)
+    if op in (":+", "+"):
+        return _expand(arg, lookup, where, escapes=False) if set_ else ""
+    if op in (":?", "?") and not set_:
+        raise EnvFileError(
+            f"{where}: {name}: {_expand(arg, lookup, where, escapes=False) or 'not set'}"
+        )
+    if found is None:
+        raise EnvFileError(
+            f"{where}: ${{{name}}} is not set above it in the file, nor by --var (Moorage reads no "
+            f"environment; set {name} first, or give a default: ${{{name}:-value}}; $$ is a $)"
+        )
+    return found

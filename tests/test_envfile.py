@@ -12,7 +12,7 @@ from moorage.envfile import EnvFileError, parse_env_file
     [
         ("TAG=v2", "v2"),
         ("TAG=v2 # prod", "v2"),  # a comment after a blank: Moorage kept "v2 # prod"
-        ("TAG=v2\t# prod", "v2"),
+        ("TAG=v2\t# prod", "v2\t# prod"),  # Compose cuts at " #" only
         ("TAG=a#b", "a#b"),  # no blank before '#': part of the value
         ("TAG = v2 ", "v2"),  # Moorage kept " v2"
         ("TAG=", ""),
@@ -30,6 +30,11 @@ from moorage.envfile import EnvFileError, parse_env_file
         ("TAG=\\$HOST", "$HOST"),
         ("TAG=${NOPE:-fallback}", "fallback"),
         ("TAG=${NOPE-fallback}", "fallback"),
+        ("TAG=p$$A", "p$A"),  # $$ is a $
+        ('TAG="p$$A"', "p$A"),
+        ("TAG=${NOPE:+alt}", ""),
+        ("TAG=${NOPE-${ALSO:-x}}", "x"),  # a default is expanded in turn
+        ("TAG=a\x0cb", "a\x0cb"),  # a form feed ends no line
     ],
 )
 def test_a_line_reads_as_compose_reads_it(line: str, value: str) -> None:
@@ -51,6 +56,32 @@ def test_names_set_above_are_substituted() -> None:
     assert got["DEFAULTED"] == "none/"
 
 
+def test_the_other_forms_of_a_reference() -> None:
+    text = (
+        "SET=v\nEMPTY=\n"
+        "PLUS=${SET:+alt}/${EMPTY:+alt}/${EMPTY+alt}\n"
+        "DEFAULT=${EMPTY:-d}/${EMPTY-d}/${SET:-$SET$SET}\n"
+        "REQUIRED=${SET:?needed}/${EMPTY?needed}\n"
+    )
+    got = parse_env_file(text)
+    assert got["PLUS"] == "alt//alt"
+    assert got["DEFAULT"] == "d//v"
+    assert got["REQUIRED"] == "v/"
+    with pytest.raises(EnvFileError, match="line 1: A: EMPTY: must be set"):
+        parse_env_file("A=${EMPTY:?must be set}\n", {"EMPTY": ""})
+
+
+def test_a_name_the_file_has_not_set_is_read_from_the_vars_given_beside_it() -> None:
+    """``--env-file f --var HOST=db`` with ``URL=${HOST}`` in ``f``; the file's own come first."""
+    text = "URL=${HOST}:80\nHOST=file\nAGAIN=${HOST}\n"
+    got = parse_env_file(text, {"HOST": "db"})
+    assert got == {"URL": "db:80", "HOST": "file", "AGAIN": "file"}
+
+
+def test_a_quoted_value_keeps_its_blanks_across_lines() -> None:
+    assert parse_env_file('KEY="a  \n  b  "\n') == {"KEY": "a  \n  b  "}
+
+
 def test_a_quoted_value_may_span_lines_and_a_later_name_wins() -> None:
     text = '# keys\nKEY="-----BEGIN-----\nabc\n-----END-----"\n\nTAG=v1\nTAG=v2\n'
     assert parse_env_file(text) == {"KEY": "-----BEGIN-----\nabc\n-----END-----", "TAG": "v2"}
@@ -65,7 +96,9 @@ def test_a_quoted_value_may_span_lines_and_a_later_name_wins() -> None:
         ("TAG='v2' prod\n", ["line 1", "'prod' follows the closing '"]),
         # Compose would read the operator's shell, or leave it empty.
         ("A=1\nURL=${HOST}:80\n", ["line 2", "URL", "${HOST} is not set above", "${HOST:-value}"]),
-        ("URL=$HOST\nHOST=db\n", ["line 1", "${HOST} is not set above"]),
+        ("URL=$HOST\nHOST=db\n", ["line 1", "${HOST} is not set above", "--var", "$$ is a $"]),
+        ("A=${B\n", ["line 1", "'${' is never closed"]),
+        ("A=${B C}\n", ["line 1", "'${B C}' is no variable reference"]),
     ],
 )
 def test_a_line_compose_and_moorage_would_read_apart_is_refused(
