@@ -273,6 +273,7 @@ def test_a_published_port_nothing_would_serve_is_refused(body: str, why: str) ->
     "body",
     [
         "ports: ['8080:80', '443', '53/udp']",
+        "ports: ['127.0.0.1:8080:80', '[::1]:8080:80']",  # one port, two address families
         "ports: ['53/udp', '8080:80']",  # the route: the first TCP port
         "ports: ['5432']\nx-moorage: {route: false}",
     ],
@@ -298,7 +299,7 @@ def test_a_stored_revision_keeps_its_unserved_published_port() -> None:
         ("127.0.0.1", "'[::1]:8080:80'", True),
         ("127.0.0.1", "{target: 80, published: 8080, host_ip: 10.0.0.1}", True),
         ("127.0.0.1", "{target: 80, published: 8080, host_ip: 127.0.0.1}", False),
-        ("127.0.0.1", "'10.0.0.1::80'", False),  # no published port: the range's, on the router
+        ("127.0.0.1", "'10.0.0.1::80'", True),  # a port of the range: on the router's address
         (None, "'10.0.0.1:8080:80'", False),  # the address routes listen on: not known here
     ],
 )

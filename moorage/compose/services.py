@@ -265,8 +265,8 @@ def _refuse_unserved_published(spec: ServiceSpec) -> None:
     """
     route = spec.route_port()
     for port in spec.ports:
-        if port.published is None or port is route:
-            continue
+        if port.published is None or port is route or port == route:
+            continue  # (the route's port again, as for another address family: served)
         if not spec.route:
             why = "x-moorage.route is false, so no host port of this service is served"
         elif route is None or port.protocol != "tcp":
@@ -308,15 +308,17 @@ def _refuse_other_route_address(spec: ServiceSpec, host_ips: list[str | None]) -
     """
     address = route_address()
     route = spec.route_port()
-    if address is None or route is None or route.published is None:
+    if address is None or route is None:
         return
     wanted = host_ips[spec.ports.index(route)]
     if wanted is None or wanted in _EVERY_ADDRESS or wanted == address:
         return
+    where = "leave the address out" + (
+        f", or run the router on it (MOORAGE_ROUTER_BIND={wanted})" if ":" not in wanted else ""
+    )
     raise ComposeError(
-        f"published port {route.published} is bound to {wanted}, but routes listen on {address} "
-        "(MOORAGE_ROUTER_BIND), whatever the file says; leave the address out, or run the "
-        f"router on {wanted}",
+        f"port {route.target} is bound to {wanted}, but routes listen on {address} "
+        f"(MOORAGE_ROUTER_BIND), whatever the file says; {where}",
         service=spec.name,
         key="ports",
     )
