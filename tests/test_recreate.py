@@ -146,6 +146,31 @@ async def test_crashing_revision_fails_fast_with_its_log(
     assert serving_version(docker_client, project, "web") == {"v1"}
 
 
+async def test_a_restored_service_that_needs_its_health_delay_comes_back(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """v1's first health check comes 4 s after its start (its x-moorage delay says so). The
+    undo started it cold and gave it 60 checks of the failed deployment's 0.05 s (3 s), no
+    delay: the restore failed, the deployment ended ``failed`` and nothing served."""
+    slow = (
+        "services:\n  web:\n    image: moorage-demo:v1\n    ports: ['80']\n"
+        "    healthcheck:\n      interval: 4s\n"
+        "    x-moorage: {health_check_delay: 4}\n"
+    )
+    await deploy_v1(service, project, slow)
+    await service.apply_project(TENANT, project, compose("moorage-demo:crash", api_image=None))
+    dep = await service.deploy(
+        TENANT,
+        USER,
+        project,
+        DeployRequest(version="crash", health_check_interval=0.05, health_check_retries=20),
+    )
+    state = await wait_terminal(service, dep.id, timeout=90)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    assert serving_version(docker_client, project, "web") == {"v1"}
+    assert labelled(docker_client, project, revision=str(state.deployment.revision)) == []
+
+
 async def test_without_rollback_on_failure_the_status_is_failed(
     service: DeploymentService, docker_client: docker.DockerClient, project: str
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 from datetime import timedelta
 
 from temporalio import workflow
@@ -116,12 +117,16 @@ def restore_health_input(
 ) -> WaitHealthyInput:
     """The health wait for a revision being restored.
 
-    It was healthy before, so no initial delay: a long delay meant for the new revision would only
-    hold the rollback up.
+    No initial delay: checks start at once, so a replica that is back quickly (one that was only
+    stopped) holds the rollback up for no delay meant for the new revision. But the delay counts
+    in the window: a replica the deployment removed starts cold, and a service that needs its
+    ``health_check_delay`` to get ready (a database) failed the restore, and the unwind stopped
+    there (status ``failed``, the services after it never restored).
     """
     inp = health_input(cfg, sel, expected, spec)
+    delay_checks = math.ceil(inp.delay_s / inp.interval_s)
     inp.delay_s = 0.0
-    inp.retries = max(inp.retries, 60)
+    inp.retries = max(inp.retries, 60) + delay_checks
     inp.min_ready_s = 0.0
     inp.earlier_restarts_ok = True
     return inp
