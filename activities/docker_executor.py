@@ -202,6 +202,14 @@ class DockerExecutor(HealthWaits):
         name = naming.network_name(inp.tenant, inp.project)
         owner = project_labels(inp.tenant, inp.project)
         with classified(f"network {name}"):
+            # Another instance's volumes of this project, and names another project holds:
+            # refused here, before any step and before the network is made (a refused first
+            # deployment left its network behind). A service checks its volumes again at start.
+            wanted = [f"{k}={v}" for k, v in owner.items()]
+            for vol in self.api.volumes(filters={"label": wanted}).get("Volumes") or []:
+                refuse_not_ours("volume", vol["Name"], vol.get("Labels"), owner, self.instance)
+            if inp.revision is not None:
+                self._refuse_names_held(inp, inp.revision)
             # The engine matches ``names`` as a substring: "moorage-t-shop" also finds
             # "moorage-t-shop2". Only the exact name counts.
             found = [n for n in self.api.networks(names=[name]) if n["Name"] == name]
@@ -219,13 +227,6 @@ class DockerExecutor(HealthWaits):
                     found = [self.api.inspect_network(name)]  # made meanwhile: whose?
             if found:
                 refuse_not_ours("network", name, found[0].get("Labels"), owner, self.instance)
-            # Another instance's volumes of this project: refused here, before any step (a
-            # service checks the volumes it mounts again as it starts).
-            wanted = [f"{k}={v}" for k, v in owner.items()]
-            for vol in self.api.volumes(filters={"label": wanted}).get("Volumes") or []:
-                refuse_not_ours("volume", vol["Name"], vol.get("Labels"), owner, self.instance)
-            if inp.revision is not None:
-                self._refuse_names_held(inp, inp.revision)
         return name
 
     def _refuse_names_held(self, inp: NetworkInput, revision: int) -> None:

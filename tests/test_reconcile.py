@@ -513,6 +513,10 @@ async def test_a_deployment_that_would_take_another_project_s_names_changes_noth
         assert f"container {theirs.container_name} belongs to tenant" in failed.message
         assert failed.details["held_by"] == {"tenant": TENANT, "project": first, "service": "web"}
         assert labelled(docker_client, project) == []
+        # Not even the project's network: the refusal comes before it is made (it was left).
+        network = naming.network_name(TENANT, project)
+        names = [n.name for n in docker_client.networks.list(names=[network])]
+        assert network not in names  # (the filter matches a substring: first's is listed too)
         assert docker_client.containers.get(theirs.container_name).status == "running"
     finally:
         executor.purge_project(first)
