@@ -181,7 +181,7 @@ class CanaryWorkflow(StrategyWorkflow):
                 "route_weights",
                 self._weights(inp, spec, 0),
             )
-        t.progress(10, "canary started at weight 0")
+        t.progress(10, "canary started at weight 0" + self._alone_note(inp))
 
         # Deployments started before this change waited the health delay and min_ready_seconds
         # again at every step's gate (30 s of delay: 30 s more per step).
