@@ -20,8 +20,10 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.container_config import ensure_volumes
@@ -46,6 +48,7 @@ from moorage.models import (
 )
 from moorage.service import ConflictError, DeploymentService, UnavailableError
 from moorage.settings import Settings
+from tests.conftest import temporal_binary
 from tests.helpers import (
     TENANT,
     USER,
@@ -56,7 +59,8 @@ from tests.helpers import (
     wait_terminal,
     web_input,
 )
-from worker import WORKFLOWS, ensure_reconcile_schedule
+from worker import WORKFLOWS, build_worker, ensure_reconcile_schedule
+from workflows import search_attributes as sa
 from workflows.reconcile import SCHEDULE_ID
 
 pytestmark = pytest.mark.integration
@@ -558,3 +562,50 @@ async def test_a_refused_rolling_update_leaves_a_moved_route_where_it_was(
             socket.create_connection(("127.0.0.1", new_port), timeout=2).close()
     finally:
         executor.purge_project(first)
+
+
+async def test_a_project_that_cannot_take_another_signal_keeps_its_containers(
+    docker_client: docker.DockerClient, router: TrafficRouter, project: str
+) -> None:
+    """A Temporal that takes 2 signals per workflow run: the project's workflow (a stand-in that
+    runs and never ends) has had them, so ReconcileAll cannot ask it to reconcile. Any signal
+    failure was taken for "no such project": its containers, serving ones included, were
+    removed. (A project held for months meets the default limit, 10,000.)"""
+    tenant = f"lim{uuid.uuid4().hex[:6]}"  # its own tenant: ReconcileAll lists it alone
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        port=free_ports(1)[0],
+        search_attributes=sa.ALL,
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "history.maximumSignalsPerExecution=2",
+        ],
+    )
+    kept = make_orphan(docker_client, project, revision=1, tenant=tenant)
+    try:
+        stand_in = await env.client.start_workflow(
+            "NobodyRunsThis",
+            id=naming.project_workflow_id(tenant, project),
+            task_queue=f"nobody-{uuid.uuid4().hex[:6]}",
+        )
+        for _ in range(2):
+            await stand_in.signal("reconcile_requested")
+        queue = f"moorage-limit-{uuid.uuid4().hex[:6]}"
+        async with build_worker(env.client, queue, DockerExecutor(docker_client), router):
+            events = await env.client.execute_workflow(
+                "ReconcileAll",
+                ListLabelledInput(tenant=tenant),
+                id=f"reconcile-all-{uuid.uuid4().hex[:6]}",
+                task_queue=queue,
+                result_type=list[DeploymentEvent],
+            )
+        [event] = events
+        assert event.event_type == EventType.RECONCILE_FAILED
+        assert "could not be asked to reconcile, its containers kept" in event.message
+        assert "signal limit" in event.message
+        assert [c.name for c in labelled(docker_client, project)] == [kept]
+    finally:
+        await env.shutdown()
+        DockerExecutor(docker_client).purge_project(project)

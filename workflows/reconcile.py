@@ -16,6 +16,10 @@ with workflow.unsafe.imports_passed_through():
     from moorage.models import DeploymentEvent, EventType
     from workflows import replicas, steps
 
+ONLY_NOT_FOUND = "reconcile-all-only-not-found"
+"""Patch: a project whose workflow could not be signalled for another reason than not being
+found keeps its containers."""
+
 SCHEDULE_ID = "moorage/reconcile-all"
 WORKFLOW_ID = "moorage/reconcile-all/run"
 
@@ -39,8 +43,23 @@ class ReconcileAllWorkflow:
             try:
                 await handle.signal("reconcile_requested")
                 continue
-            except FailureError:
-                pass  # no such (running) project workflow: nobody owns these containers
+            except FailureError as err:
+                # "not found": no such (running) project workflow, nobody owns these containers.
+                # Another failure (the per-workflow signal limit of a project held for months)
+                # says nothing of the owner: passes started before this change removed its
+                # containers all the same, serving ones included.
+                if "not found" not in str(err) and workflow.patched(ONLY_NOT_FOUND):
+                    reason, details = steps.failure_reason(err)
+                    events.append(
+                        DeploymentEvent(
+                            event_type=EventType.RECONCILE_FAILED,
+                            message=f"project {project} of tenant {tenant} could not be asked "
+                            f"to reconcile, its containers kept: {reason}",
+                            details={**details, "tenant": tenant, "project": project},
+                            created_at=workflow.now(),
+                        )
+                    )
+                    continue
             try:
                 removed = await replicas.remove_containers(
                     ContainerSelector(tenant=tenant, project=project)
