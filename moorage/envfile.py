@@ -5,8 +5,8 @@ Compose (compose-go's dotenv):
 
 - an unquoted value is trimmed, and ends at `` #`` (``TAG=v2 # prod`` is ``v2``);
 - a single-quoted value is taken as written, over several lines if need be;
-- a double-quoted value may span lines and knows the escapes ``\n``, ``\r``, ``\t``, ``\"``,
-  ``\\`` and ``\$``;
+- a double-quoted value may span lines and knows the escapes ``\n``, ``\r``, ``\t``, ``\f``,
+  ``\v``, ``\a``, ``\b``, ``\"``, ``\\`` and ``\$``, replaced before the references;
 - an unquoted or double-quoted value has ``$NAME``, ``${NAME}`` and ``${NAME:-default}``,
   ``-default``, ``:+alt``, ``+alt``, ``:?error``, ``?error`` substituted, ``$$`` for ``$``.
 
@@ -23,7 +23,17 @@ from collections.abc import Callable, Mapping
 VARIABLE_NAME_RE = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 """A variable's name, as Compose takes it."""
 
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+_ESCAPES = {
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "f": "\f",
+    "v": "\v",
+    "a": "\a",
+    "b": "\b",
+    '"': '"',
+    "\\": "\\",
+}
 """The escapes of a double-quoted value (another backslash stays as written)."""
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -80,10 +90,12 @@ def parse_env_file(text: str, environment: Mapping[str, str] | None = None) -> d
                 )
             value = body[:end]
             if quote == '"':
-                value = _expand(value, lookup, where, escapes=True)
+                # Escapes first (``\$`` apart, which the expansion keeps a ``$``), then the
+                # references, as Compose: a default's ``\\`` is one backslash.
+                value = _expand(_unescape(value), lookup, where)
         else:
             # Compose cuts an unquoted value at " #", then trims it.
-            value = _expand(rest.partition(" #")[0].strip(), lookup, where, escapes=False)
+            value = _expand(rest.partition(" #")[0].strip(), lookup, where)
         variables[name] = value
     return variables
 
@@ -102,20 +114,22 @@ def _closing(body: str, quote: str) -> int | None:
     return None
 
 
-def _expand(value: str, lookup: Callable[[str], str | None], where: str, *, escapes: bool) -> str:
-    r"""``value`` with its escapes, ``$$`` and its references replaced, as Compose reads them.
+def _unescape(value: str) -> str:
+    """A double-quoted value with its escapes replaced (see ``_ESCAPES``).
 
-    ``escapes``: a double-quoted value's (``\n``, ``\"``...); else ``\$`` alone.
+    A backslash before a dollar is kept, for ``_expand``; before another character it stays.
     """
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), value, flags=re.S)
+
+
+def _expand(value: str, lookup: Callable[[str], str | None], where: str) -> str:
+    r"""``value`` with ``\$`` and ``$$`` made ``$`` and its references replaced, as Compose."""
     out: list[str] = []
     i, n = 0, len(value)
     while i < n:
         char = value[i]
         following = value[i + 1] if i + 1 < n else ""
-        if char == "\\" and (following in _ESCAPES if escapes else following == "$"):
-            out.append(_ESCAPES[following])
-            i += 2
-        elif char == "$" and following == "$":
+        if following == "$" and char in "\\$":  # an escaped dollar, or "$$"
             out.append("$")
             i += 2
         elif char == "$" and following == "{":
@@ -149,13 +163,11 @@ def _braced(inner: str, lookup: Callable[[str], str | None], where: str) -> str:
     found = lookup(name)
     set_ = found is not None and (found != "" or not (op or "").startswith(":"))
     if op in (":-", "-"):
-        return found if set_ and found is not None else _expand(arg, lookup, where, escapes=False)
+        return found if set_ and found is not None else _expand(arg, lookup, where)
     if op in (":+", "+"):
-        return _expand(arg, lookup, where, escapes=False) if set_ else ""
+        return _expand(arg, lookup, where) if set_ else ""
     if op in (":?", "?") and not set_:
-        raise EnvFileError(
-            f"{where}: {name}: {_expand(arg, lookup, where, escapes=False) or 'not set'}"
-        )
+        raise EnvFileError(f"{where}: {name}: {_expand(arg, lookup, where) or 'not set'}")
     if found is None:
         raise EnvFileError(
             f"{where}: ${{{name}}} is not set above it in the file, nor by --var (Moorage reads no "

@@ -35,6 +35,8 @@ from moorage.envfile import EnvFileError, parse_env_file
         ("TAG=${NOPE:+alt}", ""),
         ("TAG=${NOPE-${ALSO:-x}}", "x"),  # a default is expanded in turn
         ("TAG=a\x0cb", "a\x0cb"),  # a form feed ends no line
+        ('TAG="${NOPE:-C:\\dir}"', "C:\\dir"),  # escapes first, then the default
+        ('TAG="${NOPE:-a\tb}"', "a\tb"),
     ],
 )
 def test_a_line_reads_as_compose_reads_it(line: str, value: str) -> None:
