@@ -300,6 +300,10 @@ def test_a_stored_revision_keeps_its_unserved_published_port() -> None:
         ("127.0.0.1", "{target: 80, published: 8080, host_ip: 10.0.0.1}", True),
         ("127.0.0.1", "{target: 80, published: 8080, host_ip: 127.0.0.1}", False),
         ("127.0.0.1", "'10.0.0.1::80'", True),  # a port of the range: on the router's address
+        # The route's port listed again for another address: each entry's address counts.
+        ("127.0.0.1", "'127.0.0.1:8080:80', '10.0.0.1:8080:80'", True),
+        ("127.0.0.1", "'10.0.0.1:8080:80', '127.0.0.1:8080:80'", True),
+        ("0.0.0.0", "'0.0.0.0:8080:80', '[::]:8080:80'", False),
         (None, "'10.0.0.1:8080:80'", False),  # the address routes listen on: not known here
     ],
 )

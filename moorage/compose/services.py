@@ -266,7 +266,7 @@ def _refuse_unserved_published(spec: ServiceSpec) -> None:
     route = spec.route_port()
     for port in spec.ports:
         if port.published is None or port is route or port == route:
-            continue  # (the route's port again, as for another address family: served)
+            continue  # the route's port again (another address): the address check decides
         if not spec.route:
             why = "x-moorage.route is false, so no host port of this service is served"
         elif route is None or port.protocol != "tcp":
@@ -310,8 +310,12 @@ def _refuse_other_route_address(spec: ServiceSpec, host_ips: list[str | None]) -
     route = spec.route_port()
     if address is None or route is None:
         return
-    wanted = host_ips[spec.ports.index(route)]
-    if wanted is None or wanted in _EVERY_ADDRESS or wanted == address:
+    # The route's port may be listed again (for another address): every entry is checked.
+    asked = {ip for port, ip in zip(spec.ports, host_ips, strict=True) if port == route}
+    wanted = next(
+        (ip for ip in sorted(asked, key=str) if ip not in (None, address, *_EVERY_ADDRESS)), None
+    )
+    if wanted is None:
         return
     where = "leave the address out" + (
         f", or run the router on it (MOORAGE_ROUTER_BIND={wanted})" if ":" not in wanted else ""
