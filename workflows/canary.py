@@ -51,6 +51,8 @@ class CanaryWorkflow(StrategyWorkflow):
         self._resumed = False
         self._promoted_by: str | None = None
         self._done_shifting = False
+        self._alone_routed = False
+        """A service with no stable replicas was routed at full weight (``canary-alone-serves``)."""
 
     @workflow.run
     async def run(self, inp: StrategyInput) -> DeploymentState:
@@ -168,6 +170,7 @@ class CanaryWorkflow(StrategyWorkflow):
                 # With no stable replicas of the service on its route, weight 0 left the route
                 # with no server to send to (503) until the first step, for all of a first pause.
                 alone = self._stable(inp, spec) is None and workflow.patched(CANARY_ALONE_SERVES)
+                self._alone_routed = self._alone_routed or alone
                 await steps.call(
                     "route_add",
                     replicas.route_servers(
@@ -256,7 +259,7 @@ class CanaryWorkflow(StrategyWorkflow):
             for spec in inp.target.services
             if spec.route_port() is not None and self._stable(inp, spec) is None
         ]
-        if not alone:
+        if not alone or not self._alone_routed:  # (runs before the patch routed them at 0)
             return ""
         return f" ({', '.join(alone)}: no stable replicas, all traffic on the canary)"
 
