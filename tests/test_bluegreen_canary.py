@@ -56,6 +56,27 @@ async def serve_v1(service: DeploymentService, project: str) -> str:
     return (await service.get_project(TENANT, project)).routes["web"]
 
 
+async def blue_then_failing_green(
+    service: DeploymentService, client: docker.DockerClient, project: str, after: int
+) -> tuple[str, set[str]]:
+    """v1 serving (blue), and v2 applied, whose replicas fail ``after`` seconds after their start;
+    the route's URL and blue's replicas."""
+    url = await serve_v1(service, project)
+    blue = {c.name for c in labelled(client, project)}
+    await service.apply_project(
+        TENANT, project, web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": str(after)})
+    )
+    return url, blue
+
+
+def assert_only_blue(
+    client: docker.DockerClient, router: TrafficRouter, project: str, blue: set[str]
+) -> None:
+    """Blue's replicas are the project's only containers, and all its route sends to."""
+    assert {c.name for c in labelled(client, project)} == blue
+    assert routed(router, project) == blue
+
+
 BG = DeployRequest(
     strategy=Strategy.BLUE_GREEN, version="v2", health_check_retries=20, post_switch_verify=1
 )
@@ -143,8 +164,7 @@ async def test_blue_green_timeout_without_promote_leaves_blue(
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK
     assert "blue_green_timeout" in state.deployment.message
     assert any("not promoted within blue_green_timeout" in e.message for e in state.events)
-    assert {c.name for c in labelled(docker_client, project)} == blue
-    assert routed(router, project) == blue
+    assert_only_blue(docker_client, router, project, blue)
     # The preview it dropped is no longer listed (it was, answering 503).
     assert set(state.routes) == {"web"}
     assert set((await service.get_project(TENANT, project)).routes) == {"web"}
@@ -156,12 +176,8 @@ async def test_blue_green_failing_health_after_switch_goes_back_to_blue(
     router: TrafficRouter,
     project: str,
 ) -> None:
-    url = await serve_v1(service, project)
-    blue = {c.name for c in labelled(docker_client, project)}
     # Green turns unhealthy a few seconds after it starts: after the switch.
-    await service.apply_project(
-        TENANT, project, web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "4"})
-    )
+    url, blue = await blue_then_failing_green(service, docker_client, project, after=4)
     with Load(url, connections=4, keepalive=True) as load:
         dep = await service.deploy(
             TENANT, USER, project, BG.model_copy(update={"post_switch_verify": 15})
@@ -173,8 +189,7 @@ async def test_blue_green_failing_health_after_switch_goes_back_to_blue(
     assert EventType.TRAFFIC_SWITCHED in types
     assert types.index(EventType.TRAFFIC_SWITCHED) < types.index(EventType.DEPLOYMENT_FAILED)
     assert load.last_versions(20) == {"v1"}
-    assert {c.name for c in labelled(docker_client, project)} == blue
-    assert routed(router, project) == blue
+    assert_only_blue(docker_client, router, project, blue)
 
 
 async def test_a_probe_failing_after_the_switch_sends_traffic_back_without_waiting_the_window(
@@ -204,8 +219,7 @@ async def test_a_probe_failing_after_the_switch_sends_traffic_back_without_waiti
     at = {e.event_type: e.created_at for e in state.events}
     assert (at[EventType.DEPLOYMENT_FAILED] - at[EventType.TRAFFIC_SWITCHED]).total_seconds() < 10
     assert "checks in a row" in state.deployment.message
-    assert {c.name for c in labelled(docker_client, project)} == blue
-    assert routed(router, project) == blue
+    assert_only_blue(docker_client, router, project, blue)
 
 
 async def test_green_that_fails_while_waiting_for_promotion_never_takes_traffic(
@@ -216,11 +230,7 @@ async def test_green_that_fails_while_waiting_for_promotion_never_takes_traffic(
 ) -> None:
     """Green's gate passed before the wait; the promote came after a replica turned unhealthy:
     it was switched to unchecked, then taken back after the verify."""
-    url = await serve_v1(service, project)
-    blue = {c.name for c in labelled(docker_client, project)}
-    await service.apply_project(
-        TENANT, project, web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "3"})
-    )
+    url, blue = await blue_then_failing_green(service, docker_client, project, after=3)
     with Load(url, connections=4, keepalive=True) as load:
         dep = await service.deploy(
             TENANT, USER, project, BG.model_copy(update={"auto_promote": False})
@@ -246,8 +256,7 @@ async def test_green_that_fails_while_waiting_for_promotion_never_takes_traffic(
     assert "unhealthy" in state.deployment.message
     assert load.result.failed == 0, load.result.errors
     assert load.last_versions(20) == {"v1"}
-    assert {c.name for c in labelled(docker_client, project)} == blue
-    assert routed(router, project) == blue
+    assert_only_blue(docker_client, router, project, blue)
 
 
 CANARY = DeployRequest(strategy=Strategy.CANARY, version="v2", health_check_retries=20)

@@ -180,32 +180,26 @@ async def test_apply_variables_are_checked_before_connecting(
     assert_refused(result, *words)
 
 
-async def test_apply_env_file_line_read_apart_from_compose_is_refused_naming_it(
-    tmp_path: Path, nowhere: dict[str, str]
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        # UnicodeDecodeError escaped: exit 1 and a Python message.
+        ("TAG=caf\u00e9\n".encode("latin-1"), ["cannot read"]),
+        # Compose would take ${HOST} from the shell: Moorage reads no environment.
+        (b"TAG=v1 # the tag\nURL=${HOST}:80\n", ["line 2", "${HOST} is not set above"]),
+    ],
+)
+async def test_apply_env_file_refusals_name_the_file(
+    tmp_path: Path, nowhere: dict[str, str], content: bytes, words: list[str]
 ) -> None:
-    """Compose would take ${HOST} from the shell: Moorage reads no environment."""
     path = tmp_path / "compose.yaml"
     path.write_text("services:\n  web:\n    image: moorage-demo:${TAG}\n")
     env_file = tmp_path / "vars.env"
-    env_file.write_text("TAG=v1 # the tag\nURL=${HOST}:80\n")
+    env_file.write_bytes(content)
     result = await moorage(
         "project", "apply", "x", "-f", str(path), "--env-file", str(env_file), env=nowhere
     )
-    assert_refused(result, "--env-file", str(env_file), "line 2", "${HOST} is not set above")
-
-
-async def test_apply_env_file_that_is_not_utf8_is_refused_naming_it(
-    tmp_path: Path, nowhere: dict[str, str]
-) -> None:
-    """UnicodeDecodeError escaped: exit 1 and a Python message."""
-    path = tmp_path / "compose.yaml"
-    path.write_text("services:\n  web:\n    image: moorage-demo:${TAG}\n")
-    env_file = tmp_path / "latin1.env"
-    env_file.write_bytes("TAG=caf\u00e9\n".encode("latin-1"))
-    result = await moorage(
-        "project", "apply", "x", "-f", str(path), "--env-file", str(env_file), env=nowhere
-    )
-    assert_refused(result, "--env-file", str(env_file))
+    assert_refused(result, "--env-file", str(env_file), *words)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,18 @@ SCHEDULE_ID = "moorage/reconcile-all"
 WORKFLOW_ID = "moorage/reconcile-all/run"
 
 
+def _kept(tenant: str, project: str, err: BaseException, what: str) -> DeploymentEvent:
+    """A project whose containers this pass keeps, and why; the next pass tries again."""
+    reason, details = steps.failure_reason(err)
+    return DeploymentEvent(
+        event_type=EventType.RECONCILE_FAILED,
+        message=f"project {project} of tenant {tenant}: {what} containers kept, the next pass "
+        f"tries again: {reason}",
+        details={**details, "tenant": tenant, "project": project},
+        created_at=workflow.now(),
+    )
+
+
 @workflow.defn(name="ReconcileAll")
 class ReconcileAllWorkflow:
     """One pass over every labelled container on the engine."""
@@ -49,15 +61,8 @@ class ReconcileAllWorkflow:
                 # says nothing of the owner: passes started before this change removed its
                 # containers all the same, serving ones included.
                 if "not found" not in str(err) and workflow.patched(ONLY_NOT_FOUND):
-                    reason, details = steps.failure_reason(err)
                     events.append(
-                        DeploymentEvent(
-                            event_type=EventType.RECONCILE_FAILED,
-                            message=f"project {project} of tenant {tenant} could not be asked "
-                            f"to reconcile, its containers kept: {reason}",
-                            details={**details, "tenant": tenant, "project": project},
-                            created_at=workflow.now(),
-                        )
+                        _kept(tenant, project, err, "could not be asked to reconcile, its")
                     )
                     continue
             try:
@@ -69,16 +74,7 @@ class ReconcileAllWorkflow:
                 # after this one (while the fault lasted, no scheduled pass did).
                 if not workflow.patched("reconcile-all-goes-on"):
                     raise
-                reason, details = steps.failure_reason(err)
-                events.append(
-                    DeploymentEvent(
-                        event_type=EventType.RECONCILE_FAILED,
-                        message=f"containers of project {project} of tenant {tenant} kept, the "
-                        f"next pass tries again: {reason}",
-                        details={**details, "tenant": tenant, "project": project},
-                        created_at=workflow.now(),
-                    )
-                )
+                events.append(_kept(tenant, project, err, "failed to remove its"))
                 continue
             events += [
                 DeploymentEvent(
