@@ -2543,50 +2543,6 @@ def test_scalars_both_yaml_versions_read_alike_are_taken() -> None:
     assert web.replicas == 2
 
 
-@pytest.mark.parametrize(
-    ("body", "key", "as_11", "as_12"),
-    [
-        ("environment: {FLAG: on}", "environment.FLAG", "'true'", "'on'"),
-        ("environment: {FLAG: No}", "environment.FLAG", "'false'", "'No'"),
-        ("labels: {a: yes}", "labels.a", "'true'", "'yes'"),
-        ("command: [echo, yes]", "command.1", "'True'", "'yes'"),  # it ran `echo True`
-    ],
-)
-def test_a_plain_on_off_yes_no_compose_reads_as_text_is_refused(
-    body: str, key: str, as_11: str, as_12: str
-) -> None:
-    """PyYAML (YAML 1.1) reads them as booleans, Compose (YAML 1.2) as text: ``FLAG: on``
-    reached the container as ``FLAG=true``."""
-    err = refused(body + "\n")
-    assert (err.service, err.key) == ("web", key)
-    assert f"reads {as_11} in YAML 1.1 (as Moorage reads it) and {as_12} in YAML 1.2" in str(err)
-    # Quoted, it is the text Compose reads; in a variable's text too (resolved, then dumped).
-    quoted = one(body.replace(": on", ": 'on'").replace(": No", ": 'No'").replace("yes", "'yes'"))
-    assert quoted.environment.get("FLAG") in (None, "on", "No")
-    text = f"services:\n  web:\n    image: a:${{T}}\n    {body}\n"
-    with pytest.raises(ComposeError) as info:
-        resolve_compose(text, {"T": "1"})
-    assert (info.value.service, info.value.key) == ("web", key)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        "restart: no",  # a boolean meant: both read restart "no"
-        "environment: [FLAG=on]",  # text in both
-        "environment: {FLAG: true}",
-        "labels: {note: 'yes, quoted'}",
-    ],
-)
-def test_a_word_both_yaml_versions_read_alike_is_taken(body: str) -> None:
-    assert one(body + "\n").name == "web"
-
-
-def test_a_stored_revision_keeps_its_boolean_reading() -> None:
-    spec = parse_compose("services:\n  web:\n    image: a\n    environment: {F: on}\n", stored=True)
-    assert spec.services[0].environment == {"F": "true"}
-
-
 def test_a_stored_revision_keeps_its_yaml_1_1_reading() -> None:
     """Deployed as read then: its rollback and its replays must read it the same."""
     spec = parse_compose("services:\n  web:\n    image: a\n    ports: [50:50]\n", stored=True)

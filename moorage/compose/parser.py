@@ -316,26 +316,7 @@ _ComposeLoader.add_constructor("tag:yaml.org,2002:int", _int_as_compose)
 _ComposeLoader.add_constructor("tag:yaml.org,2002:float", _float_as_compose)
 
 
-def _bool_as_compose(loader: yaml.SafeLoader, node: yaml.Node) -> bool | str:
-    """A boolean as YAML 1.2 (Docker Compose) reads it: ``on``, ``yes`` and the like are text."""
-    value = str(node.value)
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value
-
-
-class _Compose12Loader(_ComposeLoader):
-    """:class:`_ComposeLoader` with YAML 1.2's booleans: how Compose reads the same text."""
-
-
-_Compose12Loader.add_constructor("tag:yaml.org,2002:bool", _bool_as_compose)
-
-_YAML11_WORDS = re.compile(r"(?<![\w.-])(?:on|off|yes|no|On|Off|Yes|No|ON|OFF|YES|NO)(?![\w.-])")
-"""A word PyYAML may read as a boolean where Compose reads text (a cheap test before the second
-reading: most files have none)."""
-
-
-def _load(text: str, yaml12: bool = False) -> dict[str, Any]:
+def _load(text: str) -> dict[str, Any]:
     try:
         size = len(text.encode())
     except UnicodeEncodeError as exc:  # JSON may carry a lone surrogate ("\ud800")
@@ -345,8 +326,7 @@ def _load(text: str, yaml12: bool = False) -> dict[str, Any]:
     if size > MAX_COMPOSE_BYTES:
         raise ComposeError(f"the Compose file is larger than {MAX_COMPOSE_BYTES} bytes")
     try:
-        # A SafeLoader either way.
-        raw = yaml.load(text, Loader=_Compose12Loader if yaml12 else _ComposeLoader)
+        raw = yaml.load(text, Loader=_ComposeLoader)  # a SafeLoader
     except _ReadsOtherwise as exc:
         raise ComposeError(str(exc)) from exc
     except yaml.YAMLError as exc:
@@ -373,7 +353,6 @@ def resolve_compose(text: str, variables: Mapping[str, str] | None = None) -> st
     raw = _load(text)
     if "$" not in text:
         return text
-    _refuse_words_read_apart(text, variables, None)  # the dump below writes them true/false
     resolved = _escape_dollars(_interpolate(raw, variables))
     return str(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
@@ -447,73 +426,10 @@ def _refuse_expanded(parts: Mapping[str | None, object]) -> None:
                 )
 
 
-def _refuse_words_read_apart(
-    text: str, variables: Mapping[str, str] | None, policy: ComposePolicy | None
-) -> None:
-    """Refuse a plain ``on``, ``off``, ``yes`` or ``no`` where the project's meaning depends on it.
-
-    PyYAML (YAML 1.1) reads them as booleans, Docker Compose (YAML 1.2) as text: ``FLAG: on``
-    reached the container as ``FLAG=true`` (Compose: ``FLAG=on``). Where a boolean is meant
-    (``read_only: yes``, ``restart: no``) both read the same project, and they pass.
-
-    Raises:
-        ComposeError: naming the service and the key where the two readings differ.
-    """
-    if not strict() or not _YAML11_WORDS.search(text):
-        return
-    as_11 = _build(_interpolate(_load(text), variables), policy).model_dump()
-    try:
-        as_12 = _build(_interpolate(_load(text, yaml12=True), variables), policy).model_dump()
-    except ComposeError:
-        return  # Compose's reading is no project Moorage takes: PyYAML's stands
-    path = _first_difference(as_11, as_12)
-    if path is None:
-        return
-    read_11: Any = as_11
-    read_12: Any = as_12
-    for part in path:
-        read_11, read_12 = read_11[part], read_12[part]
-    service: str | None = None
-    if path[:1] == ["services"] and len(path) >= 2 and isinstance(path[1], int):
-        service = str(as_11["services"][path[1]]["name"])
-        path = path[2:]
-    raise ComposeError(
-        f"a plain on, off, yes or no reads {read_11!r} in YAML 1.1 (as Moorage reads it) and "
-        f'{read_12!r} in YAML 1.2 (as Docker Compose reads it): quote it ("on") for the '
-        "text, or write true or false",
-        service=service,
-        key=".".join(str(p) for p in path) or None,
-    )
-
-
-def _first_difference(
-    a: Any, b: Any, path: list[str | int] | None = None
-) -> list[str | int] | None:
-    """The path to the first place ``a`` and ``b`` (JSON-like) differ; None: they are equal."""
-    path = path or []
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in [*a, *(k for k in b if k not in a)]:
-            found = _first_difference(a.get(key), b.get(key), [*path, key])
-            if found is not None:
-                return found
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = _first_difference(x, y, [*path, index])
-            if found is not None:
-                return found
-        return None
-    return None if a == b else path
-
-
 def _parse(
     text: str, variables: Mapping[str, str] | None, policy: ComposePolicy | None
 ) -> ProjectSpec:
-    _refuse_words_read_apart(text, variables, policy)
-    return _build(_interpolate(_load(text), variables), policy)
-
-
-def _build(raw: dict[str, Any], policy: ComposePolicy | None) -> ProjectSpec:
+    raw = _interpolate(_load(text), variables)
     for key in raw:
         if key == "networks":
             _refuse_networks(raw[key])
