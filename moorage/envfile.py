@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
+from moorage.compose.interpolation import BRACED_RE, reference_value
+
 VARIABLE_NAME_RE = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 """A variable's name, as Compose takes it."""
 
@@ -37,7 +39,6 @@ _ESCAPES = {
 """The escapes of a double-quoted value (another backslash stays as written)."""
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_BRACED = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+?])(?P<arg>.*))?", re.S)
 
 
 class EnvFileError(ValueError):
@@ -156,21 +157,16 @@ def _braced(inner: str, lookup: Callable[[str], str | None], where: str) -> str:
     ``NAME``, or ``NAME`` with ``:-``, ``-``, ``:+``, ``+``, ``:?`` or ``?`` and its text (expanded
     in turn).
     """
-    match = _BRACED.fullmatch(inner)
+    match = BRACED_RE.fullmatch(inner)
     if match is None:
         raise EnvFileError(f"{where}: '${{{inner}}}' is no variable reference")
     name, op, arg = match.group("name"), match.group("op"), match.group("arg") or ""
-    found = lookup(name)
-    set_ = found is not None and (found != "" or not (op or "").startswith(":"))
-    if op in (":-", "-"):
-        return found if set_ and found is not None else _expand(arg, lookup, where)
-    if op in (":+", "+"):
-        return _expand(arg, lookup, where) if set_ else ""
-    if op in (":?", "?") and not set_:
+    found = reference_value(op, lookup(name), lambda: _expand(arg, lookup, where))
+    if found is not None:
+        return found
+    if op in (":?", "?"):
         raise EnvFileError(f"{where}: {name}: {_expand(arg, lookup, where) or 'not set'}")
-    if found is None:
-        raise EnvFileError(
-            f"{where}: ${{{name}}} is not set above it in the file, nor by --var (Moorage reads no "
-            f"environment; set {name} first, or give a default: ${{{name}:-value}}; $$ is a $)"
-        )
-    return found
+    raise EnvFileError(
+        f"{where}: ${{{name}}} is not set above it in the file, nor by --var (Moorage reads no "
+        f"environment; set {name} first, or give a default: ${{{name}:-value}}; $$ is a $)"
+    )

@@ -15,9 +15,10 @@ from moorage.compose.errors import MAX_INTERPOLATED_BYTES, MAX_INTERPOLATED_VALU
 _VARIABLE_RE = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<named>[_a-zA-Z][_a-zA-Z0-9]*)|\{(?P<braced>[^}]*)\}|(?P<invalid>))"
 )
-_BRACED_RE = re.compile(
+BRACED_RE = re.compile(
     r"(?P<name>[_a-zA-Z][_a-zA-Z0-9]*)(?:(?P<op>:-|-|:\?|\?|:\+|\+)(?P<arg>.*))?", re.DOTALL
 )
+"""What goes between ``${`` and ``}``: a name, and an operator with its text (also .env files)."""
 _TRUE_WORDS = frozenset({"y", "yes", "true", "on"})
 _FALSE_WORDS = frozenset({"n", "no", "false", "off"})
 
@@ -177,7 +178,7 @@ class _Interpolator:
             substituted = True
             if match["named"] is not None:
                 return self._lookup(match["named"], None, "", path)
-            braced = _BRACED_RE.fullmatch(match["braced"] or "")
+            braced = BRACED_RE.fullmatch(match["braced"] or "")
             if match["braced"] is None or braced is None:
                 service, key = _location(path)
                 raise ComposeError(
@@ -216,17 +217,9 @@ class _Interpolator:
         return result
 
     def _lookup(self, name: str, op: str | None, arg: str, path: _KeyPath) -> str:
-        value = self._variables.get(name)
-        if op == ":-":
-            return value or arg
-        if op == "-":
-            return arg if value is None else value
-        if op == ":+":
-            return arg if value else ""
-        if op == "+":
-            return "" if value is None else arg
-        if value is not None and (value or op != ":?"):
-            return value
+        found = reference_value(op, self._variables.get(name), lambda: arg)
+        if found is not None:
+            return found
         service, key = _location(path)
         if op in (":?", "?"):
             detail = f": {arg}" if arg else ""
@@ -237,6 +230,25 @@ class _Interpolator:
                 f"${{{name}:-default}})"
             )
         raise ComposeError(message, service=service, key=key)
+
+
+def reference_value(op: str | None, value: str | None, arg: Callable[[], str]) -> str | None:
+    """What ``${NAME<op><arg>}`` stands for when NAME is ``value`` (None: not set), as Compose.
+
+    ``arg``: the text after the operator, asked for only where it is used. None: the reference
+    fails (not set and no default, or required by ``?`` / ``:?``); the caller says why.
+    """
+    if op == ":-":
+        return value or arg()
+    if op == "-":
+        return arg() if value is None else value
+    if op == ":+":
+        return arg() if value else ""
+    if op == "+":
+        return "" if value is None else arg()
+    if value is not None and (value or op != ":?"):
+        return value
+    return None
 
 
 def _interpolate(raw: dict[str, Any], variables: Mapping[str, str] | None) -> dict[str, Any]:
