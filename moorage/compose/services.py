@@ -171,7 +171,8 @@ def _port_number(value: Any) -> int | None:
     return value
 
 
-def _parse_port(item: Any, *, service: str) -> PortSpec:
+def _parse_port(item: Any, *, service: str) -> tuple[PortSpec, str | None]:
+    """One ``ports`` entry, and the host address it names (None: none, every address)."""
     key = "ports"
     if isinstance(item, dict):
         unknown = set(item) - {"target", "published", "protocol", "host_ip", "mode"}
@@ -207,11 +208,12 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
                 service=service,
                 key=key,
             )
-        return PortSpec(
+        port = PortSpec(
             target=target,
             protocol=str(item.get("protocol", "tcp")),
             published=_port_number(published),
         )
+        return port, str(item["host_ip"]) if item.get("host_ip") not in (None, "") else None
     if isinstance(item, bool) or not isinstance(item, int | str):
         raise ComposeError(f"invalid port {_shown(item)}", service=service, key=key)
     text = str(item).strip()
@@ -252,7 +254,7 @@ def _parse_port(item: Any, *, service: str) -> PortSpec:
             service=service,
             key=key,
         )
-    return PortSpec(target=target, protocol=protocol, published=published)
+    return PortSpec(target=target, protocol=protocol, published=published), host_ip or None
 
 
 def _refuse_unserved_published(spec: ServiceSpec) -> None:
@@ -284,17 +286,6 @@ def _refuse_unserved_published(spec: ServiceSpec) -> None:
             service=spec.name,
             key="ports",
         )
-
-
-def _host_ip(item: Any) -> str | None:
-    """The host address a (valid) ``ports`` entry names, if any."""
-    if isinstance(item, dict):
-        return str(item["host_ip"]) if item.get("host_ip") not in (None, "") else None
-    text = str(item).strip().rsplit("/", 1)[0]
-    if text.startswith("["):
-        return text[1:].partition("]")[0] or None
-    parts = text.split(":")
-    return parts[0] or None if len(parts) == 3 else None
 
 
 _EVERY_ADDRESS = frozenset({"0.0.0.0", "::"})
@@ -528,8 +519,9 @@ def _parse_service(
     if raw.get("ports") is not None:
         if not isinstance(raw["ports"], list):
             raise ComposeError("must be a list", service=name, key="ports")
-        spec.ports = [_parse_port(p, service=name) for p in raw["ports"]]
-        host_ips = [_host_ip(p) for p in raw["ports"]]
+        parsed = [_parse_port(p, service=name) for p in raw["ports"]]
+        spec.ports = [port for port, _ in parsed]
+        host_ips = [address for _, address in parsed]
     if raw.get("expose") is not None and strict():  # a stored revision's were dropped unchecked
         _check_expose(raw["expose"], service=name)
     if raw.get("healthcheck") is not None:
