@@ -2543,6 +2543,79 @@ def test_scalars_both_yaml_versions_read_alike_are_taken() -> None:
     assert web.replicas == 2
 
 
+_WORDS_TEXT = (
+    "services:\n"
+    "  db: {image: a}\n"
+    "  web:\n"
+    "    image: a\n"
+    "    command: [echo, yes, On]\n"
+    "    environment: {DEBUG: on, NO: '1', T: true}\n"
+    "    labels: {quiet: off}\n"
+    "    privileged: yes\n"
+    "    restart: no\n"
+    "    depends_on: {db: {condition: service_started, required: yes}}\n"
+    "    healthcheck: {test: [CMD, x], disable: No}\n"
+    "    volumes: [{type: volume, source: data, target: /d, read_only: YES, "
+    "volume: {nocopy: off}}]\n"
+    "    x-moorage: {route: no}\n"
+    "volumes:\n  data: {external: no}\n"
+)
+
+
+def _read_as_compose_reads(spec: ProjectSpec) -> None:
+    web = spec.service("web")
+    assert web.command == ["echo", "yes", "On"]
+    assert web.environment == {"DEBUG": "on", "NO": "1", "T": "true"}
+    assert web.labels == {"quiet": "off"}
+    assert web.privileged is True
+    assert web.restart == "no"
+    assert web.healthcheck is not None
+    assert web.healthcheck.disable is False
+    assert web.mounts[0].read_only is True
+    assert web.mounts[0].nocopy is False
+    assert web.route is False
+
+
+def test_yes_no_on_off_are_text_as_compose_reads_them_and_booleans_where_a_key_wants_one() -> None:
+    """YAML 1.1 (PyYAML) reads them as booleans, Docker Compose (YAML 1.2) as text: ``command:
+    [echo, yes]`` ran ``echo True``, ``DEBUG: on`` reached the container as ``DEBUG=true``, and
+    ``NO: '1'`` (a key) crashed the parse. Where a key wants a boolean, Compose converts them."""
+    _read_as_compose_reads(parse_compose(_WORDS_TEXT, policy=UNRESTRICTED))
+    assert refused("privileged: nope\n").key == "privileged"
+    assert refused("x-moorage: {route: 'yes'}\n").key == "x-moorage.route"  # quoted: text
+    assert refused("restart: on\n").key == "restart"
+
+
+def test_a_text_holding_such_words_is_stored_declaring_yaml_1_2_and_reads_alike_stored() -> None:
+    """The stored text is read again at every deployment, replay and rollback, as a stored
+    revision (``stored=True``): texts stored before read the words as booleans, as deployed;
+    the ones stored since declare ``%YAML 1.2`` and read as they were checked."""
+    stored = resolve_compose(_WORDS_TEXT)
+    assert stored == "%YAML 1.2\n---\n" + _WORDS_TEXT
+    _read_as_compose_reads(parse_compose(stored, policy=UNRESTRICTED, stored=True))
+    # Unmarked (stored before): the reading it was deployed with.
+    old = parse_compose(_WORDS_TEXT, policy=UNRESTRICTED, stored=True).service("web")
+    assert old.command == ["echo", "True", "True"]
+    assert old.environment["DEBUG"] == "true"
+    # An explicit document start gets the directive alone (not a second document).
+    explicit = resolve_compose("# c\n---\n" + _WORDS_TEXT)
+    assert explicit == "%YAML 1.2\n# c\n---\n" + _WORDS_TEXT
+    _read_as_compose_reads(parse_compose(explicit, policy=UNRESTRICTED, stored=True))
+    # Interpolated, the text is written anew: declared too, the words written plain.
+    text = _WORDS_TEXT.replace("T: true", "T: '$${X}'")
+    written = resolve_compose(text)
+    assert written.startswith("%YAML 1.2\n---\n")
+    assert "privileged: yes" in written
+    spec = parse_compose(written, policy=UNRESTRICTED, stored=True)
+    assert spec.service("web").environment["T"] == "${X}"
+    assert spec.service("web").privileged is True
+    # Without such words, a text is stored as it was given.
+    plain = "services:\n  web: {image: a, command: [echo, 'yes']}\n"
+    assert resolve_compose(plain) == plain
+    with pytest.raises(ComposeError, match=r"declares %YAML 1\.1"):
+        resolve_compose("%YAML 1.1\n---\n" + _WORDS_TEXT)
+
+
 def test_a_stored_revision_keeps_its_yaml_1_1_reading() -> None:
     """Deployed as read then: its rollback and its replays must read it the same."""
     spec = parse_compose("services:\n  web:\n    image: a\n    ports: [50:50]\n", stored=True)

@@ -169,6 +169,23 @@ async def test_variables_are_substituted_before_the_check_and_stored_resolved(
     assert labelled(docker_client, project)[0].image.tags == ["moorage-demo:v2"]
 
 
+async def test_yes_and_on_reach_the_container_as_written_and_the_stored_text_says_yaml_1_2(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """As Docker Compose reads them (YAML 1.2): ``FLAG: on`` reached the container as
+    ``FLAG=true``. The stored text declares ``%YAML 1.2``, so the deployment's own reading of
+    it (as a stored revision) is the one the apply checked."""
+    text = (
+        "services:\n  web:\n    image: moorage-demo:v1\n    ports: ['80']\n"
+        "    restart: no\n    environment: {FLAG: on, QUIET: no, 'NO': yes}\n"
+    )
+    stored = await service.apply_project(TENANT, project, text)
+    assert stored.compose == "%YAML 1.2\n---\n" + text
+    await deploy_ok(service, TENANT, project)
+    env = only_container(docker_client, project)["Config"]["Env"]  # type: ignore[index]
+    assert {"FLAG=on", "QUIET=no", "NO=yes"} <= set(env)
+
+
 async def test_named_volumes_tmpfs_and_resource_limits(
     service: DeploymentService, docker_client: docker.DockerClient, project: str
 ) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from moorage.compose.errors import MAX_INTERPOLATED_BYTES, MAX_INTERPOLATED_VALUES, ComposeError
+from moorage.compose.values import YamlWord
 
 _VARIABLE_RE = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<named>[_a-zA-Z][_a-zA-Z0-9]*)|\{(?P<braced>[^}]*)\}|(?P<invalid>))"
@@ -265,6 +266,8 @@ def _escape_dollars(node: Any, done: dict[int, Any] | None = None) -> Any:
     A mapping or list YAML aliases repeat is escaped once, and the copy repeated: the result
     dumps with aliases again, not expanded (a few hundred bytes of aliases would expand to GB).
     """
+    if isinstance(node, YamlWord):  # no "$" in it; kept a word, not made plain text
+        return node
     if isinstance(node, str):
         return node.replace("$", "$$")
     if not isinstance(node, dict | list):

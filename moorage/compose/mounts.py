@@ -19,7 +19,7 @@ from moorage.compose.policy import (
     normalise_capability,
     normalise_host_path,
 )
-from moorage.compose.values import _known_keys, _memory_bytes
+from moorage.compose.values import _known_keys, _memory_bytes, boolean
 
 _ENGINE_SOCKETS = frozenset({"docker.sock", "containerd.sock", "podman.sock"})
 _SHORT_VOLUME_OPTIONS = frozenset({"ro", "rw", "nocopy", "cached", "delegated", "consistent"})
@@ -124,9 +124,7 @@ def _parse_privileges(raw: dict[str, Any], spec: ServiceSpec, policy: ComposePol
     """``privileged``, ``cap_add``, ``cap_drop``, ``devices``: refused unless safe or allowed."""
     name = spec.name
     if raw.get("privileged") is not None:
-        privileged = raw["privileged"]
-        if not isinstance(privileged, bool):
-            raise ComposeError("must be true or false", service=name, key="privileged")
+        privileged = boolean(raw["privileged"], service=name, key="privileged")
         if privileged and not (policy.privileged or policy.unrestricted):
             raise ComposeError(
                 f"a privileged container is root on the host: refused by default; {POLICY_HINT} "
@@ -290,9 +288,7 @@ def _long_volume(
                 f"does not apply to a {kind} mount", service=service, key=f"volumes.{section}"
             )
     target = _target(item.get("target"), service=service, key="volumes.target")
-    read_only = item.get("read_only", False)
-    if not isinstance(read_only, bool):
-        raise ComposeError("must be true or false", service=service, key="volumes.read_only")
+    read_only = boolean(item.get("read_only", False), service=service, key="volumes.read_only")
     if not isinstance(item.get("consistency", ""), str):  # macOS only; nothing to do on Linux
         raise ComposeError("must be a string", service=service, key="volumes.consistency")
     source = item.get("source")
@@ -327,9 +323,11 @@ def _long_volume(
         return MountSpec(
             type="tmpfs", target=target, read_only=read_only, tmpfs_size_bytes=size_bytes
         )
-    nocopy = _options(item, "volume", {"nocopy"}, service=service).get("nocopy", False)
-    if not isinstance(nocopy, bool):
-        raise ComposeError("must be true or false", service=service, key="volumes.volume.nocopy")
+    nocopy = boolean(
+        _options(item, "volume", {"nocopy"}, service=service).get("nocopy", False),
+        service=service,
+        key="volumes.volume.nocopy",
+    )
     return MountSpec(
         type="volume",
         source=(

@@ -6,6 +6,7 @@ service and puts them in start order.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any, NoReturn, cast
@@ -26,7 +27,7 @@ from moorage.compose.interpolation import _escape_dollars, _interpolate
 from moorage.compose.models import ProjectSpec, ServiceSpec, VolumeSpec
 from moorage.compose.policy import ComposePolicy
 from moorage.compose.services import _parse_service
-from moorage.compose.values import _mapping
+from moorage.compose.values import YamlWord, _mapping, yaml_bool
 
 _VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
@@ -93,7 +94,7 @@ def _parse_volumes(value: Any) -> list[VolumeSpec]:
         if not isinstance(body, dict):
             raise ComposeError("must be a mapping", key=where)
         for k in body:
-            if k == "external" and body[k] is not False:
+            if k == "external" and yaml_bool(body[k]) is not False:
                 raise ComposeError(
                     "external volumes are not created by Moorage and are refused",
                     key=f"{where}.external",
@@ -133,7 +134,8 @@ def _refuse_networks(value: Any) -> NoReturn:
     """
     if isinstance(value, dict):
         for name, body in value.items():
-            if isinstance(body, dict) and body.get("external") not in (None, False):
+            external = body.get("external") if isinstance(body, dict) else None
+            if external is not None and yaml_bool(external) is not False:
                 raise ComposeError(
                     "external networks are not created by Moorage and are refused",
                     key=f"networks.{name}.external",
@@ -232,7 +234,11 @@ class _ComposeLoader(yaml.SafeLoader):
     silently). A key a merge (``<<: *anchor``) brings may be given again: that overrides it.
     Timestamps stay the strings they were written as (``2024-02-30`` is no date to refuse, and
     ``BUILD: 2024-02-01T10:00:00+01:00`` keeps its spelling in the environment).
+    ``yes``/``no``/``on``/``off`` are text, as in YAML 1.2 (see :func:`_bool_as_compose`).
     """
+
+    words_seen = False
+    """Whether the text holds such a word (PyYAML's YAML 1.1 reading of it differs)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Mark] = {}
@@ -310,13 +316,45 @@ def _float_as_compose(loader: yaml.SafeLoader, node: yaml.Node) -> float:
     return value
 
 
+def _bool_as_compose(loader: _ComposeLoader, node: yaml.Node) -> bool | YamlWord:
+    """A boolean as Docker Compose reads one (YAML 1.2): ``true``/``false``, no other word.
+
+    ``yes``/``no``/``on``/``off`` are the text they are to Compose
+    (:class:`~moorage.compose.values.YamlWord`). A stored revision's text reads them as
+    booleans, as it was deployed, unless it declares ``%YAML 1.2``: :func:`resolve_compose`
+    marks so every text it stores that holds one.
+    """
+    text = str(loader.construct_scalar(cast(yaml.ScalarNode, node)))
+    if text in _YAML_12_BOOLS:
+        return _YAML_12_BOOLS[text]
+    if not strict() and loader.yaml_version != YAML_12:
+        return bool(loader.construct_yaml_bool(cast(yaml.ScalarNode, node)))
+    loader.words_seen = True
+    return YamlWord(text)
+
+
+YAML_12 = (1, 2)
+"""The YAML version Docker Compose reads (go-yaml v3)."""
+
+
+_YAML_12_BOOLS = {
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
+}
+
 _ComposeLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_written)
+_ComposeLoader.add_constructor("tag:yaml.org,2002:bool", _bool_as_compose)
 _ComposeLoader.add_constructor("tag:yaml.org,2002:str", _unicode_str)
 _ComposeLoader.add_constructor("tag:yaml.org,2002:int", _int_as_compose)
 _ComposeLoader.add_constructor("tag:yaml.org,2002:float", _float_as_compose)
 
 
 def _load(text: str) -> dict[str, Any]:
+    return _load_read(text)[0]
+
+
+def _load_read(text: str) -> tuple[dict[str, Any], _ComposeLoader]:
+    """The loaded text, and the loader that read it (its YAML version, the words it saw)."""
     try:
         size = len(text.encode())
     except UnicodeEncodeError as exc:  # JSON may carry a lone surrogate ("\ud800")
@@ -325,8 +363,9 @@ def _load(text: str) -> dict[str, Any]:
         ) from exc
     if size > MAX_COMPOSE_BYTES:
         raise ComposeError(f"the Compose file is larger than {MAX_COMPOSE_BYTES} bytes")
+    loader = _ComposeLoader(text)  # a SafeLoader
     try:
-        raw = yaml.load(text, Loader=_ComposeLoader)  # a SafeLoader
+        raw = loader.get_single_data()
     except _ReadsOtherwise as exc:
         raise ComposeError(str(exc)) from exc
     except yaml.YAMLError as exc:
@@ -335,9 +374,11 @@ def _load(text: str) -> dict[str, Any]:
         raise ComposeError(f"not valid YAML: {exc}") from exc
     except RecursionError as exc:  # PyYAML composes nested nodes recursively
         raise ComposeError("the YAML is nested too deeply") from exc
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
         raise ComposeError("a Compose file must be a mapping with a 'services' key")
-    return raw
+    return raw, loader
 
 
 def resolve_compose(text: str, variables: Mapping[str, str] | None = None) -> str:
@@ -347,14 +388,54 @@ def resolve_compose(text: str, variables: Mapping[str, str] | None = None) -> st
     the interpolated document as YAML, with every literal ``$`` written ``$$``, so parsing it
     again (without variables) gives the same project.
 
+    A text that holds a plain ``yes``/``no``/``on``/``off`` comes back declaring ``%YAML 1.2``
+    (the one change to its text): stored revisions from before Moorage read them as Compose does
+    keep reading them as booleans, as they were deployed; a text so marked reads as it was
+    checked, at its deployment, every replay and any rollback to it.
+
     Raises:
-        ComposeError: not valid YAML, or a variable that is not set (or invalid interpolation).
+        ComposeError: not valid YAML, a variable that is not set (or invalid interpolation), or
+            such a word in a text that declares a YAML version other than 1.2.
     """
-    raw = _load(text)
+    raw, read = _load_read(text)
+    marked = read.words_seen and read.yaml_version != YAML_12
+    if marked and read.yaml_version is not None:
+        raise ComposeError(
+            f"the text declares %YAML {'.'.join(map(str, read.yaml_version))}: Moorage reads "
+            "Compose files as YAML 1.2, as Docker Compose does (yes, no, on and off are text); "
+            "remove the directive"
+        )
     if "$" not in text:
-        return text
+        if not marked:
+            return text
+        explicit = any(
+            isinstance(event, yaml.DocumentStartEvent) and event.explicit
+            for event in itertools.islice(yaml.parse(text), 2)
+        )
+        return ("%YAML 1.2\n" if explicit else "%YAML 1.2\n---\n") + text
     resolved = _escape_dollars(_interpolate(raw, variables))
-    return str(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    return str(
+        yaml.dump(
+            resolved,
+            Dumper=_ComposeDumper,
+            sort_keys=False,
+            allow_unicode=True,
+            version=YAML_12 if read.words_seen else None,
+        )
+    )
+
+
+class _ComposeDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that writes a YAML 1.1 word plain again.
+
+    A :class:`~moorage.compose.values.YamlWord` is ``yes``, not ``'yes'``: a key that wants a
+    boolean reads it as one after the round trip.
+    """
+
+
+_ComposeDumper.add_representer(
+    YamlWord, lambda dumper, word: dumper.represent_scalar("tag:yaml.org,2002:bool", str(word))
+)
 
 
 def parse_compose(

@@ -42,7 +42,9 @@ from moorage.compose.values import (
     _parse_resources,
     _shown,
     _str_list,
+    boolean,
     parse_duration,
+    yaml_bool,
 )
 
 MAX_HOSTNAME = 64
@@ -358,9 +360,7 @@ def _is_ip(value: Any) -> bool:
 
 def _parse_healthcheck(value: Any, *, service: str) -> HealthcheckSpec:
     _known_keys(value, HEALTHCHECK_KEYS, service=service, key="healthcheck")
-    disable = value.get("disable", False)
-    if not isinstance(disable, bool):
-        raise ComposeError("must be true or false", service=service, key="healthcheck.disable")
+    disable = boolean(value.get("disable", False), service=service, key="healthcheck.disable")
     spec = HealthcheckSpec(disable=disable)
     test = value.get("test")
     if test is not None:
@@ -433,10 +433,8 @@ def _check_dependency(dep: Any, options: dict[Any, Any], *, service: str) -> Non
             key=f"depends_on.{dep}.condition",
         )
     for k in ("restart", "required"):
-        if k in options and not isinstance(options[k], bool):
-            raise ComposeError(
-                "must be true or false", service=service, key=f"depends_on.{dep}.{k}"
-            )
+        if k in options:
+            boolean(options[k], service=service, key=f"depends_on.{dep}.{k}")
 
 
 def _parse_depends_on(value: Any, *, service: str) -> list[str]:
@@ -614,9 +612,11 @@ MAX_RESTART_RETRIES = 1000
 def _parse_restart(value: Any, *, service: str) -> tuple[str, int]:
     """``restart``: the engine's restart policy, and ``on-failure``'s retry limit (0: none).
 
-    YAML reads an unquoted ``no`` as false: taken as ``"no"``, as Docker Compose does.
+    An unquoted ``no`` is ``"no"``, as Docker Compose reads it; so are ``false`` and the other
+    YAML 1.1 words for it (``off``, ``No``), which Moorage took as ``no`` before it read them as
+    Compose does (a stored revision may hold them).
     """
-    if value is False:
+    if yaml_bool(value) is False:
         return "no", 0
     usage = f"must be one of {', '.join(RESTART_POLICIES)} or on-failure:N (N at least 1)"
     if not isinstance(value, str):
@@ -746,9 +746,7 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
             )
         spec.health_check_retries = retries
     if "route" in value:
-        if not isinstance(value["route"], bool):
-            raise ComposeError("must be true or false", service=name, key="x-moorage.route")
-        spec.route = value["route"]
+        spec.route = boolean(value["route"], service=name, key="x-moorage.route")
     probe = value.get("probe")
     if probe is None:
         return

@@ -30,6 +30,41 @@ _MAX_FLOAT_SECONDS = 10**300
 """Integers above this are no duration worth converting (every cap is far below it)."""
 
 
+class YamlWord(str):
+    """A plain ``yes``/``no``/``on``/``off`` (any case): a boolean in YAML 1.1, text in YAML 1.2.
+
+    PyYAML reads YAML 1.1; Docker Compose (go-yaml v3) reads YAML 1.2, where these are text:
+    ``command: [echo, yes]`` runs ``echo yes`` and ``DEBUG: on`` sets ``on``. Where a key wants
+    a boolean, Compose converts them (``privileged: yes`` is true): :func:`boolean`.
+    """
+
+    __slots__ = ()
+
+
+_YAML_TRUE = frozenset({"yes", "on"})
+
+
+def yaml_bool(value: Any) -> bool | None:
+    """``value`` as the boolean a key that wants one reads; None if it is none."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, YamlWord):
+        return value.lower() in _YAML_TRUE
+    return None
+
+
+def boolean(value: Any, *, service: str | None, key: str) -> bool:
+    """A key's boolean: ``true``/``false``, or a YAML 1.1 word (:class:`YamlWord`).
+
+    Raises:
+        ComposeError: anything else, naming the key.
+    """
+    result = yaml_bool(value)
+    if result is None:
+        raise ComposeError("must be true or false", service=service, key=key)
+    return result
+
+
 def _shown(value: Any, limit: int = 40) -> str:
     """``repr(value)``, shortened: an error must not quote a value of thousands of digits."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
