@@ -2579,7 +2579,7 @@ def _read_as_compose_reads(spec: ProjectSpec) -> None:
 def test_yes_no_on_off_are_text_as_compose_reads_them_and_booleans_where_a_key_wants_one() -> None:
     """YAML 1.1 (PyYAML) reads them as booleans, Docker Compose (YAML 1.2) as text: ``command:
     [echo, yes]`` ran ``echo True``, ``DEBUG: on`` reached the container as ``DEBUG=true``, and
-    ``NO: '1'`` (a key) crashed the parse. Where a key wants a boolean, Compose converts them."""
+    ``NO: '1'`` (a key) set ``False=1``. Where a key wants a boolean, Compose converts them."""
     _read_as_compose_reads(parse_compose(_WORDS_TEXT, policy=UNRESTRICTED))
     assert refused("privileged: nope\n").key == "privileged"
     assert refused("x-moorage: {route: 'yes'}\n").key == "x-moorage.route"  # quoted: text
