@@ -233,6 +233,9 @@ async def test_services_roll_one_at_a_time_in_depends_on_order_and_a_dropped_one
     v1_routes = (await service.get_project(TENANT, project)).routes
     assert set(v1_routes) == {"web", "api", "cache"}
     await service.apply_project(TENANT, project, project_of("v2", cache=False, api_routed=False))
+    # Applied, not deployed: v1 serves, and so do its routes (they were listed by the applied
+    # text's services, so api and cache vanished from the answer while serving).
+    assert (await service.get_project(TENANT, project)).routes == v1_routes
     dep = await service.deploy(TENANT, USER, project, ROLL)
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message

@@ -308,13 +308,20 @@ class ProjectWorkflow:
         s = self.state
         services: list[str] = []
         routed: set[str] = set()
-        if s.compose:
+        # A route is listed while a revision that routes it serves, rolls out, or is the one
+        # applied: the serving revision may route a service the applied text dropped (or a
+        # rollback brought back), and its route serves.
+        texts = [s.compose, s.current.compose if s.current else None, s.active_compose]
+        for i, text in enumerate(texts):
+            if not text or text in texts[:i]:
+                continue
             try:
-                spec = parse_compose(s.compose, policy=UNRESTRICTED, stored=True)
+                spec = parse_compose(text, policy=UNRESTRICTED, stored=True)
             except ComposeError:
-                pass
-            else:
-                services, routed = spec.names, spec.routed
+                continue
+            if i == 0:
+                services = spec.names
+            routed |= spec.routed
         return ProjectPublic(
             id=s.project_id,
             tenant_id=s.tenant_id,
@@ -323,7 +330,7 @@ class ProjectWorkflow:
             current_revision=s.current.revision if s.current else None,
             current_version=s.current.version if s.current else None,
             active_deployment_id=s.active_id,
-            # The services the Compose text routes (a route a service no longer has is not its).
+            # The services those revisions route (a route no revision has is not listed).
             routes={name: url for name, url in s.routes.items() if name in routed},
             revisions=s.revisions,
         )
