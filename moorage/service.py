@@ -38,6 +38,7 @@ from moorage.models import (
     DeploymentState,
     DeploymentStatus,
     DeployRequest,
+    EventType,
     ProjectPublic,
     ServiceInstance,
     Strategy,
@@ -511,12 +512,18 @@ class DeploymentService:
             ConflictError: the deployment is not running, or is being undone already.
         """
         project = self._project_of(deployment_id)
-        # Its undo goes on whatever comes: a cancel then was answered 202 and did nothing.
-        if (await self.get_state(tenant, deployment_id)).deployment.status == (
-            DeploymentStatus.ROLLING_BACK
-        ):
+        # Its undo goes on whatever comes: a cancel then was answered 202 and did nothing. An
+        # aborted one is still in_progress until its step stops; its rollback follows.
+        state = await self.get_state(tenant, deployment_id)
+        if state.deployment.status == DeploymentStatus.ROLLING_BACK:
             raise ConflictError(
                 f"cannot cancel: deployment {deployment_id} is rolling_back (its undo goes on)"
+            )
+        if not state.deployment.status.terminal and any(
+            e.event_type == EventType.ABORTED for e in state.events
+        ):
+            raise ConflictError(
+                f"cannot cancel: deployment {deployment_id} was aborted (its rollback follows)"
             )
         result: Deployment = await self._update(
             tenant,

@@ -98,6 +98,12 @@ async def test_blue_green_auto_promotion_drops_nothing(
     assert load.result.failed == 0, load.result.errors
     assert load.result.versions["v1"] > 0
     assert load.last_versions(30) == {"v2"}
+    # Its log says what it started, stopped and removed (blue's stop and removal were progress
+    # messages only, each overwritten by the next).
+    said = [(e.event_type, e.message) for e in state.events]
+    assert (EventType.SERVICE_STARTED, "started green web replicas [0, 1] (revision 2)") in said
+    assert (EventType.SERVICE_STOPPED, "stopped blue web (revision 1)") in said
+    assert (EventType.SERVICE_REMOVED, "removed 2 blue containers (revision 1)") in said
     types = [e.event_type for e in state.events]
     assert types.index(EventType.GREEN_DEPLOYMENT_STARTED) < types.index(EventType.TRAFFIC_SWITCHED)
     assert {c.labels["moorage.revision"] for c in labelled(docker_client, project)} == {
@@ -417,6 +423,42 @@ async def test_canary_abort_at_fifty_percent(
     assert EventType.PROMOTED not in [e.event_type for e in state.events]
     with pytest.raises(ConflictError):
         await service.steer(TENANT, USER, dep.id, "resume")
+
+
+async def test_a_cancel_after_an_abort_is_refused_and_the_deployment_ends_rolled_back(
+    service: DeploymentService,
+    temporal_client: Client,
+    docker_client: docker.DockerClient,
+    project: str,
+) -> None:
+    """An abort that lands in a step (here a step's health gate, waiting on a canary whose
+    probe fails) leaves the deployment in_progress until the step stops; a cancel then was
+    answered 202, and the deployment ended ``cancelled``, not ``rolled_back`` as the abort said."""
+    await serve_v1(service, project)
+    stable = {c.name for c in labelled(docker_client, project)}
+    probe = "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 200ms}\n"
+    v2 = web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "3"}) + probe
+    await service.apply_project(TENANT, project, v2)
+    steps = [CanaryStep(weight=50), CanaryStep(pause="4"), CanaryStep(weight=100)]
+    request = CANARY.model_copy(update={"canary_steps": steps, "health_check_retries": 300})
+    dep = await service.deploy(TENANT, USER, project, request)
+    await wait_status(service, dep.id, lambda s: "paused 4s" in s.deployment.message)
+    await asyncio.sleep(6.5)  # the pause over, the gate past its first 2 s (an activity now)
+    held = (await service.get_state(TENANT, dep.id)).deployment
+    assert held.status == DeploymentStatus.IN_PROGRESS, held.message
+    await service.steer(TENANT, "dave", dep.id, "abort")
+    with pytest.raises(ConflictError, match="was aborted"):
+        await service.cancel(TENANT, USER, dep.id)
+    # Straight to the workflow, past the API's check: ignored.
+    handle = temporal_client.get_workflow_handle(naming.deployment_workflow_id(TENANT, dep.id))
+    await handle.signal("cancel", USER)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    assert "aborted by dave" in state.deployment.message
+    assert EventType.CANCEL_REQUESTED not in [e.event_type for e in state.events]
+    assert {c.name for c in labelled(docker_client, project)} == stable
+    started = [e for e in state.events if e.event_type == EventType.SERVICE_STARTED]
+    assert [e.message for e in started] == ["started canary web replicas [0, 1] (revision 2)"]
 
 
 async def test_a_canary_paused_during_its_last_step_holds_before_the_full_shift(

@@ -105,9 +105,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
         in_order = workflow.patched("bluegreen-dependencies-first")
         gated: set[str] = set()
         for spec in inp.target.services:
-            await replicas.start_service(
-                dep, green, dep.version, dep.id, spec, list(range(spec.replicas))
-            )
+            await replicas.start_new(t, green, spec, list(range(spec.replicas)), "green ")
             if in_order and inp.target.depended_on(spec.name):
                 await replicas.gate_healthy(t, green, spec)  # before its dependents start
                 gated.add(spec.name)
@@ -219,11 +217,22 @@ class BlueGreenWorkflow(StrategyWorkflow):
                     ),
                     replicas.START_TIMEOUT,
                 )
-                await replicas.stop_containers(
+                stopped = await replicas.stop_containers(
                     steps.selector(dep, prev.revision, old.name), old.stop_grace_period_s
                 )
+                t.event(
+                    EventType.SERVICE_STOPPED,
+                    f"stopped blue {old.name} (revision {prev.revision})",
+                    service=old.name,
+                    containers=stopped,
+                )
             t.progress(80, "blue stopped")
-            await replicas.remove_containers(steps.selector(dep, prev.revision))
+            removed = await replicas.remove_containers(steps.selector(dep, prev.revision))
+            t.event(
+                EventType.SERVICE_REMOVED,
+                f"removed {len(removed)} blue containers (revision {prev.revision})",
+                containers=removed,
+            )
         await self._drop_previews(t, inp)
 
         instances = await steps.call(

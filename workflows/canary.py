@@ -162,9 +162,7 @@ class CanaryWorkflow(StrategyWorkflow):
                     "route_remove",
                     replicas.route_servers(dep, spec, new, list(range(spec.replicas))),
                 )
-            await replicas.start_service(
-                dep, new, dep.version, dep.id, spec, list(range(spec.replicas))
-            )
+            await replicas.start_new(t, new, spec, list(range(spec.replicas)), "canary ")
             await replicas.gate_healthy(t, new, spec)
             if spec.route_port() is not None:
                 # With no stable replicas of the service on its route, weight 0 left the route

@@ -81,6 +81,24 @@ async def start_service(
     return result
 
 
+async def start_new(
+    t: Tracker, revision: int, spec: ServiceSpec, slots: list[int], what: str = ""
+) -> list[ServiceInstance]:
+    """Start the deployment's own replicas ``slots`` of ``spec``; a ``service_started`` event.
+
+    ``what``: how the event names them ("green ", "canary "), before the service's name.
+    """
+    dep = t.deployment
+    started = await start_service(dep, revision, dep.version, dep.id, spec, slots)
+    t.event(
+        EventType.SERVICE_STARTED,
+        f"started {what}{spec.name} replicas {slots} (revision {revision})",
+        service=spec.name,
+        containers=[i.container_name for i in started],
+    )
+    return started
+
+
 def health_delay_and_retries(
     cfg: DeploymentConfig, spec: ServiceSpec | None = None
 ) -> tuple[float, int]:
@@ -432,13 +450,7 @@ async def bring_up(
             route_servers(dep, spec, revision, slots),
             timedelta(minutes=2),
         )
-    started = await start_service(dep, revision, dep.version, dep.id, spec, slots)
-    t.event(
-        EventType.SERVICE_STARTED,
-        f"started {spec.name} replicas {slots} (revision {revision})",
-        service=spec.name,
-        containers=[i.container_name for i in started],
-    )
+    await start_new(t, revision, spec, slots)
     instances = await gate_healthy(t, revision, spec, (serving or []) + slots)
     if route:
         await route_add(dep, spec, revision, slots)

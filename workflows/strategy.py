@@ -28,6 +28,11 @@ with workflow.unsafe.imports_passed_through():
     from workflows.tracking import Tracker
 
 
+CANCEL_AFTER_STOP = "cancel-after-abort-ignored"
+"""Patch: a cancel that comes after an abort, or the progress deadline, stopped the steps is
+ignored (the API answers 409 for an aborted one)."""
+
+
 class StrategyWorkflow:
     """Base of the strategy workflows (not a workflow itself)."""
 
@@ -60,6 +65,11 @@ class StrategyWorkflow:
             self._cancel_before_start = user_id or "unknown"
             return
         if self.tracker.deployment.status.terminal:
+            return
+        if (self._aborted_by or self._deadline_hit) and workflow.patched(CANCEL_AFTER_STOP):
+            # Its undo follows already, as the rollback the abort or deadline makes; a cancel
+            # there made it end "cancelled" instead (and undone, where the deadline would leave
+            # it failed with rollback_on_failure off).
             return
         self._cancel_requested_by = user_id or "unknown"
         self.tracker.in_flow = False  # recording the request must not raise inside a handler
