@@ -897,9 +897,14 @@ async def test_a_drain_held_past_the_workflow_task_timeout_completes_and_answers
 
 
 async def test_a_cancel_while_the_deployment_is_rolling_back_is_refused(
-    service: DeploymentService, docker_client: docker.DockerClient, project: str
+    service: DeploymentService,
+    temporal_client: Client,
+    docker_client: docker.DockerClient,
+    project: str,
 ) -> None:
-    """Its undo goes on whatever comes: the cancel was answered 202 and did nothing. The old
+    """Its undo goes on whatever comes: the cancel was answered 202 and did nothing; and a
+    cancel of its workflow (the Web UI's, or its project's closing) cancelled the undo step
+    running and the rest of the undo: ``failed``, the replaced replica not restored. The old
     revision's healthcheck runs every 3 s, so restoring the replica the roll replaced takes a
     few seconds of ``rolling_back``."""
     slow = "    healthcheck:\n      interval: 3s\n"
@@ -908,6 +913,7 @@ async def test_a_cancel_while_the_deployment_is_rolling_back_is_refused(
     assert (await wait_terminal(service, first.id)).deployment.status == (
         DeploymentStatus.COMPLETED
     )
+    old = {c.name for c in labelled(docker_client, project)}
     # The second new replica never gets healthy: the first one, which replaced an old one, is
     # undone by starting that old one again.
     await service.apply_project(TENANT, project, web("moorage-demo:v2", 2, fail_host="web-1"))
@@ -917,6 +923,11 @@ async def test_a_cancel_while_the_deployment_is_rolling_back_is_refused(
     )
     with pytest.raises(ConflictError, match="rolling_back"):
         await service.cancel(TENANT, USER, dep.id)
+    await wait_event(service, dep.id, EventType.ROLLBACK_STEP)
+    handle = temporal_client.get_workflow_handle(naming.deployment_workflow_id(TENANT, dep.id))
+    await handle.cancel()
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
-    assert EventType.CANCEL_REQUESTED not in [e.event_type for e in state.events]
+    [told] = [e for e in state.events if e.event_type == EventType.CANCEL_REQUESTED]
+    assert told.message.endswith("during the undo: the undo goes on")
+    assert {c.name for c in labelled(docker_client, project)} == old

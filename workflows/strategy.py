@@ -33,6 +33,10 @@ CANCEL_AFTER_STOP = "cancel-after-abort-ignored"
 ignored (the API answers 409 for an aborted one)."""
 
 
+UNDO_WHOLE = "undo-runs-to-its-end"
+"""Patch: a workflow cancel during the undo no longer cancels it."""
+
+
 class StrategyWorkflow:
     """Base of the strategy workflows (not a workflow itself)."""
 
@@ -287,11 +291,39 @@ class StrategyWorkflow:
             t.cancel_requested = True  # so the steps stop even if the cancel meets a finishing step
             self._task.cancel()
 
+    async def _unwind_whole(self, t: Tracker) -> None:
+        """Unwind the undo to its end, whatever cancel comes (the Web UI's, the parent's close).
+
+        A workflow cancel during the undo cancelled the undo step running, and with it the rest
+        of the undo: the deployment ended ``failed``, half undone (old replicas not restored).
+        Runs that met such a cancel before this change end so still.
+
+        Raises:
+            ActivityError: see :meth:`~workflows.steps.CompensationStack.unwind`.
+        """
+        unwinding = asyncio.ensure_future(self.undo.unwind(t))
+        told = False
+        while True:
+            try:
+                await asyncio.shield(unwinding)
+                return
+            except asyncio.CancelledError:
+                if not workflow.patched(UNDO_WHOLE):
+                    unwinding.cancel()
+                    await unwinding
+                    return
+                if not told:
+                    told = True
+                    t.event(
+                        EventType.CANCEL_REQUESTED,
+                        "workflow cancellation requested during the undo: the undo goes on",
+                    )
+
     async def _undo(self, t: Tracker, final: DeploymentStatus, message: str) -> None:
         t.status(DeploymentStatus.ROLLING_BACK, f"{message}: undoing {len(self.undo.steps)} steps")
         t.event(EventType.ROLLBACK_STARTED, f"undoing {len(self.undo.steps)} steps")
         try:
-            await self.undo.unwind(t)
+            await self._unwind_whole(t)
         except (ActivityError, ApplicationError) as err:
             reason, details = steps.failure_reason(err)
             t.event(EventType.ROLLBACK_FAILED, f"rollback failed: {reason}", **details)
