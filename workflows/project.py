@@ -8,6 +8,7 @@ Each deployment runs as a child strategy workflow.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -704,7 +705,11 @@ class ProjectWorkflow:
             )
             if self._cancel_pending is not None:
                 by, self._cancel_pending = self._cancel_pending, None
-                await self._child.signal("cancel", by)
+                # A child that ended in its first task (a refused first step) cannot be
+                # signalled; its result says how it ended. (This failed the project workflow:
+                # its state lost, and ReconcileAll then took its containers for nobody's.)
+                with contextlib.suppress(FailureError):
+                    await self._child.signal("cancel", by)
             result: DeploymentState = await self._child
         except ChildWorkflowError as err:
             self._child = None
@@ -715,6 +720,13 @@ class ProjectWorkflow:
                 f"strategy workflow failed: {err.cause or err}",
                 compose,
             )
+            return
+        except FailureError as err:  # not started: its id is still running (a reset project)
+            self._child = None
+            self._finish(
+                record, dep, DeploymentStatus.FAILED, f"strategy workflow did not start: {err}",
+                compose,
+            )  # fmt: skip
             return
         self._child = None
         # Keep the request event, then everything the strategy recorded.
