@@ -296,11 +296,15 @@ class StrategyWorkflow:
 
         A workflow cancel during the undo cancelled the undo step running, and with it the rest
         of the undo: the deployment ended ``failed``, half undone (old replicas not restored).
-        Runs that met such a cancel before this change end so still.
+        Runs started before this change unwind as they did (in the run's task: its first step
+        comes before other commands of the same task, such as the deadline timer's cancel).
 
         Raises:
             ActivityError: see :meth:`~workflows.steps.CompensationStack.unwind`.
         """
+        if not workflow.patched(UNDO_WHOLE):
+            await self.undo.unwind(t)
+            return
         unwinding = asyncio.ensure_future(self.undo.unwind(t))
         told = False
         while True:
@@ -308,10 +312,6 @@ class StrategyWorkflow:
                 await asyncio.shield(unwinding)
                 return
             except asyncio.CancelledError:
-                if not workflow.patched(UNDO_WHOLE):
-                    unwinding.cancel()
-                    await unwinding
-                    return
                 if not told:
                     told = True
                     t.event(
