@@ -32,7 +32,7 @@ from activities.docker_executor import DockerExecutor
 from activities.haproxy import HAProxyBackend
 from activities.inputs import ListLabelledInput
 from activities.nginx import NginxBackend
-from activities.proxy import ProxyBackend, ProxyUnavailable
+from activities.proxy import ProxyBackend, ProxyUnavailable, RouterError
 from activities.router import TrafficRouter
 from moorage.settings import Settings, get_settings
 from moorage.temporal import connect
@@ -206,6 +206,15 @@ async def run_worker(settings: Settings | None = None) -> None:
         router.ensure_running()
     except ProxyUnavailable as exc:  # run outside Moorage, not up yet: router steps retry
         print(f"moorage worker: {exc}", file=sys.stderr, flush=True)
+    except RouterError as exc:
+        # It did not start from the routes on disk (one route's port another process took):
+        # the router steps retry the start; every other step, and the workflows, go on. The
+        # worker used to end here with a traceback, and no deployment of any project moved.
+        print(
+            f"moorage worker: {router.backend.name} did not start, router steps retry: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
     worker = build_worker(
         client, settings.task_queue, executor, router, graceful_shutdown=GRACEFUL_SHUTDOWN
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.helpers import (
     TENANT,
     USER,
     compose,
+    get_version,
     labelled,
     serving_version,
     wait_status,
@@ -185,6 +187,49 @@ async def test_first_deploy_after_a_worker_restart_is_accepted(
         ]
         assert timed_out == []
     finally:
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()
+        HAProxyBackend(router_dir).stop()
+
+
+async def test_a_worker_whose_router_cannot_start_runs_and_the_router_comes_up_once_it_can(
+    temporal_client: Client, docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """HAProxy down, and a route's port taken by another process (a reboot: something bound it
+    first): the worker ended at its start with a traceback, and no step of any project ran."""
+    queue = f"moorage-router-{uuid.uuid4().hex[:8]}"
+    router_dir = tmp_path / "router"
+    service = DeploymentService(temporal_client, Settings(task_queue=queue))
+    address = temporal_client.service_client.config.target_host
+    worker = await start_worker(address, queue, router_dir)
+    holder = socket.socket()
+    try:
+        await service.apply_project(TENANT, project, compose("moorage-demo:v1", api_image=None))
+        first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+        assert (
+            await wait_terminal(service, first.id)
+        ).deployment.status == DeploymentStatus.COMPLETED
+        url = (await service.get_project(TENANT, project)).routes["web"]
+        worker.terminate()
+        assert await worker.wait() == 0
+        HAProxyBackend(router_dir).stop()
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/"))))
+        holder.listen()
+        worker = await start_worker(address, queue, router_dir)  # its first line: the refusal
+        assert worker.stdout is not None
+        said = (await asyncio.wait_for(worker.stdout.readline(), 30)).decode()
+        assert f"task queue {queue!r}" in said, said
+        await asyncio.sleep(1)
+        assert worker.returncode is None
+        holder.close()  # the port is free again: the next router step starts HAProxy
+        second = await service.deploy(TENANT, USER, project, DeployRequest(version="v1b"))
+        state = await wait_terminal(service, second.id)
+        assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+        assert await asyncio.to_thread(get_version, url) == "v1"
+    finally:
+        holder.close()
         if worker.returncode is None:
             worker.terminate()
             await worker.wait()
