@@ -103,6 +103,20 @@ def render_config(state: RouterState, directory: Path, bind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stat_rows(text: str, *, frontends: bool = False) -> dict[str, dict[str, dict[str, str]]]:
+    """``show stat``'s CSV: proxy → server name → row.
+
+    BACKEND rows are left out; FRONTEND rows too, unless ``frontends``.
+    """
+    result: dict[str, dict[str, dict[str, str]]] = {}
+    for row in csv.DictReader(io.StringIO(text.lstrip("# "))):
+        name = row.get("svname")
+        if name == "BACKEND" or (name == "FRONTEND" and not frontends) or name is None:
+            continue
+        result.setdefault(row.get("pxname") or "", {})[name] = row
+    return result
+
+
 def check_alerts(result: subprocess.CompletedProcess[str]) -> str:
     """Why ``haproxy -c`` refused a config: its ALERT lines (all it printed when there are none).
 
@@ -496,12 +510,46 @@ class HAProxyBackend(ProxyBackend):
 
     def _all_stats(self) -> dict[str, dict[str, dict[str, str]]]:
         """``show stat``: backend → server name → row (FRONTEND and BACKEND rows left out)."""
-        text = self.command("show stat").lstrip("# ")
-        result: dict[str, dict[str, dict[str, str]]] = {}
-        for row in csv.DictReader(io.StringIO(text)):
-            if row.get("svname") not in ("FRONTEND", "BACKEND"):
-                result.setdefault(row.get("pxname") or "", {})[row["svname"]] = row
-        return result
+        return _stat_rows(self.command("show stat"))
+
+    def _old_workers(self) -> list[int]:
+        """The pids of HAProxy's old workers ([] when the master CLI does not answer).
+
+        A reload's old worker serves on the connections it had: an in-flight request, the next
+        request of an idle keep-alive connection.
+        """
+        try:
+            answer = self._talk(self.master_socket, "show proc", timeout=1.0)
+        except RouterError:
+            return []
+        section = answer.partition("# old workers")[2].partition("#")[0]
+        words = (line.split() for line in section.splitlines())
+        return [int(w[0]) for w in words if w and w[0].isdigit()]
+
+    def _held_by_old_workers(
+        self, servers: list[tuple[str, str]], pids: list[int]
+    ) -> set[tuple[str, str]]:
+        """Servers (``(backend, server)``) an old worker may still send a request to.
+
+        An old worker runs the config of before its reload: runtime changes since (a drain, a
+        deletion) reach only the current worker, and the old one refuses them ("Proxy is
+        disabled"). It may send to a server it has while its route's frontend holds a
+        connection; once it holds none, it sends nothing more.
+        """
+        held: set[tuple[str, str]] = set()
+        for pid in pids:
+            try:
+                rows = _stat_rows(
+                    self._talk(self.master_socket, f"@!{pid} show stat", timeout=1.0),
+                    frontends=True,
+                )
+            except RouterError:  # exited meanwhile
+                continue
+            for be, name in servers:
+                front = rows.get(f"fe_{be[3:]}", {}).get("FRONTEND", {})
+                if name in rows.get(be, {}) and int(front.get("scur") or 0) > 0:
+                    held.add((be, name))
+        return held
 
     def _stats(self, backend: str) -> dict[str, dict[str, str]]:
         return self._all_stats().get(backend, {})
@@ -660,16 +708,21 @@ class HAProxyBackend(ProxyBackend):
         beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
         pauses = poll_pauses()
         busy = leaving
+        # A reload's old worker still sends to the servers it has; the container's stop would
+        # cut what it sends (a request on an idle keep-alive connection it holds: 503).
+        old = self._old_workers()
         while busy and time.monotonic() < deadline:
             stats = self._all_stats()
+            held = self._held_by_old_workers(busy, old) if old else set()
             busy = [
                 (be, name)
                 for be, name in busy
-                if int(stats.get(be, {}).get(name, {}).get("scur") or 0) > 0
+                if int(stats.get(be, {}).get(name, {}).get("scur") or 0) > 0 or (be, name) in held
             ]
             if busy:
                 beat(f"draining {', '.join(n for _, n in busy)}")
                 time.sleep(next(pauses))
+                old = self._old_workers() if held else old
         for be, name in leaving:
             self._delete(be, name)
 

@@ -5,6 +5,8 @@ Real HAProxy and nginx in front of real demo containers.
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +92,46 @@ def test_a_switch_routes_the_new_replica_and_drains_the_old_in_one_change(
         # A retry after the switch went through changes nothing.
         router.route_switch(switch)
         assert len(changes) == 1
+
+
+def test_a_drain_waits_for_a_reload_s_old_haproxy_worker_that_holds_a_connection(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """A reload (another route added) leaves an old worker holding idle keep-alive connections
+    and answering each one's next request with the servers it had: the drain, which saw only
+    the new worker, ended at once, the old replica was stopped, and that request got 503."""
+    with web_route(docker_client, project, tmp_path, "haproxy", [0, 1]) as (router, url, names):
+        old, new = names
+        router.route_add(servers(project, old))
+        host, port = url.split("//")[1].strip("/").split(":")
+        idle = http.client.HTTPConnection(host, int(port), timeout=10)
+        idle.request("GET", "/version")
+        first = idle.getresponse()
+        assert (first.status, first.read().strip()) == (200, b"v1")
+        router.ensure_route(  # a new route: HAProxy reloads; the old worker keeps `idle`
+            RouteInput(tenant=TENANT, project=project, service="api", container_port="80/tcp")
+        )
+        switch = RouteSwitchInput(
+            tenant=TENANT, project=project, service="web", add=[new], remove=[old]
+        )
+
+        def switch_then_stop() -> float:
+            began = time.monotonic()
+            router.route_switch(switch)
+            took = time.monotonic() - began
+            docker_client.containers.get(old).stop(timeout=5)  # as the roll does next
+            return took
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            switching = pool.submit(switch_then_stop)
+            time.sleep(2)
+            idle.request("GET", "/version")  # to the old worker, which has only `old`
+            answer = idle.getresponse()
+            assert answer.status == 200, answer.read()
+            took = switching.result(timeout=30)
+        assert 1.5 < took < 5, took  # it waited for the old worker, not for its drain timeout
+        route = router.load().routes[next(k for k in router.load().routes if k.endswith("web"))]
+        assert router.backend.live_servers(route) == {new: 100}
 
 
 def test_re_adding_servers_nginx_already_routes_does_not_reload_it(
