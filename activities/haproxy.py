@@ -682,7 +682,8 @@ class HAProxyBackend(ProxyBackend):
         """Bring one running server to ``server``: address, weight, checked and ready."""
         if row.get("addr") != server.address:
             host, port = server.address.rsplit(":", 1)
-            self._ok(f"set server {be}/{name} addr {host} port {port}", "")
+            # "IP changed from ...", "port changed from ...", "no need to change the addr".
+            self._ok(f"set server {be}/{name} addr {host} port {port}", "changed", "no need")
         if row.get("uweight") != str(server.weight):
             self._ok(f"set weight {be}/{name} {server.weight}")
         if row.get("status", "").startswith(("MAINT", "DRAIN")):

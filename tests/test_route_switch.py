@@ -19,8 +19,10 @@ import docker
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from activities.haproxy import HAProxyBackend
 from activities.inputs import RouteInput, RouteServersInput, RoutesInput, RouteSwitchInput
 from activities.nginx import NginxBackend
+from activities.proxy import RouterError, ServerState
 from activities.replica_ports import bindable
 from activities.router import TrafficRouter
 from tests.conftest import make_router
@@ -132,6 +134,25 @@ def test_a_drain_waits_for_a_reload_s_old_haproxy_worker_that_holds_a_connection
         assert 1.5 < took < 5, took  # it waited for the old worker, not for its drain timeout
         route = router.load().routes[next(k for k in router.load().routes if k.endswith("web"))]
         assert router.backend.live_servers(route) == {new: 100}
+
+
+def test_an_address_change_haproxy_refuses_fails_the_change(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """Its answer was accepted whatever it said ("No such server." too), while the config and
+    the state recorded the new address."""
+    with web_route(docker_client, project, tmp_path, "haproxy", [0]) as (router, _, (web,)):
+        router.route_add(servers(project, web))
+        backend = router.backend
+        assert isinstance(backend, HAProxyBackend)
+        route = next(iter(router.load().routes.values()))
+        server = route.servers[web]
+        moved = ServerState(address="127.0.0.1:9", weight=server.weight)
+        row = {"addr": server.address, "uweight": str(server.weight), "status": "UP"}
+        with pytest.raises(RouterError, match="No such server"):
+            backend._converge(route.backend, "ghost", moved, row)
+        backend._converge(route.backend, web, moved, row)  # taken: "IP changed from ..."
+        assert backend._all_stats()[route.backend][web]["addr"] == moved.address
 
 
 def test_re_adding_servers_nginx_already_routes_does_not_reload_it(
