@@ -37,6 +37,7 @@ from activities.proxy import (
     ServerState,
     drain_deadline,
     process_alive,
+    replace_durably,
 )
 from moorage.net import port_free
 
@@ -242,7 +243,7 @@ class HAProxyBackend(ProxyBackend):
             if result.returncode != 0:
                 tmp.unlink(missing_ok=True)
                 raise RouterError(f"haproxy -c refused the config: {check_alerts(result)}")
-        os.replace(tmp, self.config)
+        replace_durably(tmp, self.config)
 
     def start(self, state: RouterState) -> None:
         """Write the config and start HAProxy (master-worker) in a session of its own.
@@ -641,7 +642,7 @@ class HAProxyBackend(ProxyBackend):
                 if previous is not None:
                     tmp = self.config.with_suffix(".cfg.new")
                     tmp.write_text(previous)
-                    os.replace(tmp, self.config)
+                    replace_durably(tmp, self.config)
                 raise
             return
         stats = self._all_stats()

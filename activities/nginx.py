@@ -25,6 +25,7 @@ from activities.proxy import (
     RouterState,
     RouteState,
     drain_deadline,
+    replace_durably,
 )
 
 NGINX = "nginx"
@@ -129,7 +130,7 @@ class NginxBackend(ProxyBackend):
         if check.returncode != 0:
             candidate.unlink(missing_ok=True)
             raise RouterError(f"nginx -t refused the config: {check.stderr.strip()}")
-        os.replace(candidate, self.config)
+        replace_durably(candidate, self.config)
 
     def start(self, state: RouterState) -> None:
         """Write the config and start nginx.
@@ -233,7 +234,7 @@ class NginxBackend(ProxyBackend):
         """Write the config of ``state`` (what nginx still runs) unchecked: it ran before."""
         tmp = self.dir / "nginx.conf.back"
         tmp.write_text(self._render(state))
-        os.replace(tmp, self.config)
+        replace_durably(tmp, self.config)
 
     def configured_port(self, backend: str) -> int | None:
         """The ``listen`` port of the server block that follows the route's upstream."""

@@ -20,6 +20,22 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 
+def replace_durably(tmp: Path, target: Path) -> None:
+    """``os.replace(tmp, target)`` once ``tmp`` is on disk, and the rename made durable too.
+
+    Without the syncs a power loss or a kernel panic may leave ``target`` empty (XFS, btrfs,
+    ext4 with ``data=writeback``): the router's state unreadable, the proxy's config empty.
+    """
+    with tmp.open("rb+") as written:
+        os.fsync(written.fileno())
+    os.replace(tmp, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class ServerState(BaseModel):
     """One backend server of a route."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from activities.proxy import (
     RouteState,
     ServerState,
     backend_name,
+    replace_durably,
     route_key,
 )
 from moorage.models import RouteInfo
@@ -127,12 +127,18 @@ class TrafficRouter:
         """The desired state on disk."""
         if not self.state_file.exists():
             return RouterState()
-        return RouterState.model_validate_json(self.state_file.read_text())
+        try:
+            return RouterState.model_validate_json(self.state_file.read_text())
+        except ValueError as exc:  # pydantic's ValidationError: a torn or hand-edited file
+            raise RouterError(
+                f"{self.state_file} is not the router's state ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0]}); restore it, or fix it by hand"
+            ) from exc
 
     def _save(self, state: RouterState) -> None:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(state.model_dump_json(indent=2))
-        os.replace(tmp, self.state_file)
+        replace_durably(tmp, self.state_file)
 
     def ensure_running(self) -> None:
         """Start the proxy from the state on disk when it is not running.

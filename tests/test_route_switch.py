@@ -310,3 +310,15 @@ def test_a_project_s_services_swap_and_hand_over_published_ports(
         assert router.ensure_routes(RoutesInput(routes=[route("api", None)]))[0].port == a
     finally:
         router.stop()
+
+
+def test_a_torn_router_state_is_refused_naming_the_file(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """An empty or cut ``state.json`` (a power loss before its bytes reached the disk: the
+    writes are synced now) failed every router step with pydantic's validation error."""
+    router = make_router("haproxy", tmp_path, docker_client)
+    router.state_file.parent.mkdir(parents=True, exist_ok=True)
+    router.state_file.write_text('{"routes": {"a": {"po')
+    with pytest.raises(RouterError, match=r"state\.json is not the router's state"):
+        router.load()
