@@ -34,6 +34,7 @@ from moorage.models import (
     MIN_HEALTH_CHECK_INTERVAL_S,
     NAME_RE,
     Deployment,
+    DeploymentConfig,
     DeploymentEvent,
     DeploymentState,
     DeploymentStatus,
@@ -151,6 +152,24 @@ def check_idempotency_key(key: str | None) -> None:
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
         raise InvalidError(
             f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            field=["header", "Idempotency-Key"],
+        )
+
+
+def refuse_other_request(key: str, known: Deployment, request: DeployRequest) -> None:
+    """Refuse a request under the ``Idempotency-Key`` of a deployment it did not ask for.
+
+    A repeat gets the deployment back; another request under the same key (another version or
+    config: a reused key) got the first one's deployment back too, and never ran.
+
+    Raises:
+        InvalidError: naming the key's field.
+    """
+    asked = DeploymentConfig.model_validate(request.model_dump(exclude={"version"}))
+    if asked != known.config or request.version not in (None, known.version):
+        raise InvalidError(
+            f"Idempotency-Key {key!r} was used by deployment {known.id} for another request "
+            "(its version or config differ): a new request needs a new key",
             field=["header", "Idempotency-Key"],
         )
 
@@ -387,7 +406,9 @@ class DeploymentService:
                 result_type=Deployment | None,  # type: ignore[arg-type]  # a union decodes fine
             )
             if known is not None:
-                return known
+                refuse_other_request(idempotency_key, known, request)
+                # As it is now: the project's record said pending, 0%, until its end.
+                return await self._now(tenant, known)
         check_deploy_request(request)
         return await self._start_deployment(
             tenant,

@@ -200,6 +200,17 @@ async def test_same_idempotency_key_gives_the_same_deployment(
     first = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
     again = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
     assert again.id == first.id
+    # The deployment as it is now (the project's record said pending, 0%, until its end).
+    await wait_status(service, first.id, lambda s: s.deployment.progress > 0)
+    now = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
+    assert (now.id, now.status != DeploymentStatus.PENDING) == (first.id, True)
+    assert now.progress > 0
+    # Another request under the key is refused by name: it got the first one's deployment
+    # back, and never ran.
+    for other in (DeployRequest(version="v9"), DeployRequest(max_surge=2)):
+        with pytest.raises(InvalidError, match="for another request") as reused:
+            await service.deploy(TENANT, USER, project, other, idempotency_key="k-1")
+        assert reused.value.field == ["header", "Idempotency-Key"]
     await wait_terminal(service, first.id)
     after = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
     assert after.id == first.id
