@@ -198,6 +198,12 @@ def check_deploy_request(request: DeployRequest) -> None:
             f"health_check_interval: at least {MIN_HEALTH_CHECK_INTERVAL_S} s",
             field=["body", "health_check_interval"],
         )
+    if request.canary_steps == []:
+        # Taken for "not given": the default plan ran (10%, a 30 s pause, 50%, 100%).
+        raise InvalidError(
+            "canary_steps: at least one step (leave it out for the default plan)",
+            field=["body", "canary_steps"],
+        )
 
 
 class DeploymentService:

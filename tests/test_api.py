@@ -295,6 +295,8 @@ async def test_invalid_input_is_422_naming_the_field(
         # Accepted by the model (its history must decode); no replica had time to get ready.
         ({"health_check_interval": 1e-300}, "health_check_interval"),
         ({"health_check_interval": 0.009}, "health_check_interval"),
+        # Taken for "not given": the default plan ran.
+        ({"strategy": "canary", "canary_steps": []}, "canary_steps"),
     ]:
         resp = await http.post(f"/api/projects/{project}/deploy", json=body, headers=A)
         assert resp.status_code == 422, (body, resp.text)
