@@ -193,6 +193,25 @@ async def test_large_revisions_are_retained_within_a_byte_budget(
     assert [r.version for r in proj.revisions] == ["v1", "v2"]  # 3 x 200 KiB > 512 KiB
 
 
+async def test_a_rollback_naming_an_older_deployment_rolls_as_the_serving_one_would(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """``rollback shop.1 --to 1`` with shop.1 a recreate and shop.2 (serving) a rolling update:
+    the rollback took shop.1's strategy and config, and recreated (with downtime)."""
+    assert await ship(service, project, "moorage-demo:v1", "v1") == "completed"  # recreate
+    assert (
+        await ship(service, project, "moorage-demo:v2", "v2", strategy=Strategy.ROLLING_UPDATE)
+        == "completed"
+    )
+    first = (await service.list_deployments(TENANT, project))[-1]
+    assert first.strategy == Strategy.RECREATE
+    rb = await service.rollback(TENANT, USER, first.id, to_revision=1)
+    assert rb.strategy == Strategy.ROLLING_UPDATE
+    state = await wait_terminal(service, rb.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert serving_version(docker_client, project, "web") == {"v1"}
+
+
 async def test_same_idempotency_key_gives_the_same_deployment(
     service: DeploymentService, project: str
 ) -> None:

@@ -435,6 +435,16 @@ class ProjectWorkflow:
         target = self._rollback_target(
             inp, later_ok=workflow.patched("rollback-of-a-later-deployment")
         )
+        serving = self._find(self.state.current.deployment_id) if self.state.current else None
+        if (
+            serving is not None
+            and last.deployment.revision < serving.deployment.revision
+            and workflow.patched("rollback-config-of-serving")
+        ):
+            # An older deployment named with to_revision: the rollback replaces what serves, as
+            # the serving deployment would (the older one's recreate, its rollback_on_failure,
+            # were taken: a roll done as a recreate, with downtime).
+            last = serving
         # A rollback keeps zero downtime where the deployment had it: rolling unless it recreated.
         strategy = (
             Strategy.RECREATE
