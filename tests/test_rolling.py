@@ -450,6 +450,13 @@ async def test_rolling_update_whose_third_replica_never_gets_healthy_rolls_back_
     assert labelled(docker_client, project, revision=str(d.revision)) == []
     assert {c.name for c in labelled(docker_client, project)} == old
     assert routed(router, project) == old
+    # The serving deployment's instances are the containers that serve: the undo restored the
+    # replicas the roll replaced as new containers, and the record listed the removed ones.
+    serving = (await service.list_deployments(TENANT, project))[-1]
+    instances = (await service.get_state(TENANT, serving.id)).instances
+    assert {(i.container_name, i.container_id[:12]) for i in instances} == {
+        (c.name, c.id[:12]) for c in labelled(docker_client, project)
+    }
 
 
 def web_on_8080(fail_host: str = "none") -> str:

@@ -6,6 +6,8 @@ the project workflow.
 
 from __future__ import annotations
 
+import contextlib
+
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -193,3 +195,30 @@ async def delete_routes(
                     created_at=workflow.now(),
                 )
             )
+
+
+SERVING_INSTANCES = "serving-instances-after-undo"
+"""Patch: after a deployment that did not complete, the serving deployment's instances are read
+again from the engine."""
+
+
+async def refresh_serving_instances(s: ProjectState, result: DeploymentState) -> None:
+    """The serving deployment's instances as they are after ``result``, which did not complete.
+
+    Its undo restores the replicas it replaced as new containers (new ids, new host ports), and
+    one left as it failed may have removed some: the serving record listed containers that were
+    gone. An engine that does not answer leaves the record as it was.
+    """
+    if result.deployment.status == DeploymentStatus.COMPLETED or s.current is None:
+        return
+    serving = next((d for d in s.deployments if d.deployment.id == s.current.deployment_id), None)
+    if serving is None or not workflow.patched(SERVING_INSTANCES):
+        return
+    with contextlib.suppress(ActivityError, ApplicationError):
+        serving.instances = await steps.call(
+            "list_containers",
+            ContainerSelector(
+                tenant=s.tenant_id, project=s.project_id, revision=s.current.revision
+            ),
+            result_type=list[ServiceInstance],
+        )
