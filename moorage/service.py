@@ -283,7 +283,7 @@ class DeploymentService:
             raise
 
     async def _update(
-        self, tenant: str, project: str, update: str, arg: Any, result_type: type
+        self, tenant: str, project: str, update: str, arg: Any, result_type: type | None
     ) -> Any:
         try:
             return await self._project(tenant, project).execute_update(
@@ -366,10 +366,11 @@ class DeploymentService:
             search_attributes=sa.typed((sa.PROJECT_ID, project), (sa.TENANT_ID, tenant)),
             static_summary=f"project {project} (tenant {tenant})",
         )
-        result: ProjectPublic = await self._update(
-            tenant, project, "apply", ApplyInput(compose=compose, policy=policy), ProjectPublic
+        # Its answer is not used (a worker before this change answered the project).
+        await self._update(
+            tenant, project, "apply", ApplyInput(compose=compose, policy=policy), None
         )
-        return result
+        return await self.get_project(tenant, project)
 
     async def get_project(self, tenant: str, project: str) -> ProjectPublic:
         """The project.

@@ -212,6 +212,30 @@ async def test_a_rollback_naming_an_older_deployment_rolls_as_the_serving_one_wo
     assert serving_version(docker_client, project, "web") == {"v1"}
 
 
+async def test_an_apply_adds_its_text_to_the_history_not_the_whole_project(
+    service: DeploymentService, project: str
+) -> None:
+    """An apply answered the whole project (its text and every retained revision's), kept in
+    the history: a few applies of large files during a held deployment (no continue-as-new
+    then) took the history toward Temporal's 50 MB end of the workflow."""
+    text = web("moorage-demo:v1") + ("# " + "x" * 78 + "\n") * 400  # 32 KB
+    await service.apply_project(TENANT, project, text)
+    dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+    assert (await wait_terminal(service, dep.id)).deployment.status == DeploymentStatus.COMPLETED
+    handle = service.client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
+
+    async def size() -> int:
+        info = (await handle.describe()).raw_description.workflow_execution_info
+        return int(info.history_size_bytes)
+
+    before = await size()
+    answer = await service.apply_project(TENANT, project, text)
+    grew = await size() - before
+    assert answer.compose == text  # the API still answers the project
+    assert [r.version for r in answer.revisions] == ["v1"]
+    assert len(text) < grew < 1.2 * len(text), grew
+
+
 async def test_same_idempotency_key_gives_the_same_deployment(
     service: DeploymentService, project: str
 ) -> None:

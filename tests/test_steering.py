@@ -103,3 +103,29 @@ def test_a_healthcheck_that_could_never_pass_in_time_is_told(
         "    x-moorage: {probe: {type: tcp}}\n"
     )
     assert _health_refusal(DeployRequest.model_validate(request_), probed) is None
+
+
+@pytest.mark.parametrize(("mib", "refused"), [(11, True), (9, False)])
+def test_an_apply_while_a_deployment_runs_is_refused_past_the_history_cap(
+    monkeypatch: pytest.MonkeyPatch, mib: int, refused: bool
+) -> None:
+    """The history continues as new only between deployments: applies during one (a canary
+    held for days, a CI that applies every minute) grew it until Temporal ended the project's
+    workflow (50 MB), its state with it."""
+    from types import SimpleNamespace
+
+    from workflows import project
+    from workflows.inputs import ApplyInput, ProjectState
+
+    info = SimpleNamespace(get_current_history_size=lambda: mib * 2**20)
+    monkeypatch.setattr(project.workflow, "info", lambda: info)
+    flow = project.ProjectWorkflow(ProjectState(tenant_id="t", project_id="p"))
+    text = "services:\n  web: {image: a}\n"
+    flow._validate_apply(ApplyInput(compose=text))  # idle: it continues as new soon
+    flow.state.active_id = "p.3"
+    if refused:
+        with pytest.raises(ApplicationError, match=r"while deployment p\.3 runs") as err:
+            flow._validate_apply(ApplyInput(compose=text))
+        assert err.value.type == "Conflict"
+    else:
+        flow._validate_apply(ApplyInput(compose=text))

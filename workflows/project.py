@@ -68,6 +68,9 @@ starts a run that deletes them).
 MAX_DEPLOYMENTS_KEPT = 100
 MAX_IDEMPOTENCY_KEYS = 200
 HISTORY_LIMIT = 5_000
+APPLY_HISTORY_CAP = 10 * 2**20
+"""History size (bytes) past which an apply is refused while a deployment runs (the history
+continues as new only between deployments; Temporal warns at 10 MB and ends a run at 50 MB)."""
 
 STRATEGY_WORKFLOWS: dict[Strategy, str] = {
     Strategy.RECREATE: "Recreate",
@@ -356,13 +359,25 @@ class ProjectWorkflow:
     # --- updates -------------------------------------------------------------------------------
 
     @workflow.update(name="apply")
-    def apply(self, inp: ApplyInput) -> ProjectPublic:
-        """Store the Compose text the next deployment rolls out."""
+    def apply(self, inp: ApplyInput) -> None:
+        """Store the Compose text the next deployment rolls out.
+
+        Answers nothing (the API asks for the project after): its answer is kept in the
+        history, and the project (every retained revision's text) made each apply cost up to
+        a few MB there while a deployment runs (the history continues as new only between).
+        """
         self.state.compose = inp.compose
-        return self.project()
 
     @apply.validator
     def _validate_apply(self, inp: ApplyInput) -> None:
+        size = workflow.info().get_current_history_size()
+        if self.state.active_id is not None and size > APPLY_HISTORY_CAP:
+            raise _refuse(
+                f"the project's history holds {size // 2**20} MiB while deployment "
+                f"{self.state.active_id} runs: apply again once it has ended (each apply adds "
+                "its text; Temporal ends a workflow whose history passes 50 MB)",
+                "Conflict",
+            )
         _checked(inp.compose, inp.policy or ComposePolicy(), "")
 
     @workflow.update(name="deploy")
