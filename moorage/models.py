@@ -298,3 +298,17 @@ class ProjectPublic(BaseModel):
     routes: dict[str, str] = Field(default_factory=dict)
     """Service → URL where the traffic router serves it."""
     revisions: list[RevisionInfo] = Field(default_factory=list)
+
+
+def other_request(known: Deployment, request: DeployRequest) -> bool:
+    """Whether ``request`` asks for another deployment than ``known`` (its config or version)."""
+    asked = DeploymentConfig.model_validate(request.model_dump(exclude={"version"}))
+    return asked != known.config or request.version not in (None, known.version)
+
+
+def reused_key_message(key: str, known: Deployment) -> str:
+    """The refusal of another request under the ``Idempotency-Key`` of ``known``."""
+    return (
+        f"Idempotency-Key {key!r} was used by deployment {known.id} for another request "
+        "(its version or config differ): a new request needs a new key"
+    )

@@ -34,7 +34,6 @@ from moorage.models import (
     MIN_HEALTH_CHECK_INTERVAL_S,
     NAME_RE,
     Deployment,
-    DeploymentConfig,
     DeploymentEvent,
     DeploymentState,
     DeploymentStatus,
@@ -43,6 +42,8 @@ from moorage.models import (
     ProjectPublic,
     ServiceInstance,
     Strategy,
+    other_request,
+    reused_key_message,
 )
 from moorage.settings import Settings, replica_port_refusal
 from workflows import search_attributes as sa
@@ -124,7 +125,12 @@ def _refusal(err: WorkflowUpdateFailedError) -> MoorageError:
     while cause is not None and not isinstance(cause, ApplicationError):
         cause = cause.__cause__
     if isinstance(cause, ApplicationError) and cause.type in _KINDS:
-        return _KINDS[cause.type](cause.message)
+        # The body's field at fault, when the refusal names one (see workflows.project._refuse).
+        named = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
+        field = named.get("field")
+        return _KINDS[cause.type](
+            cause.message, field=list(field) if isinstance(field, list) else None
+        )
     if isinstance(cause, ApplicationError):
         # A refusal has one of the kinds above; anything else is a step that failed (a
         # reconcile's engine down): it answered 400, as if the request were wrong.
@@ -165,13 +171,8 @@ def refuse_other_request(key: str, known: Deployment, request: DeployRequest) ->
     Raises:
         InvalidError: naming the key's field.
     """
-    asked = DeploymentConfig.model_validate(request.model_dump(exclude={"version"}))
-    if asked != known.config or request.version not in (None, known.version):
-        raise InvalidError(
-            f"Idempotency-Key {key!r} was used by deployment {known.id} for another request "
-            "(its version or config differ): a new request needs a new key",
-            field=["header", "Idempotency-Key"],
-        )
+    if other_request(known, request):
+        raise InvalidError(reused_key_message(key, known), field=["header", "Idempotency-Key"])
 
 
 def check_deploy_request(request: DeployRequest) -> None:
@@ -366,7 +367,7 @@ class DeploymentService:
             search_attributes=sa.typed((sa.PROJECT_ID, project), (sa.TENANT_ID, tenant)),
             static_summary=f"project {project} (tenant {tenant})",
         )
-        # Its answer is not used (a worker before this change answered the project).
+        # Its answer has no texts (a worker before this change answered them all).
         await self._update(
             tenant, project, "apply", ApplyInput(compose=compose, policy=policy), None
         )

@@ -2609,11 +2609,17 @@ def test_a_text_holding_such_words_is_stored_declaring_yaml_1_2_and_reads_alike_
     spec = parse_compose(written, policy=UNRESTRICTED, stored=True)
     assert spec.service("web").environment["T"] == "${X}"
     assert spec.service("web").privileged is True
+    # A byte order mark stays first (PyYAML skips it only there).
+    bom = resolve_compose("\ufeff" + _WORDS_TEXT)
+    assert bom == "%YAML 1.2\n---\n" + _WORDS_TEXT
     # Without such words, a text is stored as it was given.
     plain = "services:\n  web: {image: a, command: [echo, 'yes']}\n"
     assert resolve_compose(plain) == plain
     with pytest.raises(ComposeError, match=r"declares %YAML 1\.1"):
         resolve_compose("%YAML 1.1\n---\n" + _WORDS_TEXT)
+    # The reader's own refusal (a control character) is a refusal, not a crash (a 500).
+    with pytest.raises(ComposeError, match="unacceptable character"):
+        resolve_compose('services:\n  web: {image: a, environment: {A: "x\x07y"}}\n')
 
 
 def test_a_stored_revision_keeps_its_yaml_1_1_reading() -> None:

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import docker
 import pytest
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from activities.router import TrafficRouter
 from moorage import naming
@@ -30,7 +32,7 @@ from tests.helpers import (
     wait_status,
     wait_terminal,
 )
-from workflows.inputs import ProjectState
+from workflows.inputs import DeployInput, ProjectState
 from workflows.project import STATE_BUDGET_BYTES, json_bytes
 
 pytestmark = pytest.mark.integration
@@ -254,6 +256,15 @@ async def test_same_idempotency_key_gives_the_same_deployment(
         with pytest.raises(InvalidError, match="for another request") as reused:
             await service.deploy(TENANT, USER, project, other, idempotency_key="k-1")
         assert reused.value.field == ["header", "Idempotency-Key"]
+    # Two such requests at once both pass the API's check: the workflow refuses the second.
+    handle = service.client.get_workflow_handle(naming.project_workflow_id(TENANT, project))
+    with pytest.raises(WorkflowUpdateFailedError) as raced:
+        await handle.execute_update(
+            "deploy",
+            DeployInput(request=DeployRequest(version="v9"), user_id=USER, idempotency_key="k-1"),
+        )
+    assert isinstance(raced.value.cause, ApplicationError)
+    assert raced.value.cause.type == "Invalid"
     await wait_terminal(service, first.id)
     after = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
     assert after.id == first.id

@@ -118,7 +118,7 @@ def test_an_apply_while_a_deployment_runs_is_refused_past_the_history_cap(
     from workflows.inputs import ApplyInput, ProjectState
 
     info = SimpleNamespace(get_current_history_size=lambda: mib * 2**20)
-    monkeypatch.setattr(project.workflow, "info", lambda: info)
+    monkeypatch.setattr("workflows.project.workflow.info", lambda: info)
     flow = project.ProjectWorkflow(ProjectState(tenant_id="t", project_id="p"))
     text = "services:\n  web: {image: a}\n"
     flow._validate_apply(ApplyInput(compose=text))  # idle: it continues as new soon

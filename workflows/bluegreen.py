@@ -94,6 +94,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
         """The blue-green steps."""
         dep, prev, green = t.deployment, inp.previous, t.deployment.revision
         cfg = dep.config
+        logged = workflow.patched(replicas.STEP_EVENTS)
         await steps.call("ensure_network", steps.network_input(dep, inp.target))
         await replicas.ensure_routes(t, inp, self.undo)
 
@@ -105,7 +106,9 @@ class BlueGreenWorkflow(StrategyWorkflow):
         in_order = workflow.patched("bluegreen-dependencies-first")
         gated: set[str] = set()
         for spec in inp.target.services:
-            await replicas.start_new(t, green, spec, list(range(spec.replicas)), "green ")
+            await replicas.start_new(
+                t, green, spec, list(range(spec.replicas)), "green ", logged=logged
+            )
             if in_order and inp.target.depended_on(spec.name):
                 await replicas.gate_healthy(t, green, spec)  # before its dependents start
                 gated.add(spec.name)
@@ -220,19 +223,21 @@ class BlueGreenWorkflow(StrategyWorkflow):
                 stopped = await replicas.stop_containers(
                     steps.selector(dep, prev.revision, old.name), old.stop_grace_period_s
                 )
-                t.event(
-                    EventType.SERVICE_STOPPED,
-                    f"stopped blue {old.name} (revision {prev.revision})",
-                    service=old.name,
-                    containers=stopped,
-                )
+                if logged:
+                    t.event(
+                        EventType.SERVICE_STOPPED,
+                        f"stopped blue {old.name} (revision {prev.revision})",
+                        service=old.name,
+                        containers=stopped,
+                    )
             t.progress(80, "blue stopped")
             removed = await replicas.remove_containers(steps.selector(dep, prev.revision))
-            t.event(
-                EventType.SERVICE_REMOVED,
-                f"removed {len(removed)} blue containers (revision {prev.revision})",
-                containers=removed,
-            )
+            if logged:
+                t.event(
+                    EventType.SERVICE_REMOVED,
+                    f"removed {len(removed)} blue containers (revision {prev.revision})",
+                    containers=removed,
+                )
         await self._drop_previews(t, inp)
 
         instances = await steps.call(

@@ -146,6 +146,7 @@ class CanaryWorkflow(StrategyWorkflow):
         """The canary steps."""
         dep, prev, new = t.deployment, inp.previous, t.deployment.revision
         plan = dep.config.canary_steps or DEFAULT_STEPS
+        logged = workflow.patched(replicas.STEP_EVENTS)
         await steps.call("ensure_network", steps.network_input(dep, inp.target))
         await replicas.ensure_routes(t, inp, self.undo)
 
@@ -162,7 +163,9 @@ class CanaryWorkflow(StrategyWorkflow):
                     "route_remove",
                     replicas.route_servers(dep, spec, new, list(range(spec.replicas))),
                 )
-            await replicas.start_new(t, new, spec, list(range(spec.replicas)), "canary ")
+            await replicas.start_new(
+                t, new, spec, list(range(spec.replicas)), "canary ", logged=logged
+            )
             await replicas.gate_healthy(t, new, spec)
             if spec.route_port() is not None:
                 # With no stable replicas of the service on its route, weight 0 left the route

@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         ProjectPublic,
         RevisionInfo,
         Strategy,
+        other_request,
+        reused_key_message,
     )
     from workflows import replicas, upkeep
     from workflows import search_attributes as sa
@@ -225,9 +227,13 @@ def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
     return None
 
 
-def _refuse(message: str, kind: str) -> ApplicationError:
-    """A refusal the API maps to a status: ``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422."""
-    return ApplicationError(message, type=kind, non_retryable=True)
+def _refuse(message: str, kind: str, *loc: str) -> ApplicationError:
+    """A refusal the API maps to a status: ``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422.
+
+    ``loc``: the request's field at fault (``"body", "strategy"``), for the answer's ``loc``.
+    """
+    details = [{"field": list(loc)}] if loc else []
+    return ApplicationError(message, *details, type=kind, non_retryable=True)
 
 
 def _checked(
@@ -359,14 +365,17 @@ class ProjectWorkflow:
     # --- updates -------------------------------------------------------------------------------
 
     @workflow.update(name="apply")
-    def apply(self, inp: ApplyInput) -> None:
+    def apply(self, inp: ApplyInput) -> ProjectPublic:
         """Store the Compose text the next deployment rolls out.
 
-        Answers nothing (the API asks for the project after): its answer is kept in the
-        history, and the project (every retained revision's text) made each apply cost up to
-        a few MB there while a deployment runs (the history continues as new only between).
+        Answers the project without texts (``compose`` None, no ``revisions``; the API asks for
+        the project after): the answer is kept in the history, and the whole project (every
+        retained revision's text) made each apply cost up to a few MB there while a deployment
+        runs (the history continues as new only between). An API from before this change
+        decodes it still.
         """
         self.state.compose = inp.compose
+        return self.project().model_copy(update={"compose": None, "revisions": []})
 
     @apply.validator
     def _validate_apply(self, inp: ApplyInput) -> None:
@@ -418,6 +427,15 @@ class ProjectWorkflow:
                     "a new request needs a new key",
                     "Conflict",
                 )
+            known = self._find(used_by)
+            if known is not None and other_request(known.deployment, inp.request):
+                # Two requests under one key at once: both passed the API's check.
+                raise _refuse(
+                    reused_key_message(inp.idempotency_key, known.deployment),
+                    "Invalid",
+                    "header",
+                    "Idempotency-Key",
+                )
             return
         if s.compose is None:
             raise _refuse("the project has no Compose file yet: PUT it first", "Invalid")
@@ -430,11 +448,13 @@ class ProjectWorkflow:
                 f"strategy {inp.request.strategy.value!r} is not available yet "
                 f"(available: {', '.join(x.value for x in STRATEGY_WORKFLOWS)})",
                 "Invalid",
+                "body",
+                "strategy",
             )
         if inp.request.strategy == Strategy.ROLLING_UPDATE:
             why = _surge_refusal(inp.request, spec)
             if why is not None:
-                raise _refuse(why, "Invalid")
+                raise _refuse(why, "Invalid", "body", "max_surge")
         why = _health_refusal(inp.request, spec)
         if why is not None:
             raise _refuse(why, "Invalid")
@@ -617,6 +637,8 @@ class ProjectWorkflow:
                 f"revision {inp.to_revision} is not a retained successful revision "
                 f"(retained: {kept})",
                 "Invalid",
+                "body",
+                "to_revision",
             )
         earlier = [r for r in s.revisions if r.revision < s.current.revision]
         if not earlier:

@@ -81,15 +81,29 @@ async def start_service(
     return result
 
 
+STEP_EVENTS = "bluegreen-canary-step-events"
+"""Patch: blue-green and canary record their starts, and blue-green its stop and removal of blue,
+as events (an event is a checkpoint and moves the progress deadline's clock)."""
+
+
 async def start_new(
-    t: Tracker, revision: int, spec: ServiceSpec, slots: list[int], what: str = ""
+    t: Tracker,
+    revision: int,
+    spec: ServiceSpec,
+    slots: list[int],
+    what: str = "",
+    *,
+    logged: bool = True,
 ) -> list[ServiceInstance]:
     """Start the deployment's own replicas ``slots`` of ``spec``; a ``service_started`` event.
 
     ``what``: how the event names them ("green ", "canary "), before the service's name.
+    ``logged``: False for runs started before :data:`STEP_EVENTS` (no event).
     """
     dep = t.deployment
     started = await start_service(dep, revision, dep.version, dep.id, spec, slots)
+    if not logged:
+        return started
     t.event(
         EventType.SERVICE_STARTED,
         f"started {what}{spec.name} replicas {slots} (revision {revision})",

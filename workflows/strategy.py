@@ -29,8 +29,7 @@ with workflow.unsafe.imports_passed_through():
 
 
 CANCEL_AFTER_STOP = "cancel-after-abort-ignored"
-"""Patch: a cancel that comes after an abort, or the progress deadline, stopped the steps is
-ignored (the API answers 409 for an aborted one)."""
+"""Patch: a cancel that comes after an abort stopped the steps is ignored (the API answers 409)."""
 
 
 UNDO_WHOLE = "undo-runs-to-its-end"
@@ -70,10 +69,10 @@ class StrategyWorkflow:
             return
         if self.tracker.deployment.status.terminal:
             return
-        if (self._aborted_by or self._deadline_hit) and workflow.patched(CANCEL_AFTER_STOP):
-            # Its undo follows already, as the rollback the abort or deadline makes; a cancel
-            # there made it end "cancelled" instead (and undone, where the deadline would leave
-            # it failed with rollback_on_failure off).
+        if self._aborted_by and workflow.patched(CANCEL_AFTER_STOP):
+            # Its undo follows already, as the rollback the abort makes; a cancel there made it
+            # end "cancelled" instead. (One after the progress deadline is taken: it asks for
+            # the undo a deadline with rollback_on_failure off would not run.)
             return
         self._cancel_requested_by = user_id or "unknown"
         self.tracker.in_flow = False  # recording the request must not raise inside a handler

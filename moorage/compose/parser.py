@@ -363,8 +363,10 @@ def _load_read(text: str) -> tuple[dict[str, Any], _ComposeLoader]:
         ) from exc
     if size > MAX_COMPOSE_BYTES:
         raise ComposeError(f"the Compose file is larger than {MAX_COMPOSE_BYTES} bytes")
-    loader = _ComposeLoader(text)  # a SafeLoader
+    loader: _ComposeLoader | None = None
     try:
+        # Inside: the reader refuses a control character (\x07) as it is made.
+        loader = _ComposeLoader(text)  # a SafeLoader
         raw = loader.get_single_data()
     except _ReadsOtherwise as exc:
         raise ComposeError(str(exc)) from exc
@@ -375,7 +377,8 @@ def _load_read(text: str) -> tuple[dict[str, Any], _ComposeLoader]:
     except RecursionError as exc:  # PyYAML composes nested nodes recursively
         raise ComposeError("the YAML is nested too deeply") from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(raw, dict):
         raise ComposeError("a Compose file must be a mapping with a 'services' key")
     return raw, loader
@@ -412,7 +415,8 @@ def resolve_compose(text: str, variables: Mapping[str, str] | None = None) -> st
             isinstance(event, yaml.DocumentStartEvent) and event.explicit
             for event in itertools.islice(yaml.parse(text), 2)
         )
-        return ("%YAML 1.2\n" if explicit else "%YAML 1.2\n---\n") + text
+        # A byte order mark is skipped only at the very start: the directive goes after it.
+        return ("%YAML 1.2\n" if explicit else "%YAML 1.2\n---\n") + text.removeprefix("\ufeff")
     resolved = _escape_dollars(_interpolate(raw, variables))
     return str(
         yaml.dump(
