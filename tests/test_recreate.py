@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import docker
 import pytest
@@ -295,3 +296,59 @@ async def test_services_that_swapped_ports_swap_back_when_the_deployment_is_undo
     routes = (await service.get_project(TENANT, project)).routes
     assert routes == {"api": f"http://127.0.0.1:{b}/", "web": f"http://127.0.0.1:{a}/"}
     assert get_version(routes["web"]) == "v1"
+
+
+def web_only(image: str) -> str:
+    return f"services:\n  web:\n    image: {image}\n    ports: ['80']\n    stop_grace_period: 2s\n"
+
+
+async def test_a_recreate_stops_what_a_failed_deployment_left_before_it_starts(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """A failed deployment with ``rollback_on_failure`` off keeps its replicas; a recreate after
+    it stopped only the serving revision's, and its own started beside them (two databases on
+    one volume), until the reconciliation after it removed them."""
+    await service.apply_project(TENANT, project, web_only("moorage-demo:v1"))
+    first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+    assert (await wait_terminal(service, first.id)).deployment.status == (
+        DeploymentStatus.COMPLETED
+    )
+    await service.apply_project(TENANT, project, web_only("moorage-demo:unhealthy"))
+    failed = await service.deploy(
+        TENANT,
+        USER,
+        project,
+        DeployRequest(version="v2", rollback_on_failure=False, health_check_retries=2),
+    )
+    assert (await wait_terminal(service, failed.id)).deployment.status == DeploymentStatus.FAILED
+    left = {c.name for c in labelled(docker_client, project, revision=str(failed.revision))}
+    assert left
+    assert {c.status for c in labelled(docker_client, project, revision=str(failed.revision))} == {
+        "running"
+    }
+    await service.apply_project(TENANT, project, web_only("moorage-demo:v3"))
+    began = datetime.now(UTC)
+    third = await service.deploy(TENANT, USER, project, DeployRequest(version="v3"))
+    state = await wait_terminal(service, third.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    seen = docker_client.events(
+        since=began - timedelta(seconds=1),
+        until=datetime.now(UTC) + timedelta(seconds=1),
+        decode=True,
+        filters={"label": f"moorage.project={project}", "type": "container"},
+    )
+    order = [
+        (e["Action"], e["Actor"]["Attributes"].get("name", "")) for e in seen
+        if e["Action"] in ("die", "start")
+    ]  # fmt: skip
+    died = [i for i, (what, name) in enumerate(order) if what == "die" and name in left]
+    started = [
+        i
+        for i, (what, name) in enumerate(order)
+        if what == "start" and f"-r{third.revision}-" in name
+    ]
+    assert died, order
+    assert started, order
+    assert max(died) < min(started), order
+    [said] = [e for e in state.events if "failed deployments left" in e.message]
+    assert set(said.details["containers"]) == left

@@ -9,11 +9,17 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.inputs import ContainerSelector
     from moorage.models import DeploymentState, EventType, ServiceInstance
     from workflows import replicas, steps
     from workflows.inputs import StrategyInput
     from workflows.strategy import StrategyWorkflow
     from workflows.tracking import Tracker
+
+
+STOPS_LEFTOVERS = "recreate-stops-leftovers"
+"""Patch: a recreate stops every running container of the project before it starts, not only the
+serving revision's."""
 
 
 @workflow.defn(name="Recreate")
@@ -75,6 +81,21 @@ class RecreateWorkflow(StrategyWorkflow):
                     f"stopped {svc.name}",
                     service=svc.name,
                     containers=stopped,
+                )
+        if workflow.patched(STOPS_LEFTOVERS):
+            # What a failed deployment left (rollback_on_failure off: kept for inspection) ran on
+            # beside the new revision: two databases on one volume. Stopped, not removed (still
+            # there to inspect, until a reconciliation; not restored by the undo).
+            services = [*(prev.spec.services if prev else []), *inp.target.services]
+            left = await replicas.stop_containers(
+                ContainerSelector(tenant=dep.tenant_id, project=dep.project_id),
+                max((s.stop_grace_period_s for s in services), default=10.0),
+            )
+            if left:
+                t.event(
+                    EventType.SERVICE_STOPPED,
+                    f"stopped {len(left)} containers failed deployments left",
+                    containers=left,
                 )
         t.progress(20, f"revision {prev.revision} stopped" if prev else "nothing to stop")
 
