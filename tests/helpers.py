@@ -21,7 +21,7 @@ from activities.proxy import route_key
 from activities.router import TrafficRouter
 from moorage import naming
 from moorage.compose import parse_compose
-from moorage.models import DeploymentState, ServiceInstance
+from moorage.models import DeploymentState, DeploymentStatus, DeployRequest, ServiceInstance
 from moorage.service import DeploymentService
 
 TENANT = "acme"
@@ -59,6 +59,21 @@ async def wait_terminal(
         if time.monotonic() > deadline:
             raise AssertionError(f"{dep_id} not terminal after {timeout}s: {state.deployment}")
         await asyncio.sleep(0.3)
+
+
+async def deploy_to_end(
+    service: DeploymentService,
+    project: str,
+    compose_text: str,
+    request: DeployRequest,
+    status: DeploymentStatus = DeploymentStatus.COMPLETED,
+) -> DeploymentState:
+    """Apply ``compose_text``, deploy it with ``request``: its end state (``status``, checked)."""
+    await service.apply_project(TENANT, project, compose_text)
+    dep = await service.deploy(TENANT, USER, project, request)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == status, state.deployment.message
+    return state
 
 
 async def wait_status(

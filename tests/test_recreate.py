@@ -11,7 +11,15 @@ import pytest
 from activities.router import TrafficRouter
 from moorage.models import DeploymentStatus, DeployRequest, EventType
 from moorage.service import DeploymentService
-from tests.helpers import TENANT, USER, compose, labelled, serving_version, wait_terminal
+from tests.helpers import (
+    TENANT,
+    USER,
+    compose,
+    deploy_to_end,
+    labelled,
+    serving_version,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -308,19 +316,16 @@ async def test_a_recreate_stops_what_a_failed_deployment_left_before_it_starts(
     """A failed deployment with ``rollback_on_failure`` off keeps its replicas; a recreate after
     it stopped only the serving revision's, and its own started beside them (two databases on
     one volume), until the reconciliation after it removed them."""
-    await service.apply_project(TENANT, project, web_only("moorage-demo:v1"))
-    first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
-    assert (await wait_terminal(service, first.id)).deployment.status == (
-        DeploymentStatus.COMPLETED
-    )
-    await service.apply_project(TENANT, project, web_only("moorage-demo:unhealthy"))
-    failed = await service.deploy(
-        TENANT,
-        USER,
-        project,
-        DeployRequest(version="v2", rollback_on_failure=False, health_check_retries=2),
-    )
-    assert (await wait_terminal(service, failed.id)).deployment.status == DeploymentStatus.FAILED
+    await deploy_to_end(service, project, web_only("moorage-demo:v1"), DeployRequest(version="v1"))
+    failed = (
+        await deploy_to_end(
+            service,
+            project,
+            web_only("moorage-demo:unhealthy"),
+            DeployRequest(version="v2", rollback_on_failure=False, health_check_retries=2),
+            DeploymentStatus.FAILED,
+        )
+    ).deployment
     left = {c.name for c in labelled(docker_client, project, revision=str(failed.revision))}
     assert left
     assert {c.status for c in labelled(docker_client, project, revision=str(failed.revision))} == {

@@ -25,6 +25,7 @@ from tests.helpers import (
     TENANT,
     USER,
     compose,
+    deploy_to_end,
     get_version,
     labelled,
     serving_version,
@@ -161,11 +162,14 @@ async def test_first_deploy_after_a_worker_restart_is_accepted(
     address = temporal_client.service_client.config.target_host
     worker = await start_worker(address, queue, router_dir)
     try:
-        await service.apply_project(TENANT, project, compose("moorage-demo:v1", api_image=None))
-        first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
-        assert (
-            await wait_terminal(service, first.id)
-        ).deployment.status == DeploymentStatus.COMPLETED
+        first = (
+            await deploy_to_end(
+                service,
+                project,
+                compose("moorage-demo:v1", api_image=None),
+                DeployRequest(version="v1"),
+            )
+        ).deployment
         worker.terminate()
         assert await worker.wait() == 0  # SIGTERM: a graceful shutdown
         assert worker.stdout is not None
@@ -205,11 +209,12 @@ async def test_a_worker_whose_router_cannot_start_runs_and_the_router_comes_up_o
     worker = await start_worker(address, queue, router_dir)
     holder = socket.socket()
     try:
-        await service.apply_project(TENANT, project, compose("moorage-demo:v1", api_image=None))
-        first = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
-        assert (
-            await wait_terminal(service, first.id)
-        ).deployment.status == DeploymentStatus.COMPLETED
+        await deploy_to_end(
+            service,
+            project,
+            compose("moorage-demo:v1", api_image=None),
+            DeployRequest(version="v1"),
+        )
         url = (await service.get_project(TENANT, project)).routes["web"]
         worker.terminate()
         assert await worker.wait() == 0
