@@ -437,20 +437,27 @@ async def test_a_cancel_after_an_abort_is_refused_and_the_deployment_ends_rolled
     await serve_v1(service, project)
     stable = {c.name for c in labelled(docker_client, project)}
     probe = "    x-moorage:\n      probe: {type: http, port: 80, path: /, interval: 200ms}\n"
-    v2 = web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "3"}) + probe
+    v2 = web("moorage-demo:v2", env={"DEMO_FAIL_AFTER": "8"}) + probe
     await service.apply_project(TENANT, project, v2)
-    steps = [CanaryStep(weight=50), CanaryStep(pause="4"), CanaryStep(weight=100)]
+    steps = [CanaryStep(weight=50), CanaryStep(pause="8"), CanaryStep(weight=100)]
     request = CANARY.model_copy(update={"canary_steps": steps, "health_check_retries": 300})
     dep = await service.deploy(TENANT, USER, project, request)
-    await wait_status(service, dep.id, lambda s: "paused 4s" in s.deployment.message)
-    await asyncio.sleep(6.5)  # the pause over, the gate past its first 2 s (an activity now)
+    await wait_status(service, dep.id, lambda s: "paused 8s" in s.deployment.message)
+    # The last step's gate, past its first 2 s (a local activity): an ordinary activity.
+    handle = temporal_client.get_workflow_handle(naming.deployment_workflow_id(TENANT, dep.id))
+    deadline = asyncio.get_running_loop().time() + 60
+    while not any(
+        a.activity_type.name == "wait_healthy"
+        for a in (await handle.describe()).raw_description.pending_activities
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "no health wait in 60 s"
+        await asyncio.sleep(0.2)
     held = (await service.get_state(TENANT, dep.id)).deployment
     assert held.status == DeploymentStatus.IN_PROGRESS, held.message
     await service.steer(TENANT, "dave", dep.id, "abort")
     with pytest.raises(ConflictError, match="was aborted"):
         await service.cancel(TENANT, USER, dep.id)
     # Straight to the workflow, past the API's check: ignored.
-    handle = temporal_client.get_workflow_handle(naming.deployment_workflow_id(TENANT, dep.id))
     await handle.signal("cancel", USER)
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message

@@ -249,6 +249,7 @@ async def test_same_idempotency_key_gives_the_same_deployment(
     await wait_status(service, first.id, lambda s: s.deployment.progress > 0)
     now = await service.deploy(TENANT, USER, project, DeployRequest(), idempotency_key="k-1")
     assert (now.id, now.status != DeploymentStatus.PENDING) == (first.id, True)
+    assert not now.status.terminal, now.message
     assert now.progress > 0
     # Another request under the key is refused by name: it got the first one's deployment
     # back, and never ran.

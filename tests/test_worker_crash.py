@@ -43,9 +43,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def start_worker(
-    address: str, queue: str, router_dir: Path, docker_host: str | None = None
+    address: str,
+    queue: str,
+    router_dir: Path,
+    docker_host: str | None = None,
+    said: list[str] | None = None,
 ) -> asyncio.subprocess.Process:
-    """``worker.py`` in a process of its own; ``docker_host``: its engine (default: the tests')."""
+    """``worker.py`` in a process of its own; ``docker_host``: its engine (default: the tests').
+
+    ``said`` gets its first line (stdout and stderr). One that does not start is killed.
+    """
     env = {
         **os.environ,
         "MOORAGE_TEMPORAL_ADDRESS": address,
@@ -65,9 +72,16 @@ async def start_worker(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert b"moorage worker" in line, line
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert b"moorage worker" in line, line
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    if said is not None:
+        said.append(line.decode())
     return proc
 
 
@@ -222,7 +236,9 @@ async def test_a_worker_whose_router_cannot_start_runs_and_the_router_comes_up_o
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/"))))
         holder.listen()
-        worker = await start_worker(address, queue, router_dir)  # its first line: the refusal
+        first_line: list[str] = []
+        worker = await start_worker(address, queue, router_dir, said=first_line)
+        assert "haproxy did not start, router steps retry" in first_line[0], first_line
         assert worker.stdout is not None
         said = (await asyncio.wait_for(worker.stdout.readline(), 30)).decode()
         assert f"task queue {queue!r}" in said, said

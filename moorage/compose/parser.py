@@ -415,7 +415,8 @@ def resolve_compose(text: str, variables: Mapping[str, str] | None = None) -> st
             isinstance(event, yaml.DocumentStartEvent) and event.explicit
             for event in itertools.islice(yaml.parse(text), 2)
         )
-        # A byte order mark is skipped only at the very start: the directive goes after it.
+        # A byte order mark is dropped (PyYAML skips one only at the very start, and the
+        # directive goes first).
         return ("%YAML 1.2\n" if explicit else "%YAML 1.2\n---\n") + text.removeprefix("\ufeff")
     resolved = _escape_dollars(_interpolate(raw, variables))
     return str(
