@@ -238,6 +238,32 @@ async def test_an_apply_adds_its_text_to_the_history_not_the_whole_project(
     assert len(text) < grew < 1.2 * len(text), grew
 
 
+async def test_a_strategy_workflow_that_cannot_start_fails_its_deployment_not_the_project(
+    service: DeploymentService, project: str
+) -> None:
+    """Its id still running (a project reset or re-created with the same revisions): the child's
+    start raised, and with it the project workflow failed, its state lost (ReconcileAll would
+    then remove its containers as nobody's)."""
+    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+    squatter = await service.client.start_workflow(
+        "NoSuchWorkflow",
+        id=naming.deployment_workflow_id(TENANT, f"{project}.1"),
+        task_queue=f"nobody-polls-{project}",
+    )
+    try:
+        dep = await service.deploy(TENANT, USER, project, DeployRequest(version="v1"))
+        state = await wait_terminal(service, dep.id)
+        assert state.deployment.status == DeploymentStatus.FAILED
+        assert "strategy workflow did not start" in state.deployment.message
+    finally:
+        await squatter.terminate()
+    # The project lives on: the next deployment runs.
+    again = await service.deploy(TENANT, USER, project, DeployRequest(version="v1b"))
+    assert (await wait_terminal(service, again.id)).deployment.status == (
+        DeploymentStatus.COMPLETED
+    )
+
+
 async def test_same_idempotency_key_gives_the_same_deployment(
     service: DeploymentService, project: str
 ) -> None:
