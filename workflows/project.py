@@ -785,7 +785,9 @@ class ProjectWorkflow:
         s.routes.update(result.routes)
         serving = s.current.revision if s.current else None
         self._finish(record, result.deployment, result.deployment.status, None, compose)
-        await upkeep.refresh_serving_instances(s, result)
+        await upkeep.refresh_serving_instances(
+            s, self._find(s.current.deployment_id) if s.current else None, result
+        )
         # Runs started before this change kept them listed (and listening, answering 503).
         if made and workflow.patched(upkeep.UNDONE_ROUTES):
             await upkeep.delete_routes(s, record, made, "the deployment that made it was undone")

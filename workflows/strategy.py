@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.tracking import Tracker
 
 
-CANCEL_AFTER_STOP = "cancel-after-abort-ignored"
+CANCEL_AFTER_ABORT = "cancel-after-abort-ignored"
 """Patch: a cancel that comes after an abort stopped the steps is ignored (the API answers 409)."""
 
 
@@ -69,7 +69,7 @@ class StrategyWorkflow:
             return
         if self.tracker.deployment.status.terminal:
             return
-        if self._aborted_by and workflow.patched(CANCEL_AFTER_STOP):
+        if self._aborted_by and workflow.patched(CANCEL_AFTER_ABORT):
             # Its undo follows already, as the rollback the abort makes; a cancel there made it
             # end "cancelled" instead. (One after the progress deadline is taken: it asks for
             # the undo a deadline with rollback_on_failure off would not run.)

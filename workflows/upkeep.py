@@ -202,16 +202,18 @@ SERVING_INSTANCES = "serving-instances-after-undo"
 again from the engine."""
 
 
-async def refresh_serving_instances(s: ProjectState, result: DeploymentState) -> None:
-    """The serving deployment's instances as they are after ``result``, which did not complete.
+async def refresh_serving_instances(
+    s: ProjectState, serving: DeploymentState | None, result: DeploymentState
+) -> None:
+    """``serving``'s instances (the serving deployment) as they are after ``result``.
 
-    Its undo restores the replicas it replaced as new containers (new ids, new host ports), and
-    one left as it failed may have removed some: the serving record listed containers that were
-    gone. An engine that does not answer leaves the record as it was.
+    ``result`` did not complete: its undo restores the replicas it replaced as new containers
+    (new ids, new host ports), and one left as it failed may have removed some: the serving
+    record listed containers that were gone. An engine that does not answer leaves the record
+    as it was.
     """
     if result.deployment.status == DeploymentStatus.COMPLETED or s.current is None:
         return
-    serving = next((d for d in s.deployments if d.deployment.id == s.current.deployment_id), None)
     if serving is None or not workflow.patched(SERVING_INSTANCES):
         return
     with contextlib.suppress(ActivityError, ApplicationError):
