@@ -28,6 +28,7 @@ from typing import NamedTuple, NoReturn
 
 from activities import heartbeat, paced_heartbeat, poll_pauses
 from activities.proxy import (
+    Drain,
     ListenPortTaken,
     ProxyBackend,
     ProxyUnavailable,
@@ -35,6 +36,7 @@ from activities.proxy import (
     RouterState,
     RouteState,
     ServerState,
+    backend_name,
     drain_deadline,
     process_alive,
     replace_durably,
@@ -613,15 +615,16 @@ class HAProxyBackend(ProxyBackend):
         """True when HAProxy runs the route of ``backend``."""
         return backend in self.served_backends()
 
-    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
+    def change(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> Drain:
         """Runtime changes for servers; a graceful reload only when routes come or go.
 
         Servers are compared with what HAProxy runs, not with ``old``: an attempt killed between
         its runtime commands and the save of the state leaves HAProxy ahead of (or, for a drain,
         apart from) the state on disk, and the next change sets it right. A wanted server that
         is missing is added, one left drained or in maintenance is made ready again, and one
-        HAProxy has but ``new`` does not is drained and deleted. New servers go in before old
-        ones go out.
+        HAProxy has but ``new`` does not is drained (unless another change drains it now: see
+        :attr:`RouterState.draining`). New servers go in before old ones go out; the servers
+        taken out are left draining, for :class:`HAProxyDrain` to wait for and delete.
 
         Raises:
             RouterError: HAProxy refused a change or the config.
@@ -644,9 +647,9 @@ class HAProxyBackend(ProxyBackend):
                     tmp.write_text(previous)
                     replace_durably(tmp, self.config)
                 raise
-            return
+            return Drain()
         stats = self._all_stats()
-        leaving: list[tuple[str, str]] = []  # (backend, server) to drain and delete
+        leaving: dict[str, list[str]] = {}  # route key -> servers to drain and delete
         for key, route in new.routes.items():
             be = route.backend
             live = stats.get(be, {})
@@ -655,12 +658,19 @@ class HAProxyBackend(ProxyBackend):
                 if row is None:
                     row = self._add(be, name, server)
                 self._converge(be, name, server, row)
-            extra = [n for n in live if n not in route.servers]
-            leaving += [(be, n) for n in sorted(set(extra) | set(draining.get(key, [])))]
-        self._drain_and_delete(leaving)
+            extra = {
+                n for n in live if n not in route.servers and not new.drained_by_another(key, n)
+            }
+            # Only servers HAProxy has: one a killed attempt deleted already is gone.
+            out = sorted(n for n in extra | set(draining.get(key, [])) if n in live)
+            for name in out:
+                self._ok(f"set server {be}/{name} state drain")
+            if out:
+                leaving[key] = out
         self._write(new, check=False)
         if self.managed:
             self._log_mark()  # its servers' state changes add to it between reloads
+        return HAProxyDrain(self, leaving)
 
     def _add(self, be: str, name: str, server: ServerState) -> dict[str, str]:
         """Register a server (it starts in maintenance); returns its stats row."""
@@ -694,40 +704,6 @@ class HAProxyBackend(ProxyBackend):
             self._ok(f"enable health {be}/{name}", "not configured")
             self._ok(f"set server {be}/{name} state ready")
 
-    def _drain_and_delete(self, leaving: list[tuple[str, str]]) -> None:
-        """Drain servers (``(backend, server)``) side by side, then delete them.
-
-        A change drained its servers one after the other, each up to the drain timeout: a
-        switch that took out four replicas holding long requests waited four times as long.
-        """
-        if not leaving:
-            return
-        known = self._all_stats()
-        leaving = [(be, name) for be, name in leaving if name in known.get(be, {})]
-        for be, name in leaving:
-            self._ok(f"set server {be}/{name} state drain")
-        deadline = drain_deadline(self.drain_timeout_s)
-        beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
-        pauses = poll_pauses()
-        busy = leaving
-        # A reload's old worker still sends to the servers it has; the container's stop would
-        # cut what it sends (a request on an idle keep-alive connection it holds: 503).
-        old = self._old_workers()
-        while busy and time.monotonic() < deadline:
-            stats = self._all_stats()
-            held = self._held_by_old_workers(busy, old) if old else set()
-            busy = [
-                (be, name)
-                for be, name in busy
-                if int(stats.get(be, {}).get(name, {}).get("scur") or 0) > 0 or (be, name) in held
-            ]
-            if busy:
-                beat(f"draining {', '.join(n for _, n in busy)}")
-                time.sleep(next(pauses))
-                old = self._old_workers() if held else old
-        for be, name in leaving:
-            self._delete(be, name)
-
     def _delete(self, be: str, name: str) -> None:
         """Take a drained server out of HAProxy (maintenance, its sessions shut, deleted)."""
         heartbeat(f"deleting {name}")
@@ -741,5 +717,62 @@ class HAProxyBackend(ProxyBackend):
         # "Server still has connections attached to it": HAProxy 2.6 with `retry-on
         # empty-response` does not cut a stream that waits for its answer. In maintenance the
         # server gets no new request; the stop of its container ends the one in flight (within
-        # the grace period), and the next change of this route deletes the server (apply()
-        # drains what HAProxy has and the state does not).
+        # the grace period), and a later router change deletes the server (change() drains
+        # what HAProxy has and the state does not).
+
+
+class HAProxyDrain(Drain):
+    """Servers a change left draining in HAProxy: waited for side by side, then deleted.
+
+    They drained one after the other, each up to the drain timeout: a switch that took out four
+    replicas holding long requests waited four times as long.
+    """
+
+    def __init__(self, haproxy: HAProxyBackend, servers: dict[str, list[str]]):
+        super().__init__()
+        self.haproxy = haproxy
+        self.servers = servers
+
+    def wait(self) -> None:
+        """Until no server has a session left (nor an old worker a connection that may use it)."""
+        busy = [(backend_name(key), n) for key, names in self.servers.items() for n in names]
+        if not busy:
+            return
+        haproxy = self.haproxy
+        deadline = drain_deadline(haproxy.drain_timeout_s)
+        beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
+        pauses = poll_pauses()
+        while busy and time.monotonic() < deadline:
+            try:
+                stats = haproxy._all_stats()
+            except ProxyUnavailable:
+                # Another change's reload: the new worker binds the admin socket in a moment.
+                beat("draining: haproxy reloads")
+                time.sleep(next(pauses))
+                continue
+            # A reload's old worker still sends to the servers it has; the container's stop
+            # would cut what it sends (a request on an idle keep-alive connection it holds: 503).
+            # Asked every time: another change may reload HAProxy during this drain (the new
+            # worker lacks the servers; the old one holds their requests in flight).
+            old = haproxy._old_workers()
+            held = haproxy._held_by_old_workers(busy, old) if old else set()
+            busy = [
+                (be, name)
+                for be, name in busy
+                if int(stats.get(be, {}).get(name, {}).get("scur") or 0) > 0 or (be, name) in held
+            ]
+            if busy:
+                beat(f"draining {', '.join(n for _, n in busy)}")
+                time.sleep(next(pauses))
+
+    def remove(self, servers: dict[str, list[str]]) -> None:
+        """Delete those of ``servers`` HAProxy still has.
+
+        A restart or a reload since dropped the others (the config does not name them).
+        """
+        known = self.haproxy._all_stats()
+        for key, names in servers.items():
+            be = backend_name(key)
+            for name in names:
+                if name in known.get(be, {}):
+                    self.haproxy._delete(be, name)

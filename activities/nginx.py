@@ -18,6 +18,7 @@ from pathlib import Path
 
 from activities import paced_heartbeat, poll_pauses
 from activities.proxy import (
+    Drain,
     ListenPortTaken,
     ProxyBackend,
     ProxyUnavailable,
@@ -154,19 +155,35 @@ class NginxBackend(ProxyBackend):
         raise RouterError("nginx did not write its pid file")
 
     def _workers(self, master: int) -> list[int]:
-        try:
-            out = subprocess.run(
-                ["ps", "-o", "pid=", "--ppid", str(master)],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
-        except OSError:
-            return []
-        return [int(p) for p in out.split()]
+        """The master's children: its workers, and those of earlier configs still finishing.
 
-    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
-        """Check and write the new config, reload, and wait for old workers to finish (drain).
+        Read from ``/proc`` (``ps`` may not be installed where nginx runs).
+        """
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if stat[1] == str(master) and stat[0] != "Z":
+                children.append(int(entry.name))
+        return children
+
+    @staticmethod
+    def _finishing(pid: int) -> bool:
+        """True for a worker of an earlier config, or one gone.
+
+        A retired worker's title says "worker process is shutting down".
+        """
+        try:
+            return b"shutting down" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return True
+
+    def change(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> Drain:
+        """Check and write the new config and reload; the drain is the old workers' end.
 
         Raises:
             RouterError: ``nginx -t`` refused the config, or nginx gave the reload up (the old
@@ -176,7 +193,7 @@ class NginxBackend(ProxyBackend):
         master = self._pid()
         if master is None:
             self.start(new)
-            return
+            return Drain()
         before = set(self._workers(master))
         log = self.dir / "error.log"
         offset = log.stat().st_size if log.exists() else 0
@@ -185,16 +202,9 @@ class NginxBackend(ProxyBackend):
         except ProcessLookupError as exc:
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         self._wait_reloaded(master, before, log, offset, old)
-        # The old workers finish their in-flight requests, then exit: that is the drain.
-        deadline = drain_deadline(self.drain_timeout_s)
-        beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
-        pauses = poll_pauses()
-        while time.monotonic() < deadline:
-            current = set(self._workers(master))
-            if current and not (current & before):
-                return
-            beat("draining: old nginx workers still finish requests")
-            time.sleep(next(pauses))
+        # The workers this reload retires; not those of an earlier reload, still finishing
+        # requests of their own (another change waits for them).
+        return NginxDrain(self, master, {pid for pid in before if not self._finishing(pid)})
 
     def _wait_reloaded(
         self, master: int, before: set[int], log: Path, offset: int, old: RouterState
@@ -278,3 +288,29 @@ def _emerg_since(log: Path, offset: int) -> str | None:
         if "[emerg]" in line
     ]
     return "; ".join(dict.fromkeys(said)) or None
+
+
+class NginxDrain(Drain):
+    """A reload's old workers: they finish their in-flight requests, then exit.
+
+    The config names no server taken out, so there is nothing to record or delete; only the
+    wait, for the workers the reload retired (a reload since retires workers of its own).
+    """
+
+    def __init__(self, nginx: NginxBackend, master: int, retired: set[int]):
+        super().__init__()
+        self.nginx = nginx
+        self.master = master
+        self.retired = retired
+
+    def wait(self) -> None:
+        """Until none of the old workers is left, or the drain timeout is over (heartbeating)."""
+        deadline = drain_deadline(self.nginx.drain_timeout_s)
+        beat = paced_heartbeat()  # the drain may outlast the heartbeat timeout
+        pauses = poll_pauses()
+        while time.monotonic() < deadline:
+            current = set(self.nginx._workers(self.master))
+            if current and not (current & self.retired):
+                return
+            beat("draining: old nginx workers still finish requests")
+            time.sleep(next(pauses))

@@ -58,10 +58,62 @@ class RouteState(BaseModel):
         return backend_name(self.key)
 
 
+class DrainRecord(BaseModel):
+    """A server a change took out of its route and drains, with the router's lock released."""
+
+    by: str
+    """The change (a token of its own): only it deletes the server once drained."""
+    until: float
+    """Wall-clock time (``time.time()``) after which the record is stale: its change was killed,
+    and the next change takes the server out as one the state lacks."""
+
+
 class RouterState(BaseModel):
     """Every route on this router."""
 
     routes: dict[str, RouteState] = Field(default_factory=dict)
+    draining: dict[str, dict[str, DrainRecord]] = Field(default_factory=dict)
+    """Route key → server → record: servers out of their route (no longer in ``routes``) that
+    the proxy still has, draining. Other changes leave them alone while the record is fresh."""
+
+    def drained_by_another(self, key: str, name: str) -> bool:
+        """True when a change (not this one) drains server ``name`` of route ``key`` now."""
+        record = self.draining.get(key, {}).get(name)
+        return record is not None and record.until > time.time()
+
+    def forget_drains_of_wanted(self) -> None:
+        """Drop the records of servers routed again (a rollback) and of routes gone.
+
+        The change that drains them then leaves them be: they are another change's now.
+        """
+        for key in list(self.draining):
+            route = self.routes.get(key)
+            records = self.draining[key]
+            for name in list(records):
+                if route is not None and name in route.servers:
+                    del records[name]
+            if not records or route is None:
+                del self.draining[key]
+
+    def record_drains(self, servers: dict[str, list[str]], by: str, until: float) -> None:
+        """Record ``servers`` (route key → names) as drained by change ``by`` until ``until``."""
+        for key, names in servers.items():
+            for name in names:
+                self.draining.setdefault(key, {})[name] = DrainRecord(by=by, until=until)
+
+    def end_drains(self, by: str) -> dict[str, list[str]]:
+        """Drop the records of change ``by``; the servers it is still to delete (key → names)."""
+        mine: dict[str, list[str]] = {}
+        for key in list(self.draining):
+            records = self.draining[key]
+            for name in [n for n, r in records.items() if r.by == by]:
+                del records[name]
+                route = self.routes.get(key)
+                if route is None or name not in route.servers:
+                    mine.setdefault(key, []).append(name)
+            if not records:
+                del self.draining[key]
+        return mine
 
 
 def backend_name(key: str) -> str:
@@ -124,6 +176,27 @@ def drain_deadline(drain_timeout_s: float) -> float:
     elapsed = max(0.0, (datetime.now(UTC) - info.started_time).total_seconds())
     left = info.start_to_close_timeout.total_seconds() - elapsed
     return min(deadline, now + max(0.0, left - min(DRAIN_MARGIN_S, left / 4)))
+
+
+class Drain:
+    """What a change left to do: wait for the servers it took out to drain, then remove them.
+
+    The router waits with its lock released (a drain may take the whole drain timeout, and
+    every other project's router step waited behind it), and removes them holding it again.
+    This one has nothing to wait for.
+    """
+
+    servers: dict[str, list[str]]
+    """Route key → servers the proxy still has, draining (recorded in the router's state)."""
+
+    def __init__(self) -> None:
+        self.servers = {}
+
+    def wait(self) -> None:
+        """Wait until the servers are drained, or the drain timeout is over (heartbeating)."""
+
+    def remove(self, servers: dict[str, list[str]]) -> None:
+        """Delete ``servers`` (of :attr:`servers`, those no change wants back) from the proxy."""
 
 
 class ProxyBackend(ABC):
@@ -212,15 +285,25 @@ class ProxyBackend(ABC):
         )
 
     @abstractmethod
-    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
-        """Bring the running proxy from ``old`` to ``new``.
+    def change(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> Drain:
+        """Bring the running proxy from ``old`` to ``new``; the drain it leaves to do.
 
-        ``draining`` maps a route key to servers being taken out: they get no new requests and
-        their in-flight requests finish before this returns (bounded by the drain timeout).
+        ``draining`` maps a route key to servers being taken out: they get no new requests from
+        now on; their in-flight requests finish during :meth:`Drain.wait`.
 
         Raises:
             RouterError: the proxy refused the change; the old config keeps serving.
         """
+
+    def apply(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> None:
+        """:meth:`change`, then its drain to the end: the servers taken out are gone after it.
+
+        Raises:
+            RouterError: the proxy refused the change; the old config keeps serving.
+        """
+        drain = self.change(old, new, draining)
+        drain.wait()
+        drain.remove(drain.servers)
 
     @abstractmethod
     def live_servers(self, route: RouteState) -> dict[str, int]:

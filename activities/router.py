@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ from activities.inputs import (
     RouteWeightsInput,
 )
 from activities.proxy import (
+    DRAIN_MARGIN_S,
     ListenPortTaken,
     ProxyBackend,
     ProxyUnavailable,
@@ -199,16 +201,36 @@ class TrafficRouter:
             ) from exc
 
     def _change(self, mutate: Callable[[RouterState], dict[str, list[str]]]) -> RouterState:
-        """Apply ``mutate`` to the state, then to the proxy; saves only what the proxy took."""
+        """Apply ``mutate`` to the state, then to the proxy; saves only what the proxy took.
+
+        The servers it takes out drain with the locks released: every other router change on
+        this host (any project's) waited behind a drain, up to the drain timeout each, and the
+        wait counted against its step. While they drain, the state records them (other changes
+        leave them alone); then, holding the locks again, the servers no change routed again
+        meanwhile are deleted.
+        """
+        token = uuid.uuid4().hex
         with self._locked():
             self._up()
             old = self.load()
             new = old.model_copy(deep=True)
             draining = mutate(new)
+            new.forget_drains_of_wanted()
             with self._proxy_errors():
-                self.backend.apply(old, new, draining)
+                drain = self.backend.change(old, new, draining)
+            until = time.time() + self.drain_timeout_s + DRAIN_MARGIN_S
+            new.record_drains(drain.servers, token, until)
             self._save(new)
-            return new
+        with self._proxy_errors():
+            drain.wait()
+        if drain.servers:
+            with self._locked():
+                state = self.load()
+                done = state.end_drains(token)
+                with self._proxy_errors():
+                    drain.remove(done)
+                self._save(state)
+        return new
 
     def _refuse_reserved(self, inp: RouteInput) -> None:
         """Refuse a new route whose published port is one replicas get.

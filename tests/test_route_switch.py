@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities.haproxy import HAProxyBackend
 from activities.inputs import RouteInput, RouteServersInput, RoutesInput, RouteSwitchInput
 from activities.nginx import NginxBackend
-from activities.proxy import RouterError, ServerState
+from activities.proxy import Drain, RouterError, ServerState
 from activities.replica_ports import bindable
 from activities.router import TrafficRouter
 from tests.conftest import make_router
@@ -56,16 +56,16 @@ def servers(project: str, *containers: str) -> RouteServersInput:
     )
 
 
-def count_applies(router: TrafficRouter) -> list[Any]:
+def count_changes(router: TrafficRouter) -> list[Any]:
     """Record every change the router hands to its proxy."""
     calls: list[Any] = []
-    apply = router.backend.apply
+    change = router.backend.change
 
-    def counted(*args: Any) -> None:
+    def counted(*args: Any) -> Drain:
         calls.append(args)
-        apply(*args)
+        return change(*args)
 
-    router.backend.apply = counted  # type: ignore[method-assign,assignment]
+    router.backend.change = counted  # type: ignore[method-assign,assignment]
     return calls
 
 
@@ -77,7 +77,7 @@ def test_a_switch_routes_the_new_replica_and_drains_the_old_in_one_change(
         router.route_add(servers(project, old))
         route = next(iter(router.load().routes.values()))
         assert router.backend.live_servers(route) == {old: 100}
-        changes = count_applies(router)
+        changes = count_changes(router)
         switch = RouteSwitchInput(
             tenant=TENANT, project=project, service="web", add=[new], remove=[old]
         )
@@ -167,7 +167,7 @@ def test_re_adding_servers_nginx_already_routes_does_not_reload_it(
         router.route_add(routed)
         config = backend.config.read_text()
         backend.extra_http = "this_is_not_a_directive on;"
-        changes = count_applies(router)
+        changes = count_changes(router)
 
         assert router.route_add(routed) == [web]
 

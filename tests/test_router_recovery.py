@@ -389,6 +389,111 @@ def test_the_servers_a_change_takes_out_drain_side_by_side(tmp_path: Path) -> No
         router.stop()
 
 
+OTHER = RouteInput(tenant=TENANT, project="elsewhere", service="web", container_port="80/tcp")
+
+
+def removing_in_background(router: TrafficRouter, names: list[str]) -> threading.Thread:
+    """``route_remove`` of ``names`` from the web route, in a thread of its own (started)."""
+
+    def remove() -> None:
+        step_environment(timedelta(minutes=2)).run(
+            router.route_remove,
+            RouteServersInput(tenant=TENANT, project="recovery", service="web", containers=names),
+        )
+
+    thread = threading.Thread(target=remove)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_drain_holds_up_no_other_router_change(tmp_path: Path, kind: str) -> None:
+    """The router held its locks through a drain: every other router change on the host (any
+    project's) waited for it, up to the drain timeout each, and the wait counted against its
+    step. Here another project's route comes (a reload) and gets a server while the web route
+    drains a replica that holds a request, and the drain is neither cut short nor undone."""
+    cls = HAProxyBackend if kind == "haproxy" else NginxBackend
+    backend: ProxyBackend = cls(tmp_path, drain_timeout_s=6)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS[kind], drain_timeout_s=6)
+    try:
+        with held_servers(router, backend, ["r1"]), socket.socket() as b1:
+            b1.bind(("127.0.0.1", 0))
+            b1.listen()
+            t0 = time.monotonic()
+            removing = removing_in_background(router, ["r1"])
+            time.sleep(1.0)  # r1 drains: its request is in flight
+            assert removing.is_alive()
+            info = router.ensure_route(OTHER)
+            route = router.load().routes[route_key(TENANT, "elsewhere", "web")]
+            router._switch(route, {"b1": f"127.0.0.1:{b1.getsockname()[1]}"}, [], 100)
+            assert removing.is_alive(), "the other project's change waited for the drain"
+            assert router.load().routes[route.key].servers.keys() == {"b1"}
+            assert info.port != router.load().routes[KEY].port
+            # The reload's new worker lacks r1; the old one holds its request.
+            assert "r1" not in backend.live_servers(router.load().routes[KEY])
+            if kind == "haproxy":
+                assert router.load().draining[KEY].keys() == {"r1"}
+            removing.join(timeout=30)
+            took = time.monotonic() - t0
+            assert not removing.is_alive()
+            # The request in flight held the drain to its timeout, across the reload.
+            assert took >= 5.5, took
+            state = router.load()
+            assert "r1" not in state.routes[KEY].servers
+            assert state.draining == {}
+            assert "r1" not in backend.live_servers(state.routes[KEY])
+            assert backend.live_servers(state.routes[route.key]).keys() == {"b1"}
+    finally:
+        router.stop()
+
+
+def test_a_server_routed_again_during_its_drain_stays_routed(tmp_path: Path) -> None:
+    """A step that timed out while its drain went on (its attempt still runs in the worker)
+    and the undo that routes the replica again: the drain's end must not delete it."""
+    backend = HAProxyBackend(tmp_path, drain_timeout_s=4)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"], drain_timeout_s=4)
+    try:
+        with held_servers(router, backend, ["r1"]):
+            address = router.load().routes[KEY].servers["r1"].address
+            removing = removing_in_background(router, ["r1"])
+            time.sleep(1.0)
+            assert removing.is_alive()
+            router._switch(router.load().routes[KEY], {"r1": address}, [], 100)
+            removing.join(timeout=30)
+            assert not removing.is_alive()
+            state = router.load()
+            assert state.routes[KEY].servers.keys() == {"r1"}
+            assert state.draining == {}
+            assert backend.live_servers(state.routes[KEY]) == {"r1": 100}
+    finally:
+        router.stop()
+
+
+def test_a_drain_record_of_a_killed_change_goes_stale(tmp_path: Path, listeners: list[str]) -> None:
+    """A change killed during its drain leaves its record and the server in HAProxy; once the
+    record is stale, the next change takes the server out (before then it leaves it alone)."""
+    backend = HAProxyBackend(tmp_path, drain_timeout_s=1)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"], drain_timeout_s=1)
+    try:
+        router.ensure_route(WEB)
+        router.ensure_route(OTHER)
+        router._switch(router.load().routes[KEY], {"r1": listeners[0]}, [], 100)
+        killed = router.load()  # what the killed change saved: r1 out, draining until soon
+        del killed.routes[KEY].servers["r1"]
+        killed.record_drains({KEY: ["r1"]}, "killed", time.time() + 2)
+        router._save(killed)
+        other = router.load().routes[route_key(TENANT, "elsewhere", "web")]
+        router._switch(other, {"b1": listeners[1]}, [], 100)
+        assert "r1" in backend.known_servers(router.load().routes[KEY])  # left alone
+        time.sleep(2.5)
+        router._switch(router.load().routes[other.key], {}, ["b1"], 100)
+        state = router.load()
+        assert "r1" not in backend.known_servers(state.routes[KEY])
+        assert state.draining == {}
+    finally:
+        router.stop()
+
+
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
 def test_a_drain_ends_before_its_step_would_time_out(tmp_path: Path, kind: str) -> None:
     """MOORAGE_DRAIN_TIMEOUT may be up to an hour, a router step has 2 minutes: a drain longer
@@ -454,7 +559,7 @@ def test_a_long_drain_keeps_heartbeating(tmp_path: Path, kind: str) -> None:
             assert "r1" not in router.load().routes[KEY].servers
             assert "r1" not in backend.live_servers(router.load().routes[KEY])  # no new request
         if kind == "haproxy":
-            # HAProxy 2.6 kept the stream (see _drain_and_delete): the server stays, in
+            # HAProxy 2.6 kept the stream (see HAProxyBackend._delete): the server stays, in
             # maintenance, until its container goes (here: the listener) and the route changes.
             silent.close()
             time.sleep(0.5)
