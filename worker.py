@@ -203,13 +203,21 @@ async def run_worker(settings: Settings | None = None) -> None:
     router = build_router(settings, executor.client)
     # The proxy serves the routes even before the first deployment touches them.
     try:
-        router.ensure_running()
+        left_out = router.ensure_running()
+        if left_out:
+            print(
+                f"moorage worker: {router.backend.name} serves without the routes "
+                f"{', '.join(left_out)}: their ports are taken by another process; each comes "
+                "back with the first router change once its port is free",
+                file=sys.stderr,
+                flush=True,
+            )
     except ProxyUnavailable as exc:  # run outside Moorage, not up yet: router steps retry
         print(f"moorage worker: {exc}", file=sys.stderr, flush=True)
     except RouterError as exc:
-        # It did not start from the routes on disk (one route's port another process took):
-        # the router steps retry the start; every other step, and the workflows, go on. The
-        # worker used to end here with a traceback, and no deployment of any project moved.
+        # It did not start from the routes on disk, though their ports are free: the router
+        # steps retry the start; every other step, and the workflows, go on. The worker used
+        # to end here with a traceback, and no deployment of any project moved.
         print(
             f"moorage worker: {router.backend.name} did not start, router steps retry: {exc}",
             file=sys.stderr,

@@ -563,6 +563,11 @@ class HAProxyBackend(ProxyBackend):
         found = re.search(rf"^frontend fe_{re.escape(backend[3:])}\n\s+bind \S+:(\d+)$", text, re.M)
         return int(found.group(1)) if found else None
 
+    def configured_backends(self) -> set[str]:
+        """The ``backend`` sections of the config file."""
+        text = self.config.read_text() if self.config.exists() else ""
+        return set(re.findall(r"^backend (\S+)$", text, re.M))
+
     def known_servers(self, route: RouteState) -> set[str]:
         """Every server of the route's backend, whatever its state."""
         return set(self._stats(route.backend))
@@ -609,7 +614,8 @@ class HAProxyBackend(ProxyBackend):
 
     def served_backends(self) -> set[str]:
         """The backends HAProxy runs (its routes)."""
-        return set(self.command("show backend").split()[1:])
+        lines = self.command("show backend").splitlines()  # "# name", then one per line
+        return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
     def serves(self, backend: str) -> bool:
         """True when HAProxy runs the route of ``backend``."""

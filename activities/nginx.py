@@ -252,6 +252,15 @@ class NginxBackend(ProxyBackend):
         found = re.search(rf"upstream {re.escape(backend)} {{.*?listen \S+:(\d+);", text, re.S)
         return int(found.group(1)) if found else None
 
+    def configured_backends(self) -> set[str]:
+        """The ``upstream`` blocks of the config file."""
+        text = self.config.read_text() if self.config.exists() else ""
+        return set(re.findall(r"^\s*upstream (\S+) \{$", text, re.M))
+
+    def serves(self, backend: str) -> bool:
+        """True when the config nginx runs has the route of ``backend``."""
+        return backend in self.configured_backends()
+
     def live_servers(self, route: RouteState) -> dict[str, int]:
         """Servers in the config nginx runs (nginx has no runtime API to ask)."""
         text = self.config.read_text() if self.config.exists() else ""

@@ -95,6 +95,13 @@ class RouterState(BaseModel):
             if not records or route is None:
                 del self.draining[key]
 
+    def without(self, keys: set[str]) -> RouterState:
+        """A copy of this state without the routes ``keys``."""
+        copy = self.model_copy(deep=True)
+        for key in keys:
+            copy.routes.pop(key, None)
+        return copy
+
     def record_drains(self, servers: dict[str, list[str]], by: str, until: float) -> None:
         """Record ``servers`` (route key → names) as drained by change ``by`` until ``until``."""
         for key, names in servers.items():
@@ -315,6 +322,14 @@ class ProxyBackend(ABC):
 
         The config is written before the proxy reloads and the state is saved after: a worker
         killed in between leaves a route the proxy serves but the state lacks.
+        """
+
+    @abstractmethod
+    def configured_backends(self) -> set[str]:
+        """The backends (routes) of the proxy's config on disk: what it runs, or starts from.
+
+        The router writes only routes the proxy can listen for: a route whose port another
+        process holds is left out (see :meth:`activities.router.TrafficRouter._view`).
         """
 
     def serves(self, backend: str) -> bool:

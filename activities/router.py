@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import threading
 import time
 import uuid
@@ -50,6 +51,13 @@ from activities.proxy import (
 from moorage.models import RouteInfo
 from moorage.net import port_free
 from moorage.settings import replica_port_refusal
+
+BIND_FAILED = re.compile(
+    r"Address already in use\)? for \[\S*:(\d+)\]|bind\(\) to \S*:(\d+) failed \(98"
+)
+"""The port of a listener a proxy could not bind, in its start's refusal: HAProxy's ``cannot bind
+socket (Address already in use) for [127.0.0.1:8080]``, nginx's ``bind() to 127.0.0.1:8080 failed
+(98: Address already in use)``."""
 
 
 def _cancel_deferred() -> contextlib.AbstractContextManager[None]:
@@ -142,20 +150,87 @@ class TrafficRouter:
         tmp.write_text(state.model_dump_json(indent=2))
         replace_durably(tmp, self.state_file)
 
-    def ensure_running(self) -> None:
+    def ensure_running(self) -> list[str]:
         """Start the proxy from the state on disk when it is not running.
+
+        Returns:
+            The routes it started without: their ports are taken by another process.
 
         Raises:
             ProxyUnavailable: the proxy runs outside Moorage and does not answer (its config is
                 written for it to start from).
+            RouterError: it did not start, though every route's port is free.
         """
         with self._locked():
-            self._come_up_if_down()
+            return self._come_up_if_down()
 
-    def _come_up_if_down(self) -> None:
-        """:meth:`ProxyBackend.come_up` when the proxy is down (only then is the state read)."""
-        if not self.backend.running():
-            self.backend.come_up(self.load())
+    def _come_up_if_down(self) -> list[str]:
+        """:meth:`ProxyBackend.come_up` when the proxy is down (only then is the state read).
+
+        A proxy cannot start while one of its listen ports is taken (a reboot: another program
+        bound it first), and every route stayed dark until that port was free. When the start
+        fails so, it starts again without the routes whose ports are taken: the others serve,
+        and a later change brings those back once their ports are free (see :meth:`_view`).
+
+        Returns:
+            The routes left out (their keys).
+        """
+        if self.backend.running():
+            return []
+        state = self.load()
+        try:
+            self.backend.come_up(state)
+            return []
+        except ProxyUnavailable:
+            raise
+        except RouterError as exc:
+            # The ports it names: not every port that is not free (a stale master of our own
+            # holds its routes' ports, and HAProxy shares them with it: SO_REUSEPORT).
+            named = {int(a or b) for a, b in BIND_FAILED.findall(str(exc))}
+            taken = {
+                k
+                for k, r in state.routes.items()
+                if r.port in named and not self._port_free(r.port)
+            }
+            if not taken:
+                raise
+        self.backend.come_up(state.without(taken))
+        return sorted(taken)
+
+    def _view(self, old: RouterState, new: RouterState) -> tuple[RouterState, RouterState]:
+        """``old`` and ``new`` as the proxy runs them: without the routes it cannot listen for.
+
+        A route the proxy's config lacks was left out at its start (its port was taken); it
+        stays out while its port is taken still, and comes back with the first change after
+        the port is free (a reload). A change that routes servers on a route left out, or
+        weighs them, is refused (retryable): they would take no request.
+
+        Raises:
+            ApplicationError: ``RouterPortTaken`` (retryable), naming the route and the port.
+        """
+        configured = self.backend.configured_backends()
+        parked = {k for k, r in old.routes.items() if r.backend not in configured}
+        if not parked:
+            return old, new
+        dark = {
+            k
+            for k in parked
+            if k in new.routes
+            and not self._port_free(new.routes[k].port)
+            and not self.backend.serves(new.routes[k].backend)
+        }
+        for key in sorted(dark):
+            before = old.routes[key].servers
+            if any(before.get(n) != server for n, server in new.routes[key].servers.items()):
+                port = new.routes[key].port
+                raise ApplicationError(
+                    f"route {key} is down: port {port} on {self.backend.bind} is taken by another "
+                    f"process, and {self.backend.name} serves the other routes without it; free "
+                    "the port (the next router change brings the route back)",
+                    {"route": key, "port": port},
+                    type="RouterPortTaken",
+                )
+        return old.without(parked), new.without(dark)
 
     def stop(self) -> None:
         """Stop the proxy (its state stays on disk)."""
@@ -217,7 +292,7 @@ class TrafficRouter:
             draining = mutate(new)
             new.forget_drains_of_wanted()
             with self._proxy_errors():
-                drain = self.backend.change(old, new, draining)
+                drain = self.backend.change(*self._view(old, new), draining)
             until = time.time() + self.drain_timeout_s + DRAIN_MARGIN_S
             new.record_drains(drain.servers, token, until)
             self._save(new)

@@ -494,6 +494,89 @@ def test_a_drain_record_of_a_killed_change_goes_stale(tmp_path: Path, listeners:
         router.stop()
 
 
+class Hello(BaseHTTPRequestHandler):
+    """Answers every GET with its server's name."""
+
+    def do_GET(self) -> None:
+        body = self.server.answer.encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def hello_servers(*names: str) -> Iterator[dict[str, str]]:
+    """HTTP servers answering their names: name -> address."""
+    servers = []
+    try:
+        for name in names:
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+            server.answer = name  # type: ignore[attr-defined]
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+        yield {n: f"127.0.0.1:{s.server_address[1]}" for n, s in zip(names, servers, strict=True)}
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def answer(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_route_whose_port_is_taken_at_the_start_leaves_the_others_serving(
+    tmp_path: Path, kind: str
+) -> None:
+    """A reboot: another program bound one route's port before the proxy started. The proxy did
+    not start at all, every route dark, until that port was free. Now it starts without that
+    route, the others serve, a change routing servers on it is refused naming the port, and the
+    first change once the port is free brings the route back with its servers."""
+    cls = HAProxyBackend if kind == "haproxy" else NginxBackend
+    backend: ProxyBackend = cls(tmp_path)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS[kind])
+    other_key = route_key(TENANT, "elsewhere", "web")
+    holder = socket.socket()
+    try:
+        with hello_servers("r1", "b1", "r2") as at:
+            web = router.ensure_route(WEB)
+            other = router.ensure_route(OTHER)
+            router._switch(router.load().routes[KEY], {"r1": at["r1"]}, [], 100)
+            router._switch(router.load().routes[other_key], {"b1": at["b1"]}, [], 100)
+            assert answer(web.port) == "r1"
+            router.stop()
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("127.0.0.1", web.port))
+            holder.listen()
+
+            assert router.ensure_running() == [KEY]
+            assert answer(other.port) == "b1"
+            assert backend.configured_backends() == {backend_name(other_key)}
+            # Another route's change goes through (its server comes and goes).
+            router._switch(router.load().routes[other_key], {"r2": at["r2"]}, ["b1"], 100)
+            assert answer(other.port) == "r2"
+            with pytest.raises(ApplicationError) as refused:
+                router._switch(router.load().routes[KEY], {"r2": at["r2"]}, [], 100)
+            assert refused.value.type == "RouterPortTaken"
+            assert not refused.value.non_retryable
+            assert f"port {web.port} on 127.0.0.1 is taken by another process" in str(refused.value)
+            assert router.load().routes[KEY].servers.keys() == {"r1"}  # nothing saved
+
+            holder.close()
+            router._switch(router.load().routes[other_key], {"b1": at["b1"]}, [], 100)
+            assert answer(web.port) == "r1"
+            assert backend.configured_backends() == {backend_name(KEY), backend_name(other_key)}
+    finally:
+        holder.close()
+        router.stop()
+
+
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
 def test_a_drain_ends_before_its_step_would_time_out(tmp_path: Path, kind: str) -> None:
     """MOORAGE_DRAIN_TIMEOUT may be up to an hour, a router step has 2 minutes: a drain longer
@@ -850,9 +933,11 @@ def test_a_start_that_fails_beside_a_stale_master_leaves_it_serving_and_known(
     web_routed: tuple[HAProxyBackend, TrafficRouter, RouteInfo], taken_port: int
 ) -> None:
     """The running HAProxy's admin socket is gone, so a router step starts a new one; the new one
-    cannot start (a route's port was taken meanwhile). The step fails retryably
-    (``RouterStartFailed``), and the pid file names the old master again: it serves on, and the
-    next start soft-stops it instead of leaving it unknown beside a new one."""
+    cannot start (a route's port was taken meanwhile). The pid file names the old master again:
+    it serves on, and the next start soft-stops it instead of leaving it unknown beside a new
+    one. The router's start then leaves out the route whose port another process took, and only
+    that one: the stale master holds the other route's port too (HAProxy shares it with the new
+    one), and that route must not go dark with the stale master's soft-stop."""
     backend, router, web = web_routed
     stale = backend._pid()
     assert stale is not None
@@ -862,14 +947,22 @@ def test_a_start_that_fails_beside_a_stale_master_leaves_it_serving_and_known(
     state.routes[other] = RouteState(key=other, port=taken_port, container_port="80/tcp")
     router._save(state)
 
-    with pytest.raises(ApplicationError) as info:
-        router._up()
-    assert info.value.type == "RouterStartFailed"
-    assert not info.value.non_retryable
-    assert "Address already in use" in str(info.value)
+    with pytest.raises(ListenPortTaken, match="Address already in use"):
+        backend.start(state)
     assert backend._pid() == stale
     with socket.create_connection(("127.0.0.1", web.port), timeout=2):
         pass  # the old one serves on
+
+    assert router.ensure_running() == [other]
+    assert backend._pid() not in (None, stale)
+    for _ in range(100):  # soft-stopped: it exits once it holds no connection
+        if not process_alive(stale):
+            break
+        time.sleep(0.05)
+    assert not process_alive(stale)
+    assert backend.served_backends() == {backend_name(KEY)}
+    with socket.create_connection(("127.0.0.1", web.port), timeout=2):
+        pass  # the new one serves it
 
 
 def test_a_route_address_not_of_this_host_is_refused_by_name(tmp_path: Path) -> None:
