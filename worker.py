@@ -208,7 +208,8 @@ async def run_worker(settings: Settings | None = None) -> None:
             print(
                 f"moorage worker: {router.backend.name} serves without the routes "
                 f"{', '.join(left_out)}: their ports are taken by another process; each comes "
-                "back with the first router change once its port is free",
+                "back once its port is free, at the next deployment of its project or any "
+                "other router change",
                 file=sys.stderr,
                 flush=True,
             )

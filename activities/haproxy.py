@@ -639,6 +639,14 @@ class HAProxyBackend(ProxyBackend):
         new_ports = {k: r.port for k, r in new.routes.items()}
         if old_ports != new_ports:
             self._refuse_taken_ports(old, new)
+            # Servers a change takes out while routes come or go (another route brought back
+            # with it, see TrafficRouter._view) drain too: in DRAIN before the reload, the
+            # worker that becomes the old one sends them nothing new, and the drain waits for
+            # what it holds.
+            try:
+                leaving = self._take_out(self._all_stats(), new, draining)
+            except ProxyUnavailable:
+                leaving = {}  # not answering: the reload starts it, from the config
             previous = self.config.read_text() if self.config.exists() else None
             self._write(new)
             try:
@@ -653,10 +661,9 @@ class HAProxyBackend(ProxyBackend):
                     tmp.write_text(previous)
                     replace_durably(tmp, self.config)
                 raise
-            return Drain()
+            return HAProxyDrain(self, leaving)
         stats = self._all_stats()
-        leaving: dict[str, list[str]] = {}  # route key -> servers to drain and delete
-        for key, route in new.routes.items():
+        for route in new.routes.values():
             be = route.backend
             live = stats.get(be, {})
             for name, server in route.servers.items():
@@ -664,19 +671,39 @@ class HAProxyBackend(ProxyBackend):
                 if row is None:
                     row = self._add(be, name, server)
                 self._converge(be, name, server, row)
+        leaving = self._take_out(stats, new, draining)
+        self._write(new, check=False)
+        if self.managed:
+            self._log_mark()  # its servers' state changes add to it between reloads
+        return HAProxyDrain(self, leaving)
+
+    def _take_out(
+        self,
+        stats: dict[str, dict[str, dict[str, str]]],
+        new: RouterState,
+        draining: dict[str, list[str]],
+    ) -> dict[str, list[str]]:
+        """Put in DRAIN the servers of ``new``'s routes HAProxy has and ``new`` does not list.
+
+        Those ``draining`` names, and those a killed attempt left (unless another change drains
+        them now); only servers HAProxy has (one a killed attempt deleted is gone).
+
+        Returns:
+            Route key -> the servers put in DRAIN.
+        """
+        leaving: dict[str, list[str]] = {}
+        for key, route in new.routes.items():
+            be = route.backend
+            live = stats.get(be, {})
             extra = {
                 n for n in live if n not in route.servers and not new.drained_by_another(key, n)
             }
-            # Only servers HAProxy has: one a killed attempt deleted already is gone.
             out = sorted(n for n in extra | set(draining.get(key, [])) if n in live)
             for name in out:
                 self._ok(f"set server {be}/{name} state drain")
             if out:
                 leaving[key] = out
-        self._write(new, check=False)
-        if self.managed:
-            self._log_mark()  # its servers' state changes add to it between reloads
-        return HAProxyDrain(self, leaving)
+        return leaving
 
     def _add(self, be: str, name: str, server: ServerState) -> dict[str, str]:
         """Register a server (it starts in maintenance); returns its stats row."""

@@ -195,6 +195,10 @@ class NginxBackend(ProxyBackend):
             self.start(new)
             return Drain()
         before = set(self._workers(master))
+        # The workers this reload retires; not those of an earlier reload, still finishing
+        # requests of their own (another change waits for them). Told apart before the signal:
+        # ~100 ms after it, the retired ones say "shutting down" too.
+        retired = {pid for pid in before if not self._finishing(pid)}
         log = self.dir / "error.log"
         offset = log.stat().st_size if log.exists() else 0
         try:
@@ -202,9 +206,7 @@ class NginxBackend(ProxyBackend):
         except ProcessLookupError as exc:
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         self._wait_reloaded(master, before, log, offset, old)
-        # The workers this reload retires; not those of an earlier reload, still finishing
-        # requests of their own (another change waits for them).
-        return NginxDrain(self, master, {pid for pid in before if not self._finishing(pid)})
+        return NginxDrain(self, master, retired)
 
     def _wait_reloaded(
         self, master: int, before: set[int], log: Path, offset: int, old: RouterState

@@ -82,15 +82,17 @@ class RouterState(BaseModel):
         return record is not None and record.until > time.time()
 
     def forget_drains_of_wanted(self) -> None:
-        """Drop the records of servers routed again (a rollback) and of routes gone.
+        """Drop the records of servers routed again (a rollback), of routes gone, and stale ones.
 
-        The change that drains them then leaves them be: they are another change's now.
+        The change that drains them then leaves them be: they are another change's now. A stale
+        record's server, if the proxy still has it, is taken out as one the state lacks.
         """
+        now = time.time()
         for key in list(self.draining):
             route = self.routes.get(key)
             records = self.draining[key]
-            for name in list(records):
-                if route is not None and name in route.servers:
+            for name, record in list(records.items()):
+                if (route is not None and name in route.servers) or record.until <= now:
                     del records[name]
             if not records or route is None:
                 del self.draining[key]

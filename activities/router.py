@@ -45,6 +45,7 @@ from activities.proxy import (
     RouteState,
     ServerState,
     backend_name,
+    drain_deadline,
     replace_durably,
     route_key,
 )
@@ -201,9 +202,11 @@ class TrafficRouter:
         """``old`` and ``new`` as the proxy runs them: without the routes it cannot listen for.
 
         A route the proxy's config lacks was left out at its start (its port was taken); it
-        stays out while its port is taken still, and comes back with the first change after
-        the port is free (a reload). A change that routes servers on a route left out, or
-        weighs them, is refused (retryable): they would take no request.
+        stays out while its port is taken still, and comes back (a reload) with the first
+        change that reaches the proxy once the port is free: any route's, or the next
+        deployment of its project (:meth:`ensure_routes` asks). A change that routes servers
+        on a route left out, or weighs them, is refused (retryable): they would take no
+        request.
 
         Raises:
             ApplicationError: ``RouterPortTaken`` (retryable), naming the route and the port.
@@ -293,8 +296,10 @@ class TrafficRouter:
             new.forget_drains_of_wanted()
             with self._proxy_errors():
                 drain = self.backend.change(*self._view(old, new), draining)
-            until = time.time() + self.drain_timeout_s + DRAIN_MARGIN_S
-            new.record_drains(drain.servers, token, until)
+            # Stale once the drain is over (at its deadline, the step's own time permitting)
+            # and its change should have deleted them.
+            left = drain_deadline(self.drain_timeout_s) - time.monotonic()
+            new.record_drains(drain.servers, token, time.time() + left + DRAIN_MARGIN_S)
             self._save(new)
         with self._proxy_errors():
             drain.wait()
@@ -302,9 +307,11 @@ class TrafficRouter:
             with self._locked():
                 state = self.load()
                 done = state.end_drains(token)
+                # Saved first: servers whose deletion fails are in DRAIN and unlisted, and the
+                # next change takes them out as servers the state lacks.
+                self._save(state)
                 with self._proxy_errors():
                     drain.remove(done)
-                self._save(state)
         return new
 
     def _refuse_reserved(self, inp: RouteInput) -> None:
@@ -414,10 +421,14 @@ class TrafficRouter:
         """
         keys = [route_key(r.tenant, r.project, r.service) for r in inp.routes]
         state = self.load()
+        configured = self.backend.configured_backends()
         changing = [
             r
             for key, r in zip(keys, inp.routes, strict=True)
-            if key not in state.routes or r.published_port not in (None, state.routes[key].port)
+            if key not in state.routes
+            or r.published_port not in (None, state.routes[key].port)
+            # Left out at the proxy's start (its port was taken): back if the port is free.
+            or state.routes[key].backend not in configured
         ]
         if not changing:
             self._set_container_ports(keys, inp.routes)

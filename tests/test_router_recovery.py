@@ -569,9 +569,45 @@ def test_a_route_whose_port_is_taken_at_the_start_leaves_the_others_serving(
             assert router.load().routes[KEY].servers.keys() == {"r1"}  # nothing saved
 
             holder.close()
-            router._switch(router.load().routes[other_key], {"b1": at["b1"]}, [], 100)
+            # The project's next deployment makes sure of its routes: that brings it back.
+            assert router.ensure_route(WEB).port == web.port
             assert answer(web.port) == "r1"
             assert backend.configured_backends() == {backend_name(KEY), backend_name(other_key)}
+    finally:
+        holder.close()
+        router.stop()
+
+
+def test_a_route_brought_back_by_another_s_drain_leaves_that_drain_whole(tmp_path: Path) -> None:
+    """A route left out at HAProxy's start comes back with the first change once its port is
+    free, here another route's removal of a server that holds a request: a reload. The reload
+    path drained nothing (the old worker kept the server ready and routed to it, and the removal
+    returned at once, its container to be stopped under the request)."""
+    backend = HAProxyBackend(tmp_path, drain_timeout_s=4)
+    router = TrafficRouter(backend, port_range=LOCAL_ROUTE_PORTS["haproxy"], drain_timeout_s=4)
+    other_key = route_key(TENANT, "elsewhere", "web")
+    holder = socket.socket()
+    try:
+        with held_servers(router, backend, ["r1"]):
+            other = router.ensure_route(OTHER)
+            backend.stop()
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("127.0.0.1", other.port))
+            holder.listen()
+            assert router.ensure_running() == [other_key]
+            time.sleep(1.5)  # r1's first check passed
+            with socket.create_connection(("127.0.0.1", router.load().routes[KEY].port)) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # in flight from now on
+                time.sleep(0.5)
+                holder.close()
+                t0 = time.monotonic()
+                removing = removing_in_background(router, ["r1"])
+                removing.join(timeout=30)
+                took = time.monotonic() - t0
+            assert not removing.is_alive()
+            assert took >= 3.5, took  # the request in flight held the drain
+            assert backend.configured_backends() == {backend_name(KEY), backend_name(other_key)}
+            assert router.load().routes[KEY].servers == {}
     finally:
         holder.close()
         router.stop()
