@@ -229,6 +229,40 @@ class DockerExecutor(HealthWaits):
                 refuse_not_ours("network", name, found[0].get("Labels"), owner, self.instance)
         return name
 
+    @activity.defn(name="remove_network")
+    def remove_network(self, inp: NetworkInput) -> bool:
+        """Remove the project's network when no container is attached to it. Idempotent.
+
+        After a project's first deployment was undone, nothing of the project runs: its
+        network was the one thing left (labelled, and nothing removed it). One with a
+        container attached (what a failed deployment left for inspection), or another
+        project's or instance's, stays.
+
+        Returns:
+            True when it was removed.
+        """
+        name = naming.network_name(inp.tenant, inp.project)
+        owner = project_labels(inp.tenant, inp.project)
+        with classified(f"network {name}"):
+            found = [n for n in self.api.networks(names=[name]) if n["Name"] == name]
+            if not found:
+                return False
+            try:
+                refuse_not_ours("network", name, found[0].get("Labels"), owner, self.instance)
+            except ApplicationError:
+                return False
+            if self.api.inspect_network(found[0]["Id"]).get("Containers"):
+                return False
+            try:
+                self.api.remove_network(found[0]["Id"])
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as exc:
+                if exc.status_code in (403, 409):  # a container attached since: it stays
+                    return False
+                raise
+        return True
+
     def _refuse_names_held(self, inp: NetworkInput, revision: int) -> None:
         """Refuse a deployment one of whose volume or container names another project holds.
 
@@ -583,6 +617,7 @@ class DockerExecutor(HealthWaits):
         return [
             self.list_labelled,
             self.ensure_network,
+            self.remove_network,
             self.start_service,
             self.stop_containers,
             self.stop_containers_briefly,

@@ -9,6 +9,7 @@ import docker
 import pytest
 
 from activities.router import TrafficRouter
+from moorage import naming
 from moorage.models import DeploymentStatus, DeployRequest, EventType
 from moorage.service import DeploymentService
 from tests.helpers import (
@@ -205,6 +206,30 @@ async def test_missing_image_fails_once_and_rolls_back(
     assert state.deployment.status == DeploymentStatus.ROLLED_BACK
     assert "moorage-demo:doesnotexist" in state.deployment.message
     assert serving_version(docker_client, project, "web") == {"v1"}
+
+
+async def test_a_first_deployment_undone_leaves_no_network(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """A project's first deployment rolled back: its containers went, its network stayed
+    (labelled, and nothing removed it). The next deployment makes it again."""
+    await deploy_to_end(
+        service,
+        project,
+        compose("moorage-demo:doesnotexist", api_image=None),
+        DeployRequest(),
+        status=DeploymentStatus.ROLLED_BACK,
+    )
+    assert labelled(docker_client, project) == []
+    mine = {"label": f"{naming.LABEL_PROJECT}={project}"}
+    deadline = asyncio.get_running_loop().time() + 15
+    while docker_client.networks.list(filters=mine):  # removed after the result is recorded
+        assert asyncio.get_running_loop().time() < deadline, "the project's network stayed"
+        await asyncio.sleep(0.2)
+    v1 = compose("moorage-demo:v1", api_image=None)
+    await deploy_to_end(service, project, v1, DeployRequest())
+    assert serving_version(docker_client, project, "web") == {"v1"}
+    assert len(docker_client.networks.list(filters=mine)) == 1
 
 
 @pytest.mark.parametrize("phase", [EventType.SERVICE_STARTING, EventType.SERVICE_STARTED])

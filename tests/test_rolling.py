@@ -734,8 +734,9 @@ async def test_quick_and_brief_steps_run_as_local_activities_and_waiting_steps_d
         ["ensure_network", "ensure_routes", "list_containers", "wait_healthy_briefly"]
         + [*per_replica, "remove_containers"] * 2
     )
-    # ``ensure_route``: the one-route step of deployments started before ``routes-at-once``.
-    assert set(local) == (QUICK_STEPS - {"ensure_route"}) | set(per_replica)
+    # ``ensure_route``: the one-route step of deployments started before ``routes-at-once``;
+    # ``remove_network``: the project workflow's, after its first deployment was undone.
+    assert set(local) == (QUICK_STEPS - {"ensure_route", "remove_network"}) | set(per_replica)
     # Start as an activity; a full health wait only after a brief one without a verdict.
     briefs = brief_results(history)
     assert len(briefs) == 3

@@ -791,6 +791,7 @@ class ProjectWorkflow:
         # Runs started before this change kept them listed (and listening, answering 503).
         if made and workflow.patched(upkeep.UNDONE_ROUTES):
             await upkeep.delete_routes(s, record, made, "the deployment that made it was undone")
+        await upkeep.remove_network_of_nothing(s, result)
         if result.deployment.status == DeploymentStatus.COMPLETED:
             await upkeep.delete_routes_not_served(self.state, record, self._deletes_routes)
             # What failed deployments before it left (kept while they were the latest, and

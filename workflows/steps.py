@@ -62,7 +62,14 @@ def activity_queue(activity_name: str) -> str | None:
 
 
 QUICK_STEPS = frozenset(
-    {"ensure_network", "ensure_route", "ensure_routes", "list_containers", "remove_containers"}
+    {
+        "ensure_network",
+        "ensure_route",
+        "ensure_routes",
+        "list_containers",
+        "remove_containers",
+        "remove_network",
+    }
 )
 """Steps that only ask the engine or the proxy for one thing and never wait for a container.
 

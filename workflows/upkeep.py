@@ -12,7 +12,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.inputs import ContainerSelector, DeleteRoutesInput, RouteServersInput
+    from activities.inputs import (
+        ContainerSelector,
+        DeleteRoutesInput,
+        NetworkInput,
+        RouteServersInput,
+    )
     from moorage.compose import UNRESTRICTED, parse_compose
     from moorage.compose.models import PREVIEW_PREFIX
     from moorage.models import (
@@ -195,6 +200,30 @@ async def delete_routes(
                     created_at=workflow.now(),
                 )
             )
+
+
+UNDONE_NETWORK = "first-undone-removes-network"
+"""Patch: a project's first deployment, undone, removes the project's network."""
+
+
+async def remove_network_of_nothing(s: ProjectState, result: DeploymentState) -> None:
+    """Remove the project's network when ``result`` was undone and no revision serves.
+
+    The undo removed every container the deployment made; the network its first step made
+    stayed, labelled, and nothing removed it. An engine that does not answer leaves it (the
+    next deployment uses it).
+    """
+    undone = (DeploymentStatus.ROLLED_BACK, DeploymentStatus.CANCELLED)
+    if s.current is not None or result.deployment.status not in undone:
+        return
+    if not workflow.patched(UNDONE_NETWORK):
+        return
+    with contextlib.suppress(ActivityError, ApplicationError):
+        await steps.call(
+            "remove_network",
+            NetworkInput(tenant=s.tenant_id, project=s.project_id),
+            result_type=bool,
+        )
 
 
 SERVING_INSTANCES = "serving-instances-after-undo"
