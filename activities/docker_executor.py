@@ -231,27 +231,29 @@ class DockerExecutor(HealthWaits):
 
     @activity.defn(name="remove_network")
     def remove_network(self, inp: NetworkInput) -> bool:
-        """Remove the project's network when no container is attached to it. Idempotent.
+        """Remove the project's network when the project has no container. Idempotent.
 
-        After a project's first deployment was undone, nothing of the project runs: its
-        network was the one thing left (labelled, and nothing removed it). One with a
-        container attached (what a failed deployment left for inspection), or another
-        project's or instance's, stays.
+        After a deployment was undone while no revision serves (a project's first), its network
+        was the one thing left (labelled, and nothing removed it). It stays while any container
+        of the project exists, running or not (what a failed deployment kept for inspection:
+        the engine lists only running ones as attached, and removes a network under stopped
+        ones, which then cannot start), and unless this instance made it (all its labels: an
+        unlabelled one may be a user's, or shared by an older Moorage's installations).
 
         Returns:
             True when it was removed.
         """
         name = naming.network_name(inp.tenant, inp.project)
-        owner = project_labels(inp.tenant, inp.project)
+        owned = owned_labels(inp.tenant, inp.project, self.instance)
         with classified(f"network {name}"):
             found = [n for n in self.api.networks(names=[name]) if n["Name"] == name]
             if not found:
                 return False
-            try:
-                refuse_not_ours("network", name, found[0].get("Labels"), owner, self.instance)
-            except ApplicationError:
+            labels = found[0].get("Labels") or {}
+            if any(labels.get(k) != v for k, v in owned.items()):
                 return False
-            if self.api.inspect_network(found[0]["Id"]).get("Containers"):
+            mine = [f"{k}={v}" for k, v in project_labels(inp.tenant, inp.project).items()]
+            if self.api.containers(all=True, filters={"label": mine}):
                 return False
             try:
                 self.api.remove_network(found[0]["Id"])

@@ -10,11 +10,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
 from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from moorage import naming
 from moorage.models import DeploymentStatus, DeployRequest, EventType
@@ -57,6 +60,21 @@ async def start_attempts(service: DeploymentService, dep_id: str) -> list[int]:
         and scheduled[e.activity_task_started_event_attributes.scheduled_event_id]
         == "start_service"
     ]
+
+
+async def start_runs(handle: WorkflowHandle[Any, Any]) -> bool:
+    """True while the workflow's ``start_service`` activity runs (False: no workflow yet)."""
+    try:
+        pending = (await handle.describe()).raw_description.pending_activities
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return False  # the project's workflow has not started it yet
+    return any(
+        a.activity_type.name == "start_service"
+        and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        for a in pending
+    )
 
 
 async def test_a_pull_longer_than_the_heartbeat_timeout_succeeds_at_its_first_attempt(
@@ -171,11 +189,7 @@ async def test_a_cancel_of_the_workflow_itself_in_a_pull_undoes_the_deployment(
         # writes that when the attempt ends, and the cancel then met the health gate or came
         # after the deployment completed (a third of the runs failed so).
         deadline = time.monotonic() + 30
-        while not any(
-            a.activity_type.name == "start_service"
-            and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-            for a in (await handle.describe()).raw_description.pending_activities
-        ):
+        while not await start_runs(handle):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         await asyncio.sleep(1)

@@ -192,6 +192,19 @@ async def test_without_rollback_on_failure_the_status_is_failed(
     assert EventType.ROLLBACK_STARTED not in [e.event_type for e in state.events]
     # Left as it failed, for the operator to inspect.
     assert [c.status for c in labelled(docker_client, project)] == ["exited"]
+    # A deployment after it, undone while still no revision serves, leaves the network to the
+    # kept container (the engine lists only running containers as a network's own).
+    await deploy_to_end(
+        service,
+        project,
+        compose("moorage-demo:doesnotexist", api_image=None),
+        DeployRequest(),
+        status=DeploymentStatus.ROLLED_BACK,
+    )
+    [kept] = labelled(docker_client, project)
+    await asyncio.sleep(2)  # the removal would follow the recorded result
+    assert docker_client.networks.list(names=[naming.network_name(TENANT, project)])
+    kept.start()  # still on its network: it can start
 
 
 async def test_missing_image_fails_once_and_rolls_back(

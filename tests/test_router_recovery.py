@@ -494,15 +494,19 @@ def test_a_drain_record_of_a_killed_change_goes_stale(tmp_path: Path, listeners:
         router.stop()
 
 
+def reply(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """Answer the handler's request: 200 with ``body``."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class Hello(BaseHTTPRequestHandler):
     """Answers every GET with its server's name."""
 
     def do_GET(self) -> None:
-        body = self.server.answer.encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, self.server.answer.encode())  # type: ignore[attr-defined]
 
     def log_message(self, *args: object) -> None:
         pass
@@ -1033,18 +1037,10 @@ def test_nginx_passes_the_client_s_host_and_any_body_size(tmp_path: Path) -> Non
                 self.rfile.readline()
             else:
                 size = len(self.rfile.read(int(self.headers["Content-Length"])))
-            body = f"{self.headers['Host']} {size}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, f"{self.headers['Host']} {size}".encode())
 
         def do_GET(self) -> None:
-            body = b"y" * (3 * 1024 * 1024)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, b"y" * (3 * 1024 * 1024))
 
         def log_message(self, *args: object) -> None:
             pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.inputs import (
@@ -210,15 +210,15 @@ async def remove_network_of_nothing(s: ProjectState, result: DeploymentState) ->
     """Remove the project's network when ``result`` was undone and no revision serves.
 
     The undo removed every container the deployment made; the network its first step made
-    stayed, labelled, and nothing removed it. An engine that does not answer leaves it (the
-    next deployment uses it).
+    stayed, labelled, and nothing removed it. The step leaves it while any container of the
+    project exists. An engine that does not answer leaves it (the next deployment uses it).
     """
     undone = (DeploymentStatus.ROLLED_BACK, DeploymentStatus.CANCELLED)
     if s.current is not None or result.deployment.status not in undone:
         return
     if not workflow.patched(UNDONE_NETWORK):
         return
-    with contextlib.suppress(ActivityError, ApplicationError):
+    with contextlib.suppress(FailureError):  # a local step's timeout too: best effort
         await steps.call(
             "remove_network",
             NetworkInput(tenant=s.tenant_id, project=s.project_id),
@@ -245,7 +245,7 @@ async def refresh_serving_instances(
         return
     if serving is None or not workflow.patched(SERVING_INSTANCES):
         return
-    with contextlib.suppress(ActivityError, ApplicationError):
+    with contextlib.suppress(FailureError):  # a local step's timeout too
         serving.instances = await steps.call(
             "list_containers",
             ContainerSelector(
