@@ -194,6 +194,15 @@ async def test_without_rollback_on_failure_the_status_is_failed(
     assert [c.status for c in labelled(docker_client, project)] == ["exited"]
     # A deployment after it, undone while still no revision serves, leaves the network to the
     # kept container (the engine lists only running containers as a network's own).
+    await deploy_missing_image(service, project)
+    [kept] = labelled(docker_client, project)
+    await asyncio.sleep(2)  # the removal would follow the recorded result
+    assert docker_client.networks.list(names=[naming.network_name(TENANT, project)])
+    kept.start()  # still on its network: it can start
+
+
+async def deploy_missing_image(service: DeploymentService, project: str) -> None:
+    """Apply and deploy an image no registry has: the deployment ends rolled back."""
     await deploy_to_end(
         service,
         project,
@@ -201,10 +210,6 @@ async def test_without_rollback_on_failure_the_status_is_failed(
         DeployRequest(),
         status=DeploymentStatus.ROLLED_BACK,
     )
-    [kept] = labelled(docker_client, project)
-    await asyncio.sleep(2)  # the removal would follow the recorded result
-    assert docker_client.networks.list(names=[naming.network_name(TENANT, project)])
-    kept.start()  # still on its network: it can start
 
 
 async def test_missing_image_fails_once_and_rolls_back(
@@ -226,13 +231,7 @@ async def test_a_first_deployment_undone_leaves_no_network(
 ) -> None:
     """A project's first deployment rolled back: its containers went, its network stayed
     (labelled, and nothing removed it). The next deployment makes it again."""
-    await deploy_to_end(
-        service,
-        project,
-        compose("moorage-demo:doesnotexist", api_image=None),
-        DeployRequest(),
-        status=DeploymentStatus.ROLLED_BACK,
-    )
+    await deploy_missing_image(service, project)
     assert labelled(docker_client, project) == []
     mine = {"label": f"{naming.LABEL_PROJECT}={project}"}
     deadline = asyncio.get_running_loop().time() + 15
