@@ -38,6 +38,7 @@ from activities.proxy import (
     ServerState,
     backend_name,
     drain_deadline,
+    live_processes,
     process_alive,
     replace_durably,
 )
@@ -203,17 +204,14 @@ class HAProxyBackend(ProxyBackend):
         """
         ours = str(self.pidfile).encode()
         parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        for pid, parent in live_processes().items():
             try:
-                args = (entry / "cmdline").read_bytes().split(b"\0")
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
                 continue
             named = any(a == b"-p" and b == ours for a, b in itertools.pairwise(args))
-            if named and stat[0] != "Z" and args[0].endswith(b"haproxy"):
-                parents[int(entry.name)] = int(stat[1])
+            if named and args[0].endswith(b"haproxy"):
+                parents[pid] = parent
         masters = [pid for pid, parent in parents.items() if parent not in parents]
         return masters[0] if len(masters) == 1 else None
 

@@ -26,6 +26,7 @@ from activities.proxy import (
     RouterState,
     RouteState,
     drain_deadline,
+    live_processes,
     replace_durably,
 )
 
@@ -155,21 +156,8 @@ class NginxBackend(ProxyBackend):
         raise RouterError("nginx did not write its pid file")
 
     def _workers(self, master: int) -> list[int]:
-        """The master's children: its workers, and those of earlier configs still finishing.
-
-        Read from ``/proc`` (``ps`` may not be installed where nginx runs).
-        """
-        children = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if stat[1] == str(master) and stat[0] != "Z":
-                children.append(int(entry.name))
-        return children
+        """The master's children: its workers, and those of earlier configs still finishing."""
+        return [pid for pid, parent in live_processes().items() if parent == master]
 
     @staticmethod
     def _finishing(pid: int) -> bool:

@@ -150,17 +150,37 @@ class ListenPortTaken(RouterError):
     """
 
 
+def _state_and_parent(pid: int | str) -> tuple[str, int] | None:
+    """Process ``pid``'s state letter and parent pid (``/proc/<pid>/stat``); None when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_alive(pid: int) -> bool:
     """True while ``pid`` runs: not gone, and not a zombie its parent has yet to reap.
 
     An exited proxy is a zombie until its parent reaps it: init (nginx daemonizes, and
     HAProxy outlives the worker that started it), which may take seconds, or that worker.
     """
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    found = _state_and_parent(pid)
+    return found is not None and found[0] != "Z"
+
+
+def live_processes() -> dict[int, int]:
+    """Every live process on this host (zombies left out): pid → parent pid, from ``/proc``.
+
+    Read there, not from ``ps``, which may not be installed where the proxy runs.
+    """
+    result = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            found = _state_and_parent(entry.name)
+            if found is not None and found[0] != "Z":
+                result[int(entry.name)] = found[1]
+    return result
 
 
 DRAIN_MARGIN_S = 10.0
