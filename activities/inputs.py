@@ -132,6 +132,8 @@ class RouteInput(BaseModel):
     """The container port traffic goes to, e.g. ``80/tcp``."""
     published_port: int | None = None
     """The listen port the Compose file asks for, if any."""
+    must_route: list[str] = []
+    """Servers the route must hold already (a canary's stable replicas), else it is refused."""
 
 
 class RoutesInput(BaseModel):

@@ -68,6 +68,33 @@ def _cancel_deferred() -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+def refuse_unrouted_stable(inp: RouteInput, route: RouteState | None) -> None:
+    """Refuse when ``route`` lacks a server ``inp.must_route`` names.
+
+    A canary shares a route's traffic between its replicas and the serving revision's, by
+    weights on both. A failed deployment with ``rollback_on_failure`` off may have left the route
+    sending to its own replicas instead (a blue-green's green after the switch, a rolling
+    update's first batches): the canary's weight steps then named servers the route lacks and
+    failed, and so did its undo, which left the canary's replicas routed.
+
+    Raises:
+        ApplicationError: ``StableNotRouted`` (not retryable).
+    """
+    routed = set(route.servers) if route is not None else set()
+    missing = [name for name in inp.must_route if name not in routed]
+    if not missing:
+        return
+    raise ApplicationError(
+        f"{inp.service}: the serving revision's replicas {', '.join(missing)} are not on its "
+        f"route, which sends to {', '.join(sorted(routed)) or 'nothing'} (a failed deployment "
+        "with rollback_on_failure off leaves it so): a canary shares traffic with them; roll "
+        "the failed deployment back first (moorage rollback ID), or deploy with another strategy",
+        {"service": inp.service, "missing": missing, "routed": sorted(routed)},
+        type="StableNotRouted",
+        non_retryable=True,
+    )
+
+
 class TrafficRouter:
     """Routes, their servers and weights; the activities of the traffic router."""
 
@@ -417,10 +444,14 @@ class TrafficRouter:
         Raises:
             ApplicationError: ``RouterPortTaken`` when a port is not free (naming the route
                 that holds it, if one does), ``RouterPortReserved`` when a published port is one
-                replicas get, or ``RouterConfigInvalid`` when the proxy refused the change.
+                replicas get, ``RouterConfigInvalid`` when the proxy refused the change, or
+                ``StableNotRouted`` when a route lacks a server of its ``must_route`` (before
+                any change).
         """
         keys = [route_key(r.tenant, r.project, r.service) for r in inp.routes]
         state = self.load()
+        for key, r in zip(keys, inp.routes, strict=True):
+            refuse_unrouted_stable(r, state.routes.get(key))
         configured = self.backend.configured_backends()
         changing = [
             r

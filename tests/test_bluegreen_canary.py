@@ -641,3 +641,45 @@ async def test_a_canary_step_s_gate_does_not_wait_the_health_delay_again(
     assert [e.details["weight"] for e in switches] == [50, 100, 100]
     # Three more delays would be 9 s; the checks themselves take milliseconds.
     assert (switches[-1].created_at - gates[0].created_at).total_seconds() < 3
+
+
+async def test_a_canary_over_what_a_failed_blue_green_left_is_refused_and_changes_nothing(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """A blue-green that failed after its switch with ``rollback_on_failure`` off leaves green
+    on the route and blue (the serving revision) off it. A canary's weight steps named blue's
+    replicas there and failed, and so did its undo: the canary's replicas stayed, routed. Now it
+    is refused at its first step, which changes nothing; the rollback it names, then the canary,
+    work."""
+    _, blue = await blue_then_failing_green(service, docker_client, project, after=4)
+    keep = {"post_switch_verify": 15, "rollback_on_failure": False}
+    failed = await service.deploy(TENANT, USER, project, BG.model_copy(update=keep))
+    state = await wait_terminal(service, failed.id, timeout=90)
+    assert state.deployment.status == DeploymentStatus.FAILED, state.deployment.message
+    green = routed(router, project)
+    assert green
+    assert not green & blue
+    left = {c.name for c in labelled(docker_client, project)}
+    assert left == blue | green
+
+    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    request = CANARY.model_copy(update={"version": "v3", "canary_steps": [CanaryStep(weight=50)]})
+    dep = await service.deploy(TENANT, USER, project, request)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    [event] = [e for e in state.events if e.event_type == EventType.DEPLOYMENT_FAILED]
+    assert "replicas " + ", ".join(sorted(blue)) + " are not on its route" in event.message
+    assert "moorage rollback ID" in event.message
+    assert (event.service_name, event.details["routed"]) == ("web", sorted(green))
+    assert EventType.SERVICE_STARTING not in [e.event_type for e in state.events]
+    assert {c.name for c in labelled(docker_client, project)} == left
+    assert routed(router, project) == green
+
+    back = await service.rollback(TENANT, USER, failed.id)
+    assert (await wait_terminal(service, back.id)).deployment.status == (DeploymentStatus.COMPLETED)
+    dep = await service.deploy(TENANT, USER, project, request)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message

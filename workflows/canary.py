@@ -148,7 +148,7 @@ class CanaryWorkflow(StrategyWorkflow):
         plan = dep.config.canary_steps or DEFAULT_STEPS
         logged = workflow.patched(replicas.STEP_EVENTS)
         await steps.call("ensure_network", steps.network_input(dep, inp.target))
-        await replicas.ensure_routes(t, inp, self.undo)
+        await replicas.ensure_routes(t, inp, self.undo, self._stable_servers(inp))
 
         # The canary: the new revision's replicas next to stable ones, routed at weight 0.
         for spec in inp.target.services:
@@ -275,6 +275,24 @@ class CanaryWorkflow(StrategyWorkflow):
         old = prev.spec.service(spec.name) if prev and spec.name in prev.spec.names else None
         return old if old is not None and old.route_port() is not None else None
 
+    def _stable_servers(self, inp: StrategyInput) -> dict[str, list[str]]:
+        """Service -> the serving revision's replicas on its route, which the weights name."""
+        return {
+            spec.name: self._stable_names(inp, old)
+            for spec in inp.target.services
+            if (old := self._stable(inp, spec)) is not None and spec.route_port() is not None
+        }
+
+    @staticmethod
+    def _stable_names(inp: StrategyInput, old: ServiceSpec) -> list[str]:
+        """The server names of the serving revision's replicas of ``old``."""
+        dep, prev = inp.deployment, inp.previous
+        assert prev is not None
+        return [
+            naming.container_name(dep.tenant_id, dep.project_id, old.name, prev.revision, s)
+            for s in range(old.replicas)
+        ]
+
     def _weights(
         self, inp: StrategyInput, spec: ServiceSpec, canary_weight: int
     ) -> RouteWeightsInput:
@@ -294,19 +312,14 @@ class CanaryWorkflow(StrategyWorkflow):
             ): canary_weight
             for s in range(spec.replicas)
         }
-        prev = inp.previous
         old = self._stable(inp, spec)
-        if old is not None and prev is not None:
+        if old is not None:
             # Per-server weights for the share, whatever the replica counts on either side.
             canary, stable = planning.canary_weights(canary_weight, spec.replicas, old.replicas)
             for name in weights:
                 weights[name] = canary
-            for s in range(old.replicas):
-                weights[
-                    naming.container_name(
-                        dep.tenant_id, dep.project_id, spec.name, prev.revision, s
-                    )
-                ] = stable
+            for name in self._stable_names(inp, old):
+                weights[name] = stable
         elif canary_weight == 0:
             # Nothing stable to fall back on: the canary is all there is.
             for name in list(weights):

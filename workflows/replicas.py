@@ -333,13 +333,20 @@ def _record_routes(t: Tracker, infos: list[RouteInfo]) -> None:
         t.state.routes[info.service] = info.url
 
 
-async def ensure_routes(t: Tracker, inp: StrategyInput, undo: steps.CompensationStack) -> None:
+async def ensure_routes(
+    t: Tracker,
+    inp: StrategyInput,
+    undo: steps.CompensationStack,
+    must_route: dict[str, list[str]] | None = None,
+) -> None:
     """Make sure every routed service (one with a TCP port) has its route; record the URLs.
 
     One step for all of them, so that services may swap or hand over published ports. A route
     moved to another published port goes back if the deployment is undone (the old revision
     serves where its clients know it): to the port the serving revision publishes, else to the
     one the step moved it from (a retried step that found it moved already does not know that).
+    ``must_route``: service -> servers its route must hold already, or the step refuses the
+    deployment before it changes anything (``StableNotRouted``).
     """
     dep = t.deployment
     previous = inp.previous.spec if inp.previous is not None else None
@@ -354,6 +361,7 @@ async def ensure_routes(t: Tracker, inp: StrategyInput, undo: steps.Compensation
                     service=spec.name,
                     container_port=port.key,
                     published_port=port.published,
+                    must_route=(must_route or {}).get(spec.name, []),
                 )
             )
     if not inputs:
@@ -381,7 +389,7 @@ async def ensure_routes(t: Tracker, inp: StrategyInput, undo: steps.Compensation
         if before is not None and before.published is not None and route.published_port is not None:
             to = before.published if before.published != route.published_port else None
         if to is not None:
-            back.append(route.model_copy(update={"published_port": to}))
+            back.append(route.model_copy(update={"published_port": to, "must_route": []}))
     if back:
         undo.push(
             "routes back on their ports: "
