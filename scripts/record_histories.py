@@ -5,7 +5,8 @@ Temporal dev server and the Docker engine, and saves every workflow's history as
 tests/histories/. Re-record only on purpose: a history that no longer replays means the change
 would break deployments in flight.
 
-Usage: .venv/bin/python scripts/record_histories.py
+Usage: .venv/bin/python scripts/record_histories.py [OUT_DIR]
+(OUT_DIR: somewhere else than tests/histories/, to take only a new history from it)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.helpers import compose, wait_status, wait_terminal  # noqa: E402
 from worker import build_router, build_worker  # noqa: E402
 from workflows import search_attributes as sa  # noqa: E402
 
-OUT = ROOT / "tests" / "histories"
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests" / "histories"
 TENANT = "acme"
 
 
@@ -52,6 +53,7 @@ async def main() -> None:
     task = asyncio.create_task(worker.run())
     svc = DeploymentService(env.client, settings)
     project, quiet, dropped = "replay", "replay-unrouted", "replay-dropped"
+    undone = "replay-first-undone"
     try:
         await svc.apply_project(TENANT, project, compose("moorage-demo:v1", "moorage-demo:v1"))
         d1 = await svc.deploy(TENANT, "u", project, DeployRequest(version="v1"))
@@ -107,6 +109,12 @@ async def main() -> None:
         await svc.apply_project(TENANT, dropped, compose("moorage-demo:v2", api_image=None))
         d8 = await svc.deploy(TENANT, "u", dropped, DeployRequest(version="v2"))
         await wait_terminal(svc, d8.id, tenant=TENANT)
+        # A first deployment undone: the project removes the network it made.
+        await svc.apply_project(
+            TENANT, undone, compose("moorage-demo:unhealthy", "moorage-demo:v1")
+        )
+        d9 = await svc.deploy(TENANT, "u", undone, DeployRequest(health_check_retries=3))
+        await wait_terminal(svc, d9.id, tenant=TENANT)
         await asyncio.sleep(2)  # the route's deletion follows the deployment's end
         OUT.mkdir(parents=True, exist_ok=True)
         names = {
@@ -119,6 +127,7 @@ async def main() -> None:
             naming.deployment_workflow_id(TENANT, d6.id): "canary-completed",
             naming.deployment_workflow_id(TENANT, d7.id): "recreate-unrouted-completed",
             naming.project_workflow_id(TENANT, dropped): "project-dropped-service",
+            naming.project_workflow_id(TENANT, undone): "project-first-undone",
         }
         for wf_id, name in names.items():
             history = await env.client.get_workflow_handle(wf_id).fetch_history()
@@ -130,6 +139,7 @@ async def main() -> None:
         DockerExecutor(client).purge_project(project)
         DockerExecutor(client).purge_project(quiet)
         DockerExecutor(client).purge_project(dropped)
+        DockerExecutor(client).purge_project(undone)
         router.stop()
         await env.shutdown()
         shutil.rmtree(work, ignore_errors=True)

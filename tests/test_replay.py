@@ -78,6 +78,9 @@ def test_there_are_histories_of_every_strategy_and_outcome() -> None:
         "project-dropped-service-before-delete",
         "project-dropped-service-mixed",
         "recreate-unrouted-completed",
+        # A project whose first deployment was undone: it removes the network the deployment
+        # made (patch "first-undone-removes-network", asked only on that branch).
+        "project-first-undone",
         "recreate-cancelled",
         "bluegreen-completed",
         "canary-completed",
