@@ -28,6 +28,7 @@ from typing import NamedTuple, NoReturn
 
 from activities import heartbeat, paced_heartbeat, poll_pauses
 from activities.proxy import (
+    TCP_IDLE,
     Drain,
     ListenPortTaken,
     ProxyBackend,
@@ -63,6 +64,20 @@ NUL, and HAProxy binds at a temporary name first, the path and ``.<pid>.tmp`` (a
 digits: 95). ``haproxy -c`` refuses a path over 97 (its check counts a 5-digit pid)."""
 
 
+MODE_FRONTEND = {
+    "http": [],
+    "tcp": [
+        "    mode tcp",
+        "    no option idle-close-on-response",  # an HTTP option: HAProxy warns of it here
+        f"    timeout client {TCP_IDLE}",
+    ],
+}
+"""What a route's frontend says beyond the defaults, by the route's mode."""
+
+MODE_BACKEND = {"http": [], "tcp": ["    mode tcp", f"    timeout server {TCP_IDLE}"]}
+"""What a route's backend says beyond the defaults, by the route's mode."""
+
+
 def render_config(state: RouterState, directory: Path, bind: str) -> str:
     """The HAProxy config serving ``state``."""
     lines = [
@@ -94,9 +109,11 @@ def render_config(state: RouterState, directory: Path, bind: str) -> str:
         lines += [
             f"frontend fe_{route.backend[3:]}",
             f"    bind {bind}:{route.port}",
+            *MODE_FRONTEND[route.mode],
             f"    default_backend {route.backend}",
             "",
             f"backend {route.backend}",
+            *MODE_BACKEND[route.mode],
             "    balance roundrobin",
         ]
         for name, server in sorted(route.servers.items()):
@@ -620,7 +637,7 @@ class HAProxyBackend(ProxyBackend):
         return backend in self.served_backends()
 
     def change(self, old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> Drain:
-        """Runtime changes for servers; a graceful reload only when routes come or go.
+        """Runtime changes for servers; a graceful reload when routes come, go, move or change mode.
 
         Servers are compared with what HAProxy runs, not with ``old``: an attempt killed between
         its runtime commands and the save of the state leaves HAProxy ahead of (or, for a drain,
@@ -633,8 +650,8 @@ class HAProxyBackend(ProxyBackend):
         Raises:
             RouterError: HAProxy refused a change or the config.
         """
-        old_ports = {k: r.port for k, r in old.routes.items()}
-        new_ports = {k: r.port for k, r in new.routes.items()}
+        old_ports = {k: (r.port, r.mode) for k, r in old.routes.items()}
+        new_ports = {k: (r.port, r.mode) for k, r in new.routes.items()}
         if old_ports != new_ports:
             self._refuse_taken_ports(old, new)
             # Servers a change takes out while routes come or go (another route brought back

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from moorage.compose import ProbeSpec, ServiceSpec
+from moorage.compose.models import RouteMode
 from moorage.models import ServiceInstance
 
 
@@ -132,6 +133,8 @@ class RouteInput(BaseModel):
     """The container port traffic goes to, e.g. ``80/tcp``."""
     published_port: int | None = None
     """The listen port the Compose file asks for, if any."""
+    mode: RouteMode = "http"
+    """How the router serves it: HTTP requests, or TCP connections passed through."""
     must_route: list[str] = []
     """Servers the route must hold already (a canary's stable replicas), else it is refused."""
 

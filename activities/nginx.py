@@ -18,6 +18,7 @@ from pathlib import Path
 
 from activities import paced_heartbeat, poll_pauses
 from activities.proxy import (
+    TCP_IDLE,
     Drain,
     ListenPortTaken,
     ProxyBackend,
@@ -36,12 +37,50 @@ RELOAD_S = 10.0
 fails is retried for ~2.5 s first)."""
 
 
+def _upstream(route: RouteState, indent: str) -> list[str]:
+    """A route's ``upstream`` block: its servers, those at weight 0 ``down``."""
+    lines = [f"{indent}upstream {route.backend} {{"]
+    servers = sorted(route.servers.items())
+    for name, server in servers:
+        if server.weight > 0:
+            lines.append(f"{indent}    server {server.address} weight={server.weight};  # {name}")
+        else:
+            lines.append(f"{indent}    server {server.address} down;  # {name}")
+    if not servers:
+        lines.append(f"{indent}    server 127.0.0.1:9 down;  # no replica serves yet")
+    return [*lines, f"{indent}}}"]
+
+
+def stream_module() -> str | None:
+    """The ``load_module`` path of nginx's stream module (TCP routes); None when built in.
+
+    Raises:
+        RouterError: this nginx has no stream module (Debian ships it apart:
+            ``libnginx-mod-stream``).
+    """
+    try:
+        built = subprocess.run([NGINX, "-V"], capture_output=True, text=True, check=False).stderr
+    except OSError as exc:
+        raise RouterError(f"nginx -V: {exc}") from exc
+    if re.search(r"--with-stream(\s|$)", built):
+        return None
+    found = re.search(r"--modules-path=(\S+)", built)
+    path = Path(found.group(1) if found else "/usr/lib/nginx/modules") / "ngx_stream_module.so"
+    if "--with-stream=dynamic" in built and path.exists():
+        return str(path)
+    raise RouterError(
+        "nginx has no stream module, which TCP routes (x-moorage: {route: tcp}) need: install "
+        f"it (Debian: apt-get install libnginx-mod-stream; looked for {path})"
+    )
+
+
 def render_config(
     state: RouterState,
     directory: Path,
     bind: str,
     extra_http: str = "",
     shutdown_s: float = 10.0,
+    stream: str | None = None,
 ) -> str:
     """The nginx config serving ``state``.
 
@@ -49,9 +88,13 @@ def render_config(
     upstream's name, ``be_<tenant>_<project>_<service>``, which Django, for one, refuses) and any
     body size (nginx refused bodies over 1 MB). Old workers end at most 60 s (or ``shutdown_s``,
     the drain timeout, if longer) after a reload, as HAProxy's ``hard-stop-after 60s``: one long
-    response kept one alive for ever, and every later change waited on it.
+    response kept one alive for ever, and every later change waited on it. TCP routes go in a
+    ``stream`` block (``stream``: the module to load for it, see :func:`stream_module`).
     """
-    lines = [
+    routes = sorted(state.routes.values(), key=lambda r: r.port)
+    tcp = [r for r in routes if r.mode == "tcp"]
+    lines = [f"load_module {stream};"] if tcp and stream else []
+    lines += [
         "worker_processes 1;",
         f"worker_shutdown_timeout {max(60, math.ceil(shutdown_s))}s;",
         f"pid {directory / 'nginx.pid'};",
@@ -69,18 +112,9 @@ def render_config(
     ]
     if extra_http.strip():
         lines.append(f"    {extra_http.strip()}")
-    for route in sorted(state.routes.values(), key=lambda r: r.port):
-        lines.append(f"    upstream {route.backend} {{")
-        servers = sorted(route.servers.items())
-        for name, server in servers:
-            if server.weight > 0:
-                lines.append(f"        server {server.address} weight={server.weight};  # {name}")
-            else:
-                lines.append(f"        server {server.address} down;  # {name}")
-        if not servers:
-            lines.append("        server 127.0.0.1:9 down;  # no replica serves yet")
+    for route in (r for r in routes if r.mode == "http"):
+        lines += _upstream(route, "    ")
         lines += [
-            "    }",
             "    server {",
             f"        listen {bind}:{route.port};",
             "        location / {",
@@ -97,6 +131,19 @@ def render_config(
             "    }",
         ]
     lines.append("}")
+    if tcp:
+        lines.append("stream {")
+        for route in tcp:
+            lines += _upstream(route, "    ")
+            lines += [
+                "    server {",
+                f"        listen {bind}:{route.port};",
+                f"        proxy_pass {route.backend};",
+                "        proxy_connect_timeout 3s;",
+                f"        proxy_timeout {TCP_IDLE};",  # idle time, as HAProxy's
+                "    }",
+            ]
+        lines.append("}")
     return "\n".join(lines) + "\n"
 
 
@@ -111,9 +158,17 @@ class NginxBackend(ProxyBackend):
         self.config = directory / "nginx.conf"
         self.extra_http = ""
         """Operator-provided directives for the ``http`` block (e.g. logging)."""
+        self._stream: str | bool | None = False
+        """:func:`stream_module`, once a TCP route asked (False: not asked yet)."""
 
     def _render(self, state: RouterState) -> str:
-        return render_config(state, self.dir, self.bind, self.extra_http, self.drain_timeout_s)
+        tcp = any(r.mode == "tcp" for r in state.routes.values())
+        if tcp and self._stream is False:
+            self._stream = stream_module()
+        stream = self._stream if isinstance(self._stream, str) else None
+        return render_config(
+            state, self.dir, self.bind, self.extra_http, self.drain_timeout_s, stream
+        )
 
     def running(self) -> bool:
         """True when the nginx master is alive."""

@@ -19,6 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from moorage.compose.models import RouteMode
+
 
 def replace_durably(tmp: Path, target: Path) -> None:
     """``os.replace(tmp, target)`` once ``tmp`` is on disk, and the rename made durable too.
@@ -43,6 +45,11 @@ class ServerState(BaseModel):
     weight: int = 100
 
 
+TCP_IDLE = "1h"
+"""How long a TCP route's connection may stay idle (a database client's pooled connection), in
+either proxy's duration syntax: the 60 s of HTTP routes are for requests."""
+
+
 class RouteState(BaseModel):
     """One route: a listen port and its servers."""
 
@@ -50,6 +57,8 @@ class RouteState(BaseModel):
     """``tenant/project/service``."""
     port: int
     container_port: str
+    mode: RouteMode = "http"
+    """``tcp``: connections passed through (``x-moorage: {route: tcp}``); ``http``: requests."""
     servers: dict[str, ServerState] = Field(default_factory=dict)
 
     @property

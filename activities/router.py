@@ -68,6 +68,11 @@ def _cancel_deferred() -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+def route_url(mode: str, host: str, port: int) -> str:
+    """Where a route serves: ``http://host:port/``, or ``tcp://host:port`` for a TCP route."""
+    return f"http://{host}:{port}/" if mode == "http" else f"tcp://{host}:{port}"
+
+
 def refuse_unrouted_stable(inp: RouteInput, route: RouteState | None) -> None:
     """Refuse when ``route`` lacks a server ``inp.must_route`` names.
 
@@ -458,6 +463,7 @@ class TrafficRouter:
             for key, r in zip(keys, inp.routes, strict=True)
             if key not in state.routes
             or r.published_port not in (None, state.routes[key].port)
+            or r.mode != state.routes[key].mode
             # Left out at the proxy's start (its port was taken): back if the port is free.
             or state.routes[key].backend not in configured
         ]
@@ -470,7 +476,7 @@ class TrafficRouter:
         for r in changing:
             self._refuse_reserved(r)
         moved: dict[str, int] = {}
-        container_ports = {k: r.container_port for k, r in zip(keys, inp.routes, strict=True)}
+        asked = dict(zip(keys, inp.routes, strict=True))
 
         def mutate(s: RouterState) -> dict[str, list[str]]:
             moved.clear()
@@ -480,7 +486,7 @@ class TrafficRouter:
                 if found is None or r.published_port not in (None, found.port):
                     wants[key] = r.published_port
                 if found is not None:
-                    found.container_port = r.container_port
+                    found.container_port, found.mode = r.container_port, r.mode
             leaving = {s.routes[k].port for k in wants if k in s.routes}
             published = [p for p in wants.values() if p is not None]
             if len(set(published)) != len(published):
@@ -511,14 +517,18 @@ class TrafficRouter:
                     s.routes[key].port = port
                 else:
                     s.routes[key] = RouteState(
-                        key=key, port=port, container_port=container_ports[key]
+                        key=key,
+                        port=port,
+                        container_port=asked[key].container_port,
+                        mode=asked[key].mode,
                     )
             for key, port in wants.items():  # new routes without a published port, last
                 if port is None:
                     s.routes[key] = RouteState(
                         key=key,
                         port=self._free_port(s, key, None),
-                        container_port=container_ports[key],
+                        container_port=asked[key].container_port,
+                        mode=asked[key].mode,
                     )
             return {}
 
@@ -550,7 +560,7 @@ class TrafficRouter:
     def _info(self, r: RouteInput, port: int, moved_from: int | None) -> RouteInfo:
         return RouteInfo(
             service=r.service,
-            url=f"http://{self.backend.bind}:{port}/",
+            url=route_url(r.mode, self.backend.bind, port),
             port=port,
             moved_from=moved_from,
         )

@@ -24,6 +24,8 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 python3 -c 'import ensurepip' 2>/dev/null || [ -x .venv/bin/python ] || need_apt+=(python3-venv)
 if [ "${1:-}" = "--tests" ]; then
   command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+  # TCP routes (x-moorage: {route: tcp}) through nginx: its stream module, a package of its own.
+  [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -28,6 +28,19 @@ TENANT = "acme"
 USER = "alice"
 
 
+def tcp_echo(image: str = "moorage-demo:v1", replicas: int = 1) -> str:
+    """A project whose ``web`` speaks no HTTP on its route: on port 7000 each connection gets
+    the version, then its lines echoed (busybox ``nc``); a TCP route (``x-moorage``)."""
+    talk = "nc -ll -p 7000 -e sh -c 'cat /www/version; exec cat' & exec /init.sh"
+    return (
+        f"services:\n  web:\n    image: {image}\n"
+        f'    command: ["sh", "-c", "{talk}"]\n'
+        "    ports: ['7000']\n"
+        f"    deploy:\n      replicas: {replicas}\n"
+        "    x-moorage: {route: tcp, probe: {type: tcp, port: 7000, interval: 100ms}}\n"
+    )
+
+
 def compose(
     web_image: str = "moorage-demo:v1",
     api_image: str | None = "moorage-demo:v1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from collections import Counter
@@ -91,3 +92,36 @@ class Load:
     def last_versions(self, n: int) -> set[str]:
         with self._lock:
             return {v for _, v in self.result.timeline[-n:]}
+
+
+def tcp_exchange(host: str, port: int, line: bytes = b"ping\n", timeout: float = 10) -> str:
+    """One conversation with a TCP echo replica (:data:`tests.helpers.TCP_ECHO`): its greeting
+    (the version it serves), then ``line`` sent and echoed back.
+
+    Raises:
+        OSError: the connection failed, or the replica did not echo ``line``.
+    """
+    with (
+        socket.create_connection((host, port), timeout=timeout) as sock,
+        sock.makefile("rwb") as stream,
+    ):
+        version = stream.readline().decode().strip()
+        stream.write(line)
+        stream.flush()
+        echoed = stream.readline()
+    if not version or echoed != line:
+        raise OSError(f"answered {version!r}, then {echoed!r}")
+    return version
+
+
+class TcpLoad(Load):
+    """``connections`` threads talk to a TCP route (:func:`tcp_exchange`) until stopped: a new
+    connection for each conversation."""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._record(tcp_exchange(self.host, self.port), None)
+            except OSError as exc:
+                self._record(None, f"{type(exc).__name__}: {exc}")
+            time.sleep(self.pause_s)

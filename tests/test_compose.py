@@ -2326,6 +2326,19 @@ def test_x_moorage_route_false_keeps_a_service_with_a_port_off_the_router() -> N
     assert one('ports: ["5432"]').route_port() == routed
 
 
+def test_x_moorage_route_tcp_routes_connections_and_http_is_the_default() -> None:
+    tcp = one('ports: ["5432:5432"]\nx-moorage: {route: tcp}')
+    assert (tcp.route, tcp.route_mode) == (True, "tcp")
+    port = tcp.route_port()
+    assert port is not None
+    assert (port.target, port.published) == (5432, 5432)  # a published port it serves
+    assert one('ports: ["80"]\nx-moorage: {route: http}').route_mode == "http"
+    assert one('ports: ["80"]\nx-moorage: {route: true}').route_mode == "http"
+    assert one('ports: ["80"]').route_mode == "http"
+    off = one('ports: ["5432"]\nx-moorage: {route: false}')
+    assert (off.route_port(), off.route_mode) == (None, "http")
+
+
 @pytest.mark.parametrize(
     ("body", "key"),
     [
@@ -2340,6 +2353,8 @@ def test_x_moorage_route_false_keeps_a_service_with_a_port_off_the_router() -> N
         ("x-moorage: {probe: {path: healthz}}", "x-moorage.probe.path"),
         ("x-moorage: {probe: {status: 700}}", "x-moorage.probe.status"),
         ("x-moorage: {route: 'no'}", "x-moorage.route"),
+        ("x-moorage: {route: udp}", "x-moorage.route"),
+        ("x-moorage: {route: TCP}", "x-moorage.route"),
     ],
 )
 def test_x_moorage_refusals_name_the_key(body: str, key: str) -> None:

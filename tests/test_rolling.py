@@ -43,12 +43,13 @@ from tests.helpers import (
     labelled,
     local_activity_markers,
     routed,
+    tcp_echo,
     wait_status,
     wait_terminal,
     wait_until,
     worker_port_setting,
 )
-from tests.load import Load
+from tests.load import Load, TcpLoad
 from worker import build_router, build_worker
 from workflows import steps
 from workflows.steps import BRIEF_STEPS, QUICK_STEPS, runs_local
@@ -573,6 +574,74 @@ async def test_nginx_rolling_update_without_keepalive_drops_nothing(
     assert load.result.versions["v1"] > 0
     assert load.last_versions(30) == {"v2"}
     assert routed(nginx_router, project) == {c.name for c in labelled(docker_client, project)}
+
+
+async def test_a_tcp_route_rolls_under_load_and_drops_no_connection(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """A service that speaks no HTTP (``x-moorage: {route: tcp}``), 4 replicas rolled while
+    clients open a connection per conversation: none fails, and the version flips."""
+    await roll_tcp_under_load(service, docker_client, router, project)
+
+
+async def test_a_tcp_route_rolls_under_load_through_nginx_and_drops_no_connection(
+    nginx_service: DeploymentService,
+    docker_client: docker.DockerClient,
+    nginx_router: TrafficRouter,
+    project: str,
+) -> None:
+    await roll_tcp_under_load(nginx_service, docker_client, nginx_router, project)
+
+
+async def roll_tcp_under_load(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """v1 then v2 of :func:`tcp_echo`, rolled under :class:`TcpLoad`."""
+    await service.apply_project(TENANT, project, tcp_echo("moorage-demo:v1", REPLICAS))
+    first = await service.deploy(TENANT, USER, project, ROLL.model_copy(update={"version": "v1"}))
+    state = await wait_terminal(service, first.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    url = (await service.get_project(TENANT, project)).routes["web"]
+    assert url.startswith("tcp://127.0.0.1:")
+    await service.apply_project(TENANT, project, tcp_echo("moorage-demo:v2", REPLICAS))
+    with TcpLoad(url, connections=4) as load:
+        await asyncio.sleep(0.3)
+        dep = await service.deploy(TENANT, USER, project, ROLL)
+        state = await wait_terminal(service, dep.id)
+        await asyncio.sleep(0.5)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.ok > 100
+    assert load.result.versions["v1"] > 0
+    assert load.last_versions(30) == {"v2"}
+    assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
+
+
+async def test_an_undone_deployment_puts_its_route_back_in_the_serving_revision_s_mode(
+    service: DeploymentService,
+    docker_client: docker.DockerClient,
+    router: TrafficRouter,
+    project: str,
+) -> None:
+    """A revision that routes ``web`` in TCP mode switches its route at the first step; when it
+    fails, the route speaks HTTP again for the revision that serves."""
+    url = await serve_v1(service, project)
+    crashing = tcp_echo("moorage-demo:v2", REPLICAS).replace("nc -ll", "exit 3; nc -ll")
+    await service.apply_project(TENANT, project, crashing)
+    dep = await service.deploy(TENANT, USER, project, ROLL)
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.ROLLED_BACK, state.deployment.message
+    steps = [e.message for e in state.events if e.event_type == EventType.ROLLBACK_STEP]
+    assert "routes back on their ports: web (http)" in steps
+    assert router.load().routes[route_key(TENANT, project, "web")].mode == "http"
+    assert get_version(url) == "v1"
+    assert (await service.get_project(TENANT, project)).routes["web"] == url
 
 
 async def test_invalid_nginx_config_keeps_the_old_one_serving(

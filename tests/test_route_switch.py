@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -22,11 +23,12 @@ from temporalio.exceptions import ApplicationError
 from activities.haproxy import HAProxyBackend
 from activities.inputs import RouteInput, RouteServersInput, RoutesInput, RouteSwitchInput
 from activities.nginx import NginxBackend
-from activities.proxy import Drain, RouterError, ServerState
+from activities.proxy import Drain, RouterError, ServerState, route_key
 from activities.replica_ports import bindable
 from activities.router import TrafficRouter
 from tests.conftest import make_router
-from tests.helpers import TENANT, start_web, worker_ports
+from tests.helpers import TENANT, start_web, tcp_echo, worker_ports
+from tests.load import tcp_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -322,3 +324,52 @@ def test_a_torn_router_state_is_refused_naming_the_file(
     router.state_file.write_text('{"routes": {"a": {"po')
     with pytest.raises(RouterError, match=r"state\.json is not the router's state"):
         router.load()
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_a_tcp_route_passes_connections_through_and_drains_them(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
+) -> None:
+    """``x-moorage: {route: tcp}``: a service that speaks no HTTP (a database, a broker) had no
+    route but an HTTP one, which answered its clients' bytes 400; now the route passes
+    connections through, next to HTTP routes, and a switch drains an open connection."""
+    old, new = (i.container_name for i in start_web(docker_client, project, tcp_echo(), [0, 1]))
+    router = make_router(kind, tmp_path, docker_client)
+    route = RouteInput(
+        tenant=TENANT, project=project, service="web", container_port="7000/tcp", mode="tcp"
+    )
+    try:
+        info = router.ensure_route(route)
+        assert info.url == f"tcp://127.0.0.1:{info.port}"
+        api = router.ensure_route(route.model_copy(update={"service": "api", "mode": "http"}))
+        assert api.url.startswith("http://")
+        router.route_add(servers(project, old))
+        assert tcp_exchange("127.0.0.1", info.port, b"PING\r\n") == "v1"
+
+        with socket.create_connection(("127.0.0.1", info.port), timeout=10) as held:
+            stream = held.makefile("rwb")
+            assert stream.readline() == b"v1\n"  # a connection to the old replica, open
+            switch = RouteSwitchInput(
+                tenant=TENANT, project=project, service="web", add=[new], remove=[old]
+            )
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                switched = pool.submit(router.route_switch, switch)
+                time.sleep(1.0)
+                assert not switched.done(), "the drain waits for the open connection"
+                stream.write(b"still here\n")
+                stream.flush()
+                assert stream.readline() == b"still here\n"
+                held.shutdown(socket.SHUT_WR)
+                assert switched.result(timeout=15) == [new]
+        r = router.load().routes[route_key(TENANT, project, "web")]
+        assert (r.mode, set(r.servers)) == ("tcp", {new})
+        assert router.backend.live_servers(r) == {new: 100}
+        assert tcp_exchange("127.0.0.1", info.port) == "v1"
+
+        # Back to HTTP (a revision that routes it so): the proxy speaks HTTP on that port again.
+        router.ensure_route(route.model_copy(update={"mode": "http"}))
+        with socket.create_connection(("127.0.0.1", info.port), timeout=10) as sock:
+            sock.sendall(b"PING\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 400")
+    finally:
+        router.stop()

@@ -263,6 +263,7 @@ class BlueGreenWorkflow(StrategyWorkflow):
                     project=dep.project_id,
                     service=name,
                     container_port=port.key,
+                    mode=spec.route_mode,
                 ),
                 result_type=RouteInfo,
             )

@@ -361,6 +361,7 @@ async def ensure_routes(
                     service=spec.name,
                     container_port=port.key,
                     published_port=port.published,
+                    mode=spec.route_mode,
                     must_route=(must_route or {}).get(spec.name, []),
                 )
             )
@@ -377,7 +378,7 @@ async def ensure_routes(
         "ensure_routes", RoutesInput(routes=inputs), result_type=list[RouteInfo]
     )
     _record_routes(t, infos)
-    back = []
+    back, said = [], []
     for route, info in zip(inputs, infos, strict=True):
         old = (
             previous.service(route.service)
@@ -388,12 +389,20 @@ async def ensure_routes(
         to = info.moved_from
         if before is not None and before.published is not None and route.published_port is not None:
             to = before.published if before.published != route.published_port else None
-        if to is not None:
-            back.append(route.model_copy(update={"published_port": to, "must_route": []}))
+        # A route the serving revision serves in another mode (HTTP, TCP) goes back to it too.
+        mode = old.route_mode if old is not None and before is not None else route.mode
+        if to is not None or mode != route.mode:
+            back.append(
+                route.model_copy(update={"published_port": to, "mode": mode, "must_route": []})
+            )
+            said.append(
+                route.service
+                + (f" {to}" if to is not None else "")
+                + (f" ({mode})" if mode != route.mode else "")
+            )
     if back:
         undo.push(
-            "routes back on their ports: "
-            + ", ".join(f"{b.service} {b.published_port}" for b in back),
+            "routes back on their ports: " + ", ".join(said),
             "ensure_routes",
             RoutesInput(routes=back),
             result_type=list[RouteInfo],

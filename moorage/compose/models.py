@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+RouteMode = Literal["http", "tcp"]
+"""How the traffic router serves a route: HTTP requests, or TCP connections passed through."""
+
 PREVIEW_PREFIX = "preview-of-"
 """Preview routes are routes of a pseudo-service ``preview-of-<service>`` (blue-green); no
 service of a project may be named so."""
@@ -128,8 +131,10 @@ class ServiceSpec(BaseModel):
     restart_max_retries: int = 0
     """``on-failure:N``: at most N restarts (0: no limit)."""
     route: bool = True
-    """``x-moorage.route``: false keeps a service with a TCP port off the traffic router (one that
-    does not speak HTTP, e.g. a database, which the router's HTTP proxying would not serve)."""
+    """``x-moorage.route``: false keeps a service with a TCP port off the traffic router."""
+    route_mode: RouteMode = "http"
+    """``x-moorage.route: tcp``: the router passes connections through, not HTTP requests (a
+    database, a message broker: what does not speak HTTP)."""
     privileged: bool = False
     cap_add: list[str] = Field(default_factory=list)
     """Capabilities to add, upper-case without ``CAP_``."""

@@ -746,7 +746,16 @@ def _parse_x_moorage(value: Any, spec: ServiceSpec) -> None:
             )
         spec.health_check_retries = retries
     if "route" in value:
-        spec.route = boolean(value["route"], service=name, key="x-moorage.route")
+        mode = value["route"]
+        if mode in ("http", "tcp"):
+            spec.route, spec.route_mode = True, mode
+        else:
+            try:
+                spec.route = boolean(mode, service=name, key="x-moorage.route")
+            except ComposeError:
+                raise ComposeError(
+                    "must be true, false, 'http' or 'tcp'", service=name, key="x-moorage.route"
+                ) from None
     probe = value.get("probe")
     if probe is None:
         return
