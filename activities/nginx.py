@@ -249,7 +249,11 @@ class NginxBackend(ProxyBackend):
         except ProcessLookupError as exc:
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         self._wait_reloaded(master, before, log, offset, old)
-        return NginxDrain(self, master, retired)
+        # A change that takes no server out waits only until the retired workers stop taking
+        # connections (the old config's), not until they have finished what they hold: a
+        # client holding a TCP route's connection keeps one up to its shutdown timeout, and
+        # every change (any project's: route_add, weights) waited the drain timeout on it.
+        return NginxDrain(self, master, retired, whole=takes_out(old, new, draining))
 
     def _wait_reloaded(
         self, master: int, before: set[int], log: Path, offset: int, old: RouterState
@@ -344,6 +348,22 @@ def _emerg_since(log: Path, offset: int) -> str | None:
     return "; ".join(dict.fromkeys(said)) or None
 
 
+def takes_out(old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> bool:
+    """True when a change takes a server out of the proxy's routes (or moves one elsewhere).
+
+    Its requests in flight must end before its container stops: the drain waits for them.
+    """
+    if any(draining.values()):
+        return True
+    for key, route in old.routes.items():
+        after = new.routes.get(key)
+        for name, server in route.servers.items():
+            kept = after.servers.get(name) if after is not None else None
+            if kept is None or kept.address != server.address:
+                return True
+    return False
+
+
 class NginxDrain(Drain):
     """A reload's old workers: they finish their in-flight requests, then exit.
 
@@ -351,11 +371,13 @@ class NginxDrain(Drain):
     wait, for the workers the reload retired (a reload since retires workers of its own).
     """
 
-    def __init__(self, nginx: NginxBackend, master: int, retired: set[int]):
+    def __init__(self, nginx: NginxBackend, master: int, retired: set[int], whole: bool = True):
         super().__init__()
         self.nginx = nginx
         self.master = master
         self.retired = retired
+        self.whole = whole
+        """False: only until the old workers stop taking connections (they are shutting down)."""
 
     def wait(self) -> None:
         """Until none of the old workers is left, or the drain timeout is over (heartbeating)."""
@@ -365,6 +387,8 @@ class NginxDrain(Drain):
         while time.monotonic() < deadline:
             current = set(self.nginx._workers(self.master))
             if current and not (current & self.retired):
+                return
+            if not self.whole and all(self.nginx._finishing(pid) for pid in self.retired):
                 return
             beat("draining: old nginx workers still finish requests")
             time.sleep(next(pauses))

@@ -373,3 +373,32 @@ def test_a_tcp_route_passes_connections_through_and_drains_them(
             assert sock.recv(64).startswith(b"HTTP/1.1 400")
     finally:
         router.stop()
+
+
+def test_an_nginx_change_that_takes_no_server_out_does_not_wait_for_held_connections(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """Every nginx change reloads, and waited until the workers it retired had exited: one
+    holds a TCP route's open connection until its client closes it (or nginx's shutdown
+    timeout), so each change, any project's, waited the whole drain timeout (5 s here)."""
+    started = start_web(docker_client, project, tcp_echo(), [0, 1])
+    first, second = (i.container_name for i in started)
+    router = make_router("nginx", tmp_path, docker_client)
+    route = RouteInput(
+        tenant=TENANT, project=project, service="web", container_port="7000/tcp", mode="tcp"
+    )
+    try:
+        port = router.ensure_route(route).port
+        router.route_add(servers(project, first))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+            assert held.makefile("rb").readline() == b"v1\n"
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                added = pool.submit(router.route_add, servers(project, second))
+                # Done with the connection still open: well within the 5 s drain timeout.
+                assert added.result(timeout=3) == [second]
+                held.sendall(b"after\n")
+                assert held.recv(16) == b"after\n"  # the old worker still serves it
+        r = router.load().routes[route_key(TENANT, project, "web")]
+        assert router.backend.live_servers(r) == {first: 100, second: 100}
+    finally:
+        router.stop()
