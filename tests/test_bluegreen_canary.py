@@ -22,13 +22,14 @@ from moorage.models import (
     EventType,
     Strategy,
 )
-from moorage.service import ConflictError, DeploymentService
+from moorage.service import ConflictError, DeploymentService, InvalidError
 from tests.conftest import TASK_QUEUE
 from tests.helpers import (
     TENANT,
     USER,
     labelled,
     routed,
+    tcp_echo,
     wait_status,
     wait_terminal,
     wait_until,
@@ -683,3 +684,25 @@ async def test_a_canary_over_what_a_failed_blue_green_left_is_refused_and_change
     dep = await service.deploy(TENANT, USER, project, request)
     state = await wait_terminal(service, dep.id)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+
+
+async def test_a_blue_green_or_canary_that_changes_a_route_s_mode_is_refused(
+    service: DeploymentService, docker_client: docker.DockerClient, project: str
+) -> None:
+    """Both serve two revisions on one route while the route takes the new revision's mode at
+    the first step: a serving revision that speaks TCP only would be answered as HTTP. Refused
+    when asked (422 naming ``strategy``); a rolling update takes it."""
+    await serve_v1(service, project)
+    serving = {c.name for c in labelled(docker_client, project)}
+    await service.apply_project(TENANT, project, tcp_echo("moorage-demo:v2", 2))
+    for strategy in (Strategy.BLUE_GREEN, Strategy.CANARY):
+        with pytest.raises(InvalidError) as refused:
+            await service.deploy(TENANT, USER, project, DeployRequest(strategy=strategy))
+        assert "(web http → tcp; x-moorage.route)" in refused.value.message
+        assert refused.value.field == ["body", "strategy"]
+    assert len(await service.list_deployments(TENANT, project)) == 1
+    assert {c.name for c in labelled(docker_client, project)} == serving
+    dep = await service.deploy(TENANT, USER, project, DeployRequest(strategy="rolling_update"))
+    state = await wait_terminal(service, dep.id)
+    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    assert (await service.get_project(TENANT, project)).routes["web"].startswith("tcp://")

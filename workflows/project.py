@@ -227,6 +227,30 @@ def _health_refusal(config: DeploymentConfig, spec: ProjectSpec) -> str | None:
     return None
 
 
+def _mode_change_refusal(serving: ProjectSpec, target: ProjectSpec) -> str | None:
+    """Why a blue-green or canary cannot roll ``target`` out: a route it changes the mode of.
+
+    Both serve the two revisions on one route for a while (blue until the switch, stable beside
+    the canary), and the route switches its mode at the first step: a serving revision that
+    speaks TCP only would be answered as HTTP until then.
+    """
+    changes = [
+        f"{new.name} {old.route_mode} → {new.route_mode}"
+        for new in target.services
+        if new.route_port() is not None
+        and new.name in serving.names
+        and (old := serving.service(new.name)).route_port() is not None
+        and old.route_mode != new.route_mode
+    ]
+    if not changes:
+        return None
+    return (
+        f"the revision changes the mode of its routes ({', '.join(changes)}; x-moorage.route): "
+        "blue-green and canary serve both revisions on one route, which switches its mode at "
+        "the first step; deploy it with rolling_update or recreate"
+    )
+
+
 def _refuse(message: str, kind: str, *loc: str) -> ApplicationError:
     """A refusal the API maps to a status: ``Conflict`` 409, ``NotFound`` 404, ``Invalid`` 422.
 
@@ -458,6 +482,12 @@ class ProjectWorkflow:
         why = _health_refusal(inp.request, spec)
         if why is not None:
             raise _refuse(why, "Invalid")
+        if inp.request.strategy in (Strategy.BLUE_GREEN, Strategy.CANARY) and s.current:
+            why = _mode_change_refusal(
+                parse_compose(s.current.compose, policy=UNRESTRICTED, stored=True), spec
+            )
+            if why is not None:
+                raise _refuse(why, "Invalid", "body", "strategy")
         self._refuse_if_active()
 
     @workflow.update(name="rollback")
