@@ -392,8 +392,17 @@ async def ensure_routes(
         # A route the serving revision serves in another mode (HTTP, TCP) goes back to it too.
         mode = old.route_mode if old is not None and before is not None else route.mode
         if to is not None or mode != route.mode:
+            # On the serving revision's container port: its replicas serve on it again.
+            served_on = before.key if before is not None else route.container_port
             back.append(
-                route.model_copy(update={"published_port": to, "mode": mode, "must_route": []})
+                route.model_copy(
+                    update={
+                        "published_port": to,
+                        "mode": mode,
+                        "container_port": served_on,
+                        "must_route": [],
+                    }
+                )
             )
             said.append(
                 route.service
