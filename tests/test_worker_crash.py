@@ -185,9 +185,9 @@ async def test_first_deploy_after_a_worker_restart_is_accepted(
             )
         ).deployment
         worker.terminate()
-        assert await worker.wait() == 0  # SIGTERM: a graceful shutdown
         assert worker.stdout is not None
         said = (await worker.stdout.read()).decode()
+        assert await worker.wait() == 0, said  # SIGTERM: a graceful shutdown
         assert "SIGTERM: shutting down" in said
         assert "moorage worker: stopped" in said
         worker = await start_worker(address, queue, router_dir)
