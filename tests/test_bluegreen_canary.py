@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import urllib.request
 from datetime import timedelta
 
@@ -27,6 +28,7 @@ from tests.conftest import TASK_QUEUE
 from tests.helpers import (
     TENANT,
     USER,
+    deploy_to_end,
     labelled,
     routed,
     tcp_echo,
@@ -34,7 +36,7 @@ from tests.helpers import (
     wait_terminal,
     wait_until,
 )
-from tests.load import Load
+from tests.load import Load, TcpLoad
 from workflows.inputs import SteerInput, StrategyInput
 
 pytestmark = pytest.mark.integration
@@ -48,8 +50,9 @@ def web(image: str, replicas: int = 2, env: dict[str, str] | None = None) -> str
     return text
 
 
-async def serve_v1(service: DeploymentService, project: str) -> str:
-    await service.apply_project(TENANT, project, web("moorage-demo:v1"))
+async def serve_v1(service: DeploymentService, project: str, text: str | None = None) -> str:
+    """``text`` (default: :func:`web` of v1) served by a rolling update; ``web``'s URL."""
+    await service.apply_project(TENANT, project, text or web("moorage-demo:v1"))
     dep = await service.deploy(
         TENANT, USER, project, DeployRequest(strategy=Strategy.ROLLING_UPDATE, version="v1")
     )
@@ -269,14 +272,18 @@ async def test_green_that_fails_while_waiting_for_promotion_never_takes_traffic(
 CANARY = DeployRequest(strategy=Strategy.CANARY, version="v2", health_check_retries=20)
 
 
+@pytest.mark.parametrize("mode", ["http", "tcp"])
 async def test_canary_through_all_steps_drops_nothing(
     service: DeploymentService,
     docker_client: docker.DockerClient,
     router: TrafficRouter,
     project: str,
+    mode: str,
 ) -> None:
-    url = await serve_v1(service, project)
-    await service.apply_project(TENANT, project, web("moorage-demo:v2"))
+    """Also on a TCP route (``x-moorage: {route: tcp}``): the weights share connections."""
+    text = web if mode == "http" else functools.partial(tcp_echo, replicas=2)
+    url = await serve_v1(service, project, text("moorage-demo:v1"))
+    await service.apply_project(TENANT, project, text("moorage-demo:v2"))
     steps = [
         CanaryStep(weight=10),
         CanaryStep(pause=1),
@@ -284,7 +291,8 @@ async def test_canary_through_all_steps_drops_nothing(
         CanaryStep(pause=1),
         CanaryStep(weight=100),
     ]
-    with Load(url, connections=6, keepalive=True) as load:
+    load = Load(url, connections=6) if mode == "http" else TcpLoad(url, connections=6)
+    with load:
         dep = await service.deploy(
             TENANT, USER, project, CANARY.model_copy(update={"canary_steps": steps})
         )
@@ -681,9 +689,7 @@ async def test_a_canary_over_what_a_failed_blue_green_left_is_refused_and_change
 
     back = await service.rollback(TENANT, USER, failed.id)
     assert (await wait_terminal(service, back.id)).deployment.status == (DeploymentStatus.COMPLETED)
-    dep = await service.deploy(TENANT, USER, project, request)
-    state = await wait_terminal(service, dep.id)
-    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    await deploy_to_end(service, project, web("moorage-demo:v2"), request)
 
 
 async def test_a_blue_green_or_canary_that_changes_a_route_s_mode_is_refused(
@@ -702,7 +708,6 @@ async def test_a_blue_green_or_canary_that_changes_a_route_s_mode_is_refused(
         assert refused.value.field == ["body", "strategy"]
     assert len(await service.list_deployments(TENANT, project)) == 1
     assert {c.name for c in labelled(docker_client, project)} == serving
-    dep = await service.deploy(TENANT, USER, project, DeployRequest(strategy="rolling_update"))
-    state = await wait_terminal(service, dep.id)
-    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
+    rolling = DeployRequest(strategy=Strategy.ROLLING_UPDATE)
+    await deploy_to_end(service, project, tcp_echo("moorage-demo:v2", 2), rolling)
     assert (await service.get_project(TENANT, project)).routes["web"].startswith("tcp://")

@@ -564,16 +564,22 @@ async def test_nginx_rolling_update_without_keepalive_drops_nothing(
     url = await serve_v1(nginx_service, project)
     assert int(url.rsplit(":", 1)[1].strip("/")) >= 23500  # the nginx router's port range
     await nginx_service.apply_project(TENANT, project, web("moorage-demo:v2"))
-    with Load(url, connections=6, keepalive=False) as load:
+    await roll_under(Load(url, connections=6, keepalive=False), nginx_service, project)
+    assert routed(nginx_router, project) == {c.name for c in labelled(docker_client, project)}
+
+
+async def roll_under(load: Load, service: DeploymentService, project: str) -> Load:
+    """Roll v2 out (:data:`ROLL`) while ``load`` runs: completed, nothing failed, v1 then v2."""
+    with load:
         await asyncio.sleep(0.3)
-        dep = await nginx_service.deploy(TENANT, USER, project, ROLL)
-        state = await wait_terminal(nginx_service, dep.id)
+        dep = await service.deploy(TENANT, USER, project, ROLL)
+        state = await wait_terminal(service, dep.id)
         await asyncio.sleep(0.5)
     assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
     assert load.result.failed == 0, load.result.errors
     assert load.result.versions["v1"] > 0
     assert load.last_versions(30) == {"v2"}
-    assert routed(nginx_router, project) == {c.name for c in labelled(docker_client, project)}
+    return load
 
 
 async def test_a_tcp_route_rolls_under_load_and_drops_no_connection(
@@ -610,16 +616,8 @@ async def roll_tcp_under_load(
     url = (await service.get_project(TENANT, project)).routes["web"]
     assert url.startswith("tcp://127.0.0.1:")
     await service.apply_project(TENANT, project, tcp_echo("moorage-demo:v2", REPLICAS))
-    with TcpLoad(url, connections=4) as load:
-        await asyncio.sleep(0.3)
-        dep = await service.deploy(TENANT, USER, project, ROLL)
-        state = await wait_terminal(service, dep.id)
-        await asyncio.sleep(0.5)
-    assert state.deployment.status == DeploymentStatus.COMPLETED, state.deployment.message
-    assert load.result.failed == 0, load.result.errors
+    load = await roll_under(TcpLoad(url, connections=4), service, project)
     assert load.result.ok > 100
-    assert load.result.versions["v1"] > 0
-    assert load.last_versions(30) == {"v2"}
     assert routed(router, project) == {c.name for c in labelled(docker_client, project)}
 
 
