@@ -232,16 +232,15 @@ class NginxBackend(ProxyBackend):
             RouterError: ``nginx -t`` refused the config, or nginx gave the reload up (the old
                 config keeps serving).
         """
+        # What the config nginx runs sends to, before it is replaced: a killed attempt may have
+        # left it ahead of the state.
+        whole = takes_out(old, new, draining, self._configured_servers())
         self._write_checked(new)
         master = self._pid()
         if master is None:
             self.start(new)
             return Drain()
         before = set(self._workers(master))
-        # The workers this reload retires; not those of an earlier reload, still finishing
-        # requests of their own (another change waits for them). Told apart before the signal:
-        # ~100 ms after it, the retired ones say "shutting down" too.
-        retired = {pid for pid in before if not self._finishing(pid)}
         log = self.dir / "error.log"
         offset = log.stat().st_size if log.exists() else 0
         try:
@@ -249,11 +248,14 @@ class NginxBackend(ProxyBackend):
         except ProcessLookupError as exc:
             raise ProxyUnavailable(f"nginx master {master} is gone") from exc
         self._wait_reloaded(master, before, log, offset, old)
-        # A change that takes no server out waits only until the retired workers stop taking
-        # connections (the old config's), not until they have finished what they hold: a
-        # client holding a TCP route's connection keeps one up to its shutdown timeout, and
-        # every change (any project's: route_add, weights) waited the drain timeout on it.
-        return NginxDrain(self, master, retired, whole=takes_out(old, new, draining))
+        # A change that takes a server out waits for every worker of an earlier config, those
+        # of earlier reloads too: a change that took none out (a route_add, a weight set to 0,
+        # another project's) did not wait for its own, which may still hold requests to it.
+        # One that takes none out waits only until they stop taking connections (the old
+        # config's), not until they have finished what they hold: a client holding a TCP
+        # route's connection keeps one up to its shutdown timeout, and every change on the
+        # host waited the drain timeout on it.
+        return NginxDrain(self, master, before, whole=whole)
 
     def _wait_reloaded(
         self, master: int, before: set[int], log: Path, offset: int, old: RouterState
@@ -312,22 +314,27 @@ class NginxBackend(ProxyBackend):
 
     def live_servers(self, route: RouteState) -> dict[str, int]:
         """Servers in the config nginx runs (nginx has no runtime API to ask)."""
+        return self._configured_servers().get(route.backend, {})
+
+    def _configured_servers(self) -> dict[str, dict[str, int]]:
+        """Upstream (backend) -> server -> weight, in the config file (``down``: 0)."""
         text = self.config.read_text() if self.config.exists() else ""
-        result = {}
-        inside = False
+        result: dict[str, dict[str, int]] = {}
+        upstream: dict[str, int] | None = None
         for line in text.splitlines():
             stripped = line.strip()
-            if stripped.startswith(f"upstream {route.backend} "):
-                inside = True
+            found = re.fullmatch(r"upstream (\S+) \{", stripped)
+            if found:
+                upstream = result.setdefault(found.group(1), {})
                 continue
-            if inside and stripped == "}":
-                break
-            if inside and "#" in stripped and "no replica" not in stripped:
+            if upstream is not None and stripped == "}":
+                upstream = None
+            elif upstream is not None and "#" in stripped and "no replica" not in stripped:
                 name = stripped.split("#", 1)[1].strip()
                 weight = (
                     0 if " down;" in stripped else int(stripped.split("weight=")[1].split(";")[0])
                 )
-                result[name] = weight
+                upstream[name] = weight
         return result
 
 
@@ -348,13 +355,24 @@ def _emerg_since(log: Path, offset: int) -> str | None:
     return "; ".join(dict.fromkeys(said)) or None
 
 
-def takes_out(old: RouterState, new: RouterState, draining: dict[str, list[str]]) -> bool:
+def takes_out(
+    old: RouterState,
+    new: RouterState,
+    draining: dict[str, list[str]],
+    running: dict[str, dict[str, int]],
+) -> bool:
     """True when a change takes a server out of the proxy's routes (or moves one elsewhere).
 
     Its requests in flight must end before its container stops: the drain waits for them.
+    ``running``: backend -> servers of the config nginx runs (it may list one the state lacks).
     """
     if any(draining.values()):
         return True
+    wanted = {r.backend: r for r in new.routes.values()}
+    for backend, names in running.items():
+        after = wanted.get(backend)
+        if any(after is None or name not in after.servers for name in names):
+            return True
     for key, route in old.routes.items():
         after = new.routes.get(key)
         for name, server in route.servers.items():
@@ -365,10 +383,11 @@ def takes_out(old: RouterState, new: RouterState, draining: dict[str, list[str]]
 
 
 class NginxDrain(Drain):
-    """A reload's old workers: they finish their in-flight requests, then exit.
+    """The workers of earlier configs: they finish their in-flight requests, then exit.
 
     The config names no server taken out, so there is nothing to record or delete; only the
-    wait, for the workers the reload retired (a reload since retires workers of its own).
+    wait, for the workers that ran when the change reloaded nginx (``retired``; a reload since
+    retires workers of its own, which the wait does not need).
     """
 
     def __init__(self, nginx: NginxBackend, master: int, retired: set[int], whole: bool = True):

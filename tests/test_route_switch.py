@@ -21,7 +21,13 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.haproxy import HAProxyBackend
-from activities.inputs import RouteInput, RouteServersInput, RoutesInput, RouteSwitchInput
+from activities.inputs import (
+    RouteInput,
+    RouteServersInput,
+    RoutesInput,
+    RouteSwitchInput,
+    RouteWeightsInput,
+)
 from activities.nginx import NginxBackend
 from activities.proxy import Drain, RouterError, ServerState, route_key
 from activities.replica_ports import bindable
@@ -400,5 +406,40 @@ def test_an_nginx_change_that_takes_no_server_out_does_not_wait_for_held_connect
                 assert held.recv(16) == b"after\n"  # the old worker still serves it
         r = router.load().routes[route_key(TENANT, project, "web")]
         assert router.backend.live_servers(r) == {first: 100, second: 100}
+    finally:
+        router.stop()
+
+
+def test_an_nginx_removal_waits_for_what_an_earlier_change_s_old_worker_holds(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path
+) -> None:
+    """A canary's last step: its stable server goes to weight 0 (a reload that takes nothing
+    out, and so no longer waits for the old worker's connections), then out of the route. The
+    removal waits for the connection the first reload's old worker holds to that server, not
+    only for the workers its own reload retired (which sent it nothing)."""
+    started = start_web(docker_client, project, tcp_echo(), [0, 1])
+    stable, canary = (i.container_name for i in started)
+    router = make_router("nginx", tmp_path, docker_client)
+    route = RouteInput(
+        tenant=TENANT, project=project, service="web", container_port="7000/tcp", mode="tcp"
+    )
+    try:
+        port = router.ensure_route(route).port
+        router.route_add(servers(project, stable))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+            assert held.makefile("rb").readline() == b"v1\n"  # on the stable server
+            router.route_add(servers(project, canary))
+            weights = {stable: 0, canary: 100}
+            router.route_weights(
+                RouteWeightsInput(tenant=TENANT, project=project, service="web", weights=weights)
+            )
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                removed = pool.submit(router.route_remove, servers(project, stable))
+                time.sleep(1.0)
+                assert not removed.done(), "the removal waits for the held connection"
+                held.sendall(b"still\n")
+                assert held.recv(16) == b"still\n"
+                held.shutdown(socket.SHUT_WR)
+                assert removed.result(timeout=15) == [stable]
     finally:
         router.stop()
