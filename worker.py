@@ -254,12 +254,20 @@ async def run_worker(settings: Settings | None = None) -> None:
     print("moorage worker: stopped", flush=True)
 
 
-if __name__ == "__main__":
+def main(settings: Settings | None = None) -> None:
+    """Run the worker (:func:`run_worker`) in this process, then end the process.
+
+    After the graceful shutdown nothing is left to tear down. The SDK's core (Rust) keeps
+    threads of its own, and CPython's teardown beside them once ended a clean shutdown in
+    SIGSEGV (exit -11, seen once in CI): the process ends without it. An error (SystemExit 2,
+    Temporal not reachable) leaves as an exception, before that.
+    """
     faulthandler.enable()  # a crash in native code (the SDK's core, a library) says where
-    asyncio.run(run_worker())
-    # Shut down gracefully; nothing is left to tear down. The SDK's core (Rust) keeps threads
-    # of its own, and CPython's teardown beside them once ended a clean shutdown in SIGSEGV
-    # (exit -11, seen once in CI). An error exit (SystemExit 2) does not come here.
+    asyncio.run(run_worker(settings))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -433,12 +433,12 @@ def worker(ctx: typer.Context) -> None:
     Raises:
         CliError: Temporal is not reachable.
     """  # noqa: D301 - the form feed ends the --help text (click convention)
-    from worker import run_worker
+    import worker as worker_module
 
     settings = _settings(ctx)
     try:
-        # run_worker shuts the worker down gracefully on SIGINT and SIGTERM.
-        asyncio.run(run_worker(settings))
+        # It shuts the worker down gracefully on SIGINT and SIGTERM, then ends the process.
+        worker_module.main(settings)
     except RuntimeError as exc:
         if "connect" not in str(exc):
             raise
