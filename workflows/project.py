@@ -483,9 +483,13 @@ class ProjectWorkflow:
         if why is not None:
             raise _refuse(why, "Invalid")
         if inp.request.strategy in (Strategy.BLUE_GREEN, Strategy.CANARY) and s.current:
-            why = _mode_change_refusal(
-                parse_compose(s.current.compose, policy=UNRESTRICTED, stored=True), spec
+            serving = _checked(
+                s.current.compose,
+                UNRESTRICTED,
+                "the serving revision's Compose file no longer parses: ",
+                stored=True,
             )
+            why = _mode_change_refusal(serving, spec)
             if why is not None:
                 raise _refuse(why, "Invalid", "body", "strategy")
         self._refuse_if_active()
