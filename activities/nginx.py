@@ -51,17 +51,21 @@ def _upstream(route: RouteState, indent: str) -> list[str]:
     return [*lines, f"{indent}}}"]
 
 
-def stream_module() -> str | None:
+def stream_module(built: str | None = None) -> str | None:
     """The ``load_module`` path of nginx's stream module (TCP routes); None when built in.
+
+    ``built``: what ``nginx -V`` says (default: asked).
 
     Raises:
         RouterError: this nginx has no stream module (Debian ships it apart:
             ``libnginx-mod-stream``).
     """
-    try:
-        built = subprocess.run([NGINX, "-V"], capture_output=True, text=True, check=False).stderr
-    except OSError as exc:
-        raise RouterError(f"nginx -V: {exc}") from exc
+    if built is None:
+        try:
+            asked = subprocess.run([NGINX, "-V"], capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise RouterError(f"nginx -V: {exc}") from exc
+        built = asked.stderr
     if re.search(r"--with-stream(\s|$)", built):
         return None
     found = re.search(r"--modules-path=(\S+)", built)

@@ -28,7 +28,7 @@ from activities.inputs import (
     RouteSwitchInput,
     RouteWeightsInput,
 )
-from activities.nginx import NginxBackend
+from activities.nginx import NginxBackend, stream_module
 from activities.proxy import Drain, RouterError, ServerState, route_key
 from activities.replica_ports import bindable
 from activities.router import TrafficRouter
@@ -443,3 +443,20 @@ def test_an_nginx_removal_waits_for_what_an_earlier_change_s_old_worker_holds(
                 assert removed.result(timeout=15) == [stable]
     finally:
         router.stop()
+
+
+def test_nginx_s_stream_module_is_found_or_named_for_installing(tmp_path: Path) -> None:
+    """TCP routes need nginx's stream module: built in, loaded from nginx's modules path, or a
+    refusal that names Debian's package."""
+    assert stream_module("configure arguments: --with-http_ssl_module --with-stream") is None
+    module = tmp_path / "ngx_stream_module.so"
+    module.write_bytes(b"")
+    dynamic = f"configure arguments: --modules-path={tmp_path} --with-stream=dynamic --with-x"
+    assert stream_module(dynamic) == str(module)
+    module.unlink()
+    with pytest.raises(RouterError, match=r"apt-get install libnginx-mod-stream; looked for"):
+        stream_module(dynamic)
+    with pytest.raises(RouterError, match="libnginx-mod-stream"):
+        stream_module("configure arguments: --with-http_ssl_module")
+    # The tests' nginx has it (setup.sh --tests and .ci/run install it).
+    assert (stream_module() or "").endswith("ngx_stream_module.so")
