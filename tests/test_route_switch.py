@@ -58,6 +58,23 @@ def web_route(
         router.stop()
 
 
+@contextmanager
+def tcp_echo_route(
+    docker_client: docker.DockerClient, project: str, tmp_path: Path, kind: str
+) -> Iterator[tuple[TrafficRouter, RouteInput, int, list[str]]]:
+    """Replicas 0 and 1 of :func:`tcp_echo` and a real proxy of ``kind`` with its TCP route (no
+    server yet): yields the router, the route's input, its port and the container names."""
+    names = [i.container_name for i in start_web(docker_client, project, tcp_echo(), [0, 1])]
+    router = make_router(kind, tmp_path, docker_client)
+    route = RouteInput(
+        tenant=TENANT, project=project, service="web", container_port="7000/tcp", mode="tcp"
+    )
+    try:
+        yield router, route, router.ensure_route(route).port, names
+    finally:
+        router.stop()
+
+
 def servers(project: str, *containers: str) -> RouteServersInput:
     return RouteServersInput(
         tenant=TENANT, project=project, service="web", containers=list(containers)
@@ -339,14 +356,10 @@ def test_a_tcp_route_passes_connections_through_and_drains_them(
     """``x-moorage: {route: tcp}``: a service that speaks no HTTP (a database, a broker) had no
     route but an HTTP one, which answered its clients' bytes 400; now the route passes
     connections through, next to HTTP routes, and a switch drains an open connection."""
-    old, new = (i.container_name for i in start_web(docker_client, project, tcp_echo(), [0, 1]))
-    router = make_router(kind, tmp_path, docker_client)
-    route = RouteInput(
-        tenant=TENANT, project=project, service="web", container_port="7000/tcp", mode="tcp"
-    )
-    try:
+    with tcp_echo_route(docker_client, project, tmp_path, kind) as (router, route, port, names):
+        old, new = names
         info = router.ensure_route(route)
-        assert info.url == f"tcp://127.0.0.1:{info.port}"
+        assert (info.url, info.port) == (f"tcp://127.0.0.1:{port}", port)
         api = router.ensure_route(route.model_copy(update={"service": "api", "mode": "http"}))
         assert api.url.startswith("http://")
         router.route_add(servers(project, old))
@@ -377,8 +390,6 @@ def test_a_tcp_route_passes_connections_through_and_drains_them(
         with socket.create_connection(("127.0.0.1", info.port), timeout=10) as sock:
             sock.sendall(b"PING\r\n\r\n")
             assert sock.recv(64).startswith(b"HTTP/1.1 400")
-    finally:
-        router.stop()
 
 
 def test_an_nginx_change_that_takes_no_server_out_does_not_wait_for_held_connections(
@@ -387,14 +398,8 @@ def test_an_nginx_change_that_takes_no_server_out_does_not_wait_for_held_connect
     """Every nginx change reloads, and waited until the workers it retired had exited: one
     holds a TCP route's open connection until its client closes it (or nginx's shutdown
     timeout), so each change, any project's, waited the whole drain timeout (5 s here)."""
-    started = start_web(docker_client, project, tcp_echo(), [0, 1])
-    first, second = (i.container_name for i in started)
-    router = make_router("nginx", tmp_path, docker_client)
-    route = RouteInput(
-        tenant=TENANT, project=project, service="web", container_port="7000/tcp", mode="tcp"
-    )
-    try:
-        port = router.ensure_route(route).port
+    with tcp_echo_route(docker_client, project, tmp_path, "nginx") as (router, _, port, names):
+        first, second = names
         router.route_add(servers(project, first))
         with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
             assert held.makefile("rb").readline() == b"v1\n"
@@ -406,8 +411,6 @@ def test_an_nginx_change_that_takes_no_server_out_does_not_wait_for_held_connect
                 assert held.recv(16) == b"after\n"  # the old worker still serves it
         r = router.load().routes[route_key(TENANT, project, "web")]
         assert router.backend.live_servers(r) == {first: 100, second: 100}
-    finally:
-        router.stop()
 
 
 def test_an_nginx_removal_waits_for_what_an_earlier_change_s_old_worker_holds(
@@ -417,14 +420,8 @@ def test_an_nginx_removal_waits_for_what_an_earlier_change_s_old_worker_holds(
     out, and so no longer waits for the old worker's connections), then out of the route. The
     removal waits for the connection the first reload's old worker holds to that server, not
     only for the workers its own reload retired (which sent it nothing)."""
-    started = start_web(docker_client, project, tcp_echo(), [0, 1])
-    stable, canary = (i.container_name for i in started)
-    router = make_router("nginx", tmp_path, docker_client)
-    route = RouteInput(
-        tenant=TENANT, project=project, service="web", container_port="7000/tcp", mode="tcp"
-    )
-    try:
-        port = router.ensure_route(route).port
+    with tcp_echo_route(docker_client, project, tmp_path, "nginx") as (router, _, port, names):
+        stable, canary = names
         router.route_add(servers(project, stable))
         with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
             assert held.makefile("rb").readline() == b"v1\n"  # on the stable server
@@ -441,8 +438,6 @@ def test_an_nginx_removal_waits_for_what_an_earlier_change_s_old_worker_holds(
                 assert held.recv(16) == b"still\n"
                 held.shutdown(socket.SHUT_WR)
                 assert removed.result(timeout=15) == [stable]
-    finally:
-        router.stop()
 
 
 def test_nginx_s_stream_module_is_found_or_named_for_installing(tmp_path: Path) -> None:
