@@ -8,6 +8,7 @@ per reload; clients without keep-alive see none.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -76,6 +77,12 @@ def stream_module(built: str | None = None) -> str | None:
         "nginx has no stream module, which TCP routes (x-moorage: {route: tcp}) need: install "
         f"it (Debian: apt-get install libnginx-mod-stream; looked for {path})"
     )
+
+
+@functools.cache
+def installed_stream_module() -> str | None:
+    """:func:`stream_module` of the nginx installed here, asked once (a refusal is not kept)."""
+    return stream_module()
 
 
 def render_config(
@@ -162,14 +169,10 @@ class NginxBackend(ProxyBackend):
         self.config = directory / "nginx.conf"
         self.extra_http = ""
         """Operator-provided directives for the ``http`` block (e.g. logging)."""
-        self._stream: str | bool | None = False
-        """:func:`stream_module`, once a TCP route asked (False: not asked yet)."""
 
     def _render(self, state: RouterState) -> str:
         tcp = any(r.mode == "tcp" for r in state.routes.values())
-        if tcp and self._stream is False:
-            self._stream = stream_module()
-        stream = self._stream if isinstance(self._stream, str) else None
+        stream = installed_stream_module() if tcp else None
         return render_config(
             state, self.dir, self.bind, self.extra_http, self.drain_timeout_s, stream
         )
